@@ -1,0 +1,303 @@
+"""``birdinfer`` console script: one sub-command per job, each a thin layer over a keyword-argument function.
+
+Each ``_cmd_*`` function only parses arguments and calls the library function that does the work, so
+everything the CLI can do is also available from Python with the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import BirdinferError
+
+__all__ = ["main", "build_parser"]
+
+
+def _precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument(
+        "--precision",
+        default=default,
+        choices=["auto", "f32", "bf16", "int8", "fast"],
+        help="f32: force float32 (bit-for-bit with the reference up to float error); auto: OpenVINO's default "
+        "for this CPU (bf16 where native); bf16: ask for bf16; int8: the model folder's INT8 variants; fast: INT8 "
+        "where quantized and the CPU has VNNI, else OpenVINO's default. The log says which precision ran. "
+        f"(default: {default})",
+    )
+
+
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="openvino", choices=["openvino", "onnxruntime"], help="inference backend (default: openvino)")
+
+
+# --------------------------------------------------------------------------------------------- submit
+def _add_submit(sub) -> None:
+    p = sub.add_parser("submit", help="score a folder of soundscapes and write submission.csv")
+    p.add_argument("audio_dir", type=Path, help="folder of soundscapes (.ogg, .wav, .flac, .mp3)")
+    p.add_argument("--models", type=Path, required=True, help="model folder written by `birdinfer export`")
+    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="output CSV (default: submission.csv)")
+    p.add_argument("--sample-submission", type=Path, default=None, help="sample_submission.csv: its column order is used")
+    _precision_arg(p)
+    _backend_arg(p)
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="finish within this many seconds: models are dropped (lowest weight per cost first) when the projection says the budget would be exceeded")
+    p.add_argument("--limit", type=int, default=None, help="only the first N files (sorted by name)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="OpenVINO compiled-model cache folder (faster second start)")
+    p.add_argument("--report", type=Path, default=None, help="write a JSON run report (timings, dropped models, failed files)")
+    p.set_defaults(func=_cmd_submit)
+
+
+def _cmd_submit(args) -> int:
+    from .pipeline import make_submission
+
+    make_submission(
+        args.audio_dir,
+        args.models,
+        out=args.out,
+        sample_submission=args.sample_submission,
+        precision=args.precision,
+        backend=args.backend,
+        time_budget_s=args.time_budget,
+        limit=args.limit,
+        cache_dir=args.cache_dir,
+        report=args.report,
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- predict
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="per-5 s-window probabilities for recordings of any length (resumable)")
+    p.add_argument("inputs", nargs="+", type=Path, help="audio files, folders (walked recursively) or .txt file lists")
+    p.add_argument("--models", type=Path, required=True, help="model folder written by `birdinfer export`")
+    p.add_argument("--out", type=Path, required=True, help="output file (csv/parquet), Raven folder, or Ray output folder")
+    p.add_argument("--format", default=None, choices=["csv", "parquet", "raven"], help="default: from --out's suffix, else csv")
+    p.add_argument("--threshold", type=float, default=0.5, help="Raven tables: detection threshold (default 0.5)")
+    _precision_arg(p)
+    _backend_arg(p)
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local (default) or a Ray cluster")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    if args.engine == "ray":
+        from .distributed import predict_ray
+
+        predict_ray(args.inputs, args.models, args.out, address=args.address, precision=args.precision,
+                    backend=args.backend, resume=not args.no_resume)
+        return 0
+    from .predict import predict
+
+    predict(args.inputs, args.models, args.out, format=args.format, threshold=args.threshold,
+            precision=args.precision, backend=args.backend, resume=not args.no_resume)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="checkpoints → verified ONNX/OpenVINO model folder (needs birdinfer[export])")
+    p.add_argument("--checkpoints", type=Path, required=True, help="folder holding the .pth checkpoints")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--recipe", type=Path, default=None, help="ensemble recipe JSON (default: weights/birdclef2025_4th.json)")
+    p.add_argument("--taxonomy", type=Path, default=None, help="taxonomy.csv: class labels in output order")
+    p.add_argument("--models", nargs="+", default=None, metavar="STEM", help="export only these checkpoint stems")
+    p.add_argument("--precision", default="f32", choices=["f32", "int8"], help="int8 adds NNCF-quantized variants (default f32)")
+    p.add_argument("--calibration", type=Path, default=None, help="soundscapes for INT8 calibration and verification input")
+    p.add_argument("--chunks", type=int, default=6, help="fixed chunk axis of the exported input (default 6 = 60 s)")
+    p.add_argument("--dynamic-chunks", action="store_true", help="export a dynamic chunk axis instead of a fixed one")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    try:
+        from birdinfer_export import export_models
+    except ImportError as e:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"`birdinfer export` needs the export extra (torch, timm, onnx, nncf): pip install 'birdinfer[export]' ({e})"
+        ) from e
+    export_models(args.checkpoints, args.out, recipe=args.recipe, taxonomy=args.taxonomy, models=args.models,
+                  precision=args.precision, calibration=args.calibration, chunks=args.chunks,
+                  dynamic_chunks=args.dynamic_chunks)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- bundle
+def _add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="build the offline Kaggle dataset folder (wheels + models)")
+    p.add_argument("--models", type=Path, required=True, help="model folder to ship")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--python-version", default="3.12", help="target Python (Kaggle: 3.12)")
+    p.add_argument("--platform", default="manylinux_2_28_x86_64", help="target wheel platform")
+    p.add_argument("--with-onnxruntime", action="store_true", help="also bundle ONNX Runtime")
+    p.add_argument("--slug", default="birdinfer-bundle", help="Kaggle dataset slug")
+    p.set_defaults(func=_cmd_bundle)
+
+
+def _cmd_bundle(args) -> int:
+    from .bundle import build_bundle
+
+    build_bundle(args.models, args.out, python_version=args.python_version, platform=args.platform,
+                 with_onnxruntime=args.with_onnxruntime, slug=args.slug)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="per-stage latency, throughput and projected Kaggle wall time")
+    p.add_argument("--models", type=Path, required=True, help="model folder")
+    p.add_argument("--audio", type=Path, default=None, help="folder of soundscapes (default: synthetic audio)")
+    p.add_argument("--files", type=int, default=5, help="files to time (default 5)")
+    p.add_argument("--json", dest="json_out", type=Path, default=None, help="write full figures as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG chart of per-model and per-stage cost")
+    p.add_argument("--compare", nargs="*", default=None, metavar="MODE",
+                   help="also time these modes side by side (f32 bf16 int8 onnxruntime)")
+    _precision_arg(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.models, audio=args.audio, files=args.files, json_out=args.json_out, plot=args.plot,
+              compare=args.compare, precision=args.precision)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- synth
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a BirdCLEF-format synthetic dataset")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--species", type=int, default=8)
+    p.add_argument("--recordings-per-species", type=int, default=12)
+    p.add_argument("--soundscapes", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args) -> int:
+    from .synth import make_dataset
+
+    make_dataset(args.out_dir, species=args.species, recordings_per_species=args.recordings_per_species,
+                 soundscapes=args.soundscapes, seed=args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- score
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="macro ROC-AUC of a submission against a solution (competition metric)")
+    p.add_argument("submission", type=Path)
+    p.add_argument("solution", type=Path)
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from .metric import score_files
+
+    print(f"{score_files(args.submission, args.solution):.6f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one SED model (needs birdinfer[train])")
+    p.add_argument("--data", type=Path, required=True, help="BirdCLEF-format folder (taxonomy.csv, train.csv, train_audio/)")
+    p.add_argument("--arch", required=True, help="timm architecture, e.g. tf_efficientnet_lite0")
+    p.add_argument("--group", default="v1", help="mel group name (v1, v2, v3; default v1)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pth, reference format)")
+    p.add_argument("--loss", default="soft-auc", choices=["soft-auc", "auc", "bce"])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--crop", default="first10", choices=["first10", "random"])
+    p.add_argument("--pseudo-labels", type=Path, default=None, help="soft labels CSV from `birdinfer pseudo-label`")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    train = _import_train("train")
+    train(data=args.data, arch=args.arch, group=args.group, out=args.out, loss=args.loss, epochs=args.epochs,
+          batch_size=args.batch_size, lr=args.lr, crop=args.crop, pseudo_labels=args.pseudo_labels,
+          seed=args.seed, device=args.device)
+    return 0
+
+
+def _add_pseudo(sub) -> None:
+    p = sub.add_parser("pseudo-label", help="label unlabelled soundscapes with an ensemble (soft labels CSV)")
+    p.add_argument("audio_dir", type=Path, help="unlabelled soundscapes (e.g. train_soundscapes)")
+    p.add_argument("--models", type=Path, required=True, help="model folder of the labelling ensemble")
+    p.add_argument("--out", type=Path, required=True, help="soft labels CSV to write")
+    _precision_arg(p, default="f32")
+    p.set_defaults(func=_cmd_pseudo)
+
+
+def _cmd_pseudo(args) -> int:
+    from .pseudo import pseudo_label
+
+    pseudo_label(args.audio_dir, args.models, args.out, precision=args.precision)
+    return 0
+
+
+def _import_train(name: str):
+    try:
+        import birdinfer_train
+    except ImportError as e:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError(f"training needs the train extra (torch, timm): pip install 'birdinfer[train]' ({e})") from e
+    return getattr(birdinfer_train, name)
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthesise data, train, export, submit and score: the whole path in minutes")
+    p.add_argument("--out", type=Path, default=Path("birdinfer-demo"), help="working folder (default ./birdinfer-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, seed=args.seed)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="birdinfer", description="Fast offline CPU inference for BirdCLEF SED ensembles")
+    parser.add_argument("--version", action="version", version=f"birdinfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_submit, _add_predict, _add_export, _add_bundle, _add_bench, _add_synth, _add_score,
+                _add_train, _add_pseudo, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BirdinferError as e:
+        print(f"birdinfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"birdinfer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
