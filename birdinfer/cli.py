@@ -136,6 +136,13 @@ def _add_bundle(sub) -> None:
     p.add_argument("--platform", default="manylinux_2_28_x86_64", help="target wheel platform")
     p.add_argument("--with-onnxruntime", action="store_true", help="also bundle ONNX Runtime")
     p.add_argument("--slug", default="birdinfer-bundle", help="Kaggle dataset slug")
+    p.add_argument("--kaggle-username", default=None,
+                   help="owner written into dataset-metadata.json (default: $KAGGLE_USERNAME, else a placeholder)")
+    p.add_argument("--include-image-packages", action="store_true",
+                   help="also bundle numpy, pandas, scipy, soundfile, soxr, tqdm (which the Kaggle image has): "
+                   "for testing in a bare virtual environment")
+    p.add_argument("--project-root", type=Path, default=None,
+                   help="birdinfer source tree to build the wheel from (default: the one this birdinfer runs from)")
     p.set_defaults(func=_cmd_bundle)
 
 
@@ -143,7 +150,9 @@ def _cmd_bundle(args) -> int:
     from .bundle import build_bundle
 
     build_bundle(args.models, args.out, python_version=args.python_version, platform=args.platform,
-                 with_onnxruntime=args.with_onnxruntime, slug=args.slug)
+                 with_onnxruntime=args.with_onnxruntime, slug=args.slug, progress=not args.quiet,
+                 include_image_packages=args.include_image_packages, project_root=args.project_root,
+                 kaggle_username=args.kaggle_username)
     return 0
 
 

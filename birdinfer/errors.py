@@ -15,6 +15,7 @@ __all__ = [
     "BackendError",
     "MissingDependencyError",
     "OutputError",
+    "CheckpointError",
 ]
 
 
@@ -53,3 +54,8 @@ class MissingDependencyError(BirdinferError, ImportError):
 
 class OutputError(BirdinferError):
     """An output file cannot be written."""
+
+
+class CheckpointError(BirdinferError):
+    """A training checkpoint cannot be used for export: not a torch file, refused by the safe loader, or
+    not the network the recipe says (architecture, class count, mel count). Names the file."""

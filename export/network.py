@@ -29,6 +29,20 @@ def build_encoder(arch: str, *, drop_rate: float = 0.0, drop_path_rate: float = 
     return nn.Sequential(*list(backbone.children())[:-2])
 
 
+def _encoder_channels(encoder: nn.Sequential) -> int:
+    """Channels of the encoder's last feature map, probed with a tiny input.
+
+    The probe runs in eval mode: in training mode it would move the batch-norm running statistics.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            return int(encoder(torch.zeros(1, 1, 64, 64)).shape[1])
+    finally:
+        encoder.train(was_training)
+
+
 class AttBlock(nn.Module):
     """Attention pooling head: ``att`` gives per-frame attention, ``cla`` per-frame class logits."""
 
@@ -62,8 +76,7 @@ class SEDNet(nn.Module):
         self.n_classes = n_classes
         self.bn0 = nn.BatchNorm2d(n_mels)
         self.encoder = build_encoder(arch, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
-        with torch.no_grad():
-            channels = self.encoder(torch.zeros(1, 1, 64, 64)).shape[1]
+        channels = _encoder_channels(self.encoder)
         self.fc1 = nn.Linear(channels, channels, bias=True)
         self.att_block = AttBlock(channels, n_classes)
         self.head_dropout = head_dropout

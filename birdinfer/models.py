@@ -1,0 +1,266 @@
+"""Model execution: the exported networks of a model folder, compiled once and reused for every file.
+
+Two backends:
+
+* OpenVINO (default): reads the IR (``.xml`` + ``.bin``), compiles it for the CPU once.
+* ONNX Runtime: reads the ``.onnx`` file (f32 variants only).
+
+Precision is explicit (:data:`PRECISIONS`):
+
+``f32``   float32 everywhere (``INFERENCE_PRECISION_HINT=f32``): matches the reference up to float error.
+``auto``  OpenVINO's own default for this CPU: bf16 on CPUs with native bf16 (AVX512_BF16 / AMX), f32 elsewhere.
+``bf16``  ask for bf16 explicitly.
+``int8``  the folder's INT8 variants (NNCF-quantized), compiled with OpenVINO's default hint; a model
+          without an INT8 variant runs its f32 variant, a model whose INT8 IR does not compile under the
+          default hint is compiled again with the f32 hint (both are logged).
+``fast``  ``int8`` where the CPU has an INT8 dot-product ISA (VNNI/AMX), else ``auto``.
+
+Every loaded model reports the precision that actually ran (read back from the compiled model).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import BackendError, MissingDependencyError, ModelFolderError, ParameterError
+from .manifest import Manifest, ModelEntry
+
+__all__ = ["PRECISIONS", "BACKENDS", "LoadedModel", "load_models", "cpu_capabilities", "cpu_flags", "describe_precisions"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "f32", "bf16", "int8", "fast")
+BACKENDS = ("openvino", "onnxruntime")
+
+
+class _Runner(Protocol):
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class LoadedModel:
+    """One compiled network plus what the ensemble needs to know about it."""
+
+    entry: ModelEntry
+    variant: str  # "f32" or "int8": which stored variant was loaded
+    precision: str  # what actually runs, e.g. "f32", "bf16", "int8+bf16", "int8+f32"
+    backend: str
+    runner: _Runner
+    load_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def run(self, chunks: np.ndarray) -> np.ndarray:
+        """dB mel chunks ``(n, 1, n_mels, 2F)`` float32 → frame logits ``(n, n_labels, frames_per_chunk)``.
+
+        A model exported with a fixed chunk count gets its input padded (with silence-level dB) or split
+        to that count; the padding rows are dropped from the output.
+        """
+        n = chunks.shape[0]
+        fixed = self.entry.batch_chunks
+        if fixed is None or n == fixed:
+            return self.runner(np.ascontiguousarray(chunks, dtype=np.float32))
+        outputs = []
+        for start in range(0, n, fixed):
+            part = chunks[start : start + fixed]
+            if part.shape[0] < fixed:
+                pad = np.full((fixed - part.shape[0],) + part.shape[1:], -100.0, dtype=np.float32)
+                part = np.concatenate([part, pad], axis=0)
+            outputs.append(self.runner(np.ascontiguousarray(part, dtype=np.float32)))
+        return np.concatenate(outputs, axis=0)[:n]
+
+
+def cpu_capabilities() -> dict:
+    """What OpenVINO reports about this CPU: name and optimisation capabilities (FP32, BF16, INT8, ...)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    caps = {"name": core.get_property("CPU", "FULL_DEVICE_NAME")}
+    try:
+        caps["capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # older OpenVINO: property missing; not worth failing over
+        caps["capabilities"] = []
+    return caps
+
+
+def load_models(
+    manifest: Manifest,
+    *,
+    precision: str = "auto",
+    backend: str = "openvino",
+    cache_dir: str | Path | None = None,
+    verify_checksums: bool = True,
+    threads: int | None = None,
+) -> list[LoadedModel]:
+    """Compile every model of ``manifest`` once. Checksums of the files used are verified first."""
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if backend not in BACKENDS:
+        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
+    want_int8 = precision == "int8" or (precision == "fast" and backend == "openvino" and _cpu_has_int8())
+    plan = []
+    for entry in manifest.models:
+        variant = "int8" if want_int8 and "int8" in entry.variants else "f32"
+        if variant not in entry.variants:
+            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
+        if want_int8 and variant != "int8":
+            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
+        files = entry.variants[variant]
+        if backend == "openvino" and not files.openvino:
+            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} ({variant}) has no OpenVINO IR; use --backend onnxruntime")
+        if backend == "onnxruntime" and not files.onnx:
+            raise ModelFolderError(
+                f"{manifest._where}: model {entry.name!r} ({variant}) has no ONNX file; use --backend openvino"
+                + (" (INT8 variants are OpenVINO only)" if variant == "int8" else "")
+            )
+        plan.append((entry, variant, files.openvino if backend == "openvino" else files.onnx))
+    if verify_checksums:
+        names = []
+        for entry, variant, name in plan:
+            names += [name] + ([entry.variants[variant].openvino_bin] if backend == "openvino" else [])
+        manifest.verify_checksums(names)
+    if backend == "openvino":
+        loader = _OpenVinoLoader(precision=precision, cache_dir=cache_dir, threads=threads)
+    else:
+        loader = _OnnxRuntimeLoader(precision=precision, threads=threads)
+    loaded = []
+    for entry, variant, name in plan:
+        start = time.perf_counter()
+        runner, ran = loader.load(manifest.path_of(name), entry, variant)
+        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start))
+        log.debug("loaded %s (%s, %s) in %.2f s", entry.name, variant, ran, loaded[-1].load_seconds)
+    return loaded
+
+
+#: /proc/cpuinfo flags that give OpenVINO fast INT8 (VNNI dot products or AMX tiles).
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: flags reported by `birdinfer bench`
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_has_int8() -> bool:
+    return any(flag in cpu_flags() for flag in INT8_FLAGS)
+
+
+class _OpenVinoLoader:
+    def __init__(self, *, precision: str, cache_dir, threads: int | None):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise MissingDependencyError(
+                "the OpenVINO backend needs the openvino package: pip install openvino "
+                "(on Kaggle: from the bundle's wheels folder), or use --backend onnxruntime"
+            ) from e
+        self.ov = ov
+        self.core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            self.core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.precision = precision
+        self.threads = threads
+
+    def _config(self, hint: str | None) -> dict:
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
+
+    def load(self, xml: Path, entry: ModelEntry, variant: str):
+        hint = {"f32": "f32", "bf16": "bf16"}.get(self.precision)
+        try:
+            model = self.core.read_model(str(xml))
+        except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
+            raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
+        try:
+            compiled = self.core.compile_model(model, "CPU", self._config(hint))
+        except Exception as e:
+            if hint == "f32":
+                raise BackendError(f"{xml}: OpenVINO cannot compile this model in f32: {e}") from e
+            # Seen with INT8 efficientnet_b3 under the bf16 default on AMX CPUs: f32 compiles.
+            log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint or "default",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            try:
+                compiled = self.core.compile_model(model, "CPU", self._config("f32"))
+            except Exception as e2:
+                raise BackendError(f"{xml}: OpenVINO cannot compile this model: {e2}") from e2
+        ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
+        precision = f"int8+{ran}" if variant == "int8" else ran
+        request = compiled.create_infer_request()
+        input_port = compiled.input(0)
+        output_port = compiled.output(0)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            request.infer({input_port: x})
+            return np.array(request.get_tensor(output_port).data, dtype=np.float32, copy=True)
+
+        return run, precision
+
+
+def _short_type(text: str) -> str:
+    low = text.lower()
+    for key, short in (("bfloat16", "bf16"), ("bf16", "bf16"), ("float16", "f16"), ("f16", "f16"), ("float32", "f32"), ("f32", "f32")):
+        if key in low:
+            return short
+    return text
+
+
+class _OnnxRuntimeLoader:
+    def __init__(self, *, precision: str, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MissingDependencyError(
+                "the ONNX Runtime backend needs the onnxruntime package: pip install 'birdinfer[onnx]' "
+                "(on Kaggle: build the bundle with --with-onnxruntime), or use --backend openvino"
+            ) from e
+        if precision not in ("auto", "f32"):
+            log.warning("ONNX Runtime runs float32 only: precision=%r ignored", precision)
+        self.ort = ort
+        self.threads = threads
+
+    def load(self, path: Path, entry: ModelEntry, variant: str):
+        options = self.ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        try:
+            session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BackendError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
+        input_name = session.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
+
+        return run, "f32"
+
+
+def describe_precisions(models: Sequence[LoadedModel]) -> str:
+    """``"f32 ×16"`` or ``"int8+bf16 ×14, f32 ×2"``: what actually ran, for logs and summaries."""
+    counts: dict[str, int] = {}
+    for m in models:
+        counts[m.precision] = counts.get(m.precision, 0) + 1
+    return ", ".join(f"{p} ×{n}" for p, n in counts.items())

@@ -1,0 +1,516 @@
+"""The whole path over a set of recordings: decode → front end → models → ensemble → output.
+
+:class:`Predictor` holds a model folder's compiled networks and front end; :func:`make_submission` runs it
+over a folder of soundscapes and writes ``submission.csv``.
+
+Recordings are processed in blocks of 60 s (:data:`BLOCK_SECONDS`), each block like one BirdCLEF
+soundscape, so memory stays bounded for recordings of any length and a 60 s file is exactly the
+reference computation. Row rule: a block of N samples gives ``N // window`` rows (5 s windows; a trailing
+remainder shorter than 5 s is dropped), except that a file shorter than 5 s gives one row computed on
+its zero-padded spectrogram. So a 60 s file gives 12 rows, a 62 s file 12, a 65 s file 13, a 3 s file 1.
+Smoothing runs over all rows of a file.
+
+Decoding and the front end of the next block run in a background thread while the models run on the
+current one (numpy, soundfile and OpenVINO release the GIL), so the front end is mostly hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .audio import AUDIO_EXTENSIONS, audio_info, iter_audio_blocks, list_audio_files
+from .ensemble import combine, smooth, window_probabilities
+from .errors import AudioDecodeError, BirdinferError, ParameterError
+from .features import FrontEnd
+from .manifest import Manifest
+from .models import LoadedModel, describe_precisions, load_models
+from .output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
+
+__all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget", "make_submission", "resolve_inputs"]
+
+log = logging.getLogger(__name__)
+
+#: Recordings are cut into blocks of this length; each block is processed like one soundscape.
+BLOCK_SECONDS = 60.0
+#: Rows assumed for a file that cannot be decoded and whose header gives no duration (a Kaggle soundscape).
+FALLBACK_SECONDS = 60.0
+
+
+@dataclass
+class FileResult:
+    """Window probabilities of one recording (or the reason it failed)."""
+
+    path: Path
+    probs: np.ndarray | None  # (n_windows, n_labels), ensembled and smoothed; None when failed
+    error: str | None = None
+    seconds: float = 0.0  # wall time spent on the models for this file
+    models_used: tuple[str, ...] = ()
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Block:
+    file_index: int
+    features: dict[str, np.ndarray] | None
+    n_windows: int
+    last: bool
+    error: str | None = None
+    decode_seconds: float = 0.0
+    front_end_seconds: float = 0.0
+
+
+class Predictor:
+    """A model folder, loaded: front end + compiled networks + ensemble rules.
+
+    >>> predictor = Predictor("models/", precision="f32")          # doctest: +SKIP
+    >>> probs = predictor.predict_file("soundscape_123.ogg")        # (12, n_labels) for 60 s  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        models: str | Path | Manifest,
+        *,
+        precision: str = "auto",
+        backend: str = "openvino",
+        cache_dir: str | Path | None = None,
+        verify_checksums: bool = True,
+        model_names: Sequence[str] | None = None,
+        threads: int | None = None,
+    ):
+        manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+        if model_names is not None:
+            manifest = manifest.select(model_names)
+        self.manifest = manifest
+        self.sample_rate = manifest.sample_rate
+        self.window_samples = manifest.window_samples
+        self.block_samples = int(round(BLOCK_SECONDS * manifest.sample_rate))
+        start = time.perf_counter()
+        self.models: list[LoadedModel] = load_models(
+            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums, threads=threads
+        )
+        self.load_seconds = time.perf_counter() - start
+        self.precision = describe_precisions(self.models)
+        self.backend = backend
+        self.active: list[str] = [m.name for m in self.models]
+        self._front_ends: dict[tuple[str, ...], FrontEnd] = {}
+        self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
+        self.model_calls: dict[str, int] = {m.name: 0 for m in self.models}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
+
+    def front_end(self) -> FrontEnd:
+        """Front end for the groups the active models need (built once per distinct set)."""
+        active = set(self.active)
+        names = tuple(g.name for g in self.manifest.groups if any(m.group == g.name and m.name in active for m in self.manifest.models))
+        if names not in self._front_ends:
+            groups = [self.manifest.group(n) for n in names]
+            self._front_ends[names] = FrontEnd(groups, sample_rate=self.sample_rate, window_seconds=self.manifest.window_seconds)
+        return self._front_ends[names]
+
+    def drop(self, name: str) -> None:
+        """Stop running model ``name`` (used by the time budget)."""
+        if name in self.active and len(self.active) > 1:
+            self.active.remove(name)
+
+    # ------------------------------------------------------------------ blocks
+    def block_windows(self, n_samples: int, block_index: int) -> int:
+        """Rows of a block (see the module docstring for the rule)."""
+        rows = n_samples // self.window_samples
+        return 1 if rows == 0 and block_index == 0 and n_samples > 0 else rows
+
+    def features(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        return self.front_end()(block)
+
+    def infer_block(self, features: dict[str, np.ndarray], n_windows: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
+        """Run every active model on one block's features → per-model window probabilities."""
+        out = {}
+        active = set(self.active)
+        for model in self.models:
+            if model.name not in active:
+                continue
+            start = clock()
+            logits = model.run(features[model.entry.group])
+            self.model_seconds[model.name] += clock() - start
+            self.model_calls[model.name] += 1
+            out[model.name] = window_probabilities(logits, n_windows)
+        return out
+
+    def finish(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Concatenate a file's per-block ensembled rows and smooth them."""
+        rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
+        return smooth(rows, self.manifest.smoothing)
+
+    # ------------------------------------------------------------------ one recording
+    def predict_array(self, y: np.ndarray) -> np.ndarray:
+        """Mono float32 samples at the manifest's rate → ``(n_windows, n_labels)`` probabilities."""
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 1:
+            raise ParameterError(f"predict_array needs mono samples of shape (n,), got shape {y.shape}")
+        if y.size == 0:
+            raise ParameterError("predict_array got no samples")
+        parts = []
+        for index, start in enumerate(range(0, y.size, self.block_samples)):
+            block = y[start : start + self.block_samples]
+            n = self.block_windows(block.size, index)
+            if n:
+                parts.append(combine(self.manifest, self.infer_block(self.features(block), n)))
+        return self.finish(parts)
+
+    def predict_file(self, path: str | Path) -> np.ndarray:
+        """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
+        parts = []
+        for index, block in enumerate(iter_audio_blocks(path, block_seconds=BLOCK_SECONDS, sample_rate=self.sample_rate)):
+            n = self.block_windows(block.size, index)
+            if n:
+                parts.append(combine(self.manifest, self.infer_block(self.features(block), n)))
+        if not parts:
+            raise AudioDecodeError(path, "no samples")
+        return self.finish(parts)
+
+    # ------------------------------------------------------------------ many recordings
+    def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
+        """Background thread: decode and compute features block by block, a bounded queue ahead."""
+        try:
+            for index, path in enumerate(paths):
+                if stop.is_set():
+                    return
+                try:
+                    blocks = iter_audio_blocks(path, block_seconds=BLOCK_SECONDS, sample_rate=self.sample_rate)
+                    block_index = 0
+                    pending: _Block | None = None
+                    while True:
+                        t0 = time.perf_counter()
+                        block = next(blocks, None)
+                        t1 = time.perf_counter()
+                        if block is None:
+                            break
+                        n = self.block_windows(block.size, block_index)
+                        features = self.features(block) if n else None
+                        t2 = time.perf_counter()
+                        if pending is not None:
+                            out.put(pending)
+                        pending = _Block(index, features, n, False, None, t1 - t0, t2 - t1)
+                        block_index += 1
+                    if pending is None:
+                        raise AudioDecodeError(path, "no samples")
+                    pending.last = True
+                    out.put(pending)
+                except AudioDecodeError as e:
+                    out.put(_Block(index, None, 0, True, e.reason))
+                except Exception as e:  # noqa: BLE001 - one bad file must not cost the run; reported per file
+                    log.debug("unexpected error on %s", path, exc_info=True)
+                    out.put(_Block(index, None, 0, True, f"{type(e).__name__}: {e}"))
+        finally:
+            out.put(None)
+
+    def iter_files(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        prefetch: int = 2,
+        on_file_start: Callable[[int], bool] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        stats: dict | None = None,
+    ) -> Iterator[FileResult]:
+        """Yield one :class:`FileResult` per path, in order. Decoding and the front end of upcoming blocks
+        run in a background thread (``prefetch`` blocks ahead). ``on_file_start(i)`` is called before file
+        ``i``'s models run; returning False skips the rest (they are yielded as failed with reason
+        "skipped")."""
+        paths = [Path(p) for p in paths]
+        blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(paths, blocks, stop), name="birdinfer-decode", daemon=True)
+        worker.start()
+        stats = stats if stats is not None else {}
+        stats.setdefault("decode_seconds", 0.0)
+        stats.setdefault("front_end_seconds", 0.0)
+        stats.setdefault("wait_seconds", 0.0)
+        try:
+            current, parts, file_start, started = -1, [], 0.0, set()
+            skipping = False
+            while True:
+                t_wait = time.perf_counter()
+                item = blocks.get()
+                stats["wait_seconds"] += time.perf_counter() - t_wait
+                if item is None:
+                    break
+                stats["decode_seconds"] += item.decode_seconds
+                stats["front_end_seconds"] += item.front_end_seconds
+                if item.file_index != current:
+                    current, parts, file_start = item.file_index, [], clock()
+                    if on_file_start is not None and item.file_index not in started:
+                        started.add(item.file_index)
+                        skipping = not on_file_start(item.file_index)
+                path = paths[item.file_index]
+                if skipping:
+                    if item.last:
+                        yield FileResult(path, None, "skipped: time budget exhausted", 0.0)
+                    continue
+                if item.error is not None:
+                    yield FileResult(path, None, item.error, clock() - file_start)
+                    continue
+                if item.n_windows:
+                    parts.append(combine(self.manifest, self.infer_block(item.features, item.n_windows, clock)))
+                if item.last:
+                    yield FileResult(path, self.finish(parts), None, clock() - file_start, tuple(self.active))
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock the producer if it waits on a full queue
+                try:
+                    blocks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            worker.join()
+
+
+# ============================================================================================ time budget
+@dataclass
+class TimeBudget:
+    """Keeps a run inside ``budget_s`` seconds by dropping models for the remaining files.
+
+    After each file the run projects ``elapsed + files_left × seconds_per_file``, where seconds per file is
+    the measured mean of the models still active plus the measured per-file overhead (decode, front end
+    not hidden, ensemble). While the projection exceeds the budget minus a reserve, the active model with
+    the lowest *weight per cost* is dropped: its effective weight in the final mean (model weight / sum of
+    its group's weights × group weight / sum of group weights) divided by its measured seconds per file.
+    The last model is never dropped; if even it cannot finish, the files left when the budget runs out get
+    fallback rows (see :func:`make_submission`). Every drop is logged and recorded in ``events``.
+    """
+
+    budget_s: float
+    reserve_s: float = 10.0
+    min_files: int = 1  # files measured before the first decision
+    events: list[dict] = field(default_factory=list)
+
+    def effective_weights(self, manifest: Manifest) -> dict[str, float]:
+        total_group = sum(g.weight for g in manifest.used_groups()) or 1.0
+        out = {}
+        for g in manifest.used_groups():
+            members = manifest.models_of(g.name)
+            total = sum(m.weight for m in members) or 1.0
+            for m in members:
+                out[m.name] = (m.weight / total) * (g.weight / total_group)
+        return out
+
+    def plan(self, predictor: Predictor, *, elapsed: float, files_done: int, files_left: int, overhead_per_file: float) -> list[str]:
+        """Names of models to drop now (in order); also records them in ``events``."""
+        if files_done < self.min_files or files_left <= 0:
+            return []
+        per_model = {n: predictor.model_seconds[n] / max(1, files_done) for n in predictor.active}
+        weights = self.effective_weights(predictor.manifest)
+        active = list(predictor.active)
+        drops = []
+
+        def projected() -> float:
+            return elapsed + files_left * (overhead_per_file + sum(per_model[n] for n in active))
+
+        limit = self.budget_s - self.reserve_s
+        while projected() > limit and len(active) > 1:
+            victim = min(active, key=lambda n: weights.get(n, 0.0) / max(per_model[n], 1e-9))
+            before = projected()
+            active.remove(victim)
+            drops.append(victim)
+            self.events.append({
+                "model": victim, "after_files": files_done, "elapsed_s": round(elapsed, 3),
+                "projected_before_s": round(before, 3), "projected_after_s": round(projected(), 3),
+                "budget_s": self.budget_s,
+            })
+            log.warning("time budget: dropping %s after %d files (projected %.0f s > budget %.0f s - reserve %.0f s; now %.0f s)",
+                        victim, files_done, before, self.budget_s, self.reserve_s, projected())
+        return drops
+
+
+# ============================================================================================ submit
+def resolve_inputs(audio: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A folder (its audio files, sorted by name, not recursive) or an explicit list of files."""
+    if isinstance(audio, (str, Path)):
+        folder = Path(audio)
+        if not folder.exists():
+            raise ParameterError(f"audio folder {folder} does not exist")
+        if folder.is_file():
+            return [folder]
+        return list_audio_files(folder)
+    return [Path(p) for p in audio]
+
+
+def _fallback_windows(path: Path, window_seconds: float) -> int:
+    try:
+        seconds = audio_info(path).duration_s
+    except BirdinferError:
+        seconds = FALLBACK_SECONDS
+    if not seconds or not np.isfinite(seconds) or seconds <= 0:
+        seconds = FALLBACK_SECONDS
+    return max(1, int(seconds // window_seconds))
+
+
+def make_submission(
+    audio_dir: str | Path | Sequence[str | Path],
+    models: str | Path | Manifest,
+    out: str | Path | None = "submission.csv",
+    *,
+    sample_submission: str | Path | None = None,
+    precision: str = "auto",
+    backend: str = "openvino",
+    time_budget_s: float | None = None,
+    limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    report: str | Path | None = None,
+    progress: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+):
+    """Score every soundscape of ``audio_dir`` with the model folder ``models`` and write ``out``.
+
+    Parameters
+    ----------
+    audio_dir : folder of recordings (sorted by name) or a list of files.
+    models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
+    out : CSV to write atomically (``None``: do not write). Checked for writability before any work.
+    sample_submission : its columns give the output order; missing species get 0.0, extra model classes
+        are dropped (both with a warning). Default: the manifest's label order.
+    precision : ``auto`` | ``f32`` | ``bf16`` | ``int8`` | ``fast`` (see :mod:`birdinfer.models`).
+    time_budget_s : finish within this many seconds (from the call): see :class:`TimeBudget`.
+    limit : only the first ``limit`` files.
+    report : write a JSON run report here (timings, precision, failed files, dropped models).
+    clock : time source for the budget (tests pass a fake clock).
+
+    Returns
+    -------
+    pandas.DataFrame : ``row_id`` + one column per species, probabilities; ``.attrs["birdinfer"]`` holds
+    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s)
+    filled with the mean probabilities of the files that succeeded (0.0 if none), and a warning; so do
+    files skipped because the time budget ran out.
+    """
+    start = clock()
+    wall_start = time.perf_counter()
+    if out is not None:
+        check_writable(out)
+    if report is not None:
+        check_writable(report)
+    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    columns = plan_columns(manifest.labels, sample_submission)
+    paths = resolve_inputs(audio_dir)
+    if limit is not None:
+        paths = paths[: max(0, int(limit))]
+    info: dict = {"files": len(paths), "precision_requested": precision, "backend": backend}
+    if not paths:
+        msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
+               "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
+        log.warning(msg)
+        print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
+        frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
+        if out is not None:
+            write_csv_atomic(frame, out)
+        info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
+        frame.attrs["birdinfer"] = info
+        _write_report(report, info)
+        return frame
+
+    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+    _say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                   f"{backend} precision: {predictor.precision}")
+    budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
+    if budget is not None:
+        budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
+
+    results: list[FileResult] = []
+    stats: dict = {}
+
+    def on_file_start(index: int) -> bool:
+        if budget is None:
+            return True
+        elapsed = clock() - start
+        done = len(results)
+        if elapsed >= budget.budget_s - budget.reserve_s:
+            return False  # out of time: remaining files get fallback rows
+        if done:
+            model_total = sum(predictor.model_seconds.values())
+            overhead = max(0.0, (elapsed - model_total) / done)
+            for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=len(paths) - index,
+                                    overhead_per_file=overhead):
+                predictor.drop(name)
+        return True
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; keep going without a bar if it is missing
+        tqdm = None
+    bar = tqdm(total=len(paths), unit="file", desc="birdinfer", disable=not progress, file=sys.stderr) if tqdm else None
+    try:
+        for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
+            results.append(result)
+            if not result.ok:
+                log.warning("%s: %s; its rows get the fallback", result.path, result.error)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
+    fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
+    ids, rows = [], []
+    for r in results:
+        if r.ok:
+            probs = r.probs
+        else:
+            probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
+        ids += row_ids(r.stem, len(probs), manifest.window_seconds)
+        rows.append(probs)
+    frame = submission_frame(ids, np.concatenate(rows).astype(np.float32), columns)
+    if out is not None:
+        write_csv_atomic(frame, out)
+    wall = time.perf_counter() - wall_start
+    failed = [{"file": str(r.path), "error": r.error} for r in results if not r.ok]
+    info.update(
+        rows=len(frame),
+        seconds=round(wall, 3),
+        seconds_per_file=round(wall / len(paths), 4),
+        precision=predictor.precision,
+        load_seconds=round(predictor.load_seconds, 3),
+        failed=failed,
+        dropped=budget.events if budget else [],
+        model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
+        decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
+        front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
+        waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
+        out=str(out) if out is not None else None,
+    )
+    frame.attrs["birdinfer"] = info
+    _write_report(report, info)
+    dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
+    _say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
+                   f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
+                   + (f" → {out}" if out is not None else ""))
+    return frame
+
+
+def _say(progress: bool, message: str) -> None:
+    log.info(message)
+    if progress and not logging.getLogger().hasHandlers():
+        print(message, file=sys.stderr)
+
+
+def _write_report(path, info: dict) -> None:
+    if path is None:
+        return
+    Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")

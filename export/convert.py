@@ -1,0 +1,437 @@
+"""Checkpoints → verified ONNX / OpenVINO model folder (REFERENCE.md sections 3–4).
+
+Per model of the recipe: load the checkpoint (safe loader), export ONNX (opset 17, TorchScript exporter),
+check it, convert it to an OpenVINO IR saved uncompressed (f32), then run torch, ONNX Runtime and
+OpenVINO (f32 hint) on the same real mel input from the runtime's front end. Above
+:data:`PARITY_TOLERANCE` max abs logit difference the export fails. With ``precision="int8"`` an NNCF
+quantized IR is added beside the f32 one and its deviation from f32 is measured on held-out chunks.
+
+The manifest is written last (atomically), after every file exists, so a failed export never leaves a
+manifest naming missing or stale files.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import importlib.metadata
+import logging
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from birdinfer.errors import BirdinferError, CheckpointError, ParameterError
+from birdinfer.manifest import MANIFEST_NAME, Manifest, ModelEntry, ModelVariant, sha256_file
+
+from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
+from .network import SEDNet
+from .quantize import compile_int8, quantize_ir
+from .recipe import Recipe, RecipeModel, load_recipe
+from .verify import MelInputs, batches_of, deviation_figures, prepare_inputs
+
+__all__ = [
+    "PARITY_TOLERANCE",
+    "ONNX_OPSET",
+    "ExportError",
+    "export_models",
+    "export_onnx",
+    "onnx_to_openvino",
+    "read_taxonomy_labels",
+    "tool_versions",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest max-abs logit difference between torch and each exported form that counts as a faithful export.
+PARITY_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+INPUT_NAME = "mel"
+OUTPUT_NAME = "logits"
+F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+#: Synthetic calibration clips (60 s, 6 chunks each) when INT8 is asked without --calibration.
+SYNTHETIC_CALIBRATION_CLIPS = 8
+#: Encoder downsampling along time: frames per chunk = 2F / 32.
+TIME_STRIDE = 32
+
+
+class ExportError(BirdinferError):
+    """An export step failed or an exported model does not reproduce the torch network."""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def read_taxonomy_labels(taxonomy: str | Path) -> list[str]:
+    """``primary_label`` column of ``taxonomy.csv`` in file order (the model's output order)."""
+    path = Path(taxonomy)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "primary_label" not in reader.fieldnames:
+                raise ParameterError(f"{path}: no 'primary_label' column (columns: {reader.fieldnames}); pass BirdCLEF's taxonomy.csv")
+            labels = [str(row["primary_label"]).strip() for row in reader]
+    except FileNotFoundError as e:
+        raise ParameterError(f"taxonomy file {path} not found") from e
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ParameterError(f"{path}: cannot read the taxonomy: {e}") from e
+    if not labels or any(not label for label in labels):
+        raise ParameterError(f"{path}: 'primary_label' is empty or has blank rows")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ParameterError(f"{path}: duplicate primary_label values {duplicates[:5]}")
+    return labels
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of the packages an export depends on (None when not installed)."""
+    names = ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "birdinfer")
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def export_onnx(model: SEDNet, path: str | Path, *, input_shape: Sequence[int], dynamic_chunks: bool = False) -> Path:
+    """Export ``model`` (eval mode) to ONNX opset 17 with input ``mel`` ``input_shape`` and output ``logits``.
+
+    ``dynamic_chunks`` makes axis 0 of input and output symbolic ("chunks"); the other axes stay fixed.
+    The file is checked with ``onnx.checker``.
+    """
+    import onnx
+
+    path = Path(path)
+    example = torch.zeros(tuple(input_shape), dtype=torch.float32)
+    dynamic_axes = {INPUT_NAME: {0: "chunks"}, OUTPUT_NAME: {0: "chunks"}} if dynamic_chunks else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notices
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """Convert an ONNX file to an OpenVINO IR (``.xml`` + ``.bin``) keeping f32 weights."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    # save_model compresses weights to fp16 by default; the f32 variant must stay f32
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return Path(xml_path)
+
+
+def _run_openvino(compiled, batches: Iterable[np.ndarray]) -> np.ndarray:
+    request = compiled.create_infer_request()
+    outputs = [np.array(request.infer({0: b})[0], dtype=np.float32, copy=True) for b in batches]
+    return np.concatenate(outputs, axis=0)
+
+
+# ------------------------------------------------------------------------------------------ public
+def export_models(
+    checkpoints: str | Path,
+    out: str | Path,
+    *,
+    recipe: str | Path | Recipe | None = None,
+    taxonomy: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    precision: str = "f32",
+    calibration: str | Path | None = None,
+    chunks: int = 6,
+    dynamic_chunks: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Export the recipe's models found in ``checkpoints`` into the model folder ``out``; return its manifest.
+
+    - ``recipe``: recipe file or :class:`Recipe` (default: the 4th-place recipe, ``weights/birdclef2025_4th.json``).
+    - ``taxonomy``: ``taxonomy.csv``; its ``primary_label`` column (file order) becomes the labels. Without
+      it labels are ``class_000``, ... (with a warning), their count taken from the first checkpoint.
+    - ``models``: checkpoint stems to export (each must exist); default: every recipe model whose
+      checkpoint file is in ``checkpoints`` (none found is an error).
+    - ``precision``: ``"f32"`` (default) or ``"int8"``, which keeps f32 and adds an NNCF-quantized variant.
+    - ``calibration``: folder of soundscapes; the verification input and the INT8 calibration / held-out
+      chunks come from it through the runtime's front end (default: seeded synthetic audio, with a warning
+      for INT8).
+    - ``chunks``: chunk axis of the exported input ``(chunks, 1, n_mels, 2F)`` (default 6 = one 60 s file);
+      ``dynamic_chunks=True`` makes that axis dynamic (recorded as -1) and verifies with ``chunks`` chunks.
+
+    Raises :class:`CheckpointError` for missing or bad checkpoints, :class:`ExportError` when an exported
+    model differs from torch by more than :data:`PARITY_TOLERANCE` (max abs logit) or a step fails.
+    """
+    import openvino as ov
+    from tqdm.auto import tqdm
+
+    if precision not in ("f32", "int8"):
+        raise ParameterError(f"precision must be 'f32' or 'int8', got {precision!r}")
+    if int(chunks) <= 0:
+        raise ParameterError(f"chunks must be a positive integer, got {chunks!r}")
+    chunks = int(chunks)
+    checkpoints = Path(checkpoints)
+    out = Path(out)
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"checkpoint folder {checkpoints} does not exist or is not a folder")
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    selected = _select_models(recipe, checkpoints, models)
+
+    if taxonomy is not None:
+        labels = read_taxonomy_labels(taxonomy)
+    else:
+        first = checkpoints / selected[0].checkpoint
+        n_classes = checkpoint_class_count(read_state_dict(first), path=first)
+        labels = [f"class_{i:03d}" for i in range(n_classes)]
+        warnings.warn(
+            f"no taxonomy.csv given: labels are class_000..class_{n_classes - 1:03d} (count from {first.name}); "
+            "pass --taxonomy so predictions carry species codes",
+            stacklevel=2,
+        )
+
+    used_groups = [g for g in recipe.groups if any(m.group == g.name for m in selected)]
+    if precision == "int8" and calibration is None:
+        warnings.warn(
+            "INT8 without --calibration: calibrating on synthetic audio; give real soundscapes for a model "
+            "that keeps its accuracy",
+            stacklevel=2,
+        )
+    inputs = prepare_inputs(
+        used_groups,
+        calibration=calibration,
+        sample_rate=recipe.sample_rate,
+        window_seconds=recipe.window_seconds,
+        synthetic_clips=SYNTHETIC_CALIBRATION_CLIPS if precision == "int8" else 1,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    # An old manifest would name files this run overwrites: remove it first, write the new one last.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    core = ov.Core()
+    versions = tool_versions()
+    entries: list[ModelEntry] = []
+    files: dict[str, str] = {}
+    bar = tqdm(selected, desc="export", unit="model", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        entry, entry_files = _export_one(
+            spec, recipe, checkpoints, out, core=core, labels=labels, inputs=inputs, precision=precision,
+            chunks=chunks, dynamic_chunks=dynamic_chunks, versions=versions,
+        )
+        entries.append(entry)
+        files.update(entry_files)
+        _report(entry, write=bar.write if progress else print)
+        gc.collect()
+    bar.close()
+
+    manifest = Manifest(
+        labels=tuple(labels),
+        groups=tuple(used_groups),
+        models=tuple(entries),
+        sample_rate=recipe.sample_rate,
+        window_seconds=recipe.window_seconds,
+        chunk_seconds=2 * recipe.window_seconds,
+        smoothing=recipe.smoothing,
+        files=files,
+        folder=out,
+        extra={
+            "recipe": recipe.name,
+            "exported_by": "birdinfer_export.export_models",
+            "date": _now(),
+            "precision": precision,
+            "verification_input": inputs.parity_description(chunks),
+        },
+    )
+    manifest.validate()
+    manifest.save(out)
+    return Manifest.load(out)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _select_models(recipe: Recipe, checkpoints: Path, models: Sequence[str] | None) -> list[RecipeModel]:
+    if models:
+        selected = [recipe.model(name) for name in models]
+        missing = [m.checkpoint for m in selected if not (checkpoints / m.checkpoint).is_file()]
+        if missing:
+            raise CheckpointError(f"requested checkpoint(s) not found in {checkpoints}: {missing}")
+        return list(dict.fromkeys(selected))  # keep order, drop repeats
+    selected = [m for m in recipe.models if (checkpoints / m.checkpoint).is_file()]
+    if not selected:
+        expected = [m.checkpoint for m in recipe.models]
+        raise CheckpointError(
+            f"no checkpoint of recipe {recipe.name!r} found in {checkpoints}; expected any of: {expected}"
+        )
+    return selected
+
+
+def _export_one(
+    spec: RecipeModel,
+    recipe: Recipe,
+    checkpoints: Path,
+    out: Path,
+    *,
+    core,
+    labels: Sequence[str],
+    inputs: MelInputs,
+    precision: str,
+    chunks: int,
+    dynamic_chunks: bool,
+    versions: dict,
+) -> tuple[ModelEntry, dict[str, str]]:
+    start = time.perf_counter()
+    group = recipe.group(spec.group)
+    checkpoint_path = checkpoints / spec.checkpoint
+    model = load_checkpoint(checkpoint_path, arch=spec.arch, n_mels=group.n_mels, n_classes=len(labels))
+    input_shape = (chunks, 1, group.n_mels, group.frames_per_chunk)
+    frames_per_chunk = group.frames_per_chunk // TIME_STRIDE
+
+    onnx_name, xml_name = f"{spec.name}.onnx", f"{spec.name}.xml"
+    try:
+        export_onnx(model, out / onnx_name, input_shape=input_shape, dynamic_chunks=dynamic_chunks)
+    except Exception as e:  # noqa: BLE001 - the exporter and checker raise many types; say which model
+        raise ExportError(f"{spec.name} ({spec.arch}): ONNX export of {checkpoint_path} failed: {type(e).__name__}: {e}") from e
+    try:
+        onnx_to_openvino(out / onnx_name, out / xml_name)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{spec.name} ({spec.arch}): OpenVINO conversion of {onnx_name} failed: {type(e).__name__}: {e}") from e
+
+    batch = inputs.parity_batch(group.name, chunks)
+    f32_verification, f32_compiled = _verify_f32(spec, model, out / onnx_name, out / xml_name, batch, core=core, frames=frames_per_chunk)
+    f32_verification["input"] = inputs.parity_description(chunks)
+    del model
+
+    variants = {"f32": ModelVariant(openvino=xml_name, onnx=onnx_name, verification=f32_verification)}
+    if precision == "int8":
+        variants["int8"] = _export_int8(spec, out, xml_name, f32_compiled, inputs, group.name, chunks, core=core)
+
+    files = {name: sha256_file(out / name) for v in variants.values() for name in v.file_names()}
+    entry = ModelEntry(
+        name=spec.name,
+        arch=spec.arch,
+        group=spec.group,
+        weight=spec.weight,
+        input_shape=(-1 if dynamic_chunks else chunks, 1, group.n_mels, group.frames_per_chunk),
+        frames_per_chunk=frames_per_chunk,
+        variants=variants,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        export={
+            "checkpoint": spec.checkpoint,
+            "checkpoint_sha256": sha256_file(checkpoint_path),
+            "opset": ONNX_OPSET,
+            "versions": versions,
+            "date": _now(),
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+    return entry, files
+
+
+def _verify_f32(spec: RecipeModel, model: SEDNet, onnx_path: Path, xml_path: Path, batch: np.ndarray, *, core, frames: int):
+    """Torch vs ONNX Runtime vs OpenVINO (f32 hint) on ``batch``; raises :class:`ExportError` above tolerance."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        reference = model(torch.from_numpy(batch)).numpy().astype(np.float64)
+    expected_shape = (batch.shape[0], model.n_classes, frames)
+    if reference.shape != expected_shape:
+        raise ExportError(f"{spec.name} ({spec.arch}): torch output shape {reference.shape}, expected {expected_shape}")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    compiled = core.compile_model(str(xml_path), "CPU", dict(F32_CONFIG))
+    openvino_out = _run_openvino(compiled, [batch])
+    del session
+    figures = {}
+    for backend, values in (("onnxruntime", onnx_out), ("openvino", openvino_out)):
+        if values.shape != reference.shape:
+            raise ExportError(f"{spec.name} ({spec.arch}): {backend} output shape {values.shape} differs from torch {reference.shape}")
+        figures[backend] = float(np.max(np.abs(values.astype(np.float64) - reference)))
+    verification: dict[str, Any] = {
+        "reference": "torch f32 (eval)",
+        "max_abs_logit_diff_onnxruntime": figures["onnxruntime"],
+        "max_abs_logit_diff_openvino": figures["openvino"],
+        "tolerance": PARITY_TOLERANCE,
+        "openvino_config": dict(F32_CONFIG),
+        # scale of what was compared, so a tiny difference on tiny logits is not mistaken for parity
+        "logit_abs_max": float(np.max(np.abs(reference))),
+        "logit_std": float(np.std(reference)),
+    }
+    bad = {k: v for k, v in figures.items() if not v <= PARITY_TOLERANCE}
+    if bad:
+        raise ExportError(
+            f"{spec.name} ({spec.arch}): exported model differs from torch: max abs logit difference "
+            + ", ".join(f"{k} {v:.3g}" for k, v in figures.items())
+            + f" (tolerance {PARITY_TOLERANCE:g}; logits up to {verification['logit_abs_max']:.3g}). "
+            "Files are left in the output folder for inspection; no manifest was written."
+        )
+    return verification, compiled
+
+
+def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, inputs: MelInputs, group: str, chunks: int, *, core) -> ModelVariant:
+    int8_xml = f"{spec.name}.int8.xml"
+    calibration_batches = batches_of(inputs.calibration[group], chunks)
+    try:
+        quantized_ops = quantize_ir(core, out / f32_xml, out / int8_xml, calibration_batches)
+    except Exception as e:  # noqa: BLE001 - NNCF raises many types; say which model
+        raise ExportError(f"{spec.name} ({spec.arch}): INT8 quantization failed: {type(e).__name__}: {e}") from e
+    if quantized_ops == 0:
+        raise ExportError(f"{spec.name} ({spec.arch}): NNCF produced no quantized operations in {int8_xml}")
+    try:
+        compiled, config, default_error = compile_int8(core, out / int8_xml)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{spec.name} ({spec.arch}): the INT8 model {int8_xml} does not compile: {e}") from e
+    if default_error:
+        logger.warning("%s: INT8 model fails to compile with OpenVINO's default precision (%s); it compiles with %s",
+                       spec.name, default_error, config)
+    held_out = inputs.held_out[group]
+    held_batches = batches_of(held_out, chunks)
+    n = len(held_out)
+    f32_logits = _run_openvino(f32_compiled, held_batches)[:n]
+    int8_logits = _run_openvino(compiled, held_batches)[:n]
+    verification: dict[str, Any] = {
+        "reference": "f32 OpenVINO IR (INFERENCE_PRECISION_HINT f32)",
+        **deviation_figures(f32_logits, int8_logits),
+        "held_out": inputs.held_out_source,
+        "held_out_chunks": n,
+        "held_out_files": list(inputs.held_out_files),
+        "calibration": inputs.calibration_source,
+        "calibration_batches": len(calibration_batches),
+        "calibration_chunks": int(len(inputs.calibration[group])),
+        "quantized_ops": quantized_ops,
+        "compile_config": config,
+        "compiled_precision": _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "default_compile_error": default_error,
+        "tool": "nncf.quantize (defaults)",
+    }
+    return ModelVariant(openvino=int8_xml, verification=verification)
+
+
+def _precision_name(element_type) -> str:
+    """``openvino.Type`` → short name (``f32``, ``bf16``, ...)."""
+    name = getattr(element_type, "get_type_name", None)
+    return str(name()) if callable(name) else str(element_type)
+
+
+def _report(entry: ModelEntry, *, write) -> None:
+    f32 = entry.variants["f32"].verification
+    line = (f"{entry.name}: parity max|Δlogit| onnxruntime {f32['max_abs_logit_diff_onnxruntime']:.2e}, "
+            f"openvino {f32['max_abs_logit_diff_openvino']:.2e} ({entry.export.get('seconds', 0):.1f} s)")
+    if "int8" in entry.variants:
+        v = entry.variants["int8"].verification
+        line += (f"; INT8 vs f32: max|Δp| {v['max_abs_prob_diff']:.4f}, mean|Δp| {v['mean_abs_prob_diff']:.5f}, "
+                 f"Spearman {v['rank_agreement_spearman']:.4f}, top-1 {v['top1_agreement']:.3f}"
+                 + (f" [compiled with {v['compile_config']}]" if v["compile_config"] else ""))
+    write(line)

@@ -1,0 +1,91 @@
+"""Shared fixtures: synthetic soundscapes written as real OGG files, and one small real model folder
+(tf_efficientnet_lite0 in each of the three reference mel groups, random weights in the reference
+checkpoint format, exported and verified by birdinfer_export) built once per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 32000
+N_CLASSES = 12
+LABELS = [f"sp{i:02d}" for i in range(N_CLASSES)]
+
+# The reference groups (REFERENCE.md section 2), each with one light real timm architecture.
+SMALL_RECIPE = {
+    "format": "birdinfer-recipe",
+    "format_version": 1,
+    "name": "small-three-groups",
+    "sample_rate": SR,
+    "window_seconds": 5.0,
+    "smoothing": 0.15,
+    "groups": [
+        {"name": "v1", "n_fft": 2048, "hop_length": 64, "n_mels": 256, "fmin": 60, "fmax": 16000, "frames_per_window": 256, "weight": 2.5},
+        {"name": "v2", "n_fft": 1536, "hop_length": 64, "n_mels": 192, "fmin": 50, "fmax": 16000, "frames_per_window": 384, "weight": 1.0},
+        {"name": "v3", "n_fft": 2048, "hop_length": 128, "n_mels": 224, "fmin": 40, "fmax": 16000, "frames_per_window": 288, "weight": 1.0},
+    ],
+    "models": [
+        {"checkpoint": "lite0_v1.pth", "arch": "tf_efficientnet_lite0", "group": "v1", "weight": 1.5},
+        {"checkpoint": "lite0_v1b.pth", "arch": "tf_efficientnet_lite0", "group": "v1", "weight": 0.5},
+        {"checkpoint": "lite0_v2.pth", "arch": "tf_efficientnet_lite0", "group": "v2", "weight": 1.0},
+        {"checkpoint": "lite0_v3.pth", "arch": "tf_efficientnet_lite0", "group": "v3", "weight": 2.0},
+    ],
+}
+
+
+def synth_signal(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """Chirps, tones and noise: a seeded, spectrally busy test signal in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    y = 0.02 * rng.standard_normal(n)
+    for _ in range(max(1, int(seconds))):
+        start = rng.uniform(0, max(seconds - 0.5, 0.01))
+        length = rng.uniform(0.1, 0.6)
+        f0, f1 = rng.uniform(800, 9000, size=2)
+        mask = (t >= start) & (t < start + length)
+        tt = t[mask] - start
+        phase = 2 * np.pi * (f0 * tt + 0.5 * (f1 - f0) / length * tt**2)
+        y[mask] += rng.uniform(0.05, 0.4) * np.sin(phase) * np.hanning(mask.sum())
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+def write_ogg(path: Path, seconds: float, seed: int, sr: int = SR) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, synth_signal(seconds, seed, sr), sr, format="OGG", subtype="VORBIS")
+    return path
+
+
+def write_taxonomy(path: Path, labels=LABELS) -> Path:
+    rows = ["primary_label,common_name,class_name"] + [f"{x},Bird {x},Aves" for x in labels]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_model_folder(tmp_path_factory) -> Path:
+    """A verified 4-model, 3-group model folder (exported once per session)."""
+    pytest.importorskip("torch")
+    from birdinfer_export import export_models
+    from birdinfer_export.checkpoint import random_checkpoint
+
+    root = tmp_path_factory.mktemp("small_models")
+    checkpoints = root / "checkpoints"
+    checkpoints.mkdir()
+    groups = {g["name"]: g for g in SMALL_RECIPE["groups"]}
+    for seed, model in enumerate(SMALL_RECIPE["models"]):
+        random_checkpoint(model["arch"], groups[model["group"]]["n_mels"], N_CLASSES, checkpoints / model["checkpoint"], seed=seed)
+    recipe = root / "recipe.json"
+    recipe.write_text(json.dumps(SMALL_RECIPE))
+    out = root / "models"
+    export_models(checkpoints, out, recipe=recipe, taxonomy=write_taxonomy(root / "taxonomy.csv"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_checkpoints(small_model_folder) -> Path:
+    return small_model_folder.parent / "checkpoints"
