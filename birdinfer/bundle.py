@@ -281,7 +281,7 @@ def build_birdinfer_wheel(dest: str | Path, *, project_root: str | Path | None =
 
 
 # ----------------------------------------------------------------------------------- the closure
-def _resolve_wheels(roots: Sequence[tuple[Path | str, str | None]], wheels_dir: Path, *, python_version: str,
+def _resolve_wheels(roots: Sequence[Path | str], wheels_dir: Path, *, python_version: str,
                     platform: str, skip: Iterable[str], say) -> tuple[dict[str, Path], dict[str, list]]:
     """Download the dependency closure of ``roots`` (wheel paths, or pip specs) for the target.
 
@@ -294,7 +294,7 @@ def _resolve_wheels(roots: Sequence[tuple[Path | str, str | None]], wheels_dir: 
     target = ".".join(map(str, _parse_python_version(python_version)))
     have: dict[str, Path] = {}
     left_to_image: dict[str, list] = {}
-    queue: list[Path | str] = [root for root, _ in roots]
+    queue: list[Path | str] = list(roots)
     while queue:
         item = queue.pop(0)
         if isinstance(item, Path):
@@ -394,10 +394,10 @@ def build_bundle(
         wheels_dir.mkdir()
         say("birdinfer bundle: building the birdinfer wheel")
         own = build_birdinfer_wheel(wheels_dir, project_root=project_root)
-        roots: list[tuple[Path | str, str | None]] = [(own, None)]
+        roots: list[Path | str] = [own]
         if with_onnxruntime:
             version = _installed_version("onnxruntime")
-            roots.append((f"onnxruntime=={version}" if version else "onnxruntime", None))
+            roots.append(f"onnxruntime=={version}" if version else "onnxruntime")
         skip = () if include_image_packages else KAGGLE_IMAGE_PACKAGES
         say(f"birdinfer bundle: fetching wheels for CPython {python_version} {platform}")
         have, left_to_image = _resolve_wheels(roots, wheels_dir, python_version=python_version, platform=platform,

@@ -244,7 +244,9 @@ class FrontEnd:
         *,
         sample_rate: int = 32000,
         window_seconds: float = 5.0,
-        block_frames: int = 128,
+        block_frames: int = 1024,
+        fft_frames: int = 64,
+        band_cost: int = 48,
         fft_workers: int = 1,
     ):
         groups = tuple(groups)
@@ -261,13 +263,14 @@ class FrontEnd:
                 f"sample_rate * window_seconds must be a positive whole number of samples, got "
                 f"{sample_rate} * {window_seconds} = {window_samples}"
             )
-        if block_frames < 8:
-            raise ParameterError(f"block_frames must be >= 8, got {block_frames}")
+        if block_frames < 8 or fft_frames < 1:
+            raise ParameterError(f"block_frames must be >= 8 and fft_frames >= 1, got {block_frames}, {fft_frames}")
         self.groups = groups
         self.sample_rate = int(sample_rate)
         self.window_seconds = float(window_seconds)
         self.window_samples = int(window_samples)
         self.block_frames = int(block_frames)
+        self.fft_frames = int(fft_frames)
         self.fft_workers = int(fft_workers)
         self._windows: dict[int, np.ndarray] = {}
         self._plans: dict[int, list[_GroupPlan]] = {}  # n_fft -> groups sharing its frames
@@ -278,7 +281,7 @@ class FrontEnd:
             fb = mel_filterbank(sample_rate=self.sample_rate, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax)
             support = np.flatnonzero(fb.any(axis=0))
             bin_lo, bin_hi = (int(support[0]), int(support[-1]) + 1) if support.size else (0, 1)
-            self._plans.setdefault(g.n_fft, []).append(_GroupPlan(g, fb, _split_bands(fb), bin_lo, bin_hi))
+            self._plans.setdefault(g.n_fft, []).append(_GroupPlan(g, fb, _split_bands(fb, column_cost=band_cost), bin_lo, bin_hi))
             self._windows.setdefault(g.n_fft, hann_window(g.n_fft))
 
     def __repr__(self) -> str:
@@ -365,7 +368,7 @@ class FrontEnd:
                 spans.append((c_lo, c_hi))
                 if c_hi > c_lo:
                     first = min(first, int(p0[c_lo]))
-            power = self._power_spectra(frames[starts[first:b_end]], window, bin_lo, bin_hi)  # gather = copy
+            power = self._power_spectra(frames, starts[first:b_end], window, bin_lo, bin_hi)
             for plan, result, (p0, p1, w0, w1), (c_lo, c_hi) in zip(plans, results, columns, spans):
                 if c_hi == c_lo:
                     continue
@@ -385,9 +388,21 @@ class FrontEnd:
                     )
         return results
 
-    def _power_spectra(self, frames: np.ndarray, window: np.ndarray, bin_lo: int, bin_hi: int) -> np.ndarray:
-        """Windowed frames ``(k, n_fft)`` → power spectra ``(k, bin_hi - bin_lo)`` float32."""
-        frames *= window  # frames is a gathered copy, safe to overwrite
-        spectrum = scipy.fft.rfft(frames, axis=1, overwrite_x=True, workers=self.fft_workers)
-        spectrum = spectrum[:, bin_lo:bin_hi]
-        return (spectrum.real * spectrum.real + spectrum.imag * spectrum.imag).astype(np.float32, copy=False)
+    def _power_spectra(
+        self, frames: np.ndarray, starts: np.ndarray, window: np.ndarray, bin_lo: int, bin_hi: int
+    ) -> np.ndarray:
+        """Power spectra ``(len(starts), bin_hi - bin_lo)`` float32 of the windowed frames starting at ``starts``.
+
+        Done in small pieces so that each piece's frames and spectra stay in the CPU cache.
+        """
+        power = np.empty((len(starts), bin_hi - bin_lo), dtype=np.float32)
+        piece = self.fft_frames
+        for at in range(0, len(starts), piece):
+            chunk = frames[starts[at : at + piece]]  # gather: a copy, safe to overwrite
+            chunk *= window
+            spectrum = scipy.fft.rfft(chunk, axis=1, overwrite_x=True, workers=self.fft_workers)
+            # |X|^2 on the interleaved (re, im) float32 view: square in place, then add the pairs.
+            parts = spectrum.view(np.float32)[:, 2 * bin_lo : 2 * bin_hi]
+            np.square(parts, out=parts)
+            np.add(parts[:, 0::2], parts[:, 1::2], out=power[at : at + piece])
+        return power

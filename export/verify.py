@@ -186,8 +186,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 along the last axis (ties broken by position; float logits rarely tie)."""
-    return np.argsort(np.argsort(x, axis=-1, kind="stable"), axis=-1, kind="stable").astype(np.float64)
+    """Ranks along the last axis, ties sharing their average rank (bf16 / INT8 outputs do tie)."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average", axis=-1).astype(np.float64)
 
 
 def deviation_figures(reference_logits: np.ndarray, other_logits: np.ndarray) -> dict[str, float]:
@@ -196,8 +198,9 @@ def deviation_figures(reference_logits: np.ndarray, other_logits: np.ndarray) ->
     - ``max_abs_prob_diff`` / ``mean_abs_prob_diff``: over every chunk, class and frame of
       ``|sigmoid(other) − sigmoid(reference)|``.
     - ``rank_agreement_spearman``: for each (chunk, frame), the Spearman rank correlation between the two
-      models' class scores (ranks over the ``n_classes`` classes), averaged over all (chunk, frame) pairs;
-      1 means the class ordering is identical everywhere.
+      models' class scores (ranks over the ``n_classes`` classes, tied scores sharing their average rank),
+      averaged over all (chunk, frame) pairs; 1 means the class ordering is identical everywhere. A
+      (chunk, frame) whose scores are all equal in either model counts as 0 (no ordering to agree on).
     - ``top1_agreement``: fraction of (chunk, frame) pairs whose highest-scoring class is the same.
     """
     a = np.asarray(reference_logits, dtype=np.float64)
@@ -210,7 +213,8 @@ def deviation_figures(reference_logits: np.ndarray, other_logits: np.ndarray) ->
     rb = _ranks(np.moveaxis(b, 1, -1))
     ra -= ra.mean(axis=-1, keepdims=True)
     rb -= rb.mean(axis=-1, keepdims=True)
-    spearman = (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+    denominator = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+    spearman = np.divide((ra * rb).sum(-1), denominator, out=np.zeros_like(denominator), where=denominator > 0)
     top1 = np.argmax(a, axis=1) == np.argmax(b, axis=1)
     return {
         "max_abs_prob_diff": float(prob_diff.max()),

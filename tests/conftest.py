@@ -56,7 +56,11 @@ def synth_signal(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
 
 def write_ogg(path: Path, seconds: float, seed: int, sr: int = SR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, synth_signal(seconds, seed, sr), sr, format="OGG", subtype="VORBIS")
+    y = synth_signal(seconds, seed, sr)
+    # libsndfile's Vorbis encoder can crash on one very large write (seen at 130 s): write in 10 s pieces
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, format="OGG", subtype="VORBIS") as f:
+        for start in range(0, len(y), 10 * sr):
+            f.write(y[start : start + 10 * sr])
     return path
 
 

@@ -239,8 +239,10 @@ def kaggle_venv(tmp_path_factory, small_model_folder, package_index):
     assert str(venv) in probe.stdout and probe.stdout.split()[-1] == "True", probe.stdout
 
     # The Jupyter kernel itself is test scaffolding, not part of the bundle: installed with the machine's pip set-up.
+    t0 = time.perf_counter()
     kernel = subprocess.run([python, "-m", "pip", "install", "--progress-bar", "off", "ipykernel"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
+    figures["ipykernel_install_s"] = time.perf_counter() - t0
     if kernel.returncode != 0:
         pytest.skip("cannot install ipykernel into the test venv: " + kernel.stdout.strip().splitlines()[-1])
     return bundle, python, figures
@@ -275,7 +277,11 @@ def test_notebook_runs_offline_in_a_fresh_venv(kaggle_venv, tmp_path, monkeypatc
         "display_name": "birdinfer test venv", "language": "python",
     }))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    for key, value in _offline_pip_env().items():
+    offline = _offline_pip_env()
+    for key in list(os.environ):
+        if (key.startswith("PIP_") or key == "PYTHONPATH") and key not in offline:
+            monkeypatch.delenv(key)
+    for key, value in offline.items():
         if key.startswith("PIP_"):
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("BIRDINFER_INPUT", str(tmp_path / "input"))
@@ -291,6 +297,7 @@ def test_notebook_runs_offline_in_a_fresh_venv(kaggle_venv, tmp_path, monkeypatc
     figures["notebook_wall_s"] = time.perf_counter() - t0
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "test_soundscapes is EMPTY" in printed
+    assert "Looking in links: " + str(bundle / "wheels") in printed, "the notebook's pip must see only the bundle"
 
     sample = pd.read_csv(competition / "sample_submission.csv")
     submission = pd.read_csv(working / "submission.csv")
@@ -305,3 +312,24 @@ def test_notebook_runs_offline_in_a_fresh_venv(kaggle_venv, tmp_path, monkeypatc
     figures = {k: round(v, 2) for k, v in figures.items()}
     (tmp_path / "kaggle_figures.json").write_text(json.dumps(figures, indent=2))
     print(f"\nkaggle figures: {json.dumps(figures)}")
+
+
+def test_offline_install_fails_when_a_bundled_wheel_is_missing(kaggle_venv, tmp_path):
+    """The offline check can fail: without openvino-telemetry's wheel pip cannot resolve birdinfer."""
+    bundle, python, _ = kaggle_venv
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for wheel in (bundle / "wheels").glob("*.whl"):
+        if not wheel.name.startswith("openvino_telemetry-"):
+            (partial / wheel.name).symlink_to(wheel)
+
+    def resolve_offline(find_links: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index", "--only-binary=:all:",
+             "--find-links", str(find_links), "birdinfer"],
+            env=_offline_pip_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    complete = resolve_offline(bundle / "wheels")
+    assert complete.returncode == 0, complete.stdout[-2000:]
+    missing = resolve_offline(partial)
+    assert missing.returncode != 0 and "openvino-telemetry" in missing.stdout.lower().replace("_", "-"), missing.stdout[-2000:]

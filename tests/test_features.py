@@ -1,0 +1,261 @@
+"""birdinfer.features against the reference front end (librosa mel + cv2 resize + per-chunk power_to_db).
+
+The reference is written here with the oracles the original system used; the inputs are real OGG files
+written by libsndfile from seeded synthetic signals (chirps, tones, noise, silence) and decoded with
+birdinfer.audio.load_audio, so both sides see the same samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from birdinfer.audio import load_audio
+from birdinfer.errors import ParameterError
+from birdinfer.features import (
+    FrontEnd,
+    hann_window,
+    mel_filterbank,
+    n_windows,
+    resize_plan,
+    resized_width,
+    stft_frames,
+)
+from birdinfer.manifest import MelGroup
+
+librosa = pytest.importorskip("librosa")
+cv2 = pytest.importorskip("cv2")
+
+SR = 32000
+WINDOW = 5 * SR
+GROUPS = (
+    MelGroup("v1", n_fft=2048, hop_length=64, n_mels=256, fmin=60.0, fmax=16000.0, frames_per_window=256, weight=2.5),
+    MelGroup("v2", n_fft=1536, hop_length=64, n_mels=192, fmin=50.0, fmax=16000.0, frames_per_window=384),
+    MelGroup("v3", n_fft=2048, hop_length=128, n_mels=224, fmin=40.0, fmax=16000.0, frames_per_window=288),
+)
+BY_NAME = {g.name: g for g in GROUPS}
+LENGTHS = (60.0, 5.0, 7.3, 62.0, 3.0)
+TOLERANCE_DB = 0.01
+
+
+def _soundscape(seconds: float, seed: int) -> np.ndarray:
+    """Seeded synthetic soundscape: noise floor, up/down chirps, steady tones, a silent gap."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * SR))
+    t = np.arange(n) / SR
+    y = 0.005 * rng.standard_normal(n)
+    for k in range(int(seconds // 2) + 1):  # a 0.6 s chirp every 2 s, random band
+        f0, f1 = rng.uniform(1000, 9000, size=2)
+        start = k * 2.0 + rng.uniform(0, 1.2)
+        m = (t >= start) & (t < start + 0.6)
+        tau = t[m] - start
+        y[m] += 0.3 * np.sin(2 * np.pi * (f0 * tau + 0.5 * (f1 - f0) / 0.6 * tau**2)) * np.hanning(m.sum())
+    y += 0.05 * np.sin(2 * np.pi * 440 * t) + 0.02 * np.sin(2 * np.pi * 12000 * t)
+    y[int(0.3 * n) : int(0.3 * n) + SR // 4] = 0.0  # digital silence
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+def reference_front_end(y: np.ndarray, group: MelGroup) -> list[np.ndarray]:
+    """REFERENCE.md section 2 with librosa + cv2: a list of per-chunk dB arrays (n_mels, <= 2F)."""
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=group.n_fft, hop_length=group.hop_length, n_mels=group.n_mels,
+        fmin=group.fmin, fmax=group.fmax, power=2.0, center=True, pad_mode="constant",
+    )
+    width = max(1, len(y) * group.frames_per_window // WINDOW)
+    resized = cv2.resize(mel, (width, group.n_mels), interpolation=cv2.INTER_LINEAR)
+    step = group.frames_per_chunk
+    return [librosa.power_to_db(resized[:, i : i + step], ref=1.0, top_db=80.0) for i in range(0, width, step)]
+
+
+@pytest.fixture(scope="module")
+def signals(tmp_path_factory):
+    """Decoded samples of real OGG files, one per length."""
+    folder = tmp_path_factory.mktemp("features")
+    out = {}
+    for seed, seconds in enumerate(LENGTHS):
+        path = folder / f"soundscape_{seconds}.ogg"
+        sf.write(path, _soundscape(seconds, seed), SR)
+        out[seconds] = load_audio(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def front_end():
+    return FrontEnd(GROUPS)
+
+
+@pytest.fixture(scope="module")
+def outputs(signals, front_end):
+    return {seconds: front_end(y) for seconds, y in signals.items()}
+
+
+@pytest.fixture(scope="module")
+def references(signals):
+    cache = {}
+
+    def get(seconds, name):
+        if (seconds, name) not in cache:
+            cache[(seconds, name)] = reference_front_end(signals[seconds], BY_NAME[name])
+        return cache[(seconds, name)]
+
+    return get
+
+
+# ----------------------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("name", [g.name for g in GROUPS])
+@pytest.mark.parametrize("seconds", LENGTHS)
+def test_parity_with_reference(outputs, references, signals, seconds, name):
+    group = BY_NAME[name]
+    ours = outputs[seconds][name]
+    chunks = references(seconds, name)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous
+    assert ours.shape == (len(chunks), 1, group.n_mels, group.frames_per_chunk)
+    worst = 0.0
+    for i, ref in enumerate(chunks):
+        worst = max(worst, float(np.abs(ours[i, 0, :, : ref.shape[1]] - ref).max()))
+    print(f"{seconds:5.1f} s {name}: max |dB difference| = {worst:.2e}")
+    assert worst <= TOLERANCE_DB
+
+
+def test_sixty_second_shapes(outputs):
+    shapes = {name: a.shape for name, a in outputs[60.0].items()}
+    assert shapes == {"v1": (6, 1, 256, 512), "v2": (6, 1, 192, 768), "v3": (6, 1, 224, 576)}
+    assert list(outputs[60.0]) == ["v1", "v2", "v3"]
+
+
+@pytest.mark.parametrize("seconds", [7.3, 62.0, 3.0])
+def test_partial_chunk_is_padded_with_zero_power(outputs, seconds):
+    for group in GROUPS:
+        ours = outputs[seconds][group.name]
+        width = resized_width(round(seconds * SR), group.frames_per_window, WINDOW)
+        real = width - (ours.shape[0] - 1) * group.frames_per_chunk
+        assert 0 < real < group.frames_per_chunk
+        last = ours[-1, 0]
+        chunk_max = last.max()
+        assert chunk_max == last[:, :real].max()  # the padding does not raise the maximum
+        pad_value = max(np.float32(-100.0), chunk_max - np.float32(80.0))
+        np.testing.assert_array_equal(last[:, real:], np.full_like(last[:, real:], pad_value))
+
+
+def test_each_chunk_has_its_own_80_db_floor(outputs):
+    v1 = outputs[60.0]["v1"]
+    for chunk in v1[:, 0]:
+        assert chunk.min() == pytest.approx(chunk.max() - 80.0, abs=1e-4)
+
+
+def test_groups_share_frames_without_changing_results(signals, outputs):
+    y = signals[7.3]
+    alone = {g.name: FrontEnd([g])(y)[g.name] for g in GROUPS}
+    for name, a in alone.items():
+        np.testing.assert_allclose(a, outputs[7.3][name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("block_frames", [8, 37, 1024])
+def test_block_size_does_not_change_results(signals, outputs, block_frames):
+    out = FrontEnd(GROUPS, block_frames=block_frames)(signals[7.3])
+    for name, a in out.items():
+        np.testing.assert_allclose(a, outputs[7.3][name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
+def test_short_signals(front_end):
+    rng = np.random.default_rng(3)
+    for n in [1, 100, 1023, 2049]:
+        y = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        out = front_end(y)
+        for g in GROUPS:
+            assert out[g.name].shape == (1, 1, g.n_mels, g.frames_per_chunk)
+            assert np.isfinite(out[g.name]).all()
+            ref = reference_front_end(y, g)[0]
+            np.testing.assert_allclose(out[g.name][0, 0, :, : ref.shape[1]], ref, atol=TOLERANCE_DB, rtol=0)
+
+
+def test_empty_and_bad_input(front_end):
+    empty = front_end(np.zeros(0, dtype=np.float32))
+    assert {k: v.shape for k, v in empty.items()} == {
+        "v1": (0, 1, 256, 512), "v2": (0, 1, 192, 768), "v3": (0, 1, 224, 576)}
+    with pytest.raises(ParameterError, match="NaN"):
+        front_end(np.array([0.0, np.nan, 0.1], dtype=np.float32))
+    with pytest.raises(ParameterError, match="mono"):
+        front_end(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ParameterError):
+        FrontEnd([])
+    with pytest.raises(ParameterError):
+        FrontEnd([GROUPS[0], GROUPS[0]])
+
+
+def test_float64_input_is_accepted(front_end, signals):
+    y = signals[3.0]
+    out64 = front_end(y.astype(np.float64))
+    np.testing.assert_array_equal(out64["v2"], front_end(y)["v2"])
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+@pytest.mark.parametrize(
+    "n_samples,expected",
+    [(0, 0), (1, 1), (WINDOW - 1, 1), (WINDOW, 1), (2 * WINDOW - 1, 1), (2 * WINDOW, 2),
+     (60 * SR, 12), (62 * SR, 12), (3 * SR, 1), (int(7.3 * SR), 1)],
+)
+def test_n_windows(n_samples, expected):
+    assert n_windows(n_samples, WINDOW) == expected
+
+
+def test_n_windows_rejects_bad_values():
+    with pytest.raises(ParameterError):
+        n_windows(10, 0)
+    with pytest.raises(ParameterError):
+        n_windows(-1, WINDOW)
+
+
+def test_chunks_cover_the_windows(front_end):
+    for n in [1, WINDOW - 1, WINDOW, 3 * WINDOW + 17, 12 * WINDOW, 13 * WINDOW - 1]:
+        for g in GROUPS:
+            assert 2 * front_end.output_shape(g, n)[0] >= n_windows(n, WINDOW)
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
+def test_filterbank_equals_librosa(group):
+    ours = mel_filterbank(sample_rate=SR, n_fft=group.n_fft, n_mels=group.n_mels, fmin=group.fmin, fmax=group.fmax)
+    ref = librosa.filters.mel(sr=SR, n_fft=group.n_fft, n_mels=group.n_mels, fmin=group.fmin, fmax=group.fmax)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("params", [(22050, 1024, 64, 0.0, 8000.0), (32000, 512, 40, 300.0, 12000.0),
+                                    (16000, 400, 80, 20.0, 8000.0)])
+def test_filterbank_other_parameters(params):
+    sr, n_fft, n_mels, fmin, fmax = params
+    ours = mel_filterbank(sample_rate=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("n_fft", [1536, 2048, 7])
+def test_hann_window_is_periodic(n_fft):
+    from scipy.signal import get_window
+
+    w = hann_window(n_fft)
+    assert w.dtype == np.float32 and w[0] == 0.0
+    np.testing.assert_allclose(w, get_window("hann", n_fft, fftbins=True), atol=1e-7)
+    # periodic, not symmetric: the window of length n+1 without its last point
+    np.testing.assert_allclose(w, np.hanning(n_fft + 1)[:-1], atol=1e-7)
+
+
+@pytest.mark.parametrize("src,dst", [(30001, 3072), (15001, 3456), (30001, 4608), (31001, 3174), (100, 1), (5, 17),
+                                     (7, 7), (2, 3)])
+def test_resize_plan_matches_cv2(src, dst):
+    rng = np.random.default_rng(src + dst)
+    a = rng.uniform(0, 1, size=(3, src)).astype(np.float32)
+    i0, i1, frac = resize_plan(src, dst)
+    ours = a[:, i0] * (np.float32(1) - frac) + a[:, i1] * frac
+    ref = cv2.resize(a, (dst, 3), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(ours, ref, rtol=3e-6, atol=1e-7)
+    assert i0.min() >= 0 and i1.max() <= src - 1
+
+
+def test_stft_frame_count_matches_librosa():
+    y = np.zeros(12345, dtype=np.float32)
+    for g in GROUPS:
+        spec = librosa.stft(y, n_fft=g.n_fft, hop_length=g.hop_length, center=True, pad_mode="constant")
+        assert spec.shape[1] == stft_frames(len(y), g.n_fft, g.hop_length) == 1 + len(y) // g.hop_length
