@@ -13,6 +13,7 @@ Needs librosa and opencv-python-headless (the reference); birdinfer itself needs
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -74,14 +75,16 @@ def synthetic_soundscape(path: Path, seconds: float = 60.0, seed: int = 0) -> Pa
     return path
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
+def timed(fn, repeats: int) -> tuple[float, float, float, object]:
+    """Best and median wall time, best CPU time (all threads of this process) and the last result."""
     fn()  # warm-up (librosa's first call compiles and imports lazily)
-    times, result = [], None
+    times, cpu_times, result = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times), result
+        cpu_times.append(time.process_time() - c0)
+    return min(times), statistics.median(times), min(cpu_times), result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,18 +101,20 @@ def main(argv: list[str] | None = None) -> None:
         if args.block_frames:
             kwargs["block_frames"] = args.block_frames
         front_end = FrontEnd(GROUPS, **kwargs)
-        print(f"{front_end!r} {kwargs}; {args.repeats} repeats after a warm-up; times in seconds (best / median)")
+        print(f"{front_end!r} {kwargs}; {args.repeats} repeats after a warm-up; wall times in seconds (best / median)")
+        print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (a shared machine inflates wall times)")
         ratios = []
         for path in paths:
             y = load_audio(path)
-            ref_best, ref_median, ref = timed(lambda: reference_front_end(y), args.repeats)
-            our_best, our_median, ours = timed(lambda: front_end(y), args.repeats)
+            ref_best, ref_median, ref_cpu, ref = timed(lambda: reference_front_end(y), args.repeats)
+            our_best, our_median, our_cpu, ours = timed(lambda: front_end(y), args.repeats)
             diff = max(float(np.abs(ours[g.name] - ref[g.name]).max()) for g in GROUPS)
             ratio = ref_best / our_best
             ratios.append(ratio)
             print(f"{path.name} ({len(y) / SR:.1f} s): librosa+cv2 {ref_best:.3f} / {ref_median:.3f}   "
                   f"FrontEnd {our_best:.4f} / {our_median:.4f}   speed-up {ratio:.1f}x (median "
                   f"{ref_median / our_median:.1f}x)   max |dB diff| {diff:.2e}")
+            print(f"    CPU time (best): librosa+cv2 {ref_cpu:.3f}   FrontEnd {our_cpu:.4f}   ratio {ref_cpu / our_cpu:.1f}x")
         if len(ratios) > 1:
             print(f"speed-up over {len(ratios)} files: median {statistics.median(ratios):.1f}x")
 

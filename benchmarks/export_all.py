@@ -5,7 +5,7 @@ each model into its own model folder (so one failure does not hide the others), 
 export time (ONNX + IR + verification), the recorded parity figures (max abs logit difference of ONNX
 Runtime and OpenVINO f32 vs torch) and the IR size. With ``--precision int8`` the INT8 deviation too.
 
-    python benchmarks/export_all.py [--precision int8] [--models STEM ...] [--calibration AUDIO_DIR] [--keep DIR]
+    python benchmarks/export_all.py [--precision int8] [--models STEM ...] [--calibration AUDIO_DIR] [--workdir PARENT_DIR]
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="f32", choices=["f32", "int8"])
     parser.add_argument("--models", nargs="+", default=None, metavar="STEM", help="only these recipe models")
     parser.add_argument("--calibration", type=Path, default=None, help="soundscapes for verification / INT8 calibration")
-    parser.add_argument("--keep", type=Path, default=None, help="write checkpoints and model folders here (kept)")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent folder for the temporary work folder (default: system temp)")
     args = parser.parse_args(argv)
 
     recipe = load_recipe()
     specs = [recipe.model(name) for name in args.models] if args.models else list(recipe.models)
     print("versions:", {k: v for k, v in tool_versions().items() if v})
-    with tempfile.TemporaryDirectory(prefix="export_all_") as tmp:
-        root = args.keep or Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="export_all_", dir=args.workdir) as tmp:
+        root = Path(tmp)
         checkpoints = root / "checkpoints"
         checkpoints.mkdir(parents=True, exist_ok=True)
         rows = []
         total_start = time.perf_counter()
         for seed, spec in enumerate(specs):
             start = time.perf_counter()
-            random_checkpoint(spec.arch, recipe.group(spec.group).n_mels, N_CLASSES, checkpoints / spec.checkpoint, seed=seed)
+            group = recipe.group(spec.group)
+            random_checkpoint(spec.arch, group.n_mels, N_CLASSES, checkpoints / spec.checkpoint, seed=seed, group=group)
             checkpoint_seconds = time.perf_counter() - start
             start = time.perf_counter()
             try:

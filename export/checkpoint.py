@@ -18,6 +18,7 @@ from typing import Mapping
 import torch
 
 from birdinfer.errors import CheckpointError
+from birdinfer.manifest import MelGroup
 
 from .network import SEDNet
 
@@ -174,12 +175,19 @@ def save_reference_checkpoint(model: SEDNet, path: str | Path, *, n_averaged: in
     return path
 
 
-def random_checkpoint(arch: str, n_mels: int, n_classes: int, path: str | Path, *, seed: int) -> Path:
+def random_checkpoint(
+    arch: str, n_mels: int, n_classes: int, path: str | Path, *, seed: int, group: MelGroup | None = None
+) -> Path:
     """Write a random-weight ``SEDNet`` in the reference format, with realistic ``bn0`` statistics.
 
     ``bn0`` gets running means around −40 dB and variances 100–400 (what trained models hold, FINDINGS.md),
-    so the normalised input is of order 1 and the outputs depend on the input. For tests and benchmarks.
+    so the normalised input is of order 1 and the outputs depend on the input. The encoder's batch-norm
+    statistics are then measured on dB input: the front end's mel chunks of seeded synthetic audio when
+    ``group`` is given (recommended: activations then have the scale a trained network has on real input),
+    else dB-like noise. For tests and benchmarks.
     """
+    if group is not None and group.n_mels != n_mels:
+        raise ValueError(f"group {group.name!r} has n_mels={group.n_mels}, not {n_mels}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SEDNet(arch, n_mels=n_mels, n_classes=n_classes)
@@ -189,12 +197,24 @@ def random_checkpoint(arch: str, n_mels: int, n_classes: int, path: str | Path, 
             model.bn0.running_var.copy_(100.0 + 300.0 * torch.rand(n_mels, generator=generator))
             model.bn0.weight.copy_(1.0 + 0.1 * torch.randn(n_mels, generator=generator))
             model.bn0.bias.copy_(0.1 * torch.randn(n_mels, generator=generator))
-        _calibrate_encoder_batch_norm(model, generator)
+        _calibrate_encoder_batch_norm(model, _calibration_input(n_mels, group, seed=seed, generator=generator))
     return save_reference_checkpoint(model.eval(), path, n_averaged=1)
 
 
-def _calibrate_encoder_batch_norm(model: SEDNet, generator: torch.Generator, *, passes: int = 2) -> None:
-    """Set the encoder's batch-norm running statistics to those of dB-like noise input.
+def _calibration_input(n_mels: int, group: MelGroup | None, *, seed: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Batches ``(b, 1, n_mels, T)`` of dB input to measure batch-norm statistics on."""
+    if group is None:
+        return [-40.0 + 15.0 * torch.randn(4, 1, n_mels, 256, generator=generator) for _ in range(2)]
+    from birdinfer.features import FrontEnd
+
+    from .verify import synthetic_audio
+
+    mel = FrontEnd([group])(synthetic_audio(30.0, seed=10_000 + seed))[group.name]  # 3 chunks
+    return [torch.from_numpy(mel)]
+
+
+def _calibrate_encoder_batch_norm(model: SEDNet, batches: list[torch.Tensor]) -> None:
+    """Set the encoder's batch-norm running statistics to those of the given dB input.
 
     With timm's initial statistics (mean 0, variance 1) deep random encoders shrink or blow up their
     activations, leaving logits nearly constant; statistics measured on the input's own scale keep every
@@ -207,8 +227,8 @@ def _calibrate_encoder_batch_norm(model: SEDNet, generator: torch.Generator, *, 
     model.train()
     model.bn0.eval()  # keep the realistic bn0 statistics set above
     with torch.no_grad():
-        for _ in range(passes):
-            model(-40.0 + 15.0 * torch.randn(4, 1, model.n_mels, 256, generator=generator))
+        for batch in batches:
+            model(batch)
     for norm in norms:
         norm.momentum = 0.1  # timm's default, as saved in trained checkpoints
     model.eval()

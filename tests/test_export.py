@@ -85,7 +85,8 @@ def three_groups(tmp_path_factory):
     recipe = _small_recipe(models)
     recipe_path = recipe.save(root / "recipe.json")
     for seed, m in enumerate(models):
-        random_checkpoint(m.arch, recipe.group(m.group).n_mels, N_CLASSES, checkpoints / m.checkpoint, seed=seed)
+        random_checkpoint(m.arch, recipe.group(m.group).n_mels, N_CLASSES, checkpoints / m.checkpoint, seed=seed,
+                          group=recipe.group(m.group))
     # a stray checkpoint not in the recipe is ignored
     (checkpoints / "not_in_recipe.pth").write_bytes(b"ignored")
     taxonomy = _write_taxonomy(root / "taxonomy.csv")
@@ -111,7 +112,7 @@ def int8_export(tmp_path_factory, calibration_dir):
     checkpoints.mkdir()
     spec = RecipeModel("lite0_v3_int8.pth", ARCH, "v3", 1.0)
     recipe = _small_recipe([spec])
-    random_checkpoint(ARCH, recipe.group("v3").n_mels, N_CLASSES, checkpoints / spec.checkpoint, seed=7)
+    random_checkpoint(ARCH, 224, N_CLASSES, checkpoints / spec.checkpoint, seed=7, group=recipe.group("v3"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = export_models(checkpoints, root / "models", recipe=recipe, precision="int8",
@@ -424,7 +425,8 @@ def test_all_16_recipe_architectures_export_and_verify(tmp_path):
     recipe = load_recipe()
     checkpoints = tmp_path / "ckpt"
     for seed, spec in enumerate(recipe.models):
-        random_checkpoint(spec.arch, recipe.group(spec.group).n_mels, 206, checkpoints / spec.checkpoint, seed=seed)
+        random_checkpoint(spec.arch, recipe.group(spec.group).n_mels, 206, checkpoints / spec.checkpoint, seed=seed,
+                          group=recipe.group(spec.group))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         manifest = export_models(checkpoints, tmp_path / "models", progress=False)

@@ -134,7 +134,7 @@ def test_partial_chunk_is_padded_with_zero_power(outputs, seconds):
         last = ours[-1, 0]
         chunk_max = last.max()
         assert chunk_max == last[:, :real].max()  # the padding does not raise the maximum
-        pad_value = max(np.float32(-100.0), chunk_max - np.float32(80.0))
+        pad_value = max(np.float32(10) * np.log10(np.float32(1e-10)), chunk_max - np.float32(80.0))
         np.testing.assert_array_equal(last[:, real:], np.full_like(last[:, real:], pad_value))
 
 
@@ -259,3 +259,21 @@ def test_stft_frame_count_matches_librosa():
     for g in GROUPS:
         spec = librosa.stft(y, n_fft=g.n_fft, hop_length=g.hop_length, center=True, pad_mode="constant")
         assert spec.shape[1] == stft_frames(len(y), g.n_fft, g.hop_length) == 1 + len(y) // g.hop_length
+
+
+def test_silence_is_the_floor(front_end):
+    out = front_end(np.zeros(3 * SR + 5, dtype=np.float32))
+    floor = librosa.power_to_db(np.zeros((2, 2), dtype=np.float32), ref=1.0, top_db=80.0)[0, 0]  # float32 -100
+    assert floor == pytest.approx(-100.0, abs=1e-4)
+    for a in out.values():
+        np.testing.assert_array_equal(a, np.full_like(a, floor))
+
+
+def test_runtime_imports_neither_librosa_nor_cv2():
+    import subprocess
+    import sys
+
+    code = ("import sys, birdinfer.audio, birdinfer.features; "
+            "bad = [m for m in ('librosa', 'cv2', 'torch', 'timm') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
