@@ -1,0 +1,228 @@
+"""birdinfer against the reference pipeline, on the same files in one run (issue 5).
+
+Reference (REFERENCE.md sections 2 and 4, as the 4th-place notebook ran it): per file and per mel group,
+``librosa.load`` + ``librosa.feature.melspectrogram`` + ``cv2.resize`` + per-chunk ``power_to_db``; one
+OpenVINO compiled model per checkpoint (from the model folder's f32 IR), called with the 6 chunks of the
+file; sigmoid, 5 s max, weighted means, smoothing in numpy. Run twice: with
+``INFERENCE_PRECISION_HINT=f32`` ("reference f32", how it ran on Kaggle's CPUs) and with OpenVINO's default
+("reference default": bf16 where the CPU has it natively).
+
+birdinfer: :class:`birdinfer.pipeline.Predictor` over the same files (``iter_files``: the path
+``make_submission`` takes, front end in a background thread), at ``f32`` and ``fast`` (INT8 where the CPU
+has VNNI, OpenVINO's default elsewhere; f32 where an INT8 model does not compile).
+
+Models are loaded once per mode (load time reported apart); one warm-up file per mode is not counted (librosa's
+first call alone costs seconds). Printed: per-file seconds, ratios, the front end's share of wall time, the
+models' fraction of the measured f32 matrix peak, and the issue-5 targets met or not.
+
+    python benchmarks/compare_reference.py --models /work/models16 [--audio DIR] [--files 4] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from birdinfer.bench import _gflop_per_file, machine_info, synthetic_soundscapes
+from birdinfer.ensemble import combine, smooth, window_probabilities
+from birdinfer.manifest import Manifest
+from birdinfer.models import _short_type
+from birdinfer.pipeline import Predictor, resolve_inputs
+
+SR = 32000
+
+
+# ------------------------------------------------------------------------------------ reference pipeline
+def reference_mel(y: np.ndarray, group) -> np.ndarray:
+    """REFERENCE.md section 2 with librosa + cv2 → ``(chunks, 1, n_mels, 2F)`` (a 60 s file: 6 chunks)."""
+    import cv2
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=group.n_fft, hop_length=group.hop_length, n_mels=group.n_mels,
+                                         fmin=group.fmin, fmax=group.fmax, power=2.0, center=True, pad_mode="constant")
+    width = (len(y) * group.frames_per_window) // (5 * SR)
+    mel = cv2.resize(mel, (width, group.n_mels), interpolation=cv2.INTER_LINEAR)
+    step = 2 * group.frames_per_window
+    chunks = [librosa.power_to_db(mel[:, i : i + step], ref=1.0, top_db=80.0) for i in range(0, width - step + 1, step)]
+    return np.stack(chunks)[:, None].astype(np.float32)
+
+
+class ReferencePipeline:
+    """One OpenVINO compiled model per checkpoint; a file is decoded and its mel computed once per group."""
+
+    def __init__(self, manifest: Manifest, config: dict):
+        import openvino as ov
+
+        core = ov.Core()
+        start = time.perf_counter()
+        self.manifest = manifest
+        self.compiled = {}
+        for m in manifest.models:
+            model = core.read_model(str(manifest.path_of(m.variants["f32"].openvino)))
+            self.compiled[m.name] = core.compile_model(model, "CPU", dict(config))
+        self.load_seconds = time.perf_counter() - start
+        first = next(iter(self.compiled.values()))
+        self.precision = _short_type(str(first.get_property("INFERENCE_PRECISION_HINT")))
+        self.front_end_seconds = 0.0
+        self.model_seconds = 0.0
+
+    def predict_file(self, path: Path) -> np.ndarray:
+        import librosa
+
+        per_model = {}
+        n_rows = None
+        for group in self.manifest.used_groups():
+            t0 = time.perf_counter()
+            y, _ = librosa.load(str(path), sr=SR)
+            x = reference_mel(y.astype(np.float32), group)
+            t1 = time.perf_counter()
+            n_rows = len(y) // (5 * SR)
+            for m in self.manifest.models_of(group.name):
+                logits = self.compiled[m.name]({0: x})[0]
+                per_model[m.name] = window_probabilities(np.asarray(logits, dtype=np.float32), n_rows)
+            self.front_end_seconds += t1 - t0
+            self.model_seconds += time.perf_counter() - t1
+        return smooth(combine(self.manifest, per_model), self.manifest.smoothing)
+
+
+# ------------------------------------------------------------------------------------ runs
+def time_reference(manifest, config, warmup, paths) -> dict:
+    ref = ReferencePipeline(manifest, config)
+    ref.predict_file(warmup)
+    ref.front_end_seconds = ref.model_seconds = 0.0
+    start = time.perf_counter()
+    probs = [ref.predict_file(p) for p in paths]
+    wall = time.perf_counter() - start
+    out = {"load_seconds": ref.load_seconds, "wall_per_file": wall / len(paths), "precision": ref.precision,
+           "front_end_per_file": ref.front_end_seconds / len(paths), "models_per_file": ref.model_seconds / len(paths),
+           "probs": probs}
+    del ref
+    gc.collect()
+    return out
+
+
+def time_birdinfer(manifest, precision, warmup, paths) -> dict:
+    predictor = Predictor(manifest, precision=precision)
+    list(predictor.iter_files([warmup]))
+    for name in predictor.model_seconds:
+        predictor.model_seconds[name] = 0.0
+    stats: dict = {}
+    start = time.perf_counter()
+    results = list(predictor.iter_files(paths, stats=stats))
+    wall = time.perf_counter() - start
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise RuntimeError(f"birdinfer failed on {[(str(r.path), r.error) for r in bad]}")
+    n = len(paths)
+    out = {"load_seconds": predictor.load_seconds, "wall_per_file": wall / n, "precision": predictor.precision,
+           "front_end_per_file": (stats["front_end_seconds"] + stats["decode_seconds"]) / n,
+           "front_end_only_per_file": stats["front_end_seconds"] / n,
+           "waited_per_file": stats["wait_seconds"] / n,
+           "models_per_file": sum(predictor.model_seconds.values()) / n,
+           "per_model": {m.name: (m.precision, predictor.model_seconds[m.name] / n) for m in predictor.models},
+           "probs": [r.probs for r in results]}
+    del predictor
+    gc.collect()
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--audio", type=Path, default=None, help="soundscape folder (default: synthetic 60 s OGG)")
+    parser.add_argument("--files", type=int, default=4, help="timed files (after one warm-up file)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--modes", nargs="+", default=["ref_f32", "ref_default", "birdinfer_f32", "birdinfer_fast"])
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    manifest = Manifest.load(args.models)
+    machine = machine_info(peak=True)
+    peak = machine["matmul_f32_gflops"]
+    gflop = {m.name: _gflop_per_file(manifest, m, 6) for m in manifest.models}
+    total_gflop = sum(v for v in gflop.values() if v)
+    isa = ", ".join(k for k, v in machine["isa"].items() if v)
+    print(f"CPU: {machine['cpu']} ({machine['usable_cpus']} logical CPUs; {isa}); f32 matmul peak {peak} GFLOP/s; "
+          f"{len(manifest.models)} models, {total_gflop:.0f} GFLOP per 60 s file (from the IR)", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="compare_reference_") as tmp:
+        if args.audio is None:
+            all_paths = synthetic_soundscapes(tmp, args.files + 1, seed=100)
+        else:
+            all_paths = resolve_inputs(args.audio)[: args.files + 1]
+        warmup, paths = all_paths[0], all_paths[1:]
+        runs = {}
+        for mode in args.modes:
+            start = time.perf_counter()
+            if mode == "ref_f32":
+                runs[mode] = time_reference(manifest, {"INFERENCE_PRECISION_HINT": "f32"}, warmup, paths)
+            elif mode == "ref_default":
+                runs[mode] = time_reference(manifest, {}, warmup, paths)
+            elif mode.startswith("birdinfer_"):
+                runs[mode] = time_birdinfer(manifest, mode.split("_", 1)[1], warmup, paths)
+            else:
+                raise SystemExit(f"unknown mode {mode}")
+            print(f"{mode}: {runs[mode]['wall_per_file']:.3f} s/file ({time.perf_counter() - start:.0f} s incl. load)", flush=True)
+
+    base_f32 = runs.get("ref_f32", {}).get("wall_per_file")
+    base_def = runs.get("ref_default", {}).get("wall_per_file")
+    print(f"\n{len(paths)} files of 60 s after 1 warm-up file; seconds per file")
+    print("| pipeline | precision ran | load s | s / file | × vs ref f32 | × vs ref default | decode + front end s/file | "
+          "its share of wall | front end waited for s/file | models s/file | models GFLOP/s | of f32 peak | 700 files (min) | max|Δp| vs ref f32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for mode, r in runs.items():
+        wall = r["wall_per_file"]
+        gflops = total_gflop / r["models_per_file"]
+        diff = (max(float(np.max(np.abs(a - b))) for a, b in zip(r["probs"], runs["ref_f32"]["probs"]))
+                if "ref_f32" in runs else float("nan"))
+        minutes = (700 * wall + r["load_seconds"]) / 60
+        row = {"precision": r["precision"], "load_seconds": round(r["load_seconds"], 1), "seconds_per_file": round(wall, 3),
+               "speedup_vs_ref_f32": round(base_f32 / wall, 2) if base_f32 else None,
+               "speedup_vs_ref_default": round(base_def / wall, 2) if base_def else None,
+               "front_end_per_file": round(r["front_end_per_file"], 3),
+               "front_end_share": round(r["front_end_per_file"] / wall, 3),
+               "waited_for_front_end_per_file": round(r.get("waited_per_file", r["front_end_per_file"]), 3),
+               "models_per_file": round(r["models_per_file"], 3), "models_gflops": round(gflops, 1),
+               "models_f32_peak_fraction": round(gflops / peak, 3), "projected_700_minutes": round(minutes, 1),
+               "max_abs_prob_diff_vs_ref_f32": diff, "per_model": r.get("per_model")}
+        summary[mode] = row
+        print(f"| {mode} | {r['precision']} | {row['load_seconds']} | {wall:.3f} | {row['speedup_vs_ref_f32']} | "
+              f"{row['speedup_vs_ref_default']} | {row['front_end_per_file']:.3f} | {row['front_end_share']:.1%} | "
+              f"{row['waited_for_front_end_per_file']:.3f} | "
+              f"{row['models_per_file']:.3f} | {gflops:.0f} | {gflops / peak:.0%} | {minutes:.1f} | {diff:.2e} |")
+
+    print("\nIssue-5 targets:")
+    checks = []
+    if "birdinfer_f32" in summary and base_f32:
+        s = summary["birdinfer_f32"]
+        checks += [("f32 ≥ 1.25× reference f32", s["speedup_vs_ref_f32"] >= 1.25, f"{s['speedup_vs_ref_f32']}×"),
+                   ("f32 decode + front end < 5% of wall", s["front_end_share"] < 0.05, f"{s['front_end_share']:.1%}"),
+                   ("f32 models ≥ 70% of f32 matmul peak", s["models_f32_peak_fraction"] >= 0.70, f"{s['models_f32_peak_fraction']:.0%}")]
+    if "birdinfer_fast" in summary:
+        s = summary["birdinfer_fast"]
+        if base_f32:
+            checks.append(("fast ≥ 3× reference f32", s["speedup_vs_ref_f32"] >= 3, f"{s['speedup_vs_ref_f32']}×"))
+        if base_def:
+            checks.append(("fast ≥ 1.5× reference default", s["speedup_vs_ref_default"] >= 1.5, f"{s['speedup_vs_ref_default']}×"))
+    for name, ok, value in checks:
+        print(f"- {name}: {'MET' if ok else 'NOT MET'} ({value})")
+    if "birdinfer_fast" in summary and summary["birdinfer_fast"]["per_model"]:
+        print("\nfast mode per model (precision, s/file):")
+        for name, (prec, sec) in summary["birdinfer_fast"]["per_model"].items():
+            print(f"  {name}: {prec} {sec:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "gflop_per_file": gflop, "files": len(paths), "runs": summary,
+                                         "targets": [{"target": n, "met": bool(ok), "value": v} for n, ok, v in checks]},
+                                        indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

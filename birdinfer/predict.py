@@ -1,0 +1,491 @@
+"""``birdinfer predict``: per-5 s-window probabilities for recordings of any length, resumable.
+
+Data flow: inputs (files, folders walked recursively, ``.txt`` file lists) → sorted, de-duplicated list
+of recordings → :meth:`Predictor.iter_files` (decode + front end in a background thread, 60 s blocks) →
+one *part* per finished recording → final assembly of the output in input order.
+
+Resumable: every finished recording's probabilities are written to ``<out>.parts/`` (one ``.npy`` per
+recording, written to a temporary name and renamed, then its key appended to ``done.txt``). A run killed
+at any moment (even SIGKILL) and started again with the same arguments skips the recordings listed in
+``done.txt`` and assembles exactly the bytes an uninterrupted run writes: the output is always built from
+the parts, in input order, into a temporary file that is renamed into place; the parts folder is removed
+afterwards. Parts made with other models, precision or backend are refused (``resume=False`` starts over).
+
+Bad recordings (corrupt, truncated, empty, not audio, unreadable) are never fatal: each is logged with
+its error, gets **no rows** (unlike ``submit``, which must fill every row), and is listed in
+``<out>.errors.csv`` (columns ``file, error``; removed when a run has no failures). They are retried
+when the run is started again.
+
+Memory: recordings are decoded and processed in 60 s blocks, so peak memory does not grow with the
+recording's length; see ``benchmarks/memory_long_recording.py`` (a 60-minute OGG: peak RSS within a
+few tens of MB of a 60 s file's, figures in the README section "Reliability").
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
+from .errors import BirdinferError, MissingDependencyError, OutputError, ParameterError
+from .manifest import Manifest
+from .output import check_writable
+
+__all__ = ["FORMATS", "Recording", "collect_inputs", "predict"]
+
+log = logging.getLogger(__name__)
+
+#: Output formats of :func:`predict`.
+FORMATS = ("csv", "parquet", "raven")
+_SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_PARTS_VERSION = 1
+_DONE_LIST = "done.txt"
+_RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One input recording: ``path`` to open, ``name`` written in the ``file`` column (the path as the
+    user gave it: a folder argument joined with the path below it), ``relative`` = path below its folder
+    argument (the file name for files given directly; used for Raven table names)."""
+
+    path: Path
+    name: str
+    relative: str
+
+    @property
+    def key(self) -> str:
+        """Stable identifier of the recording's part file (independent of the other inputs)."""
+        return hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _is_audio_name(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _read_file_list(list_path: Path) -> list[Recording]:
+    """A ``.txt`` list: one path per line (blank lines and ``#`` comments skipped); relative paths are
+    relative to the list's folder. Missing entries are kept: they fail (reported) like any bad file."""
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParameterError(f"cannot read the file list {list_path}: {e}") from e
+    out = []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry)
+        if not path.is_absolute():
+            path = list_path.parent / path
+        out.append(Recording(path, path.as_posix(), path.name))
+    return out
+
+
+def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]:
+    """Files, folders (walked recursively; audio extensions of :data:`birdinfer.audio.AUDIO_EXTENSIONS`,
+    any case; hidden files skipped) and ``.txt`` file lists → recordings sorted by ``name``, each file once
+    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Recording] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in list_audio_files(path, recursive=True):
+                found.append(Recording(f, f.as_posix(), f.relative_to(path).as_posix()))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            found += _read_file_list(path)
+        elif path.exists() or path.is_symlink():
+            found.append(Recording(path, path.as_posix(), path.name))
+        else:
+            raise ParameterError(f"input {path} does not exist; pass audio files, folders or .txt file lists")
+    seen, unique = set(), []
+    for rec in sorted(found, key=lambda r: r.name):
+        try:
+            identity = str(rec.path.resolve())
+        except OSError:
+            identity = rec.name
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(rec)
+    return unique
+
+
+# ------------------------------------------------------------------------------------------- output
+def _resolve_format(out: Path, format: str | None) -> str:
+    if format is None:
+        format = _SUFFIX_FORMATS.get(out.suffix.lower(), "csv")
+    if format not in FORMATS:
+        raise ParameterError(f"format={format!r} is not one of {FORMATS}")
+    return format
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"--format parquet needs pyarrow: pip install 'birdinfer[parquet]' (or pyarrow), or use --format csv ({e})"
+        ) from e
+    return pyarrow
+
+
+def _check_output(out: Path, format: str) -> None:
+    """Fail fast when the output (file, or folder for Raven tables) and its side files cannot be written."""
+    if format == "raven":
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--format raven writes one table per recording into a folder, but {out} is a file; give a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}; choose a writable --out") from e
+        check_writable(out / "probe.selections.txt")
+    else:
+        check_writable(out)
+    check_writable(_side_path(out, ".errors.csv"))
+
+
+def _side_path(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name + suffix)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _window_times(n_rows: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    start = np.arange(n_rows, dtype=np.float64) * window_seconds
+    return start, start + window_seconds
+
+
+def _csv_chunk(rec: Recording, probs: np.ndarray, labels: Sequence[str], window_seconds: float, header: bool) -> bytes:
+    import pandas as pd
+
+    start, end = _window_times(len(probs), window_seconds)
+    frame = pd.DataFrame(probs, columns=list(labels))
+    frame.insert(0, "end_s", end)
+    frame.insert(0, "start_s", start)
+    frame.insert(0, "file", rec.name)
+    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
+
+
+def _write_table(out: Path, format: str, items: Iterable[tuple[Recording, np.ndarray]], labels: Sequence[str],
+                 window_seconds: float) -> None:
+    if format == "csv":
+        def write(f):
+            f.write(_csv_chunk(Recording(Path(), "", ""), np.zeros((0, len(labels)), np.float32), labels, window_seconds, True))
+            for rec, probs in items:
+                f.write(_csv_chunk(rec, probs, labels, window_seconds, False))
+
+        _atomic_write(out, write)
+        return
+    pa = _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    fields = [pa.field("file", pa.string()), pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())]
+    schema = pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
+
+    def write(f):
+        written = 0
+        with pq.ParquetWriter(f, schema) as writer:
+            for rec, probs in items:  # one row group per recording: memory bounded by one recording
+                start, end = _window_times(len(probs), window_seconds)
+                columns = [pa.array([rec.name] * len(probs), pa.string()), pa.array(start), pa.array(end)]
+                columns += [pa.array(probs[:, j]) for j in range(probs.shape[1])]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                written += 1
+            if not written:
+                writer.write_table(schema.empty_table())
+
+    _atomic_write(out, write)
+
+
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                 "Species", "Score")
+
+
+def raven_table(probs: np.ndarray, labels: Sequence[str], *, threshold: float, window_seconds: float,
+                low_hz: float, high_hz: float) -> str:
+    """A Raven Pro selection table (tab-separated text): one selection per (window, species) whose
+    probability is ``>= threshold``, in window order then label order. ``probs``: ``(n_windows, n_labels)``."""
+    lines = ["\t".join(RAVEN_COLUMNS)]
+    selection = 0
+    for k, row in enumerate(probs):
+        for j in np.flatnonzero(row >= threshold):
+            selection += 1
+            lines.append("\t".join([
+                str(selection), "Spectrogram 1", "1", f"{k * window_seconds:g}", f"{(k + 1) * window_seconds:g}",
+                f"{low_hz:g}", f"{high_hz:g}", str(labels[j]), f"{float(row[j]):.4f}",
+            ]))
+    return "\n".join(lines) + "\n"
+
+
+def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
+    """``<out>/<path below its folder argument without suffix>.selections.txt``; clashes get ``-2``, ``-3``."""
+    taken, paths = set(), {}
+    for rec in recordings:
+        stem = Path(rec.relative).with_suffix("").as_posix().lstrip("/")
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.add(candidate.lower())
+        paths[rec.key] = out / f"{candidate}.selections.txt"
+    return paths
+
+
+# -------------------------------------------------------------------------------------------- parts
+class _Parts:
+    """``<out>.parts/``: ``run.json`` (what produced the parts), ``<key>.npy`` per finished recording
+    (float32 ``(n_windows, n_labels)``, written atomically), ``done.txt`` (one JSON line per finished
+    recording, appended after its part is in place)."""
+
+    def __init__(self, folder: Path, fingerprint: dict, n_labels: int, *, resume: bool):
+        self.folder = folder
+        self.n_labels = n_labels
+        if folder.exists() and not resume:
+            shutil.rmtree(folder)
+        run_file = folder / _RUN_FILE
+        if folder.exists() and run_file.is_file():
+            try:
+                previous = json.loads(run_file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                previous = None  # killed while writing run.json: nothing can have been finished yet
+            if previous is not None and previous != fingerprint:
+                raise OutputError(
+                    f"{folder} holds partial results made with other models, precision or backend than this run; "
+                    "run again with the same settings to resume, or pass --no-resume (resume=False) to start over"
+                )
+        folder.mkdir(parents=True, exist_ok=True)
+        if not run_file.is_file():
+            _atomic_write(run_file, lambda f: f.write(json.dumps(fingerprint, sort_keys=True).encode("utf-8")))
+        self.done: dict[str, dict] = self._read_done()
+
+    def _read_done(self) -> dict[str, dict]:
+        path = self.folder / _DONE_LIST
+        done = {}
+        if not path.is_file():
+            return done
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: its recording is simply done again
+            if isinstance(entry, dict) and "key" in entry and self.load(entry["key"]) is not None:
+                done[entry["key"]] = entry
+        return done
+
+    def load(self, key: str) -> np.ndarray | None:
+        try:
+            probs = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if probs.ndim != 2 or probs.shape[1] != self.n_labels or probs.dtype != np.float32:
+            return None
+        return probs
+
+    def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> None:
+        _atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
+        entry = {"key": rec.key, "file": rec.name, "rows": int(len(probs)), "audio_s": round(audio_seconds, 3)}
+        with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[rec.key] = entry
+
+
+def _fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
+    return {
+        "parts_version": _PARTS_VERSION,
+        "labels": list(manifest.labels),
+        "model_files": dict(sorted(manifest.files.items())),
+        "models": [m.name for m in manifest.models],
+        "precision": precision,
+        "backend": backend,
+        "window_seconds": manifest.window_seconds,
+    }
+
+
+def _audio_seconds(path: Path, rows: int, window_seconds: float) -> float:
+    try:
+        return float(audio_info(path).duration_s)
+    except BirdinferError:
+        return rows * window_seconds
+
+
+# ------------------------------------------------------------------------------------------ predict
+def predict(
+    inputs: str | Path | Sequence[str | Path],
+    models: str | Path | Manifest,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    threshold: float = 0.5,
+    precision: str = "auto",
+    backend: str = "openvino",
+    resume: bool = True,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
+
+    Parameters
+    ----------
+    inputs : audio files, folders (walked recursively) and ``.txt`` file lists (one path per line,
+        relative to the list's folder); sorted by path, each file once.
+    models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
+    out : output file (``csv``, ``parquet``) or folder (``raven``).
+    format : ``csv`` | ``parquet`` | ``raven``; default from ``out``'s suffix (``.parquet``/``.pq``), else csv.
+        ``csv``/``parquet``: one row per 5 s window, columns ``file`` (the path as given), ``start_s``,
+        ``end_s``, then one float32 probability column per label in manifest order. Row rule of
+        :mod:`birdinfer.pipeline`: window k covers ``[5k, 5k + 5)`` s; a trailing remainder under 5 s is
+        dropped; a recording shorter than 5 s gives one row ``0–5`` computed on its zero-padded audio.
+        ``raven``: one Raven Pro selection table ``<out>/<path below the folder argument>.selections.txt``
+        per recording (tab-separated: Selection, View, Channel, Begin Time (s), End Time (s),
+        Low Freq (Hz), High Freq (Hz), Species, Score) with one selection per window × species whose
+        probability is ``>= threshold``.
+    threshold : Raven detection threshold in [0, 1].
+    precision, backend : as for :func:`birdinfer.pipeline.make_submission`.
+    resume : skip recordings finished by an earlier, interrupted run with the same settings (see the
+        module docstring); ``False`` discards earlier partial results.
+    progress : show a progress bar and print a one-line summary on stderr.
+    cache_dir : OpenVINO compiled-model cache folder.
+
+    Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
+    a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
+    parquet without pyarrow, partial results from different settings. Recordings that cannot be decoded
+    get no rows; they are logged and listed in ``<out>.errors.csv``. Peak memory does not grow with the
+    recording's length (60 s blocks; see ``benchmarks/memory_long_recording.py``).
+    """
+    wall_start = time.perf_counter()
+    out = Path(out)
+    format = _resolve_format(out, format)
+    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    if format == "parquet":
+        _require_pyarrow()
+    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(
+            f"no audio files found in {', '.join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))} "
+            f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
+        )
+    _check_output(out, format)
+    parts = _Parts(_side_path(out, ".parts"), _fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+    todo = [rec for rec in recordings if rec.key not in parts.done]
+    resumed = len(recordings) - len(todo)
+    if resumed:
+        log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
+
+    errors: dict[str, str] = {}
+    audio_this_run = 0.0
+    if todo:
+        from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
+
+        predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+        _say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                       f"{backend} precision: {predictor.precision}")
+        bar = _progress_bar(progress, total=len(recordings), initial=resumed)
+        try:
+            for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
+                if result.ok:
+                    seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
+                    parts.add(rec, result.probs, seconds)
+                    audio_this_run += seconds
+                else:
+                    errors[rec.key] = result.error
+                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+                                _side_path(out, ".errors.csv"))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    _assemble(out, format, recordings, parts, manifest, threshold)
+    _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
+    shutil.rmtree(parts.folder, ignore_errors=True)
+
+    wall = time.perf_counter() - wall_start
+    hours = sum(float(parts.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in parts.done) / 3600.0
+    speed = f"{audio_this_run / wall:.0f}× real time" if audio_this_run and wall > 0 else "nothing new to compute"
+    _say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
+                   f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
+    return out
+
+
+def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
+              threshold: float) -> None:
+    """Build the final output from the parts, in input order (the same bytes however the run went)."""
+    done = [rec for rec in recordings if rec.key in parts.done]
+    labels = manifest.labels
+    if format == "raven":
+        groups = manifest.used_groups()
+        low, high = min(g.fmin for g in groups), max(g.fmax for g in groups)
+        paths = _raven_paths(out, recordings)
+        for rec in done:
+            text = raven_table(parts.load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
+                               low_hz=low, high_hz=high)
+            _atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
+        return
+
+    # one recording's part in memory at a time while writing
+    _write_table(out, format, ((rec, parts.load(rec.key)) for rec in done), labels, manifest.window_seconds)
+
+
+def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "error"])
+    writer.writerows(rows)
+    _atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8")))
+
+
+def _progress_bar(progress: bool, *, total: int, initial: int):
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="file", desc="birdinfer predict", file=sys.stderr)
+
+
+def _say(progress: bool, message: str) -> None:
+    log.info(message)
+    if progress and not logging.getLogger().hasHandlers():
+        print(message, file=sys.stderr)

@@ -1,0 +1,67 @@
+"""birdinfer.bench: the report has every figure, positive and consistent; the plot is a PNG. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from birdinfer.bench import ir_gflop, parse_mode, run_bench
+from birdinfer.errors import ParameterError
+from birdinfer.manifest import Manifest
+
+
+def test_run_bench_report_and_plot(small_model_folder, tmp_path):
+    pytest.importorskip("matplotlib")
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    report = run_bench(small_model_folder, files=1, json_out=json_path, plot=png_path, compare=["f32"],
+                       precision="auto", print_table=False)
+
+    on_disk = json.loads(json_path.read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert set(on_disk) >= {"machine", "audio", "gflop_source", "modes", "primary", "n_models", "kaggle"}
+    machine = on_disk["machine"]
+    assert machine["cpu"] and machine["matmul_f32_gflops"] > 0
+    assert set(machine["isa"]) >= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
+    assert [m["mode"] for m in on_disk["modes"]] == ["auto", "f32"]
+
+    manifest = Manifest.load(small_model_folder)
+    for mode in on_disk["modes"]:
+        assert "error" not in mode, mode.get("error")
+        stages = mode["stages_seconds_per_file"]
+        assert set(stages) == {"decode", "front_end", "models", "ensemble_output"}
+        assert all(v > 0 for v in stages.values())
+        assert set(mode["front_end_groups_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
+        assert [m["name"] for m in mode["models"]] == [m.name for m in manifest.models]
+        for m in mode["models"]:
+            assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["gflops"] > 0
+            assert 0 < m["f32_peak_fraction"]
+        assert mode["models_gflop_per_file"] == pytest.approx(sum(m["gflop_per_file"] for m in mode["models"]), rel=1e-3)
+        assert stages["models"] == pytest.approx(sum(m["seconds_per_file"] for m in mode["models"]), rel=1e-3, abs=1e-3)
+        assert mode["pipelined_seconds_per_file"] > 0 and mode["real_time_factor"] > 0
+        p = mode["projection"]
+        assert p["seconds"] > 700 * mode["pipelined_seconds_per_file"] * 0.99  # 700 files + load time
+        assert p["fits"] == (p["seconds"] <= 5400)
+        assert mode["load_seconds"] > 0
+    f32 = on_disk["modes"][1]
+    assert all(m["precision"] == "f32" for m in f32["models"])
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ir_gflop_matches_hand_count(small_model_folder):
+    """tf_efficientnet_lite0 on a 256×512 input, 6 chunks: the count is of the size ImageNet figures predict
+    (0.39 GMAC at 224² → × (256·512)/(224²) × 6 chunks × 2 FLOP/MAC ≈ 12 GFLOP), not zero or off by 1000."""
+    manifest = Manifest.load(small_model_folder)
+    entry = manifest.models[0]
+    gflop = ir_gflop(manifest.path_of(entry.variants["f32"].openvino))
+    expected = 0.39 * (256 * 512) / (224 * 224) * entry.batch_chunks * 2
+    assert gflop == pytest.approx(expected, rel=0.25)
+
+
+def test_parse_mode():
+    assert parse_mode("onnxruntime") == ("onnxruntime", "f32")
+    assert parse_mode("int8") == ("openvino", "int8")
+    with pytest.raises(ParameterError, match="unknown bench mode"):
+        parse_mode("fp64")
+    with pytest.raises(ParameterError, match="unknown bench mode"):
+        run_bench("does-not-matter", compare=["int4"])
