@@ -54,24 +54,26 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((spec, checkpoint_seconds, time.perf_counter() - start, None, f"{type(e).__name__}: {e}"))
                 print(f"{spec.name}: FAILED {type(e).__name__}: {e}", flush=True)
                 continue
-            rows.append((spec, checkpoint_seconds, time.perf_counter() - start, manifest, None))
+            entry = manifest.models[0]
+            # measured now: the work folder is deleted when the loop ends
+            ir_bytes = sum(manifest.path_of(n).stat().st_size for n in (entry.variants["f32"].openvino, entry.variants["f32"].openvino_bin))
+            rows.append((spec, checkpoint_seconds, time.perf_counter() - start, (entry, ir_bytes), None))
             print(f"{spec.name}: done in {rows[-1][2]:.1f} s", flush=True)
         total = time.perf_counter() - total_start
 
     print()
-    header = (f"| # | model | arch | group | ckpt s | export s | ORT max|Δlogit| | OV f32 max|Δlogit| | logit std | IR MB |"
-              + (" INT8 max|Δp| | INT8 mean|Δp| | Spearman | top-1 | INT8 compile |" if args.precision == "int8" else ""))
+    header = ("| # | model | arch | group | ckpt s | export s | ORT max abs Δlogit | OV f32 max abs Δlogit | logit std | IR MB |"
+              + (" INT8 max abs Δp | INT8 mean abs Δp | Spearman | top-1 | INT8 compile |" if args.precision == "int8" else ""))
     print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    print("|" + "---|" * (header.count(" | ") + 1))
     failures = 0
-    for i, (spec, ck_s, ex_s, manifest, error) in enumerate(rows, 1):
-        if manifest is None:
+    for i, (spec, ck_s, ex_s, result, error) in enumerate(rows, 1):
+        if result is None:
             failures += 1
             print(f"| {i} | {spec.name} | {spec.arch} | {spec.group} | {ck_s:.1f} | {ex_s:.1f} | FAILED: {error[:200]} |")
             continue
-        entry = manifest.models[0]
+        entry, ir_bytes = result
         v = entry.variants["f32"].verification
-        ir_bytes = sum(manifest.path_of(n).stat().st_size for n in (entry.variants["f32"].openvino, entry.variants["f32"].openvino_bin))
         line = (f"| {i} | {spec.name} | {spec.arch} | {spec.group} | {ck_s:.1f} | {ex_s:.1f} | "
                 f"{v['max_abs_logit_diff_onnxruntime']:.2e} | {v['max_abs_logit_diff_openvino']:.2e} | {v['logit_std']:.3f} | "
                 f"{ir_bytes / 1e6:.1f} |")

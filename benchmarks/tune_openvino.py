@@ -160,18 +160,23 @@ def main(argv=None) -> int:
                 print(f"  {label}: {s:.1f} s")
 
         if "pipeline" not in args.skip:
-            predictor = Predictor(manifest, precision=args.precision)
-            list(predictor.iter_files(paths[:1]))
+            # Predictor defaults (one 1-thread model per physical core, side by side) vs one model at a time on
+            # every core; each with the background front-end thread (iter_files) or all in one thread.
+            predictors = {"parallel models": Predictor(manifest, precision=args.precision),
+                          "one model at a time": Predictor(manifest, precision=args.precision, parallel_models=1)}
+            for predictor in predictors.values():
+                list(predictor.iter_files(paths[:1]))
             timed = paths[1:]
-            walls = {"background thread (iter_files)": [], "one after another (predict_file)": []}
+            walls = {}
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                list(predictor.iter_files(timed))
-                walls["background thread (iter_files)"].append((time.perf_counter() - start) / len(timed))
-                start = time.perf_counter()
-                for p in timed:
-                    predictor.predict_file(p)
-                walls["one after another (predict_file)"].append((time.perf_counter() - start) / len(timed))
+                for label, predictor in predictors.items():
+                    start = time.perf_counter()
+                    list(predictor.iter_files(timed))
+                    walls.setdefault(f"{label}, background front end (iter_files)", []).append((time.perf_counter() - start) / len(timed))
+                    start = time.perf_counter()
+                    for p in timed:
+                        predictor.predict_file(p)
+                    walls.setdefault(f"{label}, one after another (predict_file)", []).append((time.perf_counter() - start) / len(timed))
             print(f"\n| pipeline ({len(timed)} files per round) | best s / file | median s / file | all rounds |")
             print("|---|---|---|---|")
             for name, ts in walls.items():

@@ -172,6 +172,8 @@ def repair_non_finite(y: np.ndarray, *, fill: float | None = None) -> np.ndarray
             # float32 pairwise sum over the signal with the bad samples counted as 0).
             y[bad] = np.nan
             fill = np.nanmean(y)
+            if not np.isfinite(fill):  # the float32 sum overflowed (garbage float file): the exact mean is finite
+                fill = np.nanmean(y, dtype=np.float64)
     y[bad] = fill
     return y
 

@@ -273,8 +273,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
+    run_demo = _import_train("run_demo")
     run_demo(args.out, seed=args.seed)
     return 0
 

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 _AMIN = 1e-10  # power floor before log10 (librosa.power_to_db's amin)
+# Larger samples overflow float32 power (|frame FFT|^2 reaches (n_fft * peak)^2; overflow measured from ~1e17).
+_MAX_ABS_SAMPLE = 1e12
 
 
 # --------------------------------------------------------------------------------------- small rules
@@ -317,6 +319,12 @@ class FrontEnd:
         if not np.isfinite(y).all():
             raise ParameterError("the signal has NaN or Inf samples; load it with birdinfer.audio.load_audio (repairs them)")
         n = len(y)
+        peak = max(float(y.max()), -float(y.min())) if n else 0.0
+        if peak > _MAX_ABS_SAMPLE:
+            raise ParameterError(
+                f"the signal has samples up to {peak:.3g} in magnitude; the float32 power spectrum would overflow "
+                f"(limit {_MAX_ABS_SAMPLE:g}); audio samples belong in [-1, 1]: is it a float file holding garbage?"
+            )
         out: dict[str, np.ndarray] = {}
         if n == 0:
             for g in self.groups:

@@ -16,11 +16,19 @@ Precision is explicit (:data:`PRECISIONS`):
 ``fast``  ``int8`` where the CPU has an INT8 dot-product ISA (VNNI/AMX), else ``auto``.
 
 Every loaded model reports the precision that actually ran (read back from the compiled model).
+
+Threads: by default each model is compiled single-threaded (one stream, ``INFERENCE_NUM_THREADS=1``) and the
+pipeline runs as many *different* models at once as the CPU has physical cores
+(:func:`default_parallel_models`). Measured on 2 cores (benchmarks/tune_openvino.py, rounds interleaved):
+one 2-thread request per model (``PERFORMANCE_HINT=LATENCY``) was ~30 % slower per file than two 1-thread
+models side by side, which keep both cores busy without a per-layer barrier between threads; ~equal to
+``THROUGHPUT`` + ``AsyncInferQueue`` with two files in flight, which needs twice the inputs in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +39,17 @@ import numpy as np
 from .errors import BackendError, MissingDependencyError, ModelFolderError, ParameterError
 from .manifest import Manifest, ModelEntry
 
-__all__ = ["PRECISIONS", "BACKENDS", "LoadedModel", "load_models", "cpu_capabilities", "cpu_flags", "describe_precisions"]
+__all__ = [
+    "PRECISIONS",
+    "BACKENDS",
+    "LoadedModel",
+    "load_models",
+    "cpu_capabilities",
+    "cpu_flags",
+    "physical_cores",
+    "default_parallel_models",
+    "describe_precisions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +71,7 @@ class LoadedModel:
     backend: str
     runner: _Runner
     load_seconds: float
+    threads: int | None = None  # threads this model was compiled for (None: the backend's default)
 
     @property
     def name(self) -> str:
@@ -93,6 +112,36 @@ def cpu_capabilities() -> dict:
     return caps
 
 
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads not counted); ``os.cpu_count()`` if unknown."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            physical = core = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((physical, core))
+                    physical = core = None
+            if core is not None:
+                cores.add((physical, core))
+    except OSError:
+        pass
+    return max(1, min(len(cores), logical) if cores else logical)
+
+
+def default_parallel_models() -> int:
+    """How many different models the pipeline runs at once, each single-threaded: one per physical core."""
+    return physical_cores()
+
+
 def load_models(
     manifest: Manifest,
     *,
@@ -102,7 +151,12 @@ def load_models(
     verify_checksums: bool = True,
     threads: int | None = None,
 ) -> list[LoadedModel]:
-    """Compile every model of ``manifest`` once. Checksums of the files used are verified first."""
+    """Compile every model of ``manifest`` once. Checksums of the files used are verified first.
+
+    ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
+    lets the backend use every core for each call. The pipeline passes 1 and runs models side by side
+    (see the module docstring).
+    """
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
     if backend not in BACKENDS:
@@ -137,7 +191,7 @@ def load_models(
     for entry, variant, name in plan:
         start = time.perf_counter()
         runner, ran = loader.load(manifest.path_of(name), entry, variant)
-        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start))
+        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start, threads))
         log.debug("loaded %s (%s, %s) in %.2f s", entry.name, variant, ran, loaded[-1].load_seconds)
     return loaded
 
@@ -182,6 +236,7 @@ class _OpenVinoLoader:
         self.threads = threads
 
     def _config(self, hint: str | None) -> dict:
+        # LATENCY: one stream; a fixed-shape call per file gains nothing from more streams per model.
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if hint is not None:
             config["INFERENCE_PRECISION_HINT"] = hint

@@ -261,21 +261,27 @@ def _focal_recording(
 
 
 def _soundscape(
-    present: list[int], species: list[SpeciesCall], sample_rate: int, rng: np.random.Generator
+    present: list[int],
+    species: list[SpeciesCall],
+    sample_rate: int,
+    rng: np.random.Generator,
+    call_gain: tuple[float, float] = (0.08, 0.4),
+    noise_level: tuple[float, float] = (0.01, 0.04),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A 60 s soundscape with bouts of the ``present`` species at random times.
+    """A 60 s soundscape with bouts of the ``present`` species at random times, each bout at a gain drawn
+    uniformly from ``call_gain``, over a background of RMS drawn uniformly from ``noise_level``.
 
     Returns ``(audio (n,), labels (12, n_species) uint8)`` with the window rule of the module docstring.
     """
     n = SOUNDSCAPE_SECONDS * sample_rate
     n_windows = SOUNDSCAPE_SECONDS // WINDOW_SECONDS
-    y = _background(n, sample_rate, rng, level=rng.uniform(0.01, 0.04))
+    y = _background(n, sample_rate, rng, level=rng.uniform(*noise_level))
     labels = np.zeros((n_windows, len(species)), dtype=np.uint8)
     for index in present:
         for _ in range(int(rng.integers(2, 6))):
             bout = _render_bout(species[index], rng, sample_rate)
             start = int(rng.integers(0, n - len(bout) // 2))
-            begin, end = _add(y, start, bout, rng.uniform(0.08, 0.4))
+            begin, end = _add(y, start, bout, rng.uniform(*call_gain))
             t0, t1 = begin / sample_rate, end / sample_rate
             need = min(MIN_OVERLAP_SECONDS, (t1 - t0) / 2)
             for w in range(n_windows):
@@ -299,11 +305,17 @@ def make_dataset(
     train_seconds: tuple[float, float] = (10, 20),
     sample_rate: int = 32000,
     secondary_fraction: float = 0.25,
+    soundscape_call_gain: tuple[float, float] = (0.08, 0.4),
+    soundscape_noise: tuple[float, float] = (0.01, 0.04),
 ) -> Path:
     """Write a synthetic BirdCLEF-format dataset into ``out_dir`` (created); returns ``out_dir``.
 
     ``soundscapes`` are split half test (labelled by ``test_solution.csv``), half train (unlabelled);
     ``secondary_fraction`` of the focal recordings also hold a quieter second species.
+    ``soundscape_call_gain``: range of the peak gain of soundscape bouts (focal recordings' main species
+    call at 0.3-0.6 over a quieter background; the default makes soundscapes harder than the focal
+    recordings, as real ones are). ``soundscape_noise``: range of the soundscapes' background RMS (focal
+    recordings: 0.005-0.03).
     """
     if species < 2:
         raise ParameterError(f"species must be >= 2, got {species}")
@@ -314,6 +326,12 @@ def make_dataset(
     low, high = train_seconds
     if not 0 < low <= high:
         raise ParameterError(f"train_seconds must be (low, high) with 0 < low <= high, got {train_seconds}")
+    gain_low, gain_high = soundscape_call_gain
+    if not 0 < gain_low <= gain_high:
+        raise ParameterError(f"soundscape_call_gain must be (low, high) with 0 < low <= high, got {soundscape_call_gain}")
+    noise_low, noise_high = soundscape_noise
+    if not 0 <= noise_low <= noise_high:
+        raise ParameterError(f"soundscape_noise must be (low, high) with 0 <= low <= high, got {soundscape_noise}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -365,7 +383,7 @@ def make_dataset(
         # Rotate through the species so each test species appears somewhere, plus a random few.
         n_present = int(rng.integers(2, min(5, species) + 1))
         present = {k % species} | {int(j) for j in rng.choice(species, size=n_present - 1, replace=False)}
-        audio, window_labels = _soundscape(sorted(present), calls, sample_rate, rng)
+        audio, window_labels = _soundscape(sorted(present), calls, sample_rate, rng, (gain_low, gain_high), (noise_low, noise_high))
         _write_ogg(out / f"{split}_soundscapes" / f"{stem}.ogg", audio, sample_rate)
         table = pd.DataFrame(window_labels.astype(int), columns=labels)
         table.insert(0, "row_id", _window_rows(stem))
@@ -386,6 +404,8 @@ def make_dataset(
         "recordings_per_species": recordings_per_species,
         "soundscapes": {"test": n_test, "train": soundscapes - n_test},
         "train_seconds": [low, high],
+        "soundscape_call_gain": [gain_low, gain_high],
+        "soundscape_noise": [noise_low, noise_high],
         "window_rule": f"positive when a bout overlaps the 5 s window by >= min({MIN_OVERLAP_SECONDS} s, half the bout)",
         "species": [asdict(c) for c in calls],
     }
