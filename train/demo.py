@@ -37,7 +37,7 @@ from .training import train
 __all__ = ["DEMO_GROUP", "DemoModel", "DEMO_MODELS", "run_demo"]
 
 #: A small mel group: 64 mels, 128 columns per 5 s (a 10 s chunk is 64 x 256, 8 output frames; 64 columns
-#: per 5 s scored ~0.03 lower on the same data).
+#: per 5 s scored 0.79 against 0.83 for one model on one synthetic dataset).
 DEMO_GROUP = MelGroup("demo", n_fft=1024, hop_length=128, n_mels=64, fmin=60.0, fmax=16000.0, frames_per_window=128)
 
 
