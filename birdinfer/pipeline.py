@@ -118,6 +118,11 @@ class Predictor:
         self.models: list[LoadedModel] = load_models(
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums, threads=threads
         )
+        if self.parallel_models > 1 and len(self.models) > 1:
+            # One call per model from this thread before any worker thread touches OpenVINO: a first use of
+            # its numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard).
+            for model in self.models:
+                model.run(np.full((1,) + tuple(model.entry.input_shape[1:]), -100.0, np.float32))
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
         self.backend = backend
