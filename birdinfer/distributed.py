@@ -61,8 +61,6 @@ import json
 import logging
 import os
 import shutil
-import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -73,7 +71,9 @@ import numpy as np
 
 from .errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError
 from .manifest import Manifest
-from .predict import Recording, collect_inputs
+from ._console import progress_bar, say
+from .output import atomic_write
+from .predict import Recording, collect_inputs, run_fingerprint
 
 __all__ = ["SHARDS_FOLDER", "predict_ray", "read_output", "shard_table", "output_schema"]
 
@@ -155,22 +155,8 @@ def read_output(out_dir: str | Path):
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(temporary_path)``, fsync, rename into place (a reader never sees a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # ------------------------------------------------------------------------------------- output folder
@@ -235,7 +221,7 @@ class _OutputFolder:
 
         table = shard_table(rec.name, probs, labels, window_seconds)
         shard = self.shard_path(rec.key)
-        _atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(shard, lambda f: pq.write_table(table, f))
         entry = {"key": rec.key, "file": rec.name, "shard": shard.relative_to(self.folder).as_posix(),
                  "rows": int(len(probs)), "audio_s": round(float(audio_seconds), 3)}
         with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
@@ -266,15 +252,7 @@ class _OutputFolder:
 
 
 def _fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
-    return {
-        "format_version": _FORMAT_VERSION,
-        "labels": list(manifest.labels),
-        "model_files": dict(sorted(manifest.files.items())),
-        "models": [m.name for m in manifest.models],
-        "precision": precision,
-        "backend": backend,
-        "window_seconds": manifest.window_seconds,
-    }
+    return {**run_fingerprint(manifest, precision, backend), "format_version": _FORMAT_VERSION}
 
 
 # -------------------------------------------------------------------------------------------- worker
@@ -401,7 +379,7 @@ def predict_ray(
 
     hours = sum(float(folder.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in folder.done) / 3600.0
     speed = f"{audio_this_run / wall:.0f} h of audio per hour" if audio_this_run and wall > 0 else "nothing new to compute"
-    _say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
+    say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out_dir}")
     return out_dir
 
@@ -455,7 +433,7 @@ def _run_pool(ray, todo: list[Recording], folder: _OutputFolder, errors: dict[st
     log.info("ray: %d workers × %d threads, precision %s, models loaded in %.1f s", num_workers, threads,
              described[0]["precision"], max(d["load_seconds"] for d in described))
 
-    bar = _progress_bar(progress, total=total, initial=resumed)
+    bar = progress_bar(progress, total=total, initial=resumed, desc="birdinfer predict (ray)")
     in_flight: dict[Any, tuple[int, Any, list[Recording]]] = {}  # call → (slot, actor, its recordings)
     audio_done = 0.0
     run_start = time.perf_counter()
@@ -513,19 +491,3 @@ def _run_pool(ray, todo: list[Recording], folder: _OutputFolder, errors: dict[st
         "load_seconds": round(run_start - load_start, 3), "processing_seconds": round(time.perf_counter() - run_start, 3),
         "audio_seconds": round(audio_done, 3), "workers_replaced": sum(slot.replaced for slot in slots),
     }
-
-
-def _progress_bar(progress: bool, *, total: int, initial: int):
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="file", desc="birdinfer predict (ray)", file=sys.stderr)
-
-
-def _say(progress: bool, message: str) -> None:
-    log.info(message)
-    if progress and not logging.getLogger().hasHandlers():
-        print(message, file=sys.stderr)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .errors import OutputError, ParameterError
 
-__all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "check_writable"]
+__all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,16 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV through a temporary file in the same folder and rename it into place, so a run killed
-    while writing never leaves a half-written file."""
+def atomic_write(path: str | Path, write, *, text: bool = False) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path`` (binary, or UTF-8 text with ``text=True``),
+    fsync, and rename it into place, so a run killed while writing never leaves a half-written file
+    (readers see the old or the new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            frame.to_csv(f, index=False)
+        with (os.fdopen(fd, "w", newline="", encoding="utf-8") if text else os.fdopen(fd, "wb")) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -120,3 +121,8 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
             pass
         raise
     return path
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a CSV atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True)

@@ -32,8 +32,6 @@ import json
 import logging
 import os
 import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,8 @@ import numpy as np
 from .audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
 from .errors import BirdinferError, MissingDependencyError, OutputError, ParameterError
 from .manifest import Manifest
-from .output import check_writable
+from ._console import progress_bar, say
+from .output import atomic_write, check_writable
 
 __all__ = ["FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table"]
 
@@ -167,24 +166,6 @@ def _side_path(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _window_times(n_rows: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
     start = np.arange(n_rows, dtype=np.float64) * window_seconds
     return start, start + window_seconds
@@ -209,7 +190,7 @@ def _write_table(out: Path, format: str, items: Iterable[tuple[Recording, np.nda
             for rec, probs in items:
                 f.write(_csv_chunk(rec, probs, labels, window_seconds, False))
 
-        _atomic_write(out, write)
+        atomic_write(out, write)
         return
     pa = _require_pyarrow()
     import pyarrow.parquet as pq
@@ -229,7 +210,7 @@ def _write_table(out: Path, format: str, items: Iterable[tuple[Recording, np.nda
             if not written:
                 writer.write_table(schema.empty_table())
 
-    _atomic_write(out, write)
+    atomic_write(out, write)
 
 
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
@@ -290,7 +271,7 @@ class _Parts:
                 )
         folder.mkdir(parents=True, exist_ok=True)
         if not run_file.is_file():
-            _atomic_write(run_file, lambda f: f.write(json.dumps(fingerprint, sort_keys=True).encode("utf-8")))
+            atomic_write(run_file, lambda f: f.write(json.dumps(fingerprint, sort_keys=True).encode("utf-8")))
         self.done: dict[str, dict] = self._read_done()
 
     def _read_done(self) -> dict[str, dict]:
@@ -321,7 +302,7 @@ class _Parts:
         return probs
 
     def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> None:
-        _atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
+        atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
         entry = {"key": rec.key, "file": rec.name, "rows": int(len(probs)), "audio_s": round(audio_seconds, 3)}
         with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
@@ -330,7 +311,7 @@ class _Parts:
         self.done[rec.key] = entry
 
 
-def _fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
+def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
     return {
         "parts_version": _PARTS_VERSION,
         "labels": list(manifest.labels),
@@ -409,7 +390,7 @@ def predict(
             f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
         )
     _check_output(out, format)
-    parts = _Parts(_side_path(out, ".parts"), _fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+    parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
     todo = [rec for rec in recordings if rec.key not in parts.done]
     resumed = len(recordings) - len(todo)
     if resumed:
@@ -421,9 +402,9 @@ def predict(
         from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
 
         predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-        _say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+        say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
                        f"{backend} precision: {predictor.precision}")
-        bar = _progress_bar(progress, total=len(recordings), initial=resumed)
+        bar = progress_bar(progress, total=len(recordings), initial=resumed, desc="birdinfer predict")
         try:
             for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
                 if result.ok:
@@ -449,7 +430,7 @@ def predict(
     wall = time.perf_counter() - wall_start
     hours = sum(float(parts.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in parts.done) / 3600.0
     speed = f"{audio_this_run / wall:.0f}× real time" if audio_this_run and wall > 0 else "nothing new to compute"
-    _say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
+    say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
     return out
 
@@ -466,7 +447,7 @@ def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _P
         for rec in done:
             text = raven_table(parts.load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
                                low_hz=low, high_hz=high)
-            _atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
+            atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
         return
 
     # one recording's part in memory at a time while writing
@@ -481,20 +462,4 @@ def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "error"])
     writer.writerows(rows)
-    _atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8")))
-
-
-def _progress_bar(progress: bool, *, total: int, initial: int):
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="file", desc="birdinfer predict", file=sys.stderr)
-
-
-def _say(progress: bool, message: str) -> None:
-    log.info(message)
-    if progress and not logging.getLogger().hasHandlers():
-        print(message, file=sys.stderr)
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8")))
