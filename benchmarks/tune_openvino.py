@@ -7,6 +7,8 @@ once on its group's 6 chunks) and the best and median seconds per file are kept:
 * ``latency_sync``      PERFORMANCE_HINT=LATENCY, one synchronous request per model (birdinfer's default)
 * ``default_sync``      no hint (OpenVINO's own default)
 * ``throughput_async``  PERFORMANCE_HINT=THROUGHPUT + AsyncInferQueue, two files in flight per model
+* ``split_batch_2streams`` each model reshaped to 3 chunks per request, THROUGHPUT with 2 streams: a
+  file's 6 chunks run as two requests at once (one per core)
 * ``two_models_1thread`` INFERENCE_NUM_THREADS=1 per model, two Python threads running different models
   concurrently (OpenVINO releases the GIL)
 
@@ -73,6 +75,35 @@ def run_async(compiled, features, files_in_flight=2):
     return files, files_in_flight
 
 
+def compile_split(core, manifest, precision, streams=2):
+    """Each model reshaped to 6/streams chunks per request, THROUGHPUT with ``streams`` streams."""
+    out = []
+    for m in manifest.models:
+        model = core.read_model(_xml(manifest, m, precision))
+        shape = list(m.input_shape)
+        shape[0] = shape[0] // streams
+        model.reshape({model.input(0): shape})
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams, **_hint(precision)}
+        out.append((m, core.compile_model(model, "CPU", config)))
+    return out
+
+
+def run_split(compiled, features, streams=2):
+    jobs = []
+    for m, c in compiled:
+        x = features[m.group]
+        step = x.shape[0] // streams
+        jobs.append(([c.create_infer_request() for _ in range(streams)], [x[i * step:(i + 1) * step] for i in range(streams)]))
+
+    def one_file():
+        for requests, parts in jobs:
+            for r, part in zip(requests, parts):
+                r.start_async({0: part})
+            for r in requests:
+                r.wait()
+    return one_file, 1
+
+
 def run_two_threads(compiled, features):
     requests = [(m, c.create_infer_request()) for m, c in compiled]
 
@@ -104,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="f32", choices=["f32", "bf16", "int8", "auto"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--files", type=int, default=3, help="files for the background-thread comparison")
+    parser.add_argument("--configs", nargs="*", default=None, help="only these configurations")
     parser.add_argument("--skip", nargs="*", default=[], help="sections to skip: configs load pipeline")
     args = parser.parse_args(argv)
     manifest = Manifest.load(args.models)
@@ -119,6 +151,7 @@ def main(argv=None) -> int:
 
         if "configs" not in args.skip:
             configs = {
+                "split_batch_2streams": lambda: run_split(compile_split(core, manifest, args.precision), features),
                 "latency_sync": lambda: run_sync(compile_all(core, manifest, args.precision, {"PERFORMANCE_HINT": "LATENCY"}), features),
                 "default_sync": lambda: run_sync(compile_all(core, manifest, args.precision, {}), features),
                 "throughput_async": lambda: run_async(compile_all(core, manifest, args.precision, {"PERFORMANCE_HINT": "THROUGHPUT"}), features),
@@ -127,6 +160,8 @@ def main(argv=None) -> int:
             }
             runners = {}
             for name, make in configs.items():
+                if args.configs and name not in args.configs:
+                    continue
                 start = time.perf_counter()
                 runners[name] = make()
                 runners[name][0]()  # warm-up

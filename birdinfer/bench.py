@@ -296,6 +296,7 @@ def _bench_mode(
         "precision_ran": predictor.precision,
         "parallel_models": predictor.parallel_models,
         "threads_per_model": predictor.models[0].threads if predictor.models else None,
+        "streams_per_model": predictor.models[0].streams if predictor.models else None,
         "load_seconds": round(load_seconds, 2),
         "stages_seconds_per_file": stages,
         "front_end_groups_alone_seconds_per_file": {k: round(mean(v), 4) for k, v in group_seconds.items()},
@@ -425,7 +426,7 @@ def format_report(report: dict) -> str:
     ok = [r for r in report["modes"] if "error" not in r]
     for r in ok:
         lines.append(f"== mode {r['mode']} ({r['backend']}; ran {r['precision_ran']}; {r['parallel_models']} model(s) at once, "
-                     f"{r['threads_per_model'] or 'default'} thread(s) each; load {r['load_seconds']} s)")
+                     f"{r['streams_per_model']} request(s) per call of {r['threads_per_model'] or 'default'} thread(s); load {r['load_seconds']} s)")
         lines.append("| stage | s / file |")
         lines.append("|---|---|")
         st = r["stages_seconds_per_file"]

@@ -17,12 +17,13 @@ Precision is explicit (:data:`PRECISIONS`):
 
 Every loaded model reports the precision that actually ran (read back from the compiled model).
 
-Threads: by default each model is compiled single-threaded (one stream, ``INFERENCE_NUM_THREADS=1``) and the
-pipeline runs as many *different* models at once as the CPU has physical cores
-(:func:`default_parallel_models`). Measured on 2 cores (benchmarks/tune_openvino.py, rounds interleaved):
-one 2-thread request per model (``PERFORMANCE_HINT=LATENCY``) was ~30 % slower per file than two 1-thread
-models side by side, which keep both cores busy without a per-layer barrier between threads; ~equal to
-``THROUGHPUT`` + ``AsyncInferQueue`` with two files in flight, which needs twice the inputs in memory.
+Threads (OpenVINO): by default a file's 6 chunks run as one request per physical core at once, each on
+one thread: the model is reshaped to ``chunks / streams`` chunks per request and compiled with
+``PERFORMANCE_HINT=THROUGHPUT`` and ``NUM_STREAMS=streams`` (:func:`physical_cores`). Measured for the 16
+models on 2 cores, f32, rounds interleaved (benchmarks/tune_openvino.py): 5.44 s per file against 6.37 s
+for one 2-thread request per model (``PERFORMANCE_HINT=LATENCY``), 5.65 s for two different 1-thread
+models side by side and 5.65 s for THROUGHPUT with two files in flight (which needs two files' inputs in
+memory). Models whose chunk count does not divide fall back to one LATENCY request.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ __all__ = [
     "cpu_capabilities",
     "cpu_flags",
     "physical_cores",
-    "default_parallel_models",
     "describe_precisions",
 ]
 
@@ -72,6 +72,7 @@ class LoadedModel:
     runner: _Runner
     load_seconds: float
     threads: int | None = None  # threads this model was compiled for (None: the backend's default)
+    streams: int = 1  # requests run at once per call (OpenVINO split-batch streams)
 
     @property
     def name(self) -> str:
@@ -137,11 +138,6 @@ def physical_cores() -> int:
     return max(1, min(len(cores), logical) if cores else logical)
 
 
-def default_parallel_models() -> int:
-    """How many different models the pipeline runs at once, each single-threaded: one per physical core."""
-    return physical_cores()
-
-
 def load_models(
     manifest: Manifest,
     *,
@@ -150,12 +146,14 @@ def load_models(
     cache_dir: str | Path | None = None,
     verify_checksums: bool = True,
     threads: int | None = None,
+    streams: int | None = None,
 ) -> list[LoadedModel]:
     """Compile every model of ``manifest`` once. Checksums of the files used are verified first.
 
     ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
-    lets the backend use every core for each call. The pipeline passes 1 and runs models side by side
-    (see the module docstring).
+    lets the backend use every core for each call. ``streams`` (OpenVINO): split each call's chunks over
+    this many single-threaded requests run at once (default: :func:`physical_cores` when ``threads`` is not
+    given, else 1); see the module docstring.
     """
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
@@ -184,14 +182,18 @@ def load_models(
             names += [name] + ([entry.variants[variant].openvino_bin] if backend == "openvino" else [])
         manifest.verify_checksums(names)
     if backend == "openvino":
-        loader = _OpenVinoLoader(precision=precision, cache_dir=cache_dir, threads=threads)
+        if streams is None:
+            streams = physical_cores() if threads is None else 1
+        loader = _OpenVinoLoader(precision=precision, cache_dir=cache_dir, threads=threads, streams=int(streams))
     else:
         loader = _OnnxRuntimeLoader(precision=precision, threads=threads)
     loaded = []
     for entry, variant, name in plan:
         start = time.perf_counter()
         runner, ran = loader.load(manifest.path_of(name), entry, variant)
-        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start, threads))
+        used_streams = getattr(runner, "streams", 1)
+        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start,
+                                  1 if used_streams > 1 else threads, used_streams))
         log.debug("loaded %s (%s, %s) in %.2f s", entry.name, variant, ran, loaded[-1].load_seconds)
     return loaded
 
@@ -219,7 +221,7 @@ def _cpu_has_int8() -> bool:
 
 
 class _OpenVinoLoader:
-    def __init__(self, *, precision: str, cache_dir, threads: int | None):
+    def __init__(self, *, precision: str, cache_dir, threads: int | None, streams: int = 1):
         try:
             import openvino as ov
         except ImportError as e:
@@ -234,13 +236,16 @@ class _OpenVinoLoader:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
         self.precision = precision
         self.threads = threads
+        self.streams = max(1, int(streams))
 
-    def _config(self, hint: str | None) -> dict:
-        # LATENCY: one stream; a fixed-shape call per file gains nothing from more streams per model.
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+    def _config(self, hint: str | None, streams: int = 1) -> dict:
+        if streams > 1:  # one single-threaded stream per request of the split call
+            config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
+        else:
+            config = {"PERFORMANCE_HINT": "LATENCY"}
         if hint is not None:
             config["INFERENCE_PRECISION_HINT"] = hint
-        if self.threads:
+        if self.threads and streams == 1:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return config
 
@@ -250,8 +255,21 @@ class _OpenVinoLoader:
             model = self.core.read_model(str(xml))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
             raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
+        streams = self.streams
+        fixed = entry.batch_chunks
+        if streams > 1 and fixed is not None and fixed % streams == 0:
+            try:
+                shape = list(entry.input_shape)
+                shape[0] = fixed // streams
+                model.reshape({model.input(0): shape})
+            except Exception as e:  # a graph that cannot be reshaped keeps one request per call
+                log.debug("%s: cannot reshape to %d chunks (%s); one request per call", entry.name, fixed // streams, e)
+                model = self.core.read_model(str(xml))
+                streams = 1
+        else:
+            streams = 1
         try:
-            compiled = self.core.compile_model(model, "CPU", self._config(hint))
+            compiled = self.core.compile_model(model, "CPU", self._config(hint, streams))
         except Exception as e:
             if hint == "f32":
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model in f32: {e}") from e
@@ -259,19 +277,32 @@ class _OpenVinoLoader:
             log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint or "default",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             try:
-                compiled = self.core.compile_model(model, "CPU", self._config("f32"))
+                compiled = self.core.compile_model(model, "CPU", self._config("f32", streams))
             except Exception as e2:
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model: {e2}") from e2
         ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
         precision = f"int8+{ran}" if variant == "int8" else ran
-        request = compiled.create_infer_request()
+        requests = [compiled.create_infer_request() for _ in range(streams)]
         input_port = compiled.input(0)
         output_port = compiled.output(0)
 
-        def run(x: np.ndarray) -> np.ndarray:
-            request.infer({input_port: x})
-            return np.array(request.get_tensor(output_port).data, dtype=np.float32, copy=True)
+        if streams == 1:
+            request = requests[0]
 
+            def run(x: np.ndarray) -> np.ndarray:
+                request.infer({input_port: x})
+                return np.array(request.get_tensor(output_port).data, dtype=np.float32, copy=True)
+        else:
+            step = fixed // streams
+
+            def run(x: np.ndarray) -> np.ndarray:
+                for i, r in enumerate(requests):  # all parts start before any is awaited: they run at once
+                    r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
+                for r in requests:
+                    r.wait()
+                return np.concatenate([np.array(r.get_tensor(output_port).data, dtype=np.float32, copy=True) for r in requests])
+
+        run.streams = streams
         return run, precision
 
 

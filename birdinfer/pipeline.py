@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,7 +34,8 @@ from .ensemble import combine, smooth, window_probabilities
 from .errors import AudioDecodeError, BirdinferError, ParameterError
 from .features import FrontEnd
 from .manifest import Manifest
-from .models import LoadedModel, default_parallel_models, describe_precisions, load_models
+from .models import LoadedModel, describe_precisions, load_models
+from ._console import progress_bar, say
 from .output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 
 __all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget", "make_submission", "resolve_inputs"]
@@ -96,12 +97,12 @@ class Predictor:
         threads: int | None = None,
         parallel_models: int | None = None,
     ):
-        """``threads``: threads per model call; ``parallel_models``: how many different models run at once.
-        Default: one single-threaded model per physical core (measured faster on 2 cores than one model
-        on all cores; see :mod:`birdinfer.models`). ``threads`` alone keeps one model at a time on
-        ``threads`` threads (the former behaviour)."""
+        """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
+        request per physical core; see :mod:`birdinfer.models`); ``parallel_models``: how many different
+        models run at once in worker threads (default 1; with more, each model gets one thread). Measured on
+        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py)."""
         if parallel_models is None:
-            parallel_models = default_parallel_models() if threads is None else 1
+            parallel_models = 1
         if int(parallel_models) < 1:
             raise ParameterError(f"parallel_models must be >= 1, got {parallel_models!r}")
         self.parallel_models = int(parallel_models)
@@ -490,7 +491,7 @@ def make_submission(
         return frame
 
     predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-    _say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+    say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
                    f"{backend} precision: {predictor.precision}")
     budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
     if budget is not None:
@@ -514,11 +515,7 @@ def make_submission(
                 predictor.drop(name)
         return True
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a dependency; keep going without a bar if it is missing
-        tqdm = None
-    bar = tqdm(total=len(paths), unit="file", desc="birdinfer", disable=not progress, file=sys.stderr) if tqdm else None
+    bar = progress_bar(progress, total=len(paths), desc="birdinfer")
     try:
         for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
             results.append(result)
@@ -563,16 +560,10 @@ def make_submission(
     frame.attrs["birdinfer"] = info
     _write_report(report, info)
     dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
-    _say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
+    say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
                    f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
                    + (f" → {out}" if out is not None else ""))
     return frame
-
-
-def _say(progress: bool, message: str) -> None:
-    log.info(message)
-    if progress and not logging.getLogger().hasHandlers():
-        print(message, file=sys.stderr)
 
 
 def _write_report(path, info: dict) -> None:
