@@ -13,6 +13,7 @@ Needs librosa and opencv-python-headless (the reference); birdinfer itself needs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -28,11 +29,9 @@ from birdinfer.manifest import MelGroup
 
 SR = 32000
 WINDOW = 5 * SR
-GROUPS = (
-    MelGroup("v1", n_fft=2048, hop_length=64, n_mels=256, fmin=60.0, fmax=16000.0, frames_per_window=256, weight=2.5),
-    MelGroup("v2", n_fft=1536, hop_length=64, n_mels=192, fmin=50.0, fmax=16000.0, frames_per_window=384),
-    MelGroup("v3", n_fft=2048, hop_length=128, n_mels=224, fmin=40.0, fmax=16000.0, frames_per_window=288),
-)
+# The reference groups, from the default recipe (REFERENCE.md section 2).
+RECIPE = Path(__file__).resolve().parents[1] / "weights" / "birdclef2025_4th.json"
+GROUPS = tuple(MelGroup.from_dict(g) for g in json.loads(RECIPE.read_text())["groups"])
 
 
 def reference_front_end(y: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from birdinfer.manifest import MelGroup
+
 SR = 32000
 N_CLASSES = 12
+#: The three mel groups of REFERENCE.md section 2, read from the default recipe (one place states them).
+REFERENCE_RECIPE = Path(__file__).resolve().parents[1] / "weights" / "birdclef2025_4th.json"
+REFERENCE_GROUPS = tuple(MelGroup.from_dict(g) for g in json.loads(REFERENCE_RECIPE.read_text())["groups"])
 LABELS = [f"sp{i:02d}" for i in range(N_CLASSES)]
 
 # The reference groups (REFERENCE.md section 2), each with one light real timm architecture.

@@ -24,16 +24,14 @@ from birdinfer.features import (
 )
 from birdinfer.manifest import MelGroup
 
+from conftest import REFERENCE_GROUPS
+
 librosa = pytest.importorskip("librosa")
 cv2 = pytest.importorskip("cv2")
 
 SR = 32000
 WINDOW = 5 * SR
-GROUPS = (
-    MelGroup("v1", n_fft=2048, hop_length=64, n_mels=256, fmin=60.0, fmax=16000.0, frames_per_window=256, weight=2.5),
-    MelGroup("v2", n_fft=1536, hop_length=64, n_mels=192, fmin=50.0, fmax=16000.0, frames_per_window=384),
-    MelGroup("v3", n_fft=2048, hop_length=128, n_mels=224, fmin=40.0, fmax=16000.0, frames_per_window=288),
-)
+GROUPS = REFERENCE_GROUPS
 BY_NAME = {g.name: g for g in GROUPS}
 LENGTHS = (60.0, 5.0, 7.3, 62.0, 3.0)
 TOLERANCE_DB = 0.01
