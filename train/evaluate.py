@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 
 from birdinfer.audio import load_audio
+from birdinfer.ensemble import smooth
+from birdinfer.ensemble import window_probabilities as ensemble_windows
 from birdinfer.features import FrontEnd
 from birdinfer.manifest import MelGroup
 from birdinfer.metric import score_files
@@ -24,27 +26,11 @@ from birdinfer_export.network import SEDNet
 __all__ = ["window_probabilities", "predict_soundscapes", "score_checkpoint"]
 
 
-def _smooth(p: np.ndarray, factor: float) -> np.ndarray:
-    if factor == 0 or len(p) < 2:
-        return p
-    out = p * (1 - 2 * factor)
-    out[1:] += factor * p[:-1]
-    out[:-1] += factor * p[1:]
-    out[0] += factor * p[0]  # edge rows: (1 - factor) p0 + factor p1
-    out[-1] += factor * p[-1]
-    return out
-
-
 @torch.no_grad()
 def window_probabilities(model: SEDNet, chunks: np.ndarray, n_windows: int, *, smoothing: float = 0.15) -> np.ndarray:
     """dB chunks ``(n_chunks, 1, n_mels, 2F)`` → per-5 s-window probabilities ``(n_windows, n_classes)``."""
     logits = model(torch.from_numpy(chunks)).numpy()  # (n_chunks, C, T')
-    frames = 1.0 / (1.0 + np.exp(-logits))
-    per_chunk = frames.shape[2]
-    timeline = frames.transpose(1, 0, 2).reshape(frames.shape[1], -1)  # (C, n_chunks * T')
-    half = per_chunk // 2
-    windows = np.stack([timeline[:, k * half:(k + 1) * half].max(axis=1) for k in range(n_windows)])
-    return _smooth(windows, smoothing)
+    return smooth(ensemble_windows(logits, n_windows), smoothing)  # the runtime's own rules
 
 
 def predict_soundscapes(
