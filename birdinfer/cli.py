@@ -109,6 +109,8 @@ def _add_export(sub) -> None:
     p.add_argument("--calibration", type=Path, default=None, help="soundscapes for INT8 calibration and verification input")
     p.add_argument("--chunks", type=int, default=6, help="fixed chunk axis of the exported input (default 6 = 60 s)")
     p.add_argument("--dynamic-chunks", action="store_true", help="export a dynamic chunk axis instead of a fixed one")
+    p.add_argument("--int8-keep-depthwise", action="store_true",
+                   help="with --precision int8: leave depthwise convolutions in float (less INT8 error, a little slower)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -123,7 +125,8 @@ def _cmd_export(args) -> int:
         ) from e
     export_models(args.checkpoints, args.out, recipe=args.recipe, taxonomy=args.taxonomy, models=args.models,
                   precision=args.precision, calibration=args.calibration, chunks=args.chunks,
-                  dynamic_chunks=args.dynamic_chunks)
+                  dynamic_chunks=args.dynamic_chunks,
+                  int8_float_ops=("GroupConvolution",) if args.int8_keep_depthwise else ())
     return 0
 
 
@@ -227,6 +230,12 @@ def _add_train(sub) -> None:
     p.add_argument("--pseudo-labels", type=Path, default=None, help="soft labels CSV from `birdinfer pseudo-label`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--frame-loss-weight", type=float, default=0.0,
+                   help="extra loss on the max over time of the frame-wise logits (what the runtime scores; 0 = reference)")
+    p.add_argument("--noise-negatives", type=float, default=0.0,
+                   help="add this fraction of noise-only samples with all labels 0 (default 0 = reference)")
+    p.add_argument("--noise-probability", type=float, default=0.0,
+                   help="chance that a crop gets generated background noise added (default 0 = reference)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -234,7 +243,8 @@ def _cmd_train(args) -> int:
     train = _import_train("train")
     train(data=args.data, arch=args.arch, group=args.group, out=args.out, loss=args.loss, epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, crop=args.crop, pseudo_labels=args.pseudo_labels,
-          seed=args.seed, device=args.device)
+          seed=args.seed, device=args.device, frame_loss_weight=args.frame_loss_weight,
+          noise_negatives=args.noise_negatives, noise_probability=args.noise_probability)
     return 0
 
 
@@ -269,12 +279,16 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthesise data, train, export, submit and score: the whole path in minutes")
     p.add_argument("--out", type=Path, default=Path("birdinfer-demo"), help="working folder (default ./birdinfer-demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the demo's, 24)")
+    p.add_argument("--pseudo-rounds", type=int, default=0,
+                   help="semi-supervised rounds: label train_soundscapes with the models, retrain with those labels")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
     run_demo = _import_train("run_demo")
-    run_demo(args.out, seed=args.seed)
+    options = {} if args.epochs is None else {"epochs": args.epochs}
+    run_demo(args.out, seed=args.seed, pseudo_rounds=args.pseudo_rounds, **options)
     return 0
 
 

@@ -76,6 +76,7 @@ class _Block:
     error: str | None = None
     decode_seconds: float = 0.0
     front_end_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this thread for decode + front end (excludes time preempted by inference)
 
 
 class Predictor:
@@ -264,17 +265,17 @@ class Predictor:
                     block_index = 0
                     pending: _Block | None = None
                     while True:
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.thread_time()
                         block = next(blocks, None)
                         t1 = time.perf_counter()
                         if block is None:
                             break
                         n = self.block_windows(block.size, block_index)
                         features = self.features(block) if n else None
-                        t2 = time.perf_counter()
+                        t2, c2 = time.perf_counter(), time.thread_time()
                         if pending is not None:
                             out.put(pending)
-                        pending = _Block(index, features, n, False, None, t1 - t0, t2 - t1)
+                        pending = _Block(index, features, n, False, None, t1 - t0, t2 - t1, c2 - c0)
                         block_index += 1
                     if pending is None:
                         raise AudioDecodeError(path, "no samples")
@@ -309,6 +310,7 @@ class Predictor:
         stats = stats if stats is not None else {}
         stats.setdefault("decode_seconds", 0.0)
         stats.setdefault("front_end_seconds", 0.0)
+        stats.setdefault("front_end_cpu_seconds", 0.0)
         stats.setdefault("wait_seconds", 0.0)
         try:
             current, parts, file_start, started = -1, [], 0.0, set()
@@ -321,6 +323,7 @@ class Predictor:
                     break
                 stats["decode_seconds"] += item.decode_seconds
                 stats["front_end_seconds"] += item.front_end_seconds
+                stats["front_end_cpu_seconds"] += item.cpu_seconds
                 if item.file_index != current:
                     current, parts, file_start = item.file_index, [], clock()
                     if on_file_start is not None and item.file_index not in started:

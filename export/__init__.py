@@ -12,12 +12,14 @@ Stages, one module each::
 from .checkpoint import load_checkpoint, random_checkpoint, read_state_dict, save_reference_checkpoint
 from .convert import PARITY_TOLERANCE, ExportError, export_models
 from .network import SEDNet
+from .quantize import DEPTHWISE_OPS
 from .recipe import Recipe, RecipeModel, default_recipe_path, load_recipe
 
 __all__ = [
     "export_models",
     "ExportError",
     "PARITY_TOLERANCE",
+    "DEPTHWISE_OPS",
     "load_checkpoint",
     "read_state_dict",
     "save_reference_checkpoint",

@@ -23,23 +23,13 @@ def demo(tmp_path_factory):
     return out, run_demo(out, seed=0, progress=False)
 
 
-def test_demo_records_its_figures(demo):
-    out, result = demo
-    assert 0.5 < result["auc"] <= 1.0, f"demo macro ROC-AUC {result['auc']:.4f} is not better than chance"
-    assert json.loads((out / "demo.json").read_text())["auc"] == pytest.approx(result["auc"])
-    assert set(result["seconds"]) == {"synth", "train", "export", "submit", "score", "total"}
-    # every exported model was parity-checked against torch
-    assert result["parity_max_abs_logit_diff_openvino"] and all(v is not None for v in result["parity_max_abs_logit_diff_openvino"].values())
-
-
-# Issue 6's target. Not reached yet (seeds 0/1/2 gave 0.834/0.818/0.713): kept out of the CI set until
-# training reaches it, so the failure stays visible with `-m slow` instead of being hidden by a lower bar.
-@pytest.mark.slow
 def test_demo_reaches_the_target_score(demo):
+    """Issue 6's bar: synth → train → export → submit → score reaches macro ROC-AUC 0.90 on held-out soundscapes."""
     out, result = demo
     assert result["auc"] >= MIN_DEMO_AUC, f"demo macro ROC-AUC {result['auc']:.4f} < {MIN_DEMO_AUC}"
     assert json.loads((out / "demo.json").read_text())["auc"] == pytest.approx(result["auc"])
-    assert set(result["seconds"]) == {"synth", "train", "export", "submit", "score", "total"}
+    assert set(result["seconds"]) == {"synth", "train", "pseudo_label", "export", "submit", "score", "total"}
+    assert result["seconds"]["pseudo_label"] == 0.0 and result["auc_by_round"] == [result["auc"]]
     # every exported model was parity-checked against torch
     assert result["parity_max_abs_logit_diff_openvino"] and all(v is not None for v in result["parity_max_abs_logit_diff_openvino"].values())
 
@@ -67,3 +57,34 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(ParameterError, match="not an earlier demo"):
         run_demo(tmp_path, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"pseudo_rounds": -1}, {"epochs": 2.5}, {"loss": "hinge"}])
+def test_demo_rejects_bad_settings_before_writing(tmp_path, bad):
+    with pytest.raises(ParameterError):
+        run_demo(tmp_path / "run", progress=False, **bad)
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_pseudo_round_trains_students_on_teacher_labels(tmp_path):
+    """A tiny run with one semi-supervised round: teachers are exported and label the train soundscapes, the
+    students' side files name those labels, and the submission still has the competition format."""
+    out = tmp_path / "run"
+    result = run_demo(out, species=2, recordings_per_species=2, soundscapes=4, epochs=1, min_class_samples=4,
+                      pseudo_rounds=1, progress=False)
+    labels = out / "pseudo" / "round0_labels.csv"
+    frame = pd.read_csv(labels)
+    train_stems = sorted(p.stem for p in (out / "data" / "train_soundscapes").glob("*.ogg"))
+    assert len(frame) == 12 * len(train_stems)
+    assert sorted(frame.row_id.str.rsplit("_", n=1).str[0].unique()) == train_stems
+    values = frame.drop(columns="row_id").to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    assert (out / "pseudo" / "round0_models" / "manifest.json").is_file()
+    for side in (out / "checkpoints").glob("*.pth.json"):
+        assert json.loads(side.read_text())["pseudo_labels"] == str(labels)
+    assert result["seconds"]["pseudo_label"] > 0
+    teacher_auc, student_auc = result["auc_by_round"]  # teachers scored on the test soundscapes, then the students
+    assert student_auc == result["auc"] and 0 <= teacher_auc <= 1
+    assert (out / "pseudo" / "round0_submission.csv").is_file()
+    submission = pd.read_csv(out / "submission.csv")
+    assert list(submission.row_id) == list(pd.read_csv(out / "data" / "sample_submission.csv").row_id)

@@ -25,7 +25,7 @@ import soundfile as sf  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from birdinfer.audio import load_audio  # noqa: E402
-from birdinfer.errors import ChecksumError, CheckpointError  # noqa: E402
+from birdinfer.errors import ChecksumError, CheckpointError, ParameterError  # noqa: E402
 from birdinfer.features import FrontEnd  # noqa: E402
 from birdinfer.manifest import Manifest, sha256_file  # noqa: E402
 from birdinfer_export import (  # noqa: E402
@@ -168,6 +168,8 @@ def test_recorded_parity_within_tolerance_and_meaningful(three_groups):
         assert 0 <= v["max_abs_logit_diff_onnxruntime"] <= PARITY_TOLERANCE
         assert 0 <= v["max_abs_logit_diff_openvino"] <= PARITY_TOLERANCE
         assert 0 < v["max_abs_logit_diff_torch_f32"] <= PARITY_TOLERANCE
+        assert v["tolerance"] == pytest.approx(
+            max(PARITY_TOLERANCE + 1e-5 * v["logit_abs_max"], 4 * v["max_abs_logit_diff_torch_f32"]), rel=1e-12)
         assert v["reference"] == "torch float64 (eval)"
         # the compared logits vary with the input, so a small difference is not a trivial one
         assert v["logit_std"] > 0.01
@@ -242,6 +244,8 @@ def test_parity_failure_raises_and_writes_no_manifest(tmp_path, monkeypatch, thr
     out.mkdir()
     (out / "manifest.json").write_text("{}")  # a stale manifest from an earlier export must not survive
     monkeypatch.setattr(convert_module, "PARITY_TOLERANCE", 0.0)  # any real float difference now fails
+    monkeypatch.setattr(convert_module, "PARITY_RELATIVE_TOLERANCE", 0.0)
+    monkeypatch.setattr(convert_module, "PARITY_F32_FACTOR", 0.0)
     spec = three_groups["recipe"].models[2]
     with pytest.raises(ExportError, match=r"lite0_v3_first10 .*max abs logit difference"):
         export_models(three_groups["checkpoints"], out, recipe=three_groups["recipe"], models=[spec.name],
@@ -438,3 +442,43 @@ def test_all_16_recipe_architectures_export_and_verify(tmp_path):
         v = m.variants["f32"].verification
         assert v["max_abs_logit_diff_onnxruntime"] <= PARITY_TOLERANCE
         assert v["max_abs_logit_diff_openvino"] <= PARITY_TOLERANCE
+
+
+def _group_convolutions_fed_by_quantizers(model) -> tuple[int, int]:
+    """(GroupConvolution ops, how many of them take their data input from a FakeQuantize/FakeConvert)."""
+    total = quantized = 0
+    for op in model.get_ops():
+        if op.get_type_name() == "GroupConvolution":
+            total += 1
+            source = op.input_value(0).get_node()
+            quantized += source.get_type_name() in ("FakeQuantize", "FakeConvert")
+    return total, quantized
+
+
+def test_int8_can_leave_depthwise_convolutions_in_float(int8_export, calibration_dir, tmp_path):
+    import openvino as ov
+
+    from birdinfer_export import DEPTHWISE_OPS
+    from birdinfer_export.quantize import quantize_ir
+    from birdinfer_export.verify import batches_of, prepare_inputs
+
+    manifest = int8_export["manifest"]
+    entry = manifest.models[0]
+    assert entry.variants["int8"].verification["float_op_types"] == []
+    core = ov.Core()
+    total, quantized = _group_convolutions_fed_by_quantizers(core.read_model(str(manifest.path_of(entry.variants["int8"].openvino))))
+    assert total > 0 and quantized > 0  # by default NNCF quantizes EfficientNet's depthwise convolutions
+
+    group = manifest.group(entry.group)
+    inputs = prepare_inputs([group], calibration=calibration_dir, sample_rate=manifest.sample_rate,
+                            window_seconds=manifest.window_seconds, synthetic_clips=1)
+    out = tmp_path / "dw.int8.xml"
+    ops = quantize_ir(core, manifest.path_of(entry.variants["f32"].openvino), out,
+                      batches_of(inputs.calibration[group.name], 2), float_ops=DEPTHWISE_OPS)
+    assert ops > 0  # the rest is still quantized
+    assert _group_convolutions_fed_by_quantizers(core.read_model(str(out))) == (total, 0)
+
+
+def test_int8_float_ops_need_int8(tmp_path):
+    with pytest.raises(ParameterError, match="int8_float_ops"):
+        export_models(tmp_path, tmp_path / "out", precision="f32", int8_float_ops=("GroupConvolution",), progress=False)

@@ -79,3 +79,70 @@ def test_training_rejects_bad_settings(split_dataset, tmp_path):
         train(data=data, arch=ARCH, group=TINY, out=tmp_path / "x.pth", loss="focal")
     with pytest.raises(ParameterError, match="taxonomy.csv"):
         train(data=tmp_path, arch=ARCH, group=TINY, out=tmp_path / "x.pth")
+
+
+def test_training_rejects_bad_noise_and_frame_settings(split_dataset, tmp_path):
+    data, _ = split_dataset
+    from birdinfer.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="frame_loss_weight"):
+        train(data=data, arch=ARCH, group=TINY, out=tmp_path / "x.pth", frame_loss_weight=-1.0)
+    with pytest.raises(ParameterError, match="noise_probability"):
+        train(data=data, arch=ARCH, group=TINY, out=tmp_path / "x.pth", noise_probability=1.5)
+
+
+def test_noise_power_adds_like_audio():
+    """The premise of NoiseBank: mel power of (signal + independent noise) ≈ power(signal) + power(noise)."""
+    from birdinfer_train.data import NoiseBank, mel_power
+
+    rng = np.random.default_rng(0)
+    t = np.arange(32000 * 10) / 32000
+    tone = (0.3 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    noise = (0.05 * rng.standard_normal(len(t))).astype(np.float32)
+    mixed = mel_power(tone + noise, TINY)
+    added = mel_power(tone, TINY) + mel_power(noise, TINY)
+    # per mel band, summed over time: equal within 3 % (the cross term averages out)
+    np.testing.assert_allclose(mixed.sum(0), added.sum(0), rtol=0.03)
+
+    bank = NoiseBank(TINY, seed=1, seconds=12.0, level=(0.02, 0.02))
+    piece = bank.crop(TINY.frames_per_chunk, np.random.default_rng(2))
+    assert piece.shape == (TINY.frames_per_chunk, TINY.n_mels) and piece.dtype == np.float32
+    # unit-RMS clips scaled to RMS 0.02: the power is 0.02² of the clip's; compare with real noise of RMS 0.02
+    reference = mel_power((0.02 * rng.standard_normal(32000 * 10)).astype(np.float32), TINY)
+    assert 0.2 < piece.sum() / reference[: TINY.frames_per_chunk].sum() < 5.0  # coloured vs white: same order
+    bigger = NoiseBank(TINY, seed=1, seconds=12.0, level=(0.2, 0.2)).crop(TINY.frames_per_chunk, np.random.default_rng(2))
+    np.testing.assert_allclose(bigger, piece * 100.0, rtol=1e-5)  # 10x the RMS = 100x the power
+
+
+def test_noise_negatives_frame_loss_and_noise_augmentation_train(split_dataset, tmp_path):
+    from birdinfer_train.data import noise_samples, oversample_rare
+    from birdinfer_train.training import _crop_logits
+    from birdinfer_export.network import SEDNet
+
+    negatives = noise_samples(5, 4)
+    assert all(not s.sources and not s.labels.any() for s in negatives)
+    grown = oversample_rare(negatives, 4, minimum=10, rng=np.random.default_rng(0))
+    assert len(grown) == 5  # noise-only samples are no class: never oversampled
+
+    torch.manual_seed(0)
+    model = SEDNet(ARCH, n_mels=TINY.n_mels, n_classes=4).eval()
+    x = torch.randn(3, 1, TINY.n_mels, TINY.frames_per_chunk)
+    with torch.no_grad():
+        both = _crop_logits(model, x, 0.5)
+        clip, frame = model.clipwise(x)
+    assert [w for _, w in both] == [1.0, 0.5]
+    torch.testing.assert_close(both[0][0], clip)
+    torch.testing.assert_close(both[1][0], frame.amax(dim=-1))
+    assert len(_crop_logits(model, x, 0.0)) == 1
+
+    data, _ = split_dataset
+    out = train(data=data, arch=ARCH, group=TINY, out=tmp_path / "n.pth", epochs=1, batch_size=16, lr=3e-3,
+                min_class_samples=8, frame_loss_weight=0.5, noise_negatives=0.25, noise_probability=0.5,
+                cache_dir=tmp_path / "cache", progress=False, seed=0)
+    import json
+
+    info = json.loads(out.with_name(out.name + ".json").read_text())
+    assert info["frame_loss_weight"] == 0.5 and info["noise_negatives"] == 0.25 and info["noise_probability"] == 0.5
+    recordings = len(recording_samples(data, read_taxonomy(data), crop="random"))
+    assert info["samples"] > recordings  # the noise-only negatives joined
+    assert np.isfinite([h["loss"] for h in info["history"]]).all()

@@ -54,6 +54,8 @@ __all__ = [
     "crop_db",
     "augment_db",
     "oversample_rare",
+    "NoiseBank",
+    "noise_samples",
 ]
 
 SAMPLE_RATE = 32000
@@ -195,12 +197,13 @@ def _find_audio(folder: Path, stem: str, csv: Path) -> Path:
 
 def oversample_rare(samples: list[Sample], n_classes: int, *, minimum: int, rng: np.random.Generator) -> list[Sample]:
     """Repeat samples of classes (by primary = argmax label) with fewer than ``minimum`` samples until they
-    have ``minimum`` (REFERENCE.md: rare classes oversampled to at least 100). Pseudo samples are not counted."""
+    have ``minimum`` (REFERENCE.md: rare classes oversampled to at least 100). Pseudo-labelled and
+    noise-only samples are not counted."""
     if minimum <= 0:
         return list(samples)
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
-        if not s.key.startswith("pseudo:"):
+        if not s.key.startswith(("pseudo:", "noise:")):
             by_class.setdefault(int(np.argmax(s.labels)), []).append(s)
     out = list(samples)
     for members in by_class.values():
@@ -283,13 +286,16 @@ class SpectrogramCache:
         return power
 
 
-def crop_db(power: np.ndarray, start: int, group: MelGroup) -> np.ndarray:
+def crop_db(power: np.ndarray, start: int, group: MelGroup, *, noise: np.ndarray | None = None) -> np.ndarray:
     """Columns ``[start, start + 2F)`` of ``power`` ``(W, n_mels)`` → dB crop ``(1, n_mels, 2F)`` float32
-    (zero power past the end; dB per crop as the runtime's chunks)."""
+    (zero power past the end; dB per crop as the runtime's chunks). ``noise``: ``(2F, n_mels)`` power
+    added before the dB conversion (:class:`NoiseBank`)."""
     columns = group.frames_per_chunk
     piece = np.zeros((columns, group.n_mels), dtype=np.float32)
     available = power[start:start + columns]
     piece[: len(available)] = available
+    if noise is not None:
+        piece += noise
     return power_to_db_chunks(piece, n_chunks=1, top_db=group.top_db)[0]
 
 
@@ -315,3 +321,65 @@ def augment_db(x: np.ndarray, rng: np.random.Generator, *, mask_probability: flo
                 else:
                     x[:, start:start + width, :] = floor
     return x
+
+
+# ---------------------------------------------------------------------------------------------- noise
+def _coloured_noise(n: int, exponent: float, rng: np.random.Generator, *, sample_rate: int = SAMPLE_RATE,
+                    corner_hz: float = 100.0) -> np.ndarray:
+    """Unit-RMS noise ``(n,)`` with power spectrum ∝ 1/f^exponent (0 white, 1 pink, 2 brown) above
+    ``corner_hz`` and flat below it (else a brown noise's power would sit almost all below 1 Hz, outside
+    every mel band, and its RMS would say nothing about what a model hears)."""
+    size = 1 << max(1, int(n - 1).bit_length())
+    spectrum = rng.standard_normal(size // 2 + 1) + 1j * rng.standard_normal(size // 2 + 1)
+    freqs = np.maximum(np.fft.rfftfreq(size, 1.0 / sample_rate), corner_hz)
+    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
+    return (noise / (noise.std() + 1e-12)).astype(np.float32)
+
+
+class NoiseBank:
+    """Power mel spectrograms of generated background noise, for noise augmentation and noise-only negatives.
+
+    A few clips of ``seconds`` of unit-RMS coloured noise (spectral exponents ``exponents``: 0 white, 1 pink,
+    2 brown, and mixtures) are put through :func:`mel_power` once. :meth:`crop` returns a random
+    ``columns``-long piece scaled to an RMS level drawn log-uniformly from ``level`` (power scales with
+    level²), so adding it to a recording's power is adding independent noise to its audio (in
+    expectation: the cross term of independent signals averages out). Bird recordings in the field differ
+    from focal recordings mostly in their background; generic coloured noise is the augmentation
+    audio toolkits use for it (e.g. audiomentations' ``AddColorNoise``).
+    """
+
+    def __init__(self, group: MelGroup, *, seed: int = 0, seconds: float = 30.0,
+                 exponents: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0), level: tuple[float, float] = (0.003, 0.06),
+                 sample_rate: int = SAMPLE_RATE):
+        if not 0 < level[0] <= level[1]:
+            raise ParameterError(f"noise level must be (low, high) with 0 < low <= high, got {level}")
+        rng = np.random.default_rng(seed)
+        n = int(seconds * sample_rate)
+        self.group = group
+        self.level = (float(level[0]), float(level[1]))
+        clips = []
+        for exponent in exponents:
+            y = _coloured_noise(n, exponent, rng, sample_rate=sample_rate)
+            # a slow loudness drift, as wind or distant traffic
+            t = np.arange(n, dtype=np.float32) / sample_rate
+            y *= (1.0 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+            y /= y.std() + 1e-12
+            clips.append(mel_power(y, group, sample_rate=sample_rate))
+        self.clips = clips
+
+    def crop(self, columns: int, rng: np.random.Generator) -> np.ndarray:
+        """``(columns, n_mels)`` float32 noise power at a random level, from a random clip and offset."""
+        clip = self.clips[int(rng.integers(len(self.clips)))]
+        start = int(rng.integers(0, max(1, len(clip) - columns + 1)))
+        piece = np.zeros((columns, clip.shape[1]), dtype=np.float32)
+        part = clip[start:start + columns]
+        piece[: len(part)] = part
+        level = np.exp(rng.uniform(np.log(self.level[0]), np.log(self.level[1])))
+        return piece * np.float32(level ** 2)
+
+
+def noise_samples(count: int, n_classes: int) -> list[Sample]:
+    """``count`` noise-only negatives (no source, all labels 0): the training set draws their audio from a
+    :class:`NoiseBank`. With a ranking loss they teach that background alone is no species."""
+    zeros = np.zeros(n_classes, dtype=np.float32)
+    return [Sample(key=f"noise:{k}", sources=(), labels=zeros) for k in range(count)]

@@ -27,10 +27,12 @@ from birdinfer.manifest import MelGroup
 from birdinfer_export.network import SEDNet
 
 from .data import (
+    NoiseBank,
     Sample,
     SpectrogramCache,
     augment_db,
     crop_db,
+    noise_samples,
     oversample_rare,
     pseudo_label_samples,
     read_taxonomy,
@@ -63,13 +65,16 @@ class TrainingSet(Dataset):
     generator seeded by ``seed`` and the epoch (:meth:`set_epoch`) so a run is reproducible.
     """
 
-    def __init__(self, samples: Sequence[Sample], cache: SpectrogramCache, *, random_crop: bool, augment: bool, seed: int):
+    def __init__(self, samples: Sequence[Sample], cache: SpectrogramCache, *, random_crop: bool, augment: bool, seed: int,
+                 noise: NoiseBank | None = None, noise_probability: float = 0.0):
         self.samples = list(samples)
         self.cache = cache
         self.group = cache.group
         self.random_crop = random_crop
         self.augment = augment
         self.seed = seed
+        self.noise = noise
+        self.noise_probability = noise_probability
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -81,14 +86,23 @@ class TrainingSet(Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        power = self.cache.power(sample)
-        if sample.start_column is not None:
-            start = sample.start_column
-        elif self.random_crop:
-            start = int(rng.integers(0, max(1, len(power) - self.group.frames_per_chunk + 1)))
+        columns = self.group.frames_per_chunk
+        if not sample.sources:  # a noise-only negative
+            if self.noise is None:
+                raise ParameterError(f"training sample {sample.key!r} has no audio source and no noise bank was given")
+            power, start, noise = self.noise.crop(columns, rng), 0, None
         else:
-            start = 0
-        x = crop_db(power, start, self.group)
+            power = self.cache.power(sample)
+            if sample.start_column is not None:
+                start = sample.start_column
+            elif self.random_crop:
+                start = int(rng.integers(0, max(1, len(power) - columns + 1)))
+            else:
+                start = 0
+            noise = None
+            if self.noise is not None and rng.random() < self.noise_probability:
+                noise = self.noise.crop(columns, rng)
+        x = crop_db(power, start, self.group, noise=noise)
         if self.augment:
             x = augment_db(x, rng)
         return torch.from_numpy(x), torch.from_numpy(sample.labels), torch.tensor(sample.weight, dtype=torch.float32)
@@ -145,6 +159,10 @@ def train(
     drop_path_rate: float = 0.5,
     head_dropout: float = 0.5,
     max_seconds: float | None = 60.0,
+    frame_loss_weight: float = 0.0,
+    noise_negatives: float = 0.0,
+    noise_probability: float = 0.0,
+    noise_level: tuple[float, float] = (0.003, 0.06),
     num_workers: int = 0,
     progress: bool = True,
 ) -> Path:
@@ -157,10 +175,20 @@ def train(
     ``pseudo_weight``. ``average_from_epoch`` (1-based): weight averaging starts after that epoch
     (default: ``max(1, round(0.8 * epochs))``, cf. 18 of 22). ``min_class_samples``: rare-class
     oversampling target. ``cache_dir``: on-disk spectrogram cache (default ``data/.birdinfer_cache``).
+    ``frame_loss_weight``: weight ``w`` of an extra term on the frame-wise logits, ``loss = L(clip) +
+    w * L(max over time of frame logits)`` (0 = the reference recipe, loss on the clip-wise output only). The
+    runtime scores a 5 s window by the max of its frame probabilities, and the attention pooling lets a
+    frame the attention ignores keep any logit, so with ``w = 0`` call-free frames are never trained; the
+    max term pushes every frame of a crop below the crop's absent classes (see :func:`_crop_logits`).
+    ``noise_negatives``: add ``round(noise_negatives * len(recordings))`` noise-only samples with all labels
+    0; ``noise_probability``: chance that a recording crop gets generated background noise added (at an
+    RMS level log-uniform in ``noise_level``; :class:`birdinfer_train.data.NoiseBank`). Both 0 = reference.
     A JSON side file ``<out>.json`` records the settings and per-epoch losses.
     """
     if crop not in CROPS:
         raise ParameterError(f"crop must be one of {CROPS}, got {crop!r}")
+    if not frame_loss_weight >= 0:
+        raise ParameterError(f"frame_loss_weight must be >= 0, got {frame_loss_weight!r}")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ParameterError(f"need epochs >= 1, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     loss_fn = get_loss(loss)
@@ -178,13 +206,18 @@ def train(
         samples += pseudo_label_samples(pseudo_labels, audio_dir, labels, frames_per_window=mel_group.frames_per_window,
                                         weight=pseudo_weight)
     samples = oversample_rare(samples, len(labels), minimum=min_class_samples, rng=rng)
+    if not (0 <= noise_probability <= 1 and noise_negatives >= 0):
+        raise ParameterError(f"need 0 <= noise_probability <= 1 and noise_negatives >= 0 (got {noise_probability}, {noise_negatives})")
+    samples += noise_samples(int(round(noise_negatives * len(samples))), len(labels))
 
     cache = SpectrogramCache(mel_group, cache_dir=cache_dir if cache_dir is not None else data / ".birdinfer_cache")
     started = time.perf_counter()
     _fill_cache(cache, samples, progress=progress)
     cache_seconds = time.perf_counter() - started
 
-    dataset = TrainingSet(samples, cache, random_crop=crop == "random", augment=augment, seed=seed)
+    noise = NoiseBank(mel_group, seed=seed, level=noise_level) if (noise_negatives > 0 or noise_probability > 0) else None
+    dataset = TrainingSet(samples, cache, random_crop=crop == "random", augment=augment, seed=seed, noise=noise,
+                          noise_probability=noise_probability)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
                         num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
     model = SEDNet(arch, n_mels=mel_group.n_mels, n_classes=len(labels), drop_rate=drop_rate,
@@ -216,12 +249,11 @@ def train(
                 if mixup and len(x) > 1:
                     lam = float(beta.sample())
                     perm = torch.randperm(len(x), device=dev)
-                    logits, _ = model.clipwise(lam * x + (1 - lam) * x[perm])
-                    logits = logits.float()
-                    value = lam * loss_fn(logits, y, sample_weight=w) + (1 - lam) * loss_fn(logits, y[perm], sample_weight=w[perm])
+                    logits = _crop_logits(model, lam * x + (1 - lam) * x[perm], frame_loss_weight)
+                    value = sum(scale * (lam * loss_fn(z, y, sample_weight=w) + (1 - lam) * loss_fn(z, y[perm], sample_weight=w[perm]))
+                                for z, scale in logits)
                 else:
-                    logits, _ = model.clipwise(x)
-                    value = loss_fn(logits.float(), y, sample_weight=w)
+                    value = sum(scale * loss_fn(z, y, sample_weight=w) for z, scale in _crop_logits(model, x, frame_loss_weight))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(value).backward()
             scaler.step(optimizer)
@@ -250,10 +282,22 @@ def train(
         "samples": len(samples), "average_from_epoch": average_from, "n_averaged": int(averaged.n_averaged),
         "mixup": mixup, "audio_mixup": audio_mixup, "augment": augment, "min_class_samples": min_class_samples,
         "drop_rate": drop_rate, "drop_path_rate": drop_path_rate, "head_dropout": head_dropout,
-        "device": str(dev), "cache_seconds": round(cache_seconds, 2),
+        "frame_loss_weight": frame_loss_weight, "noise_negatives": noise_negatives,
+        "noise_probability": noise_probability, "noise_level": list(noise_level), "device": str(dev), "cache_seconds": round(cache_seconds, 2),
         "train_seconds": round(time.perf_counter() - started - cache_seconds, 2), "history": history,
     }
     out.with_name(out.name + ".json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _crop_logits(model: SEDNet, x: torch.Tensor, frame_loss_weight: float) -> list[tuple[torch.Tensor, float]]:
+    """The logits the loss sees, each with its weight: the clip-wise (attention-pooled) logits ``(B, C)``
+    and, when ``frame_loss_weight > 0``, the max over time of the frame-wise logits ``(B, C)`` (what the
+    runtime's 5 s max reads)."""
+    clip, frame = model.clipwise(x)
+    out = [(clip.float(), 1.0)]
+    if frame_loss_weight > 0:
+        out.append((frame.float().amax(dim=-1), float(frame_loss_weight)))
     return out
 
 
@@ -275,7 +319,8 @@ def _fill_cache(cache: SpectrogramCache, samples: Sequence[Sample], *, progress:
     """Compute every distinct spectrogram once before training (keeps epochs free of audio decoding)."""
     unique = {}
     for s in samples:
-        unique.setdefault((s.sources, s.max_seconds), s)
+        if s.sources:  # noise-only negatives have none
+            unique.setdefault((s.sources, s.max_seconds), s)
     items = list(unique.values())
     if progress:
         from tqdm.auto import tqdm
