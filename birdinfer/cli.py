@@ -116,7 +116,7 @@ def _add_export(sub) -> None:
 
 def _cmd_export(args) -> int:
     try:
-        from birdinfer_export import export_models
+        from birdinfer_export import DEPTHWISE_OPS, export_models
     except ImportError as e:
         from .errors import MissingDependencyError
 
@@ -126,7 +126,7 @@ def _cmd_export(args) -> int:
     export_models(args.checkpoints, args.out, recipe=args.recipe, taxonomy=args.taxonomy, models=args.models,
                   precision=args.precision, calibration=args.calibration, chunks=args.chunks,
                   dynamic_chunks=args.dynamic_chunks,
-                  int8_float_ops=("GroupConvolution",) if args.int8_keep_depthwise else ())
+                  int8_float_ops=DEPTHWISE_OPS if args.int8_keep_depthwise else ())
     return 0
 
 

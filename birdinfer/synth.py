@@ -40,7 +40,7 @@ import soundfile as sf
 
 from .errors import ParameterError
 
-__all__ = ["CALL_TYPES", "SpeciesCall", "make_species", "render_call", "make_dataset", "SOUNDSCAPE_SECONDS"]
+__all__ = ["CALL_TYPES", "SpeciesCall", "make_species", "render_call", "coloured_noise", "make_dataset", "SOUNDSCAPE_SECONDS"]
 
 SOUNDSCAPE_SECONDS = 60
 WINDOW_SECONDS = 5
@@ -191,12 +191,21 @@ def _render_bout(species: SpeciesCall, rng: np.random.Generator, sample_rate: in
 
 
 # ---------------------------------------------------------------------------------------------- noise
-def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise with power spectrum ∝ 1/f^exponent (1: pink, 2: brown), unit RMS: ``(n,)``."""
+def coloured_noise(n: int, exponent: float, rng: np.random.Generator, *, corner_hz: float | None = None,
+                   sample_rate: int = 32000) -> np.ndarray:
+    """Noise with power spectrum ∝ 1/f^exponent (0: white, 1: pink, 2: brown), unit RMS: float64 ``(n,)``.
+
+    ``corner_hz``: below it the spectrum is flat (the training noise bank uses 100 Hz, else a brown
+    noise's power sits almost all below 1 Hz, outside every mel band). ``None``: flat only at DC (the
+    synthetic backgrounds).
+    """
     size = 1 << max(1, int(n - 1).bit_length())  # a power of two: FFTs of arbitrary n can be very slow
     spectrum = rng.standard_normal(size // 2 + 1) + 1j * rng.standard_normal(size // 2 + 1)
-    freqs = np.arange(size // 2 + 1, dtype=np.float64)
-    freqs[0] = 1.0
+    if corner_hz is None:
+        freqs = np.arange(size // 2 + 1, dtype=np.float64)
+        freqs[0] = 1.0
+    else:
+        freqs = np.maximum(np.fft.rfftfreq(size, 1.0 / sample_rate), corner_hz)
     noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
     return noise / (noise.std() + 1e-12)
 
@@ -208,13 +217,13 @@ _BANK_SAMPLES = 1 << 20
 def _noise_bank(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Pink, brown and wind noise of ``_BANK_SAMPLES`` each: generating noise per recording costs more
     than encoding it, so short recordings take random circular slices of one bank."""
-    return {name: _coloured_noise(_BANK_SAMPLES, exponent, rng) for name, exponent in (("pink", 1.0), ("brown", 2.0), ("wind", 2.0))}
+    return {name: coloured_noise(_BANK_SAMPLES, exponent, rng) for name, exponent in (("pink", 1.0), ("brown", 2.0), ("wind", 2.0))}
 
 
 def _noise(kind_exponent: tuple[str, float], n: int, rng: np.random.Generator, bank: dict | None) -> np.ndarray:
     kind, exponent = kind_exponent
     if bank is None or n > _BANK_SAMPLES:
-        return _coloured_noise(n, exponent, rng)
+        return coloured_noise(n, exponent, rng)
     return np.roll(bank[kind], -int(rng.integers(0, _BANK_SAMPLES)))[:n]
 
 

@@ -42,6 +42,7 @@ from birdinfer.features import (
     stft_frames,
 )
 from birdinfer.manifest import MelGroup
+from birdinfer.synth import coloured_noise
 
 __all__ = [
     "Sample",
@@ -324,18 +325,6 @@ def augment_db(x: np.ndarray, rng: np.random.Generator, *, mask_probability: flo
 
 
 # ---------------------------------------------------------------------------------------------- noise
-def _coloured_noise(n: int, exponent: float, rng: np.random.Generator, *, sample_rate: int = SAMPLE_RATE,
-                    corner_hz: float = 100.0) -> np.ndarray:
-    """Unit-RMS noise ``(n,)`` with power spectrum ∝ 1/f^exponent (0 white, 1 pink, 2 brown) above
-    ``corner_hz`` and flat below it (else a brown noise's power would sit almost all below 1 Hz, outside
-    every mel band, and its RMS would say nothing about what a model hears)."""
-    size = 1 << max(1, int(n - 1).bit_length())
-    spectrum = rng.standard_normal(size // 2 + 1) + 1j * rng.standard_normal(size // 2 + 1)
-    freqs = np.maximum(np.fft.rfftfreq(size, 1.0 / sample_rate), corner_hz)
-    noise = np.fft.irfft(spectrum / freqs ** (exponent / 2), size)[:n]
-    return (noise / (noise.std() + 1e-12)).astype(np.float32)
-
-
 class NoiseBank:
     """Power mel spectrograms of generated background noise, for noise augmentation and noise-only negatives.
 
@@ -359,7 +348,7 @@ class NoiseBank:
         self.level = (float(level[0]), float(level[1]))
         clips = []
         for exponent in exponents:
-            y = _coloured_noise(n, exponent, rng, sample_rate=sample_rate)
+            y = coloured_noise(n, exponent, rng, corner_hz=100.0, sample_rate=sample_rate).astype(np.float32)
             # a slow loudness drift, as wind or distant traffic
             t = np.arange(n, dtype=np.float32) / sample_rate
             y *= (1.0 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 2 * np.pi))).astype(np.float32)

@@ -189,6 +189,8 @@ def train(
         raise ParameterError(f"crop must be one of {CROPS}, got {crop!r}")
     if not frame_loss_weight >= 0:
         raise ParameterError(f"frame_loss_weight must be >= 0, got {frame_loss_weight!r}")
+    if not (0 <= noise_probability <= 1 and noise_negatives >= 0):
+        raise ParameterError(f"need 0 <= noise_probability <= 1 and noise_negatives >= 0 (got {noise_probability}, {noise_negatives})")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ParameterError(f"need epochs >= 1, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     loss_fn = get_loss(loss)
@@ -206,8 +208,6 @@ def train(
         samples += pseudo_label_samples(pseudo_labels, audio_dir, labels, frames_per_window=mel_group.frames_per_window,
                                         weight=pseudo_weight)
     samples = oversample_rare(samples, len(labels), minimum=min_class_samples, rng=rng)
-    if not (0 <= noise_probability <= 1 and noise_negatives >= 0):
-        raise ParameterError(f"need 0 <= noise_probability <= 1 and noise_negatives >= 0 (got {noise_probability}, {noise_negatives})")
     samples += noise_samples(int(round(noise_negatives * len(samples))), len(labels))
 
     cache = SpectrogramCache(mel_group, cache_dir=cache_dir if cache_dir is not None else data / ".birdinfer_cache")
