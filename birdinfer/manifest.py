@@ -51,6 +51,11 @@ __all__ = [
     "Manifest",
     "sha256_file",
     "safe_join",
+    "check_unique_groups",
+    "find_group",
+    "read_ensemble_fields",
+    "check_weight",
+    "check_smoothing",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -111,6 +116,41 @@ class MelGroup:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# -------------------------------------------------- parsing shared with export recipes (birdinfer_export.recipe)
+def check_unique_groups(groups: Iterable[MelGroup], *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    """Group names must be unique (``error`` names the file ``where``)."""
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise error(f"{where}: duplicate group names {names}")
+
+
+def find_group(groups: Iterable[MelGroup], name: str, *, where: str, error: type[Exception] = ModelFolderError) -> MelGroup:
+    groups = tuple(groups)
+    for g in groups:
+        if g.name == name:
+            return g
+    raise error(f"{where}: no mel group named {name!r} (groups: {[g.name for g in groups]})")
+
+
+def read_ensemble_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``sample_rate``, ``window_seconds`` and ``smoothing`` with their defaults (manifests and recipes)."""
+    return {
+        "sample_rate": int(data.get("sample_rate", 32000)),
+        "window_seconds": float(data.get("window_seconds", 5.0)),
+        "smoothing": float(data.get("smoothing", 0.15)),
+    }
+
+
+def check_weight(model: str, weight: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise error(f"{where}: model {model!r}: weight must be finite and >= 0, got {weight}")
+
+
+def check_smoothing(smoothing: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    if not 0 <= smoothing < 0.5:
+        raise error(f"{where}: smoothing must be in [0, 0.5), got {smoothing}")
 
 
 @dataclass(frozen=True)
@@ -212,8 +252,7 @@ class ModelEntry:
                 raise ModelFolderError(f"{where}: model {entry.name!r}: OpenVINO file must end in .xml, got {v.openvino!r}")
         if len(entry.input_shape) != 4 or entry.input_shape[1] != 1:
             raise ModelFolderError(f"{where}: model {entry.name!r}: input_shape must be (chunks, 1, n_mels, 2F), got {entry.input_shape}")
-        if not (entry.weight >= 0 and math.isfinite(entry.weight)):
-            raise ModelFolderError(f"{where}: model {entry.name!r}: weight must be finite and >= 0, got {entry.weight}")
+        check_weight(entry.name, entry.weight, where=where)
         return entry
 
 
@@ -238,10 +277,7 @@ class Manifest:
         return int(round(self.sample_rate * self.window_seconds))
 
     def group(self, name: str) -> MelGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise ModelFolderError(f"{self._where}: no mel group named {name!r} (groups: {[g.name for g in self.groups]})")
+        return find_group(self.groups, name, where=self._where)
 
     def models_of(self, group: str) -> list[ModelEntry]:
         return [m for m in self.models if m.group == group]
@@ -321,10 +357,8 @@ class Manifest:
                 labels=tuple(str(x) for x in data["labels"]),
                 groups=tuple(MelGroup.from_dict(g, where=where) for g in data["groups"]),
                 models=tuple(ModelEntry.from_dict(m, where=where) for m in data["models"]),
-                sample_rate=int(data.get("sample_rate", 32000)),
-                window_seconds=float(data.get("window_seconds", 5.0)),
                 chunk_seconds=float(data.get("chunk_seconds", 10.0)),
-                smoothing=float(data.get("smoothing", 0.15)),
+                **read_ensemble_fields(data),
                 files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
                 folder=Path(folder) if folder else None,
                 extra=dict(data.get("extra", {})),
@@ -340,16 +374,13 @@ class Manifest:
             raise ModelFolderError(f"{where}: 'labels' is empty")
         if len(set(self.labels)) != len(self.labels):
             raise ModelFolderError(f"{where}: 'labels' has duplicates")
-        names = [g.name for g in self.groups]
-        if len(set(names)) != len(names):
-            raise ModelFolderError(f"{where}: duplicate group names {names}")
+        check_unique_groups(self.groups, where=where)
         model_names = [m.name for m in self.models]
         if len(set(model_names)) != len(model_names):
             raise ModelFolderError(f"{where}: duplicate model names")
         if abs(self.chunk_seconds - 2 * self.window_seconds) > 1e-9:
             raise ModelFolderError(f"{where}: chunk_seconds must be twice window_seconds")
-        if not 0 <= self.smoothing < 0.5:
-            raise ModelFolderError(f"{where}: smoothing must be in [0, 0.5), got {self.smoothing}")
+        check_smoothing(self.smoothing, where=where)
         for m in self.models:
             g = self.group(m.group)
             expected = (g.n_mels, g.frames_per_chunk)

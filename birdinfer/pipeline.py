@@ -1,7 +1,8 @@
 """The whole path over a set of recordings: decode → front end → models → ensemble → output.
 
-:class:`Predictor` holds a model folder's compiled networks and front end; :func:`make_submission` runs it
-over a folder of soundscapes and writes ``submission.csv``.
+:class:`Predictor` holds a model folder's compiled networks and front end. Its users: ``submit``
+(:mod:`birdinfer.submit`: a folder of soundscapes → ``submission.csv``, within a :mod:`birdinfer.budget`
+time budget), ``predict`` (:mod:`birdinfer.predict`), ``pseudo-label`` and ``bench``.
 
 Recordings are processed in blocks of 60 s (:data:`BLOCK_SECONDS`), each block like one BirdCLEF
 soundscape, so memory stays bounded for recordings of any length and a 60 s file is exactly the
@@ -16,36 +17,31 @@ current one (numpy, soundfile and OpenVINO release the GIL), so the front end is
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, audio_info, iter_audio_blocks, list_audio_files
+from .audio import iter_audio_blocks
 from .ensemble import combine, smooth, window_probabilities
-from .errors import AudioDecodeError, BirdinferError, ParameterError
+from .budget import TimeBudget  # noqa: F401 - `from birdinfer.pipeline import TimeBudget` keeps working
+from .errors import AudioDecodeError, ParameterError
 from .features import FrontEnd
 from .manifest import Manifest
 from .models import LoadedModel, describe_precisions, load_models
-from ._console import progress_bar, say
-from .output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 
-__all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget", "make_submission", "resolve_inputs"]
+__all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
 
 log = logging.getLogger(__name__)
 
 #: Recordings are cut into blocks of this length; each block is processed like one soundscape.
 BLOCK_SECONDS = 60.0
-#: Rows assumed for a file that cannot be decoded and whose header gives no duration (a Kaggle soundscape).
-FALLBACK_SECONDS = 60.0
 
 
 @dataclass
@@ -351,225 +347,11 @@ class Predictor:
             worker.join()
 
 
-# ============================================================================================ time budget
-@dataclass
-class TimeBudget:
-    """Keeps a run inside ``budget_s`` seconds by dropping models for the remaining files.
+def __getattr__(name):
+    """``from birdinfer.pipeline import make_submission`` (and ``resolve_inputs``, ``FALLBACK_SECONDS``) keep
+    working: they live in :mod:`birdinfer.submit`, which imports this module, so they are looked up lazily."""
+    if name in ("make_submission", "resolve_inputs", "FALLBACK_SECONDS"):
+        from . import submit
 
-    After each file the run projects ``elapsed + files_left × seconds_per_file``, where seconds per file is
-    the measured mean of the models still active plus the measured per-file overhead (decode, front end
-    not hidden, ensemble). While the projection exceeds the budget minus a reserve, the active model with
-    the lowest *weight per cost* is dropped: its effective weight in the final mean (model weight / sum of
-    its group's weights × group weight / sum of group weights) divided by its measured seconds per file.
-    The last model is never dropped; if even it cannot finish, the files left when the budget runs out get
-    fallback rows (see :func:`make_submission`). Every drop is logged and recorded in ``events``.
-    """
-
-    budget_s: float
-    reserve_s: float = 10.0
-    min_files: int = 1  # files measured before the first decision
-    events: list[dict] = field(default_factory=list)
-
-    def effective_weights(self, manifest: Manifest) -> dict[str, float]:
-        total_group = sum(g.weight for g in manifest.used_groups()) or 1.0
-        out = {}
-        for g in manifest.used_groups():
-            members = manifest.models_of(g.name)
-            total = sum(m.weight for m in members) or 1.0
-            for m in members:
-                out[m.name] = (m.weight / total) * (g.weight / total_group)
-        return out
-
-    def plan(self, predictor: Predictor, *, elapsed: float, files_done: int, files_left: int, overhead_per_file: float) -> list[str]:
-        """Names of models to drop now (in order); also records them in ``events``."""
-        if files_done < self.min_files or files_left <= 0:
-            return []
-        per_model = {n: predictor.model_seconds[n] / max(1, files_done) for n in predictor.active}
-        weights = self.effective_weights(predictor.manifest)
-        active = list(predictor.active)
-        drops = []
-
-        def projected() -> float:
-            return elapsed + files_left * (overhead_per_file + sum(per_model[n] for n in active))
-
-        limit = self.budget_s - self.reserve_s
-        while projected() > limit and len(active) > 1:
-            victim = min(active, key=lambda n: weights.get(n, 0.0) / max(per_model[n], 1e-9))
-            before = projected()
-            active.remove(victim)
-            drops.append(victim)
-            self.events.append({
-                "model": victim, "after_files": files_done, "elapsed_s": round(elapsed, 3),
-                "projected_before_s": round(before, 3), "projected_after_s": round(projected(), 3),
-                "budget_s": self.budget_s,
-            })
-            log.warning("time budget: dropping %s after %d files (projected %.0f s > budget %.0f s - reserve %.0f s; now %.0f s)",
-                        victim, files_done, before, self.budget_s, self.reserve_s, projected())
-        return drops
-
-
-# ============================================================================================ submit
-def resolve_inputs(audio: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder (its audio files, sorted by name, not recursive) or an explicit list of files."""
-    if isinstance(audio, (str, Path)):
-        folder = Path(audio)
-        if not folder.exists():
-            raise ParameterError(f"audio folder {folder} does not exist")
-        if folder.is_file():
-            return [folder]
-        return list_audio_files(folder)
-    return [Path(p) for p in audio]
-
-
-def _fallback_windows(path: Path, window_seconds: float) -> int:
-    try:
-        seconds = audio_info(path).duration_s
-    except BirdinferError:
-        seconds = FALLBACK_SECONDS
-    if not seconds or not np.isfinite(seconds) or seconds <= 0:
-        seconds = FALLBACK_SECONDS
-    return max(1, int(seconds // window_seconds))
-
-
-def make_submission(
-    audio_dir: str | Path | Sequence[str | Path],
-    models: str | Path | Manifest,
-    out: str | Path | None = "submission.csv",
-    *,
-    sample_submission: str | Path | None = None,
-    precision: str = "auto",
-    backend: str = "openvino",
-    time_budget_s: float | None = None,
-    limit: int | None = None,
-    cache_dir: str | Path | None = None,
-    report: str | Path | None = None,
-    progress: bool = True,
-    clock: Callable[[], float] = time.perf_counter,
-):
-    """Score every soundscape of ``audio_dir`` with the model folder ``models`` and write ``out``.
-
-    Parameters
-    ----------
-    audio_dir : folder of recordings (sorted by name) or a list of files.
-    models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
-    out : CSV to write atomically (``None``: do not write). Checked for writability before any work.
-    sample_submission : its columns give the output order; missing species get 0.0, extra model classes
-        are dropped (both with a warning). Default: the manifest's label order.
-    precision : ``auto`` | ``f32`` | ``bf16`` | ``int8`` | ``fast`` (see :mod:`birdinfer.models`).
-    time_budget_s : finish within this many seconds (from the call): see :class:`TimeBudget`.
-    limit : only the first ``limit`` files.
-    report : write a JSON run report here (timings, precision, failed files, dropped models).
-    clock : time source for the budget (tests pass a fake clock).
-
-    Returns
-    -------
-    pandas.DataFrame : ``row_id`` + one column per species, probabilities; ``.attrs["birdinfer"]`` holds
-    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s)
-    filled with the mean probabilities of the files that succeeded (0.0 if none), and a warning; so do
-    files skipped because the time budget ran out.
-    """
-    start = clock()
-    wall_start = time.perf_counter()
-    if out is not None:
-        check_writable(out)
-    if report is not None:
-        check_writable(report)
-    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    columns = plan_columns(manifest.labels, sample_submission)
-    paths = resolve_inputs(audio_dir)
-    if limit is not None:
-        paths = paths[: max(0, int(limit))]
-    info: dict = {"files": len(paths), "precision_requested": precision, "backend": backend}
-    if not paths:
-        msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
-               "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
-        log.warning(msg)
-        print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
-        frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
-        if out is not None:
-            write_csv_atomic(frame, out)
-        info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
-        frame.attrs["birdinfer"] = info
-        _write_report(report, info)
-        return frame
-
-    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-    say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                   f"{backend} precision: {predictor.precision}")
-    budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
-    if budget is not None:
-        budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
-
-    results: list[FileResult] = []
-    stats: dict = {}
-
-    def on_file_start(index: int) -> bool:
-        if budget is None:
-            return True
-        elapsed = clock() - start
-        done = len(results)
-        if elapsed >= budget.budget_s - budget.reserve_s:
-            return False  # out of time: remaining files get fallback rows
-        if done:
-            model_total = sum(predictor.model_seconds.values())
-            overhead = max(0.0, (elapsed - model_total) / done)
-            for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=len(paths) - index,
-                                    overhead_per_file=overhead):
-                predictor.drop(name)
-        return True
-
-    bar = progress_bar(progress, total=len(paths), desc="birdinfer")
-    try:
-        for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
-            results.append(result)
-            if not result.ok:
-                log.warning("%s: %s; its rows get the fallback", result.path, result.error)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
-    fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
-    ids, rows = [], []
-    for r in results:
-        if r.ok:
-            probs = r.probs
-        else:
-            probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
-        ids += row_ids(r.stem, len(probs), manifest.window_seconds)
-        rows.append(probs)
-    frame = submission_frame(ids, np.concatenate(rows).astype(np.float32), columns)
-    if out is not None:
-        write_csv_atomic(frame, out)
-    wall = time.perf_counter() - wall_start
-    failed = [{"file": str(r.path), "error": r.error} for r in results if not r.ok]
-    info.update(
-        rows=len(frame),
-        seconds=round(wall, 3),
-        seconds_per_file=round(wall / len(paths), 4),
-        precision=predictor.precision,
-        load_seconds=round(predictor.load_seconds, 3),
-        parallel_models=predictor.parallel_models,
-        failed=failed,
-        dropped=budget.events if budget else [],
-        model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
-        decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
-        front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
-        waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
-        out=str(out) if out is not None else None,
-    )
-    frame.attrs["birdinfer"] = info
-    _write_report(report, info)
-    dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
-    say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
-                   f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
-                   + (f" → {out}" if out is not None else ""))
-    return frame
-
-
-def _write_report(path, info: dict) -> None:
-    if path is None:
-        return
-    Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        return getattr(submit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,13 @@ describes the 16-model BirdCLEF 2025 4th-place ensemble of REFERENCE.md sections
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import MelGroup
+from birdinfer.manifest import (MelGroup, check_smoothing, check_unique_groups, check_weight, find_group,
+                                read_ensemble_fields)
 
 __all__ = ["RECIPE_FORMAT", "RecipeModel", "Recipe", "load_recipe", "default_recipe_path"]
 
@@ -52,10 +52,7 @@ class Recipe:
     path: Path | None = None  # where it was read from (not serialised)
 
     def group(self, name: str) -> MelGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise ParameterError(f"{self._where}: no mel group named {name!r} (groups: {[g.name for g in self.groups]})")
+        return find_group(self.groups, name, where=self._where, error=ParameterError)
 
     def model(self, name: str) -> RecipeModel:
         """The model whose checkpoint stem (or file name) is ``name``."""
@@ -105,11 +102,9 @@ class Recipe:
                 name=str(data.get("name", path.stem if path else "recipe")),
                 groups=groups,
                 models=models,
-                sample_rate=int(data.get("sample_rate", 32000)),
-                window_seconds=float(data.get("window_seconds", 5.0)),
-                smoothing=float(data.get("smoothing", 0.15)),
                 n_classes=None if data.get("n_classes") is None else int(data["n_classes"]),
                 path=path,
+                **read_ensemble_fields(data),
             )
         except KeyError as e:
             raise ParameterError(f"{where}: missing key {e.args[0]!r}") from e
@@ -122,9 +117,8 @@ class Recipe:
         where = self._where
         if not self.models:
             raise ParameterError(f"{where}: the recipe lists no models")
+        check_unique_groups(self.groups, where=where, error=ParameterError)
         group_names = [g.name for g in self.groups]
-        if len(set(group_names)) != len(group_names):
-            raise ParameterError(f"{where}: duplicate group names {group_names}")
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -132,12 +126,10 @@ class Recipe:
         for m in self.models:
             if m.group not in group_names:
                 raise ParameterError(f"{where}: model {m.name!r} names group {m.group!r}, not one of {group_names}")
-            if not (m.weight >= 0 and math.isfinite(m.weight)):
-                raise ParameterError(f"{where}: model {m.name!r}: weight must be finite and >= 0, got {m.weight}")
+            check_weight(m.name, m.weight, where=where, error=ParameterError)
             if Path(m.checkpoint).name != m.checkpoint:
                 raise ParameterError(f"{where}: model checkpoint {m.checkpoint!r} must be a plain file name")
-        if not 0 <= self.smoothing < 0.5:
-            raise ParameterError(f"{where}: smoothing must be in [0, 0.5), got {self.smoothing}")
+        check_smoothing(self.smoothing, where=where, error=ParameterError)
 
 
 def default_recipe_path() -> Path:
