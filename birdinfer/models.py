@@ -45,6 +45,7 @@ __all__ = [
     "BACKENDS",
     "LoadedModel",
     "load_models",
+    "plan_variants",
     "cpu_capabilities",
     "cpu_flags",
     "physical_cores",
@@ -138,6 +139,42 @@ def physical_cores() -> int:
     return max(1, min(len(cores), logical) if cores else logical)
 
 
+def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino") -> list[tuple[ModelEntry, str, str]]:
+    """(entry, variant, file to load) per model, for ``precision`` on ``backend``; no file is read.
+
+    Raises :class:`ModelFolderError` naming the folder and the model when a needed file is not in the
+    manifest (e.g. ONNX Runtime asked of a folder bundled without ONNX), so callers can check this before
+    any audio work.
+    """
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if backend not in BACKENDS:
+        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
+    where = manifest.folder if manifest.folder is not None else "model folder"
+    want_int8 = precision == "int8" or (precision == "fast" and backend == "openvino" and _cpu_has_int8())
+    plan = []
+    for entry in manifest.models:
+        variant = "int8" if want_int8 and "int8" in entry.variants else "f32"
+        if variant not in entry.variants:
+            raise ModelFolderError(f"{where}: model {entry.name!r} has no f32 variant; re-export it")
+        if want_int8 and variant != "int8":
+            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
+        files = entry.variants[variant]
+        if backend == "openvino" and not files.openvino:
+            raise ModelFolderError(f"{where}: model {entry.name!r} ({variant}) has no OpenVINO IR; use --backend onnxruntime")
+        if backend == "onnxruntime" and not files.onnx:
+            if variant == "int8":
+                raise ModelFolderError(f"{where}: model {entry.name!r}: INT8 variants are OpenVINO only; use --backend "
+                                       "openvino, or --precision f32 with ONNX Runtime")
+            raise ModelFolderError(
+                f"{where}: model {entry.name!r} ({variant}) has no ONNX file, which --backend onnxruntime needs (a "
+                "`birdinfer bundle` keeps only the OpenVINO IR unless --with-onnx, an export made with --no-onnx has "
+                "none): use --backend openvino, or rebuild the bundle with --with-onnx from the full model folder"
+            )
+        plan.append((entry, variant, files.openvino if backend == "openvino" else files.onnx))
+    return plan
+
+
 def load_models(
     manifest: Manifest,
     *,
@@ -155,27 +192,7 @@ def load_models(
     this many single-threaded requests run at once (default: :func:`physical_cores` when ``threads`` is not
     given, else 1); see the module docstring.
     """
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
-    if backend not in BACKENDS:
-        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
-    want_int8 = precision == "int8" or (precision == "fast" and backend == "openvino" and _cpu_has_int8())
-    plan = []
-    for entry in manifest.models:
-        variant = "int8" if want_int8 and "int8" in entry.variants else "f32"
-        if variant not in entry.variants:
-            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
-        if want_int8 and variant != "int8":
-            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
-        files = entry.variants[variant]
-        if backend == "openvino" and not files.openvino:
-            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} ({variant}) has no OpenVINO IR; use --backend onnxruntime")
-        if backend == "onnxruntime" and not files.onnx:
-            raise ModelFolderError(
-                f"{manifest._where}: model {entry.name!r} ({variant}) has no ONNX file; use --backend openvino"
-                + (" (INT8 variants are OpenVINO only)" if variant == "int8" else "")
-            )
-        plan.append((entry, variant, files.openvino if backend == "openvino" else files.onnx))
+    plan = plan_variants(manifest, precision=precision, backend=backend)
     if verify_checksums:
         names = []
         for entry, variant, name in plan:

@@ -42,7 +42,9 @@ import numpy as np
 from .audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
 from .errors import BirdinferError, MissingDependencyError, OutputError, ParameterError
 from .manifest import Manifest
+from .models import plan_variants
 from ._console import progress_bar, say
+from .lock import OutputLock
 from .output import atomic_write, check_writable
 
 __all__ = ["FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table"]
@@ -383,6 +385,7 @@ def predict(
     if format == "parquet":
         _require_pyarrow()
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     recordings = collect_inputs(inputs)
     if not recordings:
         raise ParameterError(
@@ -390,42 +393,46 @@ def predict(
             f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
         )
     _check_output(out, format)
-    parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
-    todo = [rec for rec in recordings if rec.key not in parts.done]
-    resumed = len(recordings) - len(todo)
-    if resumed:
-        log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
+    lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
+    try:
+        parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+        todo = [rec for rec in recordings if rec.key not in parts.done]
+        resumed = len(recordings) - len(todo)
+        if resumed:
+            log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
 
-    errors: dict[str, str] = {}
-    audio_this_run = 0.0
-    if todo:
-        from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
+        errors: dict[str, str] = {}
+        audio_this_run = 0.0
+        if todo:
+            from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
 
-        predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-        say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                       f"{backend} precision: {predictor.precision}")
-        bar = progress_bar(progress, total=len(recordings), initial=resumed, desc="birdinfer predict")
-        try:
-            for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
-                if result.ok:
-                    seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
-                    parts.add(rec, result.probs, seconds)
-                    audio_this_run += seconds
-                else:
-                    errors[rec.key] = result.error
-                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
-                                _side_path(out, ".errors.csv"))
+            predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+            say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                           f"{backend} precision: {predictor.precision}")
+            bar = progress_bar(progress, total=len(recordings), initial=resumed, desc="birdinfer predict")
+            try:
+                for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
+                    if result.ok:
+                        seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
+                        parts.add(rec, result.probs, seconds)
+                        audio_this_run += seconds
+                    else:
+                        errors[rec.key] = result.error
+                        log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+                                    _side_path(out, ".errors.csv"))
+                    if bar is not None:
+                        bar.update(1)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            if hasattr(predictor, "close"):
-                predictor.close()
+                    bar.close()
+                if hasattr(predictor, "close"):
+                    predictor.close()
 
-    _assemble(out, format, recordings, parts, manifest, threshold)
-    _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
-    shutil.rmtree(parts.folder, ignore_errors=True)
+        _assemble(out, format, recordings, parts, manifest, threshold)
+        _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
+        shutil.rmtree(parts.folder, ignore_errors=True)
+    finally:
+        lock.release()
 
     wall = time.perf_counter() - wall_start
     hours = sum(float(parts.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in parts.done) / 3600.0

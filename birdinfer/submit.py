@@ -20,7 +20,9 @@ from ._console import progress_bar, say
 from .audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
 from .budget import TimeBudget
 from .errors import BirdinferError, ParameterError
+from .lock import OutputLock
 from .manifest import Manifest
+from .models import plan_variants
 from .output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 from .pipeline import FileResult, Predictor
 
@@ -98,98 +100,104 @@ def make_submission(
     if report is not None:
         check_writable(report)
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    columns = plan_columns(manifest.labels, sample_submission)
-    paths = resolve_inputs(audio_dir)
-    if limit is not None:
-        paths = paths[: max(0, int(limit))]
-    info: dict = {"files": len(paths), "precision_requested": precision, "backend": backend}
-    if not paths:
-        msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
-               "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
-        log.warning(msg)
-        print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
-        frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
+    plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
+    lock = OutputLock(out).acquire() if out is not None else None  # a second run on `out` fails here
+    try:
+        columns = plan_columns(manifest.labels, sample_submission)
+        paths = resolve_inputs(audio_dir)
+        if limit is not None:
+            paths = paths[: max(0, int(limit))]
+        info: dict = {"files": len(paths), "precision_requested": precision, "backend": backend}
+        if not paths:
+            msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
+                   "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
+            log.warning(msg)
+            print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
+            frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
+            if out is not None:
+                write_csv_atomic(frame, out)
+            info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
+            frame.attrs["birdinfer"] = info
+            _write_report(report, info)
+            return frame
+
+        predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+        say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                       f"{backend} precision: {predictor.precision}")
+        budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
+        if budget is not None:
+            budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
+
+        results: list[FileResult] = []
+        stats: dict = {}
+
+        def on_file_start(index: int) -> bool:
+            if budget is None:
+                return True
+            elapsed = clock() - start
+            done = len(results)
+            if elapsed >= budget.budget_s - budget.reserve_s:
+                return False  # out of time: remaining files get fallback rows
+            if done:
+                model_total = sum(predictor.model_seconds.values())
+                overhead = max(0.0, (elapsed - model_total) / done)
+                for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=len(paths) - index,
+                                        overhead_per_file=overhead):
+                    predictor.drop(name)
+            return True
+
+        bar = progress_bar(progress, total=len(paths), desc="birdinfer")
+        try:
+            for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
+                results.append(result)
+                if not result.ok:
+                    log.warning("%s: %s; its rows get the fallback", result.path, result.error)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+        good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
+        fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
+        ids, rows = [], []
+        for r in results:
+            if r.ok:
+                probs = r.probs
+            else:
+                probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
+            ids += row_ids(r.stem, len(probs), manifest.window_seconds)
+            rows.append(probs)
+        frame = submission_frame(ids, np.concatenate(rows).astype(np.float32), columns)
         if out is not None:
             write_csv_atomic(frame, out)
-        info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
+        wall = time.perf_counter() - wall_start
+        failed = [{"file": str(r.path), "error": r.error} for r in results if not r.ok]
+        info.update(
+            rows=len(frame),
+            seconds=round(wall, 3),
+            seconds_per_file=round(wall / len(paths), 4),
+            precision=predictor.precision,
+            load_seconds=round(predictor.load_seconds, 3),
+            parallel_models=predictor.parallel_models,
+            failed=failed,
+            dropped=budget.events if budget else [],
+            model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
+            decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
+            front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
+            waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
+            out=str(out) if out is not None else None,
+        )
         frame.attrs["birdinfer"] = info
         _write_report(report, info)
+        dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
+        say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
+                       f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
+                       + (f" → {out}" if out is not None else ""))
         return frame
-
-    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-    say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                   f"{backend} precision: {predictor.precision}")
-    budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
-    if budget is not None:
-        budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
-
-    results: list[FileResult] = []
-    stats: dict = {}
-
-    def on_file_start(index: int) -> bool:
-        if budget is None:
-            return True
-        elapsed = clock() - start
-        done = len(results)
-        if elapsed >= budget.budget_s - budget.reserve_s:
-            return False  # out of time: remaining files get fallback rows
-        if done:
-            model_total = sum(predictor.model_seconds.values())
-            overhead = max(0.0, (elapsed - model_total) / done)
-            for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=len(paths) - index,
-                                    overhead_per_file=overhead):
-                predictor.drop(name)
-        return True
-
-    bar = progress_bar(progress, total=len(paths), desc="birdinfer")
-    try:
-        for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
-            results.append(result)
-            if not result.ok:
-                log.warning("%s: %s; its rows get the fallback", result.path, result.error)
-            if bar is not None:
-                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
-
-    good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
-    fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
-    ids, rows = [], []
-    for r in results:
-        if r.ok:
-            probs = r.probs
-        else:
-            probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
-        ids += row_ids(r.stem, len(probs), manifest.window_seconds)
-        rows.append(probs)
-    frame = submission_frame(ids, np.concatenate(rows).astype(np.float32), columns)
-    if out is not None:
-        write_csv_atomic(frame, out)
-    wall = time.perf_counter() - wall_start
-    failed = [{"file": str(r.path), "error": r.error} for r in results if not r.ok]
-    info.update(
-        rows=len(frame),
-        seconds=round(wall, 3),
-        seconds_per_file=round(wall / len(paths), 4),
-        precision=predictor.precision,
-        load_seconds=round(predictor.load_seconds, 3),
-        parallel_models=predictor.parallel_models,
-        failed=failed,
-        dropped=budget.events if budget else [],
-        model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
-        decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
-        front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
-        waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
-        out=str(out) if out is not None else None,
-    )
-    frame.attrs["birdinfer"] = info
-    _write_report(report, info)
-    dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
-    say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
-                   f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
-                   + (f" → {out}" if out is not None else ""))
-    return frame
+        if lock is not None:
+            lock.release()
 
 
 def _write_report(path, info: dict) -> None:

@@ -544,3 +544,178 @@ def test_killed_submit_never_leaves_a_partial_submission(small_model_folder, tmp
     second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
     assert out.read_text() == previous
+
+
+# ================================================================================= one run per output
+def _wait_for_lock(lock: Path, proc: subprocess.Popen, timeout: float = 300) -> dict:
+    """The lock file's holder record once ``proc`` has written it (fails if ``proc`` ends first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the first run ended before it held the lock: {proc.stderr.read()[-2000:]!r}"
+        try:
+            info = json.loads(lock.read_text())
+            if info.get("pid") == proc.pid:
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{lock} never named PID {proc.pid}")
+
+
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory) -> Path:
+    """Eight 60 s recordings: a predict over them runs long enough to start a second one beside it."""
+    folder = tmp_path_factory.mktemp("long_audio")
+    for i in range(8):
+        write_ogg(folder / f"rec_{i}.ogg", 60.0, seed=300 + i)
+    return folder
+
+
+def test_second_predict_on_the_same_output_fails_at_once(long_audio, small_model_folder, tmp_path):
+    """Two real processes on one --out: the second fails before any model or audio work, naming the output and
+    the first's PID; the first finishes with a complete output (issue 15: the second used to resume the
+    first's unfinished parts and die at assembly)."""
+    out = tmp_path / "windows.csv"
+    lock = out.with_name(out.name + ".lock")
+    first = subprocess.Popen(_predict_cmd(long_audio, small_model_folder, out), env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        holder = _wait_for_lock(lock, first)
+        assert holder["host"] and holder["started"] and "predict" in holder["command"]
+        started = time.monotonic()
+        second = subprocess.run(_predict_cmd(long_audio, small_model_folder, out), env=_env(), capture_output=True,
+                                text=True, timeout=300)
+        second_seconds = time.monotonic() - started
+        assert first.poll() is None, "the first run must still be running while the second is refused"
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert str(out) in second.stderr and f"PID {first.pid}" in second.stderr, second.stderr
+        assert "models loaded" not in second.stderr
+        assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        first.stderr.close()
+    frame = pd.read_csv(out)
+    assert frame.file.value_counts().to_dict() == {str(long_audio / f"rec_{i}.ogg"): 12 for i in range(8)}
+    assert np.isfinite(frame[LABELS].to_numpy()).all()
+    assert not lock.exists() and not out.with_name(out.name + ".parts").exists()
+    assert not out.with_name(out.name + ".errors.csv").exists()
+    print(f"\nsecond run refused after {second_seconds:.1f} s (interpreter start + imports + manifest)")
+
+
+def test_lock_of_a_killed_run_is_taken_over(long_audio, small_model_folder, tmp_path):
+    out = tmp_path / "windows.csv"
+    lock = out.with_name(out.name + ".lock")
+    files = [long_audio / "rec_0.ogg", long_audio / "rec_1.ogg"]
+    listing = tmp_path / "two.txt"
+    listing.write_text("\n".join(map(str, files)) + "\n")
+    first = subprocess.Popen(_predict_cmd(listing, small_model_folder, out), env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    _wait_for_lock(lock, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    first.stderr.close()
+    assert json.loads(lock.read_text())["pid"] == first.pid  # the crash left its lock file behind
+    again = subprocess.run(_predict_cmd(listing, small_model_folder, out), env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"taking over the lock {lock} left by PID {first.pid}" in again.stderr and "no longer running" in again.stderr
+    assert len(pd.read_csv(out)) == 24 and not lock.exists()
+
+
+_HOLD_LOCK = r"""
+import sys, time
+from birdinfer.lock import OutputLock
+lock = OutputLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_submit_refuses_an_output_another_process_holds(corpus, small_model_folder, tmp_path, no_audio_work, capsys):
+    out = tmp_path / "submission.csv"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = cli_main(["submit", str(corpus / "clean"), "--models", str(small_model_folder), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and str(out) in err and f"PID {holder.pid}" in err, err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+# ============================================================================ as a user without privileges
+_NO_DECODING = r"""
+import sys
+import birdinfer.pipeline as pipeline
+def forbidden(*a, **k):
+    raise SystemExit("audio was decoded before the fail-fast check")
+pipeline.iter_audio_blocks = forbidden
+from birdinfer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _unprivileged() -> list[str]:
+    """Command prefix under which file permissions apply. Not root: nothing. Root: ``setpriv`` dropping the
+    capabilities that bypass permission checks (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so uid 0 reads and
+    writes only what the mode bits allow its owner. (A throw-away user from ``useradd`` cannot be used here:
+    this interpreter lives under /root, mode 0700, which another user cannot enter.)"""
+    if not IS_ROOT:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot run as a process that file permissions apply to")
+    prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run(prefix + [sys.executable, "-c", "print(1)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()[-300:]}")
+    return prefix
+
+
+def test_unreadable_file_is_reported_and_filled_without_privileges(small_model_folder, tmp_path):
+    prefix = _unprivileged()
+    audio = tmp_path / "audio"
+    for i in range(2):
+        write_ogg(audio / f"good_{i}.ogg", 10.0, seed=400 + i)
+    write_ogg(audio / "locked.ogg", 10.0, seed=402)
+    (audio / "locked.ogg").chmod(0)
+    try:
+        out, report = tmp_path / "submission.csv", tmp_path / "report.json"
+        run = subprocess.run(prefix + [sys.executable, "-m", "birdinfer.cli", "-q", "submit", str(audio), "--models",
+                                       str(small_model_folder), "--out", str(out), "--report", str(report), "--precision", "f32"],
+                             env=_env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        failed = json.loads(report.read_text())["failed"]
+        assert [Path(f["file"]).name for f in failed] == ["locked.ogg"] and "ermission denied" in failed[0]["error"]
+        assert "locked.ogg" in run.stderr
+        sub = pd.read_csv(out)
+        stems = sub.row_id.str.rsplit("_", n=1).str[0]
+        good = sub[stems != "locked"][LABELS].to_numpy()
+        locked = sub[stems == "locked"][LABELS].to_numpy()
+        assert len(good) == 4 and len(locked) >= 1  # its rows are there, filled as for a corrupt file
+        np.testing.assert_allclose(locked, np.repeat(good.mean(0, keepdims=True), len(locked), 0), atol=2e-6)
+    finally:
+        (audio / "locked.ogg").chmod(0o644)
+
+
+def test_output_folder_without_write_permission_fails_before_audio_work(corpus, small_model_folder, tmp_path):
+    prefix = _unprivileged()
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o555)
+    try:
+        for command in (["submit", str(corpus / "clean")], ["predict", str(corpus / "clean")]):
+            out = closed / "result.csv"
+            run = subprocess.run(prefix + [sys.executable, "-c", _NO_DECODING, command[0], command[1], "--models",
+                                           str(small_model_folder), "--out", str(out)],
+                                 env=_env(), capture_output=True, text=True, timeout=600)
+            assert run.returncode == 2, (command[0], run.stderr[-3000:])
+            assert f"cannot write to {out}" in run.stderr and "ermission denied" in run.stderr, run.stderr
+            assert list(closed.iterdir()) == []
+    finally:
+        closed.chmod(0o755)
