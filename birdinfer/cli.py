@@ -109,6 +109,11 @@ def _add_export(sub) -> None:
     p.add_argument("--calibration", type=Path, default=None, help="soundscapes for INT8 calibration and verification input")
     p.add_argument("--chunks", type=int, default=6, help="fixed chunk axis of the exported input (default 6 = 60 s)")
     p.add_argument("--dynamic-chunks", action="store_true", help="export a dynamic chunk axis instead of a fixed one")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="verify the ONNX files, then leave them out of the folder (OpenVINO only; about half the size)")
+    p.add_argument("--ir-weights", default="f32", choices=["f32", "f16"],
+                   help="f16: store the IR's weights in float16 (half the size, computed in f32; its difference from "
+                   "torch is recorded in the manifest and is above the f32 contract). f32 folders only (default f32)")
     p.add_argument("--int8-keep-depthwise", action="store_true",
                    help="with --precision int8: leave depthwise convolutions in float (less INT8 error, a little slower)")
     p.set_defaults(func=_cmd_export)
@@ -126,7 +131,8 @@ def _cmd_export(args) -> int:
     export_models(args.checkpoints, args.out, recipe=args.recipe, taxonomy=args.taxonomy, models=args.models,
                   precision=args.precision, calibration=args.calibration, chunks=args.chunks,
                   dynamic_chunks=args.dynamic_chunks,
-                  int8_float_ops=DEPTHWISE_OPS if args.int8_keep_depthwise else ())
+                  int8_float_ops=DEPTHWISE_OPS if args.int8_keep_depthwise else (), keep_onnx=not args.no_onnx,
+                  ir_weights=args.ir_weights)
     return 0
 
 
@@ -137,7 +143,10 @@ def _add_bundle(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--python-version", default="3.12", help="target Python (Kaggle: 3.12)")
     p.add_argument("--platform", default="manylinux_2_28_x86_64", help="target wheel platform")
-    p.add_argument("--with-onnxruntime", action="store_true", help="also bundle ONNX Runtime")
+    p.add_argument("--with-onnxruntime", action="store_true", help="also bundle ONNX Runtime (implies --with-onnx)")
+    p.add_argument("--with-onnx", action="store_true",
+                   help="also ship the models' ONNX files (default: only the OpenVINO IR, which is all the default "
+                   "backend loads; about half the size)")
     p.add_argument("--slug", default="birdinfer-bundle", help="Kaggle dataset slug")
     p.add_argument("--kaggle-username", default=None,
                    help="owner written into dataset-metadata.json (default: $KAGGLE_USERNAME, else a placeholder)")
@@ -153,7 +162,7 @@ def _cmd_bundle(args) -> int:
     from .bundle import build_bundle
 
     build_bundle(args.models, args.out, python_version=args.python_version, platform=args.platform,
-                 with_onnxruntime=args.with_onnxruntime, slug=args.slug, progress=not args.quiet,
+                 with_onnxruntime=args.with_onnxruntime, with_onnx=args.with_onnx, slug=args.slug, progress=not args.quiet,
                  include_image_packages=args.include_image_packages, project_root=args.project_root,
                  kaggle_username=args.kaggle_username)
     return 0

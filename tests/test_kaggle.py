@@ -27,11 +27,12 @@ from birdinfer.bundle import (
     BundleError,
     build_bundle,
     check_wheel_tags,
+    copy_model_files,
     target_platforms,
     wheel_fits,
     wheel_requirements,
 )
-from birdinfer.errors import ChecksumError, ParameterError
+from birdinfer.errors import ChecksumError, ModelFolderError, ParameterError
 from birdinfer.manifest import Manifest, MelGroup, ModelEntry, ModelVariant, sha256_file
 
 from conftest import LABELS, write_ogg
@@ -147,6 +148,53 @@ def test_bundle_refuses_corrupt_models_and_a_used_out_folder(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_lean_model_files_keep_only_what_the_runtime_loads(small_model_folder, tmp_path, monkeypatch):
+    """The bundle's default model copy: IR only, a manifest naming exactly the files present (checksums pass),
+    the same submission as the full folder; ONNX Runtime on it fails before any audio with what to do."""
+    from birdinfer.pipeline import make_submission
+
+    source = Manifest.load(small_model_folder)
+    assert all(v.onnx for m in source.models for v in m.variants.values())  # the export keeps ONNX
+    lean = copy_model_files(source, tmp_path / "lean")
+    full = copy_model_files(source, tmp_path / "full", with_onnx=True)
+    on_disk = {p.name for p in (tmp_path / "lean").iterdir()} - {"manifest.json"}
+    assert on_disk == set(lean.files) and not any(n.endswith(".onnx") for n in on_disk)
+    assert {p.name for p in (tmp_path / "full").iterdir()} - {"manifest.json"} == set(source.files) == set(full.files)
+    assert "bundle" not in full.extra
+    assert all(lean.files[n] == source.files[n] for n in lean.files)
+    assert sorted(lean.extra["bundle"]["left_out"]) == sorted(n for n in source.files if n.endswith(".onnx"))
+    for m_lean, m_src in zip(lean.models, source.models):  # verification figures and provenance carried over
+        assert m_lean.variants["f32"].verification == m_src.variants["f32"].verification and m_lean.export == m_src.export
+    ratio = _folder_bytes(tmp_path / "lean") / _folder_bytes(small_model_folder)
+    assert ratio < 0.55, ratio
+    print(f"\nlean model files: {ratio:.1%} of the full folder")
+
+    audio = tmp_path / "audio"
+    for i in range(2):
+        write_ogg(audio / f"soundscape_{i}.ogg", 60.0, seed=500 + i)
+    want = make_submission(audio, small_model_folder, out=None, precision="f32", progress=False)
+    got = make_submission(audio, tmp_path / "lean", out=None, precision="f32", progress=False)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+    import birdinfer.pipeline as pipeline
+
+    def forbidden(*a, **k):
+        raise AssertionError("audio was decoded before the backend check")
+
+    monkeypatch.setattr(pipeline, "iter_audio_blocks", forbidden)
+    from birdinfer.predict import predict
+
+    for run in (lambda: make_submission(audio, tmp_path / "lean", out=tmp_path / "s.csv", backend="onnxruntime", progress=False),
+                lambda: predict([audio], tmp_path / "lean", tmp_path / "p.csv", backend="onnxruntime", progress=False)):
+        with pytest.raises(ModelFolderError, match=r"lean.*lite0_v1.*no ONNX file.*--backend openvino.*--with-onnx"):
+            run()
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p.csv").exists()
+
+
 def test_notebook_is_committed_clean_and_metadata_is_offline_cpu():
     import nbformat
 
@@ -219,6 +267,8 @@ def kaggle_venv(tmp_path_factory, small_model_folder, package_index):
     bundle = build_bundle(small_model_folder, root / "input" / "birdinfer-bundle", python_version=HOST_PYTHON,
                           include_image_packages=True, progress=False)
     figures["bundle_build_s"] = time.perf_counter() - t0
+    assert not list((bundle / "models").glob("*.onnx")), "the default bundle ships the OpenVINO IR only"
+    figures["models_mb"] = sum(p.stat().st_size for p in (bundle / "models").iterdir()) / 1e6
     figures["bundle_mb"] = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 1e6
     figures["wheels_mb"] = sum(p.stat().st_size for p in (bundle / "wheels").glob("*.whl")) / 1e6
     check_wheel_tags(bundle / "wheels", HOST_PYTHON, "manylinux_2_28_x86_64")
