@@ -239,6 +239,35 @@ def test_dynamic_chunk_axis(tmp_path):
     assert np.max(np.abs(got - expected)) <= PARITY_TOLERANCE
 
 
+def test_export_without_onnx_and_with_f16_ir_weights(three_groups, tmp_path):
+    """``keep_onnx=False``: ONNX verified, then left out; ``ir_weights="f16"``: half-size IR whose torch difference
+    is recorded (measured beside the f32 export of the same checkpoint) and bounded only against a broken conversion."""
+    from birdinfer.errors import ModelFolderError
+    from birdinfer.pipeline import Predictor
+
+    name = "lite0_v1_first10"
+    with pytest.raises(ParameterError, match="f32 folders only"):
+        export_models(three_groups["checkpoints"], tmp_path / "x", recipe=three_groups["root"] / "recipe.json",
+                      models=[name], precision="int8", ir_weights="f16", progress=False)
+    lean = export_models(three_groups["checkpoints"], tmp_path / "lean", recipe=three_groups["root"] / "recipe.json",
+                         taxonomy=three_groups["root"] / "taxonomy.csv", models=[name], keep_onnx=False,
+                         ir_weights="f16", progress=False)
+    assert not list((tmp_path / "lean").glob("*.onnx")) and sorted(lean.files) == [f"{name}.bin", f"{name}.xml"]
+    entry, full = lean.models[0], three_groups["manifest"].models[0]
+    v, v32 = entry.variants["f32"].verification, full.variants["f32"].verification
+    assert entry.variants["f32"].onnx is None and lean.extra["ir_weights"] == "f16" and v["ir_weights"] == "f16"
+    assert v["max_abs_logit_diff_onnxruntime"] <= v["tolerance"] and "left out" in v["onnx_file"]  # ONNX was verified
+    size = lean.path_of(f"{name}.bin").stat().st_size / three_groups["manifest"].path_of(f"{name}.bin").stat().st_size
+    assert 0.45 < size < 0.55, size
+    assert v32["max_abs_logit_diff_openvino"] < v["max_abs_logit_diff_openvino"] <= v["openvino_bound"]
+    print(f"\nIR weights f16: .bin {size:.1%} of f32; max|dlogit| vs torch f64 {v['max_abs_logit_diff_openvino']:.3g} "
+          f"(f32 IR {v32['max_abs_logit_diff_openvino']:.3g}, f32 tolerance {v32['tolerance']:.3g}; logits up to {v['logit_abs_max']:.3g})")
+    predictor = Predictor(tmp_path / "lean", precision="f32")
+    assert predictor.precision == "f32"
+    with pytest.raises(ModelFolderError, match=f"{name}.*no ONNX file.*--backend openvino"):
+        Predictor(tmp_path / "lean", precision="f32", backend="onnxruntime")
+
+
 def test_parity_failure_raises_and_writes_no_manifest(tmp_path, monkeypatch, three_groups):
     out = tmp_path / "models"
     out.mkdir()
