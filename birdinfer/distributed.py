@@ -72,7 +72,7 @@ import numpy as np
 from .errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError
 from .manifest import Manifest
 from ._console import progress_bar, say
-from .output import atomic_write
+from .output import atomic_write, require_pyarrow, window_schema, window_table
 from .predict import Recording, collect_inputs, run_fingerprint
 
 __all__ = ["SHARDS_FOLDER", "predict_ray", "read_output", "shard_table", "output_schema"]
@@ -105,34 +105,12 @@ def _require_ray():
 
 
 def _require_pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"--engine ray writes parquet shards and needs pyarrow: pip install 'birdinfer[ray]' ({e})"
-        ) from e
-    return pyarrow
+    return require_pyarrow("--engine ray (parquet shards)", "'birdinfer[ray]'")
 
 
-# --------------------------------------------------------------------------------------- the tables
-def output_schema(labels: Sequence[str]):
-    """The parquet schema of ``predict`` output: ``file`` (string), ``start_s``, ``end_s`` (float64), then
-    one float32 column per label."""
-    pa = _require_pyarrow()
-    fields = [pa.field("file", pa.string()), pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())]
-    return pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
-
-
-def shard_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float):
-    """One recording's rows as a ``pyarrow.Table``: ``probs`` ``(n_windows, n_labels)`` float32 → window k
-    covers ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row."""
-    pa = _require_pyarrow()
-    schema = output_schema(labels)
-    start = np.arange(len(probs), dtype=np.float64) * window_seconds
-    columns = [pa.array([name] * len(probs), pa.string()), pa.array(start), pa.array(start + window_seconds)]
-    columns += [pa.array(np.ascontiguousarray(probs[:, j], dtype=np.float32)) for j in range(probs.shape[1])]
-    return pa.Table.from_arrays(columns, schema=schema)
+#: The parquet schema and one recording's table are ``predict``'s (:mod:`birdinfer.output`).
+output_schema = window_schema
+shard_table = window_table
 
 
 def read_output(out_dir: str | Path):

@@ -1,4 +1,5 @@
-"""Output tables: submission rows, column alignment to ``sample_submission.csv``, atomic writes."""
+"""Output tables: submission rows, column alignment to ``sample_submission.csv``, per-window tables (CSV,
+parquet, Raven selection tables) of ``predict``, atomic writes."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import OutputError, ParameterError
+from .errors import MissingDependencyError, OutputError, ParameterError
 
-__all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable"]
+__all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable",
+           "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema", "window_table", "write_window_table"]
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +128,96 @@ def atomic_write(path: str | Path, write, *, text: bool = False) -> Path:
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a CSV atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True)
+
+
+# ------------------------------------------------------------------------------- per-window tables (predict)
+def require_pyarrow(needed_for: str, install: str):
+    """``pyarrow``, or a :class:`MissingDependencyError` saying what needs it and what to install."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"{needed_for} needs pyarrow: pip install {install} ({e})") from e
+    return pyarrow
+
+
+def _window_times(n_rows: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    start = np.arange(n_rows, dtype=np.float64) * window_seconds
+    return start, start + window_seconds
+
+
+def window_schema(labels: Sequence[str]):
+    """Parquet schema of ``predict`` output: ``file`` (string), ``start_s``, ``end_s`` (float64), then one
+    float32 column per label."""
+    import pyarrow as pa
+
+    fields = [pa.field("file", pa.string()), pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())]
+    return pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
+
+
+def window_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float):
+    """One recording's rows as a ``pyarrow.Table``: ``probs`` ``(n_windows, n_labels)`` → window k covers
+    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row."""
+    import pyarrow as pa
+
+    start, end = _window_times(len(probs), window_seconds)
+    columns = [pa.array([name] * len(probs), pa.string()), pa.array(start), pa.array(end)]
+    columns += [pa.array(np.ascontiguousarray(probs[:, j], dtype=np.float32)) for j in range(probs.shape[1])]
+    return pa.Table.from_arrays(columns, schema=window_schema(labels))
+
+
+def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float, header: bool) -> bytes:
+    start, end = _window_times(len(probs), window_seconds)
+    frame = pd.DataFrame(probs, columns=list(labels))
+    frame.insert(0, "end_s", end)
+    frame.insert(0, "start_s", start)
+    frame.insert(0, "file", name)
+    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
+
+
+def write_window_table(out: Path, format: str, items: Iterable[tuple[str, np.ndarray]], labels: Sequence[str],
+                       window_seconds: float) -> None:
+    """Write ``(file name, probs)`` items as one CSV or parquet table (atomically; one recording in memory)."""
+    if format == "csv":
+        def write(f):
+            f.write(_window_csv("", np.zeros((0, len(labels)), np.float32), labels, window_seconds, True))
+            for name, probs in items:
+                f.write(_window_csv(name, probs, labels, window_seconds, False))
+
+        atomic_write(out, write)
+        return
+    require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
+    import pyarrow.parquet as pq
+
+    schema = window_schema(labels)
+
+    def write(f):
+        written = 0
+        with pq.ParquetWriter(f, schema) as writer:
+            for name, probs in items:  # one row group per recording: memory bounded by one recording
+                writer.write_table(window_table(name, probs, labels, window_seconds))
+                written += 1
+            if not written:
+                writer.write_table(schema.empty_table())
+
+    atomic_write(out, write)
+
+
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                 "Species", "Score")
+
+
+def raven_table(probs: np.ndarray, labels: Sequence[str], *, threshold: float, window_seconds: float,
+                low_hz: float, high_hz: float) -> str:
+    """A Raven Pro selection table (tab-separated text): one selection per (window, species) whose
+    probability is ``>= threshold``, in window order then label order. ``probs``: ``(n_windows, n_labels)``."""
+    lines = ["\t".join(RAVEN_COLUMNS)]
+    selection = 0
+    for k, row in enumerate(probs):
+        for j in np.flatnonzero(row >= threshold):
+            selection += 1
+            lines.append("\t".join([
+                str(selection), "Spectrogram 1", "1", f"{k * window_seconds:g}", f"{(k + 1) * window_seconds:g}",
+                f"{low_hz:g}", f"{high_hz:g}", str(labels[j]), f"{float(row[j]):.4f}",
+            ]))
+    return "\n".join(lines) + "\n"

@@ -40,12 +40,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
-from .errors import BirdinferError, MissingDependencyError, OutputError, ParameterError
+from .errors import BirdinferError, OutputError, ParameterError
 from .manifest import Manifest
 from .models import plan_variants
 from ._console import progress_bar, say
 from .lock import OutputLock
-from .output import atomic_write, check_writable
+from .output import RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, write_window_table
 
 __all__ = ["FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table"]
 
@@ -138,17 +138,6 @@ def _resolve_format(out: Path, format: str | None) -> str:
     return format
 
 
-def _require_pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"--format parquet needs pyarrow: pip install 'birdinfer[parquet]' (or pyarrow), or use --format csv ({e})"
-        ) from e
-    return pyarrow
-
-
 def _check_output(out: Path, format: str) -> None:
     """Fail fast when the output (file, or folder for Raven tables) and its side files cannot be written."""
     if format == "raven":
@@ -166,73 +155,6 @@ def _check_output(out: Path, format: str) -> None:
 
 def _side_path(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
-
-
-def _window_times(n_rows: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    start = np.arange(n_rows, dtype=np.float64) * window_seconds
-    return start, start + window_seconds
-
-
-def _csv_chunk(rec: Recording, probs: np.ndarray, labels: Sequence[str], window_seconds: float, header: bool) -> bytes:
-    import pandas as pd
-
-    start, end = _window_times(len(probs), window_seconds)
-    frame = pd.DataFrame(probs, columns=list(labels))
-    frame.insert(0, "end_s", end)
-    frame.insert(0, "start_s", start)
-    frame.insert(0, "file", rec.name)
-    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
-
-
-def _write_table(out: Path, format: str, items: Iterable[tuple[Recording, np.ndarray]], labels: Sequence[str],
-                 window_seconds: float) -> None:
-    if format == "csv":
-        def write(f):
-            f.write(_csv_chunk(Recording(Path(), "", ""), np.zeros((0, len(labels)), np.float32), labels, window_seconds, True))
-            for rec, probs in items:
-                f.write(_csv_chunk(rec, probs, labels, window_seconds, False))
-
-        atomic_write(out, write)
-        return
-    pa = _require_pyarrow()
-    import pyarrow.parquet as pq
-
-    fields = [pa.field("file", pa.string()), pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())]
-    schema = pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
-
-    def write(f):
-        written = 0
-        with pq.ParquetWriter(f, schema) as writer:
-            for rec, probs in items:  # one row group per recording: memory bounded by one recording
-                start, end = _window_times(len(probs), window_seconds)
-                columns = [pa.array([rec.name] * len(probs), pa.string()), pa.array(start), pa.array(end)]
-                columns += [pa.array(probs[:, j]) for j in range(probs.shape[1])]
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-                written += 1
-            if not written:
-                writer.write_table(schema.empty_table())
-
-    atomic_write(out, write)
-
-
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-                 "Species", "Score")
-
-
-def raven_table(probs: np.ndarray, labels: Sequence[str], *, threshold: float, window_seconds: float,
-                low_hz: float, high_hz: float) -> str:
-    """A Raven Pro selection table (tab-separated text): one selection per (window, species) whose
-    probability is ``>= threshold``, in window order then label order. ``probs``: ``(n_windows, n_labels)``."""
-    lines = ["\t".join(RAVEN_COLUMNS)]
-    selection = 0
-    for k, row in enumerate(probs):
-        for j in np.flatnonzero(row >= threshold):
-            selection += 1
-            lines.append("\t".join([
-                str(selection), "Spectrogram 1", "1", f"{k * window_seconds:g}", f"{(k + 1) * window_seconds:g}",
-                f"{low_hz:g}", f"{high_hz:g}", str(labels[j]), f"{float(row[j]):.4f}",
-            ]))
-    return "\n".join(lines) + "\n"
 
 
 def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
@@ -383,7 +305,7 @@ def predict(
     if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
         raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     if format == "parquet":
-        _require_pyarrow()
+        require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     recordings = collect_inputs(inputs)
@@ -458,7 +380,7 @@ def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _P
         return
 
     # one recording's part in memory at a time while writing
-    _write_table(out, format, ((rec, parts.load(rec.key)) for rec in done), labels, manifest.window_seconds)
+    write_window_table(out, format, ((rec.name, parts.load(rec.key)) for rec in done), labels, manifest.window_seconds)
 
 
 def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
