@@ -7,7 +7,8 @@ Data flows one way, one module per stage::
     models.py    OpenVINO / ONNX Runtime execution of the exported networks
     ensemble.py  sigmoid, 5 s segment max, weighted group means, temporal smoothing
     output.py    submission / prediction tables, atomic writes
-    pipeline.py  make_submission: the stages above over a folder, with progress and a time budget
+    pipeline.py  Predictor: the stages above over recordings (60 s blocks, background decoding)
+    submit.py    make_submission: a folder → submission.csv (time budget in budget.py, output lock in lock.py)
 
 The model folder's ``manifest.json`` (manifest.py) describes everything; nothing is guessed.
 """
@@ -22,7 +23,7 @@ from .manifest import Manifest
 
 def __getattr__(name):  # lazy: `import birdinfer` stays cheap and never needs openvino
     if name == "make_submission":
-        from .pipeline import make_submission
+        from .submit import make_submission
 
         return make_submission
     if name == "predict":
