@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -34,7 +35,8 @@ from .ensemble import combine, smooth, window_probabilities
 from .errors import AudioDecodeError, BirdinferError, ParameterError
 from .features import FrontEnd
 from .manifest import Manifest
-from .models import LoadedModel, describe_precisions, load_models
+from .cpu import effective_isa, spare_siblings
+from .models import LoadedModel, describe_precisions, load_models, plan_models
 from ._console import progress_bar, say
 from .output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 
@@ -97,11 +99,14 @@ class Predictor:
         model_names: Sequence[str] | None = None,
         threads: int | None = None,
         parallel_models: int | None = None,
+        pin_decode_thread: bool = True,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.models`); ``parallel_models``: how many different
         models run at once in worker threads (default 1; with more, each model gets one thread). Measured on
-        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py)."""
+        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
+        ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
+        logical CPUs (:func:`birdinfer.cpu.spare_siblings`), off the ones OpenVINO's streams use."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -117,9 +122,14 @@ class Predictor:
         self.window_samples = manifest.window_samples
         self.block_samples = int(round(BLOCK_SECONDS * manifest.sample_rate))
         start = time.perf_counter()
+        self.isa = effective_isa()
+        plans, self.plan_summary = plan_models(manifest, precision=precision, backend=backend, isa=self.isa)
+        log.info("%s", self.plan_summary)
         self.models: list[LoadedModel] = load_models(
-            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums, threads=threads
+            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
+            threads=threads, isa=self.isa, plans=plans,
         )
+        self.decode_cpus = spare_siblings() if pin_decode_thread else []
         if self.parallel_models > 1 and len(self.models) > 1:
             # One call per model from this thread before any worker thread touches OpenVINO: a first use of
             # its numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard).
@@ -256,6 +266,11 @@ class Predictor:
     # ------------------------------------------------------------------ many recordings
     def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
         """Background thread: decode and compute features block by block, a bounded queue ahead."""
+        if self.decode_cpus and hasattr(os, "sched_setaffinity"):
+            try:  # Linux: pid 0 is this thread only
+                os.sched_setaffinity(0, self.decode_cpus)
+            except OSError as e:
+                log.debug("cannot pin the decode thread to %s: %s", self.decode_cpus, e)
         try:
             for index, path in enumerate(paths):
                 if stop.is_set():
@@ -495,7 +510,9 @@ def make_submission(
 
     predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
     say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                   f"{backend} precision: {predictor.precision}")
+                   f"{backend} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
+    info["cpu_class"] = predictor.isa.to_dict()
+    info["precision_plan"] = predictor.plan_summary
     budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
     if budget is not None:
         budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
@@ -522,6 +539,9 @@ def make_submission(
     try:
         for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
             results.append(result)
+            if len(results) == 1 and len(paths) > 1 and result.ok:
+                info["projection"] = _projection(time.perf_counter() - wall_start, predictor.load_seconds, len(paths), time_budget_s)
+                say(progress, f"birdinfer: after the first file: {info['projection']['text']}")
             if not result.ok:
                 log.warning("%s: %s; its rows get the fallback", result.path, result.error)
             if bar is not None:
@@ -567,6 +587,17 @@ def make_submission(
                    f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
                    + (f" → {out}" if out is not None else ""))
     return frame
+
+
+def _projection(elapsed: float, load_seconds: float, files: int, budget: float | None) -> dict:
+    """Projected wall time of ``files`` files from the first one (its time includes warm-up: pessimistic)."""
+    per_file = max(0.0, elapsed - load_seconds)
+    projected = load_seconds + files * per_file
+    text = f"{per_file:.2f} s/file (first file, incl. warm-up) → {files} files ≈ {projected / 60:.1f} min with loading"
+    if budget is not None:
+        text += (f"; budget {budget / 60:.1f} min: " + ("models will be dropped if later files keep this pace"
+                                                           if projected > budget else "fits"))
+    return {"seconds_per_file_first": round(per_file, 3), "projected_seconds": round(projected, 1), "text": text}
 
 
 def _write_report(path, info: dict) -> None:
