@@ -12,7 +12,7 @@ Every OpenVINO compile passes ``INFERENCE_PRECISION_HINT``:
 
 ``f32``   float32 everywhere: matches the reference up to float error.
 ``auto``  bf16 where bf16 is native and not masked (AVX512_BF16 / AMX), else f32.
-``bf16``  ask for bf16 explicitly (emulated, slower than f32, where it is not native: a warning says so).
+``bf16``  bf16 where it is native; elsewhere f32 with a warning (emulated bf16 is slower than f32).
 ``int8``  an INT8 variant of the folder: the first of :data:`INT8_VARIANTS` valid for this CPU class
           (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), compiled with the
           ``auto`` hint for its float layers; a model without one runs its f32 variant (logged). An INT8 IR
@@ -167,8 +167,9 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
         valid = [k for k in int8 if variant_valid(entry.variants[k], isa)]
         if precision == "f32":
             plans.append(ModelPlan(entry, "f32", "f32" if backend == "openvino" else None))
-        elif precision == "bf16":
-            plans.append(ModelPlan(entry, "f32", "bf16" if backend == "openvino" else None))
+        elif precision == "bf16":  # emulated bf16 is slower than f32 and no more exact: never run it
+            plans.append(ModelPlan(entry, "f32", float_hint, "" if isa.bf16_native or backend != "openvino" else
+                                   f"bf16 is not native on {isa.cpu_class}: f32 instead (faster, exact)"))
         elif precision == "auto" or (precision == "fast" and (backend != "openvino" or not valid)):
             note = "" if precision == "auto" else (
                 "no INT8 variant" if not int8 else
@@ -194,7 +195,7 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
                + (f"; {why_float}" if backend == "openvino" else "; ONNX Runtime float32")
                + (f"; {'; '.join(notes)}" if notes else ""))
     if precision == "bf16" and backend == "openvino" and not isa.bf16_native:
-        log.warning("bf16 is not native on %s: OpenVINO emulates it, slower than f32", isa.cpu_class)
+        log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
     return plans, summary
 
 

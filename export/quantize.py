@@ -35,7 +35,8 @@ DEPTHWISE_OPS = ("GroupConvolution",)
 
 
 #: NNCF ``OverflowFix`` values: ``first_layer`` (NNCF's default: 7-bit weights in the first layer only),
-#: ``enable`` (7-bit weights in every layer: no int16 saturation of u8×s8 pairs on CPUs without VNNI),
+#: ``enable`` (7-bit weights in every convolution and matrix product except depthwise ones, which NNCF
+#: leaves 8-bit: no int16 saturation of u8×s8 pairs on CPUs without VNNI),
 #: ``disable`` (8-bit weights everywhere).
 OVERFLOW_FIXES = ("first_layer", "enable", "disable")
 
