@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-out", default="models", help="model folder name under OUT (default models)")
     parser.add_argument("--models", nargs="+", default=None, metavar="STEM", help="only these recipe models")
     parser.add_argument("--soundscapes", type=int, default=8, help="synthetic 60 s soundscapes for verification / calibration")
+    parser.add_argument("--add-int8", nargs="*", default=None, metavar="VARIANT[=CONFIG]",
+                        help="only add INT8 variants to the existing OUT/MODELS_OUT f32 folder (no re-export): variant "
+                             "names of the default set (no value: all of them), or variant=config with a config of "
+                             "birdinfer_export.quantize.INT8_CONFIGS")
     args = parser.parse_args(argv)
+    if args.add_int8 is not None:
+        return _add_int8(args)
 
     recipe = load_recipe()
     specs = [recipe.model(name) for name in args.models] if args.models else list(recipe.models)
@@ -55,6 +61,20 @@ def main(argv: list[str] | None = None) -> int:
                       precision=args.precision, calibration=calibration / "train_soundscapes", progress=True,
                       int8_float_ops=DEPTHWISE_OPS if args.keep_depthwise else ())
     print(f"export ({args.precision}) of {len(specs)} models: {time.perf_counter() - start:.1f} s -> {args.out / args.models_out}")
+    return 0
+
+
+def _add_int8(args) -> int:
+    from birdinfer_export.quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, recipe_of
+    from birdinfer_export.variants import add_int8_variants
+
+    recipes = {}
+    for item in args.add_int8 or DEFAULT_INT8_VARIANTS:
+        name, _, config = item.partition("=")
+        recipes[name] = recipe_of(config) if config else INT8_RECIPES[name]
+    start = time.perf_counter()
+    add_int8_variants(args.out / args.models_out, calibration=args.out / "calibration" / "train_soundscapes", variants=recipes)
+    print(f"added {sorted(recipes)} to {args.out / args.models_out}: {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -21,9 +21,10 @@ def _precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
         "--precision",
         default=default,
         choices=["auto", "f32", "bf16", "int8", "fast"],
-        help="f32: force float32 (bit-for-bit with the reference up to float error); auto: OpenVINO's default "
-        "for this CPU (bf16 where native); bf16: ask for bf16; int8: the model folder's INT8 variants; fast: INT8 "
-        "where quantized and the CPU has VNNI, else OpenVINO's default. The log says which precision ran. "
+        help="f32: force float32 (bit-for-bit with the reference up to float error); auto: bf16 where the CPU has "
+        "it natively (and ONEDNN_MAX_CPU_ISA does not mask it), else f32; bf16: ask for bf16; int8: the model "
+        "folder's INT8 variant valid for this CPU class; fast: the fastest variant meeting the accuracy bar on "
+        "this CPU class (a valid INT8 variant, else auto). The log says which precision ran and why. "
         f"(default: {default})",
     )
 
@@ -116,6 +117,9 @@ def _add_export(sub) -> None:
                    "torch is recorded in the manifest and is above the f32 contract). f32 folders only (default f32)")
     p.add_argument("--int8-keep-depthwise", action="store_true",
                    help="with --precision int8: leave depthwise convolutions in float (less INT8 error, a little slower)")
+    p.add_argument("--int8-overflow-fix", default=None, choices=["first_layer", "enable", "disable"],
+                   help="with --precision int8: NNCF's overflow fix for one custom int8 variant (enable = 7-bit weights "
+                   "everywhere). Without this and --int8-keep-depthwise the measured default variant set is written")
     p.set_defaults(func=_cmd_export)
 
 
@@ -132,7 +136,7 @@ def _cmd_export(args) -> int:
                   precision=args.precision, calibration=args.calibration, chunks=args.chunks,
                   dynamic_chunks=args.dynamic_chunks,
                   int8_float_ops=DEPTHWISE_OPS if args.int8_keep_depthwise else (), keep_onnx=not args.no_onnx,
-                  ir_weights=args.ir_weights)
+                  ir_weights=args.ir_weights, int8_overflow_fix=args.int8_overflow_fix)
     return 0
 
 
@@ -178,6 +182,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG chart of per-model and per-stage cost")
     p.add_argument("--compare", nargs="*", default=None, metavar="MODE",
                    help="also time these modes side by side (f32 bf16 int8 onnxruntime)")
+    p.add_argument("--cpu-class", default=None, choices=["native", "avx512", "avx2", "all"],
+                   help="run in a child process with oneDNN capped to this CPU class (avx512 = Kaggle's AVX-512 "
+                   "without VNNI/BF16; all = the three, one table)")
     _precision_arg(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -185,8 +192,12 @@ def _add_bench(sub) -> None:
 def _cmd_bench(args) -> int:
     from .bench import run_bench
 
+    if args.cpu_class is not None and args.plot is not None:
+        from .errors import ParameterError
+
+        raise ParameterError("--plot is not available with --cpu-class (run once per class without --cpu-class)")
     run_bench(args.models, audio=args.audio, files=args.files, json_out=args.json_out, plot=args.plot,
-              compare=args.compare, precision=args.precision)
+              compare=args.compare, precision=args.precision, cpu_class=args.cpu_class)
     return 0
 
 

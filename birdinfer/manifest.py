@@ -61,8 +61,9 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 FORMAT = "birdinfer-model-folder"
 FORMAT_VERSION = 1
-#: Precisions a model variant can be stored in.
-VARIANT_PRECISIONS = ("f32", "int8")
+#: Stored variants of a model: float32, and INT8 forms (``int8``: the default export; ``int8-compat``: a
+#: second INT8 form for CPU classes where ``int8`` does not meet the accuracy bar, e.g. 7-bit weights).
+VARIANT_PRECISIONS = ("f32", "int8", "int8-compat")
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,17 @@ def check_smoothing(smoothing: float, *, where: str, error: type[Exception] = Mo
 
 @dataclass(frozen=True)
 class ModelVariant:
-    """One stored form of a model (f32 or int8): its files and how it was verified."""
+    """One stored form of a model (f32 or int8): its files and how it was verified.
+
+    ``cpu_classes``: the CPU classes (:data:`birdinfer.cpu.CPU_CLASSES`) this variant is valid on, i.e.
+    meets the accuracy bar; ``None`` (a folder written before the field existed) means what it always
+    meant: an INT8 variant counts as valid where the CPU has exact INT8 dot products (VNNI / AMX).
+    """
 
     openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
     onnx: str | None = None
     verification: Mapping[str, Any] = field(default_factory=dict)
+    cpu_classes: tuple[str, ...] | None = None
 
     @property
     def openvino_bin(self) -> str | None:
@@ -180,6 +187,8 @@ class ModelVariant:
         if self.onnx:
             out["onnx"] = self.onnx
         out["verification"] = dict(self.verification)
+        if self.cpu_classes is not None:
+            out["cpu_classes"] = list(self.cpu_classes)
         return out
 
 
@@ -225,8 +234,12 @@ class ModelEntry:
             for precision, v in dict(data["variants"]).items():
                 if precision not in VARIANT_PRECISIONS:
                     raise ValueError(f"unknown variant precision {precision!r} (known: {VARIANT_PRECISIONS})")
+                classes = v.get("cpu_classes")
+                if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+                    raise ValueError(f"variant {precision!r}: cpu_classes must be a list of class names, got {classes!r}")
                 variants[precision] = ModelVariant(
-                    openvino=v.get("openvino"), onnx=v.get("onnx"), verification=dict(v.get("verification", {}))
+                    openvino=v.get("openvino"), onnx=v.get("onnx"), verification=dict(v.get("verification", {})),
+                    cpu_classes=None if classes is None else tuple(classes),
                 )
             entry = cls(
                 name=str(data["name"]),

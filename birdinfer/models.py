@@ -5,15 +5,20 @@ Two backends:
 * OpenVINO (default): reads the IR (``.xml`` + ``.bin``), compiles it for the CPU once.
 * ONNX Runtime: reads the ``.onnx`` file (f32 variants only).
 
-Precision is explicit (:data:`PRECISIONS`):
+Precision is explicit (:data:`PRECISIONS`) and decided from the *effective ISA* (:mod:`birdinfer.cpu`:
+the CPU's flags capped by ``ONEDNN_MAX_CPU_ISA``), never from OpenVINO's own default guess (which looks
+at the real CPU only: under a cap that masks bf16 it still picks bf16 and runs a slow emulated path).
+Every OpenVINO compile passes ``INFERENCE_PRECISION_HINT``:
 
-``f32``   float32 everywhere (``INFERENCE_PRECISION_HINT=f32``): matches the reference up to float error.
-``auto``  OpenVINO's own default for this CPU: bf16 on CPUs with native bf16 (AVX512_BF16 / AMX), f32 elsewhere.
-``bf16``  ask for bf16 explicitly.
-``int8``  the folder's INT8 variants (NNCF-quantized), compiled with OpenVINO's default hint; a model
-          without an INT8 variant runs its f32 variant, a model whose INT8 IR does not compile under the
-          default hint is compiled again with the f32 hint (both are logged).
-``fast``  ``int8`` where the CPU has an INT8 dot-product ISA (VNNI/AMX), else ``auto``.
+``f32``   float32 everywhere: matches the reference up to float error.
+``auto``  bf16 where bf16 is native and not masked (AVX512_BF16 / AMX), else f32.
+``bf16``  bf16 where it is native; elsewhere f32 with a warning (emulated bf16 is slower than f32).
+``int8``  an INT8 variant of the folder: the first of :data:`INT8_VARIANTS` valid for this CPU class
+          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), compiled with the
+          ``auto`` hint for its float layers; a model without one runs its f32 variant (logged). An INT8 IR
+          that does not compile under a bf16 hint is compiled again with f32 (logged).
+``fast``  the fastest variant meeting the accuracy bar for this CPU class: a valid INT8 variant, else
+          ``auto``. The log says which and why.
 
 Every loaded model reports the precision that actually ran (read back from the compiled model).
 
@@ -29,7 +34,6 @@ memory). Models whose chunk count does not divide fall back to one LATENCY reque
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +41,20 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, effective_isa, physical_cores
 from .errors import BackendError, MissingDependencyError, ModelFolderError, ParameterError
-from .manifest import Manifest, ModelEntry
+from .manifest import Manifest, ModelEntry, ModelVariant
 
 __all__ = [
     "PRECISIONS",
     "BACKENDS",
+    "INT8_VARIANTS",
+    "INT8_FLAGS",
+    "ISA_FLAGS",
     "LoadedModel",
+    "ModelPlan",
+    "plan_models",
+    "variant_valid",
     "load_models",
     "plan_variants",
     "cpu_capabilities",
@@ -56,6 +67,10 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "f32", "bf16", "int8", "fast")
 BACKENDS = ("openvino", "onnxruntime")
+#: INT8 variant names, in order of preference (same speed; ``int8`` is the default export).
+INT8_VARIANTS = ("int8", "int8-compat")
+#: Layer types whose OpenVINO kernels (``primitiveType``) are reported: they are nearly all of the work.
+KERNEL_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
 
 
 class _Runner(Protocol):
@@ -74,6 +89,7 @@ class LoadedModel:
     load_seconds: float
     threads: int | None = None  # threads this model was compiled for (None: the backend's default)
     streams: int = 1  # requests run at once per call (OpenVINO split-batch streams)
+    kernels: dict[str, int] | None = None  # OpenVINO kernel (primitiveType) → count, over KERNEL_LAYERS
 
     @property
     def name(self) -> str:
@@ -114,65 +130,112 @@ def cpu_capabilities() -> dict:
     return caps
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads not counted); ``os.cpu_count()`` if unknown."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            physical = core = None
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not line.strip():
-                    if core is not None:
-                        cores.add((physical, core))
-                    physical = core = None
-            if core is not None:
-                cores.add((physical, core))
-    except OSError:
-        pass
-    return max(1, min(len(cores), logical) if cores else logical)
+@dataclass(frozen=True)
+class ModelPlan:
+    """What one model will run as: the stored variant and the OpenVINO precision hint for its float layers."""
+
+    entry: ModelEntry
+    variant: str  # key of entry.variants
+    hint: str | None  # INFERENCE_PRECISION_HINT ("f32" / "bf16"); None for ONNX Runtime
+    note: str = ""  # why, when it is not the obvious choice
 
 
-def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino") -> list[tuple[ModelEntry, str, str]]:
-    """(entry, variant, file to load) per model, for ``precision`` on ``backend``; no file is read.
+def variant_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
+    """Does ``variant`` meet the accuracy bar on ``isa``'s class? A variant without ``cpu_classes`` (older
+    folders) counts as valid where INT8 dot products are exact (VNNI / AMX), as before the field existed."""
+    if variant.cpu_classes is None:
+        return isa.int8_exact
+    return isa.cpu_class in variant.cpu_classes
+
+
+def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
+                isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
+    """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
+    effective ISA) without loading anything. Returns the plans and one sentence saying what and why."""
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if backend not in BACKENDS:
+        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
+    isa = isa or effective_isa()
+    float_hint = isa.float_hint if backend == "openvino" else None
+    why_float = (f"float layers {isa.float_hint} ({'bf16 native' if isa.bf16_native else 'no native bf16'}"
+                 f"{' under the cap' if isa.masked else ''})")
+    plans = []
+    for entry in manifest.models:
+        if "f32" not in entry.variants:
+            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
+        int8 = [k for k in INT8_VARIANTS if k in entry.variants]
+        valid = [k for k in int8 if variant_valid(entry.variants[k], isa)]
+        if precision == "f32":
+            plans.append(ModelPlan(entry, "f32", "f32" if backend == "openvino" else None))
+        elif precision == "bf16":  # emulated bf16 is slower than f32 and no more exact: never run it
+            plans.append(ModelPlan(entry, "f32", float_hint, "" if isa.bf16_native or backend != "openvino" else
+                                   f"bf16 is not native on {isa.cpu_class}: f32 instead (faster, exact)"))
+        elif precision == "auto" or (precision == "fast" and (backend != "openvino" or not valid)):
+            note = "" if precision == "auto" else (
+                "no INT8 variant" if not int8 else
+                f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
+            plans.append(ModelPlan(entry, "f32", float_hint, note))
+        elif precision == "fast":
+            plans.append(ModelPlan(entry, valid[0], float_hint, f"{valid[0]} is valid on {isa.cpu_class}"))
+        elif valid:  # int8
+            plans.append(ModelPlan(entry, valid[0], float_hint))
+        elif int8:
+            note = f"{int8[0]} is not validated on {isa.cpu_class} ({_validity(entry, int8)}): accuracy may drop"
+            log.warning("model %s: %s", entry.name, note)
+            plans.append(ModelPlan(entry, int8[0], float_hint, note))
+        else:
+            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
+            plans.append(ModelPlan(entry, "f32", float_hint, "no INT8 variant"))
+    counts: dict[str, int] = {}
+    for p in plans:
+        counts[p.variant] = counts.get(p.variant, 0) + 1
+    variants = ", ".join(f"{k} ×{n}" for k, n in counts.items())
+    notes = sorted({p.note for p in plans if p.note})
+    summary = (f"precision {precision} on CPU class {isa.label()}: variants {variants}"
+               + (f"; {why_float}" if backend == "openvino" else "; ONNX Runtime float32")
+               + (f"; {'; '.join(notes)}" if notes else ""))
+    if precision == "bf16" and backend == "openvino" and not isa.bf16_native:
+        log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
+    return plans, summary
+
+
+def _validity(entry: ModelEntry, names: Sequence[str]) -> str:
+    parts = []
+    for k in names:
+        classes = entry.variants[k].cpu_classes
+        parts.append(f"{k} valid on {', '.join(classes) if classes is not None else 'VNNI/AMX classes (no cpu_classes recorded)'}")
+    return "; ".join(parts)
+
+
+def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
+                  isa: CpuIsa | None = None, plans: Sequence[ModelPlan] | None = None) -> list[tuple[ModelPlan, str]]:
+    """(plan, file to load) per model, for ``precision`` on ``backend``, as :func:`plan_models` decides; no
+    file is read.
 
     Raises :class:`ModelFolderError` naming the folder and the model when a needed file is not in the
     manifest (e.g. ONNX Runtime asked of a folder bundled without ONNX), so callers can check this before
     any audio work.
     """
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
-    if backend not in BACKENDS:
-        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
+    if plans is None:
+        plans = plan_models(manifest, precision=precision, backend=backend, isa=isa)[0]
     where = manifest.folder if manifest.folder is not None else "model folder"
-    want_int8 = precision == "int8" or (precision == "fast" and backend == "openvino" and _cpu_has_int8())
-    plan = []
-    for entry in manifest.models:
-        variant = "int8" if want_int8 and "int8" in entry.variants else "f32"
-        if variant not in entry.variants:
-            raise ModelFolderError(f"{where}: model {entry.name!r} has no f32 variant; re-export it")
-        if want_int8 and variant != "int8":
-            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
-        files = entry.variants[variant]
-        if backend == "openvino" and not files.openvino:
-            raise ModelFolderError(f"{where}: model {entry.name!r} ({variant}) has no OpenVINO IR; use --backend onnxruntime")
-        if backend == "onnxruntime" and not files.onnx:
-            if variant == "int8":
-                raise ModelFolderError(f"{where}: model {entry.name!r}: INT8 variants are OpenVINO only; use --backend "
+    out = []
+    for p in plans:
+        stored = p.entry.variants[p.variant]
+        if backend == "openvino" and not stored.openvino:
+            raise ModelFolderError(f"{where}: model {p.entry.name!r} ({p.variant}) has no OpenVINO IR; use --backend onnxruntime")
+        if backend == "onnxruntime" and not stored.onnx:
+            if p.variant != "f32":
+                raise ModelFolderError(f"{where}: model {p.entry.name!r}: INT8 variants are OpenVINO only; use --backend "
                                        "openvino, or --precision f32 with ONNX Runtime")
             raise ModelFolderError(
-                f"{where}: model {entry.name!r} ({variant}) has no ONNX file, which --backend onnxruntime needs (a "
+                f"{where}: model {p.entry.name!r} ({p.variant}) has no ONNX file, which --backend onnxruntime needs (a "
                 "`birdinfer bundle` keeps only the OpenVINO IR unless --with-onnx, an export made with --no-onnx has "
                 "none): use --backend openvino, or rebuild the bundle with --with-onnx from the full model folder"
             )
-        plan.append((entry, variant, files.openvino if backend == "openvino" else files.onnx))
-    return plan
+        out.append((p, stored.openvino if backend == "openvino" else stored.onnx))
+    return out
 
 
 def load_models(
@@ -184,61 +247,64 @@ def load_models(
     verify_checksums: bool = True,
     threads: int | None = None,
     streams: int | None = None,
+    isa: CpuIsa | None = None,
+    plans: Sequence[ModelPlan] | None = None,
 ) -> list[LoadedModel]:
-    """Compile every model of ``manifest`` once. Checksums of the files used are verified first.
+    """Compile every model of ``manifest`` once, as :func:`plan_models` decides (logged). Checksums of the
+    files used are verified first.
 
     ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
     lets the backend use every core for each call. ``streams`` (OpenVINO): split each call's chunks over
     this many single-threaded requests run at once (default: :func:`physical_cores` when ``threads`` is not
-    given, else 1); see the module docstring.
+    given, else 1); see the module docstring. ``plans``: from :func:`plan_models` (planned here when None).
     """
-    plan = plan_variants(manifest, precision=precision, backend=backend)
+    if plans is None:
+        plans, summary = plan_models(manifest, precision=precision, backend=backend, isa=isa)
+        log.info("%s", summary)
+    planned = plan_variants(manifest, precision=precision, backend=backend, plans=plans)
+    plans, files = [p for p, _ in planned], [name for _, name in planned]
     if verify_checksums:
         names = []
-        for entry, variant, name in plan:
-            names += [name] + ([entry.variants[variant].openvino_bin] if backend == "openvino" else [])
+        for p, name in zip(plans, files):
+            names += [name] + ([p.entry.variants[p.variant].openvino_bin] if backend == "openvino" else [])
         manifest.verify_checksums(names)
     if backend == "openvino":
         if streams is None:
             streams = physical_cores() if threads is None else 1
-        loader = _OpenVinoLoader(precision=precision, cache_dir=cache_dir, threads=threads, streams=int(streams))
+        loader = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(streams))
     else:
         loader = _OnnxRuntimeLoader(precision=precision, threads=threads)
     loaded = []
-    for entry, variant, name in plan:
+    for p, name in zip(plans, files):
         start = time.perf_counter()
-        runner, ran = loader.load(manifest.path_of(name), entry, variant)
+        runner, ran = loader.load(manifest.path_of(name), p.entry, p.variant, p.hint)
         used_streams = getattr(runner, "streams", 1)
-        loaded.append(LoadedModel(entry, variant, ran, backend, runner, time.perf_counter() - start,
-                                  1 if used_streams > 1 else threads, used_streams))
-        log.debug("loaded %s (%s, %s) in %.2f s", entry.name, variant, ran, loaded[-1].load_seconds)
+        loaded.append(LoadedModel(p.entry, p.variant, ran, backend, runner, time.perf_counter() - start,
+                                  1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None)))
+        log.debug("loaded %s (%s, %s) in %.2f s", p.entry.name, p.variant, ran, loaded[-1].load_seconds)
     return loaded
 
 
-#: /proc/cpuinfo flags that give OpenVINO fast INT8 (VNNI dot products or AMX tiles).
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-#: flags reported by `birdinfer bench`
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's ISA flags from /proc/cpuinfo (empty where that file does not exist)."""
+def kernel_families(compiled) -> dict[str, int]:
+    """``primitiveType`` → count over the :data:`KERNEL_LAYERS` of a compiled OpenVINO model's runtime graph
+    (e.g. ``brgconv_avx512_1x1_I8``): which oneDNN kernels really run, so an ISA cap can be seen to act."""
+    counts: dict[str, int] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_has_int8() -> bool:
-    return any(flag in cpu_flags() for flag in INT8_FLAGS)
+        ops = compiled.get_runtime_model().get_ops()
+    except Exception:  # noqa: BLE001 - diagnostics only; an OpenVINO without it must still run
+        return counts
+    for op in ops:
+        rt = op.get_rt_info()
+        if "layerType" not in rt or "primitiveType" not in rt:
+            continue
+        if str(rt["layerType"].value) in KERNEL_LAYERS:
+            kind = str(rt["primitiveType"].value)
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 class _OpenVinoLoader:
-    def __init__(self, *, precision: str, cache_dir, threads: int | None, streams: int = 1):
+    def __init__(self, *, cache_dir, threads: int | None, streams: int = 1):
         try:
             import openvino as ov
         except ImportError as e:
@@ -251,7 +317,6 @@ class _OpenVinoLoader:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
-        self.precision = precision
         self.threads = threads
         self.streams = max(1, int(streams))
 
@@ -266,8 +331,7 @@ class _OpenVinoLoader:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return config
 
-    def load(self, xml: Path, entry: ModelEntry, variant: str):
-        hint = {"f32": "f32", "bf16": "bf16"}.get(self.precision)
+    def load(self, xml: Path, entry: ModelEntry, variant: str, hint: str):
         try:
             model = self.core.read_model(str(xml))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
@@ -291,14 +355,14 @@ class _OpenVinoLoader:
             if hint == "f32":
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model in f32: {e}") from e
             # Seen with INT8 efficientnet_b3 under the bf16 default on AMX CPUs: f32 compiles.
-            log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint or "default",
+            log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             try:
                 compiled = self.core.compile_model(model, "CPU", self._config("f32", streams))
             except Exception as e2:
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model: {e2}") from e2
         ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
-        precision = f"int8+{ran}" if variant == "int8" else ran
+        precision = f"{variant}+{ran}" if variant != "f32" else ran
         requests = [compiled.create_infer_request() for _ in range(streams)]
         input_port = compiled.input(0)
         output_port = compiled.output(0)
@@ -320,6 +384,7 @@ class _OpenVinoLoader:
                 return np.concatenate([np.array(r.get_tensor(output_port).data, dtype=np.float32, copy=True) for r in requests])
 
         run.streams = streams
+        run.kernels = kernel_families(compiled)
         return run, precision
 
 
@@ -345,7 +410,7 @@ class _OnnxRuntimeLoader:
         self.ort = ort
         self.threads = threads
 
-    def load(self, path: Path, entry: ModelEntry, variant: str):
+    def load(self, path: Path, entry: ModelEntry, variant: str, hint: str | None = None):
         options = self.ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)

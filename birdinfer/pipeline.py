@@ -18,6 +18,7 @@ current one (numpy, soundfile and OpenVINO release the GIL), so the front end is
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -34,7 +35,8 @@ from .budget import TimeBudget  # noqa: F401 - `from birdinfer.pipeline import T
 from .errors import AudioDecodeError, ParameterError
 from .features import FrontEnd
 from .manifest import Manifest
-from .models import LoadedModel, describe_precisions, load_models
+from .cpu import effective_isa, spare_siblings
+from .models import LoadedModel, describe_precisions, load_models, plan_models
 
 __all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
 
@@ -93,11 +95,14 @@ class Predictor:
         model_names: Sequence[str] | None = None,
         threads: int | None = None,
         parallel_models: int | None = None,
+        pin_decode_thread: bool = True,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.models`); ``parallel_models``: how many different
         models run at once in worker threads (default 1; with more, each model gets one thread). Measured on
-        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py)."""
+        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
+        ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
+        logical CPUs (:func:`birdinfer.cpu.spare_siblings`), off the ones OpenVINO's streams use."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -113,9 +118,14 @@ class Predictor:
         self.window_samples = manifest.window_samples
         self.block_samples = int(round(BLOCK_SECONDS * manifest.sample_rate))
         start = time.perf_counter()
+        self.isa = effective_isa()
+        plans, self.plan_summary = plan_models(manifest, precision=precision, backend=backend, isa=self.isa)
+        log.info("%s", self.plan_summary)
         self.models: list[LoadedModel] = load_models(
-            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums, threads=threads
+            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
+            threads=threads, isa=self.isa, plans=plans,
         )
+        self.decode_cpus = spare_siblings() if pin_decode_thread else []
         if self.parallel_models > 1 and len(self.models) > 1:
             # One call per model from this thread before any worker thread touches OpenVINO: a first use of
             # its numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard).
@@ -252,6 +262,11 @@ class Predictor:
     # ------------------------------------------------------------------ many recordings
     def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
         """Background thread: decode and compute features block by block, a bounded queue ahead."""
+        if self.decode_cpus and hasattr(os, "sched_setaffinity"):
+            try:  # Linux: pid 0 is this thread only
+                os.sched_setaffinity(0, self.decode_cpus)
+            except OSError as e:
+                log.debug("cannot pin the decode thread to %s: %s", self.decode_cpus, e)
         try:
             for index, path in enumerate(paths):
                 if stop.is_set():

@@ -123,7 +123,9 @@ def make_submission(
 
         predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
         say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                       f"{backend} precision: {predictor.precision}")
+                       f"{backend} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
+        info["cpu_class"] = predictor.isa.to_dict()
+        info["precision_plan"] = predictor.plan_summary
         budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
         if budget is not None:
             budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
@@ -150,6 +152,10 @@ def make_submission(
         try:
             for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
                 results.append(result)
+                if len(results) == 1 and len(paths) > 1 and result.ok:
+                    info["projection"] = _projection(time.perf_counter() - wall_start, predictor.load_seconds, len(paths),
+                                                     time_budget_s)
+                    say(progress, f"birdinfer: after the first file: {info['projection']['text']}")
                 if not result.ok:
                     log.warning("%s: %s; its rows get the fallback", result.path, result.error)
                 if bar is not None:
@@ -198,6 +204,17 @@ def make_submission(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _projection(elapsed: float, load_seconds: float, files: int, budget: float | None) -> dict:
+    """Projected wall time of ``files`` files from the first one (its time includes warm-up: pessimistic)."""
+    per_file = max(0.0, elapsed - load_seconds)
+    projected = load_seconds + files * per_file
+    text = f"{per_file:.2f} s/file (first file, incl. warm-up) → {files} files ≈ {projected / 60:.1f} min with loading"
+    if budget is not None:
+        text += (f"; budget {budget / 60:.1f} min: " + ("models will be dropped if later files keep this pace"
+                                                           if projected > budget else "fits"))
+    return {"seconds_per_file_first": round(per_file, 3), "projected_seconds": round(projected, 1), "text": text}
 
 
 def _write_report(path, info: dict) -> None:

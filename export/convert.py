@@ -22,17 +22,17 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from birdinfer.errors import BirdinferError, CheckpointError, ParameterError
-from birdinfer.manifest import MANIFEST_NAME, Manifest, ModelEntry, ModelVariant, sha256_file
+from birdinfer.manifest import MANIFEST_NAME, VARIANT_PRECISIONS, Manifest, ModelEntry, ModelVariant, sha256_file
 
 from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
 from .network import SEDNet
-from .quantize import compile_int8, quantize_ir
+from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, compile_int8, quantize_ir
 from .recipe import Recipe, RecipeModel, load_recipe
 from .verify import MelInputs, batches_of, deviation_figures, prepare_inputs
 
@@ -180,6 +180,8 @@ def export_models(
     int8_float_ops: Sequence[str] = (),
     keep_onnx: bool = True,
     ir_weights: str = "f32",
+    int8_overflow_fix: str | None = None,
+    int8_variants: Mapping[str, Int8Recipe] | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Export the recipe's models found in ``checkpoints`` into the model folder ``out``; return its manifest.
@@ -204,6 +206,11 @@ def export_models(
     - ``ir_weights``: ``"f32"`` (default) or ``"f16"``: the f32 variant's IR stores float16 weights (half its size;
       computed in f32). Its difference from torch is recorded (``ir_weights``, ``max_abs_logit_diff_openvino``)
       and bounded by :data:`FP16_WEIGHTS_RELATIVE_TOLERANCE` x max|logit|, not by the f32 contract. f32 only.
+    - ``int8_overflow_fix``: NNCF's ``OverflowFix`` for the INT8 variant (``quantize.OVERFLOW_FIXES``).
+      Giving this or ``int8_float_ops`` writes one custom ``int8`` variant with those options and no
+      ``cpu_classes`` (not measured: the runtime treats it as valid on VNNI/AMX classes only).
+    - ``int8_variants``: variant name → :class:`quantize.Int8Recipe`, the INT8 variants to write; default
+      :data:`quantize.INT8_RECIPES` (the measured default set, each with the CPU classes it is valid on).
 
     Raises :class:`CheckpointError` for missing or bad checkpoints, :class:`ExportError` when an exported
     model differs from torch by more than :func:`parity_tolerance` (max abs logit) or a step fails.
@@ -221,6 +228,7 @@ def export_models(
     if ir_weights == "f16" and precision != "f32":
         raise ParameterError("ir_weights='f16' applies to f32 folders only (INT8 is quantized from the f32 IR); "
                              "export with precision='f32'")
+    recipes = _int8_recipes(precision, int8_float_ops, int8_overflow_fix, int8_variants)
     if int(chunks) <= 0:
         raise ParameterError(f"chunks must be a positive integer, got {chunks!r}")
     chunks = int(chunks)
@@ -270,7 +278,7 @@ def export_models(
         bar.set_postfix_str(spec.name)
         entry, entry_files = _export_one(
             spec, recipe, checkpoints, out, core=core, labels=labels, inputs=inputs, precision=precision,
-            chunks=chunks, dynamic_chunks=dynamic_chunks, versions=versions, int8_float_ops=int8_float_ops,
+            chunks=chunks, dynamic_chunks=dynamic_chunks, versions=versions, int8_recipes=recipes,
             keep_onnx=keep_onnx, ir_weights=ir_weights,
         )
         entries.append(entry)
@@ -307,6 +315,26 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _int8_recipes(precision: str, float_ops: tuple[str, ...], overflow_fix: str | None,
+                  variants: Mapping[str, Int8Recipe] | None) -> dict[str, Int8Recipe]:
+    if precision != "int8":
+        if overflow_fix is not None or variants:
+            raise ParameterError(f"int8_overflow_fix / int8_variants only apply with precision='int8' (got {precision!r})")
+        return {}
+    if float_ops or overflow_fix is not None:
+        if variants:
+            raise ParameterError("give int8_variants, or int8_float_ops / int8_overflow_fix, not both")
+        try:
+            return {"int8": Int8Recipe(overflow_fix=overflow_fix or "first_layer", float_ops=tuple(float_ops))}
+        except ValueError as e:
+            raise ParameterError(str(e)) from e
+    chosen = dict(variants) if variants else {k: INT8_RECIPES[k] for k in DEFAULT_INT8_VARIANTS}
+    unknown = [k for k in chosen if k == "f32" or k not in VARIANT_PRECISIONS]
+    if unknown:
+        raise ParameterError(f"INT8 variant names {unknown} are not among {[v for v in VARIANT_PRECISIONS if v != 'f32']}")
+    return chosen
+
+
 def _select_models(recipe: Recipe, checkpoints: Path, models: Sequence[str] | None) -> list[RecipeModel]:
     if models:
         selected = [recipe.model(name) for name in models]
@@ -336,7 +364,7 @@ def _export_one(
     chunks: int,
     dynamic_chunks: bool,
     versions: dict,
-    int8_float_ops: tuple[str, ...] = (),
+    int8_recipes: Mapping[str, Int8Recipe] | None = None,
     keep_onnx: bool = True,
     ir_weights: str = "f32",
 ) -> tuple[ModelEntry, dict[str, str]]:
@@ -367,9 +395,9 @@ def _export_one(
         (out / onnx_name).unlink()
         f32_verification["onnx_file"] = "verified, then left out (keep_onnx=False)"
     variants = {"f32": ModelVariant(openvino=xml_name, onnx=onnx_name if keep_onnx else None, verification=f32_verification)}
-    if precision == "int8":
-        variants["int8"] = _export_int8(spec, out, xml_name, f32_compiled, inputs, group.name, chunks, core=core,
-                                        float_ops=int8_float_ops)
+    for name, int8_recipe in (int8_recipes or {}).items():
+        variants[name] = _export_int8(spec, out, xml_name, f32_compiled, inputs, group.name, chunks, core=core,
+                                      recipe=int8_recipe, variant=name)
 
     files = {name: sha256_file(out / name) for v in variants.values() for name in v.file_names()}
     entry = ModelEntry(
@@ -454,11 +482,15 @@ def _verify_f32(spec: RecipeModel, model: SEDNet, onnx_path: Path, xml_path: Pat
 
 
 def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, inputs: MelInputs, group: str, chunks: int, *, core,
-                 float_ops: tuple[str, ...] = ()) -> ModelVariant:
-    int8_xml = f"{spec.name}.int8.xml"
+                 recipe: Int8Recipe = Int8Recipe(), variant: str = "int8") -> ModelVariant:
+    from birdinfer.cpu import effective_isa
+
+    float_ops = tuple(recipe.float_ops)
+    int8_xml = f"{spec.name}.{variant}.xml"
     calibration_batches = batches_of(inputs.calibration[group], chunks)
     try:
-        quantized_ops = quantize_ir(core, out / f32_xml, out / int8_xml, calibration_batches, float_ops=float_ops)
+        quantized_ops = quantize_ir(core, out / f32_xml, out / int8_xml, calibration_batches, float_ops=float_ops,
+                                    overflow_fix=recipe.overflow_fix)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types; say which model
         raise ExportError(f"{spec.name} ({spec.arch}): INT8 quantization failed: {type(e).__name__}: {e}") from e
     if quantized_ops == 0:
@@ -468,7 +500,7 @@ def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, input
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{spec.name} ({spec.arch}): the INT8 model {int8_xml} does not compile: {e}") from e
     if default_error:
-        logger.warning("%s: INT8 model fails to compile with OpenVINO's default precision (%s); it compiles with %s",
+        logger.warning("%s: INT8 model fails to compile with the CPU's float hint (%s); it compiles with %s",
                        spec.name, default_error, config)
     held_out = inputs.held_out[group]
     held_batches = batches_of(held_out, chunks)
@@ -488,10 +520,15 @@ def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, input
         "compile_config": config,
         "compiled_precision": _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
         "default_compile_error": default_error,
-        "tool": "nncf.quantize (defaults)" if not float_ops else "nncf.quantize (defaults; ignored_scope types)",
+        "tool": "nncf.quantize" + (" (defaults)" if not float_ops and recipe.overflow_fix == "first_layer" else
+                                   f" (overflow_fix={recipe.overflow_fix}{'; ignored_scope types' if float_ops else ''})"),
         "float_op_types": list(float_ops),
+        "overflow_fix": recipe.overflow_fix,
+        **({"int8_config": recipe.config} if recipe.config else {}),
+        "verified_on_cpu_class": effective_isa().cpu_class,
+        **({"cpu_classes_evidence": recipe.evidence} if recipe.evidence else {}),
     }
-    return ModelVariant(openvino=int8_xml, verification=verification)
+    return ModelVariant(openvino=int8_xml, verification=verification, cpu_classes=recipe.cpu_classes)
 
 
 def _precision_name(element_type) -> str:
@@ -504,9 +541,9 @@ def _report(entry: ModelEntry, *, write) -> None:
     f32 = entry.variants["f32"].verification
     line = (f"{entry.name}: parity max|Δlogit| onnxruntime {f32['max_abs_logit_diff_onnxruntime']:.2e}, "
             f"openvino {f32['max_abs_logit_diff_openvino']:.2e} ({entry.export.get('seconds', 0):.1f} s)")
-    if "int8" in entry.variants:
-        v = entry.variants["int8"].verification
-        line += (f"; INT8 vs f32: max|Δp| {v['max_abs_prob_diff']:.4f}, mean|Δp| {v['mean_abs_prob_diff']:.5f}, "
+    for name in [k for k in entry.variants if k != "f32"]:
+        v = entry.variants[name].verification
+        line += (f"; {name} vs f32: max|Δp| {v['max_abs_prob_diff']:.4f}, mean|Δp| {v['mean_abs_prob_diff']:.5f}, "
                  f"Spearman {v['rank_agreement_spearman']:.4f}, top-1 {v['top1_agreement']:.3f}"
-                 + (f" [compiled with {v['compile_config']}]" if v["compile_config"] else ""))
+                 + (f" [compiled with {v['compile_config']}]" if v["default_compile_error"] else ""))
     write(line)

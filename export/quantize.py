@@ -8,12 +8,15 @@ and says so, so the manifest can tell the runtime which configuration works.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["QUANTIZED_OP_TYPES", "DEPTHWISE_OPS", "quantize_ir", "count_quantized_ops", "compile_int8"]
+__all__ = ["QUANTIZED_OP_TYPES", "DEPTHWISE_OPS", "OVERFLOW_FIXES", "Int8Recipe", "INT8_CONFIGS", "recipe_of", "INT8_RECIPES",
+           "DEFAULT_INT8_VARIANTS",
+           "quantize_ir", "count_quantized_ops", "compile_int8"]
 
 #: Operations NNCF inserts to mark quantized tensors in an OpenVINO model.
 QUANTIZED_OP_TYPES = ("FakeQuantize", "FakeConvert")
@@ -31,14 +34,86 @@ def count_quantized_ops(model) -> int:
 DEPTHWISE_OPS = ("GroupConvolution",)
 
 
+#: NNCF ``OverflowFix`` values: ``first_layer`` (NNCF's default: 7-bit weights in the first layer only),
+#: ``enable`` (7-bit weights in every convolution and matrix product except depthwise ones, which NNCF
+#: leaves 8-bit: no int16 saturation of u8×s8 pairs on CPUs without VNNI),
+#: ``disable`` (8-bit weights everywhere).
+OVERFLOW_FIXES = ("first_layer", "enable", "disable")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How one INT8 variant is made (NNCF options) and the CPU classes it meets the accuracy bar on.
+
+    ``cpu_classes`` is written into the manifest (``ModelVariant.cpu_classes``); ``None`` means "not
+    measured" (the runtime then treats the variant as valid on VNNI/AMX classes only, as for older folders).
+    """
+
+    overflow_fix: str = "first_layer"
+    float_ops: tuple[str, ...] = ()
+    cpu_classes: tuple[str, ...] | None = None
+    evidence: str = ""
+    config: str = ""  # name in INT8_CONFIGS, for the record
+
+    def __post_init__(self):
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise ValueError(f"overflow_fix={self.overflow_fix!r} is not one of {OVERFLOW_FIXES}")
+
+
+#: Named INT8 configurations (NNCF overflow fix, op types kept in float) compared by
+#: ``benchmarks/precision_accuracy.py --int8-configs``.
+INT8_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "nncf-default": ("first_layer", ()),
+    "depthwise-float": ("first_layer", DEPTHWISE_OPS),
+    "overflow-fix": ("enable", ()),
+    "overflow-fix+depthwise-float": ("enable", DEPTHWISE_OPS),
+}
+
+
+def recipe_of(config: str, cpu_classes: tuple[str, ...] | None = None, evidence: str = "") -> Int8Recipe:
+    """The :class:`Int8Recipe` of a named configuration of :data:`INT8_CONFIGS`."""
+    overflow_fix, float_ops = INT8_CONFIGS[config]
+    return Int8Recipe(overflow_fix=overflow_fix, float_ops=float_ops, cpu_classes=cpu_classes, evidence=evidence, config=config)
+
+
+#: The INT8 variants a default ``export --precision int8`` writes (variant name → recipe), chosen by
+#: ``benchmarks/precision_accuracy.py --soundscapes 64 --cpu-class all --int8-configs ...`` on the demo's two
+#: trained tinynet_e models (384 test windows; ΔAUC = INT8 − f32 macro ROC-AUC under the same class; mean |Δp|):
+#:
+#: ==============================  ===================  ===================  ===================
+#: configuration                   avx512_vnni (native) avx512 (Kaggle)      avx2
+#: ==============================  ===================  ===================  ===================
+#: nncf-default                    +0.0000 / 0.0118     −0.0007 / 0.0175     −0.0007 / 0.0177
+#: depthwise-float                 −0.0011 / 0.0108     −0.0017 / 0.0172     −0.0017 / 0.0172
+#: overflow-fix                    −0.0013 / 0.0123     −0.0013 / 0.0123     −0.0016 / 0.0124
+#: overflow-fix+depthwise-float    −0.0022 / 0.0117     −0.0022 / 0.0117     −0.0022 / 0.0117
+#: ==============================  ===================  ===================  ===================
+#:
+#: Without VNNI, NNCF's default 8-bit weights saturate (mean |Δp| 0.0118 → 0.0175: the same file computes
+#: differently); with the overflow fix (7-bit weights) the INT8 arithmetic is the same on every class and
+#: every class meets the bar (768 windows of the same data: −0.0012 / −0.0012 / −0.0013, mean |Δp| 0.0125),
+#: with depthwise convolutions still INT8 (faster than keeping them in float). One
+#: variant then serves every class. VNNI / AMX classes compute exact INT8 dot products like avx512_vnni
+#: (measured); avx2_vnni likewise; the bf16 float layers of the bf16 classes were not measurable here.
+INT8_RECIPES: dict[str, Int8Recipe] = {
+    "int8": recipe_of(
+        "overflow-fix",
+        ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2"),
+        "precision_accuracy.py --cpu-class all, demo seed 0, 384 windows: ΔAUC -0.0013 (avx512_vnni), -0.0013 "
+        "(avx512), -0.0016 (avx2); vnni/amx classes by equal INT8 arithmetic",
+    ),
+}
+DEFAULT_INT8_VARIANTS = tuple(INT8_RECIPES)
+
+
 def quantize_ir(core, f32_xml: str | Path, int8_xml: str | Path, calibration_batches: Sequence[np.ndarray], *,
-                float_ops: Sequence[str] = ()) -> int:
+                float_ops: Sequence[str] = (), overflow_fix: str = "first_layer") -> int:
     """Quantize the f32 IR at ``f32_xml`` with ``nncf.quantize`` and save it (weights uncompressed) at ``int8_xml``.
 
     ``calibration_batches``: model inputs, each ``(chunks, 1, n_mels, 2F)`` float32 dB. All of them are used
     (``subset_size`` = their count). ``float_ops``: OpenVINO op types left unquantized (NNCF ignored
-    scope by type; a type the model does not have is no error). Returns the number of quantized
-    operations in the saved model.
+    scope by type; a type the model does not have is no error). ``overflow_fix``: one of
+    :data:`OVERFLOW_FIXES`. Returns the number of quantized operations in the saved model.
     """
     import nncf
     import openvino as ov
@@ -48,20 +123,26 @@ def quantize_ir(core, f32_xml: str | Path, int8_xml: str | Path, calibration_bat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         options = {"ignored_scope": nncf.IgnoredScope(types=list(float_ops), validate=False)} if float_ops else {}
+        if overflow_fix != "first_layer":
+            options["advanced_parameters"] = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(
+                {"enable": "enable", "disable": "disable"}[overflow_fix]))
         quantized = nncf.quantize(model, dataset, subset_size=len(calibration_batches), **options)
     ov.save_model(quantized, str(int8_xml), compress_to_fp16=False)
     return count_quantized_ops(quantized)
 
 
 def compile_int8(core, int8_xml: str | Path):
-    """Compile an INT8 IR for CPU: default precision first, then with ``INFERENCE_PRECISION_HINT=f32``.
+    """Compile an INT8 IR for CPU with the runtime's float hint for this CPU (bf16 where native and not
+    masked, else f32: :attr:`birdinfer.cpu.CpuIsa.float_hint`), then, if that fails, with f32.
 
-    Returns ``(compiled_model, config, default_error)``: ``config`` is ``{}`` when the default worked,
-    else the f32 hint; ``default_error`` is the first line of the default attempt's error, or None.
-    The second failure, if any, propagates.
+    Returns ``(compiled_model, config, first_error)``: ``config`` is the hint that worked; ``first_error``
+    is the first line of the first attempt's error, or None. The second failure, if any, propagates.
     """
+    from birdinfer.cpu import effective_isa
+
+    first = {"INFERENCE_PRECISION_HINT": effective_isa().float_hint}
     try:
-        return core.compile_model(str(int8_xml), "CPU"), {}, None
+        return core.compile_model(str(int8_xml), "CPU", dict(first)), first, None
     except RuntimeError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         compiled = core.compile_model(str(int8_xml), "CPU", dict(F32_CONFIG))

@@ -484,28 +484,47 @@ def _group_convolutions_fed_by_quantizers(model) -> tuple[int, int]:
     return total, quantized
 
 
-def test_int8_can_leave_depthwise_convolutions_in_float(int8_export, calibration_dir, tmp_path):
+def _int8_weight_range(model) -> int:
+    """Largest |value| of the int8 weights (NNCF stores quantized weights as int8) of convolutions and matrix
+    products, depthwise ones (5-D GroupConvolution weights) excluded: NNCF's overflow fix leaves those 8-bit."""
+    return max(int(np.abs(op.get_data().astype(np.int16)).max()) for op in model.get_ops()
+               if op.get_type_name() == "Constant" and "int8_t" in str(op.get_element_type())
+               and "u" not in str(op.get_element_type()) and len(op.get_output_shape(0)) < 5)
+
+
+def test_int8_configurations_depthwise_float_and_overflow_fix(int8_export, calibration_dir, tmp_path):
+    """The default export follows INT8_RECIPES (recorded in the manifest); quantize_ir's options really change
+    the graph: depthwise convolutions left in float, and 7-bit weights everywhere with the overflow fix."""
     import openvino as ov
 
     from birdinfer_export import DEPTHWISE_OPS
-    from birdinfer_export.quantize import quantize_ir
+    from birdinfer_export.quantize import INT8_RECIPES, quantize_ir
     from birdinfer_export.verify import batches_of, prepare_inputs
 
     manifest = int8_export["manifest"]
     entry = manifest.models[0]
-    assert entry.variants["int8"].verification["float_op_types"] == []
-    core = ov.Core()
-    total, quantized = _group_convolutions_fed_by_quantizers(core.read_model(str(manifest.path_of(entry.variants["int8"].openvino))))
-    assert total > 0 and quantized > 0  # by default NNCF quantizes EfficientNet's depthwise convolutions
+    recipe = INT8_RECIPES["int8"]
+    v = entry.variants["int8"].verification
+    assert v["float_op_types"] == list(recipe.float_ops) and v["overflow_fix"] == recipe.overflow_fix
+    assert entry.variants["int8"].cpu_classes == recipe.cpu_classes
+    assert set(entry.variants) == {"f32", *INT8_RECIPES}
 
+    core = ov.Core()
     group = manifest.group(entry.group)
     inputs = prepare_inputs([group], calibration=calibration_dir, sample_rate=manifest.sample_rate,
                             window_seconds=manifest.window_seconds, synthetic_clips=1)
-    out = tmp_path / "dw.int8.xml"
-    ops = quantize_ir(core, manifest.path_of(entry.variants["f32"].openvino), out,
-                      batches_of(inputs.calibration[group.name], 2), float_ops=DEPTHWISE_OPS)
-    assert ops > 0  # the rest is still quantized
-    assert _group_convolutions_fed_by_quantizers(core.read_model(str(out))) == (total, 0)
+    f32_xml = manifest.path_of(entry.variants["f32"].openvino)
+    batches = batches_of(inputs.calibration[group.name], 2)
+    built = {}
+    for name, options in {"nncf": {}, "dw": {"float_ops": DEPTHWISE_OPS}, "fix": {"overflow_fix": "enable"}}.items():
+        out = tmp_path / f"{name}.int8.xml"
+        assert quantize_ir(core, f32_xml, out, batches, **options) > 0
+        built[name] = core.read_model(str(out))
+    total, quantized = _group_convolutions_fed_by_quantizers(built["nncf"])
+    assert total > 0 and quantized > 0  # NNCF's defaults quantize EfficientNet's depthwise convolutions
+    assert _group_convolutions_fed_by_quantizers(built["dw"]) == (total, 0)
+    assert _int8_weight_range(built["nncf"]) > 64  # 8-bit weights past the first layer
+    assert _int8_weight_range(built["fix"]) <= 64  # overflow fix: 7-bit weights in every such layer
 
 
 def test_int8_float_ops_need_int8(tmp_path):

@@ -1,0 +1,237 @@
+"""CPU classes: ISA-cap parsing, class naming, precision / variant choice per class, explicit precision hints,
+and the cap really acting in a child process (kernels read back from compiled models). No timing assertions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from birdinfer.cpu import (
+    class_of,
+    cap_for_class,
+    effective_isa,
+    isa_cap,
+    parse_isa_cap,
+    physical_cores,
+    run_in_cpu_class,
+    sibling_groups,
+    spare_siblings,
+)
+from birdinfer.errors import ParameterError
+from birdinfer.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from birdinfer.models import plan_models
+
+BASE = {"sse4_1", "avx", "avx2", "fma"}
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+SKYLAKE_SP = BASE | AVX512  # Kaggle's class
+ICE_LAKE = SKYLAKE_SP | {"avx512_vnni"}
+ZEN4 = ICE_LAKE | {"avx512_bf16"}
+SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_int8", "amx_bf16", "avx_vnni"}
+ALDER_LAKE = BASE | {"avx_vnni"}
+
+
+@pytest.mark.parametrize("flags, name", [
+    (SKYLAKE_SP, "avx512"), (ICE_LAKE, "avx512_vnni"), (ZEN4, "avx512_vnni_bf16"), (SAPPHIRE_RAPIDS, "amx"),
+    (BASE, "avx2"), (ALDER_LAKE, "avx2_vnni"), ({"sse4_1"}, "sse41"), (set(), "baseline"),
+    (BASE | {"avx512f"}, "avx2"),  # avx512f alone (no BW/VL/DQ) is not oneDNN's avx512_core
+])
+def test_native_class_from_cpuinfo_flags(flags, name):
+    isa = effective_isa(flags, environ={})
+    assert isa.cpu_class == name and isa.native_class == name and isa.cap is None and not isa.masked
+
+
+@pytest.mark.parametrize("flags, cap, name, bf16, int8_exact", [
+    (ZEN4, "AVX512_CORE", "avx512", False, False),
+    (ZEN4, "avx512_core", "avx512", False, False),  # oneDNN accepts any case
+    (ZEN4, "AVX512_CORE_VNNI", "avx512_vnni", False, True),
+    (ZEN4, "AVX512_CORE_BF16", "avx512_vnni_bf16", True, True),
+    (ZEN4, "AVX2", "avx2", False, False),
+    (SAPPHIRE_RAPIDS, "AVX2_VNNI", "avx2_vnni", False, True),
+    (SAPPHIRE_RAPIDS, "AVX512_CORE_AMX", "amx", True, True),
+    (ICE_LAKE, "AVX512_CORE_BF16", "avx512_vnni", False, True),  # a cap never adds features
+    (ICE_LAKE, "ALL", "avx512_vnni", False, True),
+])
+def test_cap_masks_features(flags, cap, name, bf16, int8_exact):
+    isa = effective_isa(flags, environ={"ONEDNN_MAX_CPU_ISA": cap})
+    assert isa.cpu_class == name
+    assert isa.bf16_native is bf16 and isa.int8_exact is int8_exact
+    assert isa.float_hint == ("bf16" if bf16 else "f32")
+    assert isa.effective <= isa.native
+
+
+def test_cap_label_names_what_is_masked():
+    isa = effective_isa(ZEN4, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    assert isa.masked == ("avx512_vnni", "avx512_bf16")
+    assert "cap ONEDNN_MAX_CPU_ISA=AVX512_CORE" in isa.label() and "avx512_vnni_bf16 CPU" in isa.label()
+    assert effective_isa(ZEN4, environ={"DNNL_MAX_CPU_ISA": "AVX2"}).cpu_class == "avx2"  # oneDNN's older name
+
+
+def test_unknown_cap_value():
+    with pytest.raises(ParameterError, match="AVX513.*not a oneDNN ISA name.*AVX512_CORE"):
+        parse_isa_cap("AVX513")
+    with pytest.warns(UserWarning, match="oneDNN ignores it"):
+        assert isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX513"}) == ("AVX513", None)
+    assert parse_isa_cap(None) is None and parse_isa_cap("  ") is None and parse_isa_cap("default") is None
+
+
+def test_class_of_is_ordered_most_capable_first():
+    assert class_of({"avx2", "avx512_core", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}) == "amx"
+    assert class_of({"avx2", "avx_vnni"}) == "avx2_vnni"
+
+
+def test_cap_for_class_refuses_what_the_cpu_cannot_emulate():
+    icelake = effective_isa(ICE_LAKE, environ={})
+    assert cap_for_class("avx512", icelake) == "AVX512_CORE"
+    assert cap_for_class("avx2", icelake) == "AVX2"
+    assert cap_for_class("native", icelake) is None
+    with pytest.raises(ParameterError, match="cannot emulate class 'avx512_vnni_bf16'"):
+        cap_for_class("avx512_vnni_bf16", icelake)
+    with pytest.raises(ParameterError, match="cpu class 'kaggle'"):
+        cap_for_class("kaggle", icelake)
+
+
+# ------------------------------------------------------------------------------------------ topology
+def test_hyperthread_topology(tmp_path, monkeypatch):
+    """A Kaggle-like VM: 4 logical CPUs, siblings (0, 2) and (1, 3): 2 physical cores, decode thread on 2 and 3."""
+    for cpu, siblings in {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}.items():
+        folder = tmp_path / "sys" / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        (folder / "thread_siblings_list").write_text(siblings + "\n")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu % 2}\nflags\t\t: avx2\n\n" for cpu in range(4)))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    groups = sibling_groups(tmp_path / "sys")
+    assert groups == [(0, 2), (1, 3)]
+    assert spare_siblings(groups) == [2, 3]
+    assert physical_cores(cpuinfo) == 2
+    assert spare_siblings([(0,), (1,)]) == []  # no hyper-threads (this machine): nothing to pin
+
+
+# ------------------------------------------------------------------------------------------ plans
+def _manifest(variants: dict) -> Manifest:
+    group = MelGroup("v1", 2048, 64, 256, 60, 16000, 256)
+    entry = ModelEntry("m", "tf_efficientnet_lite0", "v1", 1.0, (6, 1, 256, 512), 16, variants)
+    return Manifest(labels=("a", "b"), groups=(group,), models=(entry,))
+
+
+TWO_INT8 = {
+    "f32": ModelVariant(openvino="m.xml"),
+    "int8": ModelVariant(openvino="m.int8.xml", cpu_classes=("amx", "avx512_vnni_bf16", "avx512_vnni", "avx2_vnni")),
+    "int8-compat": ModelVariant(openvino="m.int8-compat.xml", cpu_classes=("avx512", "avx2")),
+}
+
+
+@pytest.mark.parametrize("flags, cap, variant, hint", [
+    (ZEN4, None, "int8", "bf16"),
+    (ICE_LAKE, None, "int8", "f32"),
+    (ZEN4, "AVX512_CORE", "int8-compat", "f32"),  # bf16 masked: f32, never OpenVINO's bf16 guess
+    (ZEN4, "AVX2", "int8-compat", "f32"),
+    (SAPPHIRE_RAPIDS, None, "int8", "bf16"),
+    (BASE | {"sse4_1"}, "SSE41", "f32", "f32"),  # sse41: no INT8 variant valid → auto
+])
+def test_fast_picks_the_variant_valid_for_the_class(flags, cap, variant, hint):
+    isa = effective_isa(flags, environ={} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap})
+    plans, summary = plan_models(_manifest(TWO_INT8), precision="fast", isa=isa)
+    assert (plans[0].variant, plans[0].hint) == (variant, hint)
+    assert isa.cpu_class in summary and f"{variant} ×1" in summary
+    if variant == "f32":
+        assert "no INT8 variant valid on sse41" in summary
+
+
+@pytest.mark.parametrize("precision, flags, cap, hint", [
+    ("auto", ZEN4, None, "bf16"), ("auto", ZEN4, "AVX512_CORE", "f32"), ("auto", ICE_LAKE, None, "f32"),
+    ("f32", ZEN4, None, "f32"), ("bf16", ZEN4, None, "bf16"), ("int8", ZEN4, "AVX2", "f32"),
+    ("bf16", ICE_LAKE, None, "f32"),  # emulated bf16 would be slower than f32: never run
+])
+def test_every_plan_has_an_explicit_hint(precision, flags, cap, hint):
+    isa = effective_isa(flags, environ={} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap})
+    plans, _ = plan_models(_manifest(TWO_INT8), precision=precision, isa=isa)
+    assert plans[0].hint == hint
+
+
+def test_v1_int8_variant_without_classes_keeps_its_old_meaning(caplog):
+    """A folder written before cpu_classes existed: INT8 counts as valid where VNNI/AMX make it exact."""
+    legacy = {"f32": ModelVariant(openvino="m.xml"), "int8": ModelVariant(openvino="m.int8.xml")}
+    manifest = _manifest(legacy)
+    assert plan_models(manifest, precision="fast", isa=effective_isa(ICE_LAKE, environ={}))[0][0].variant == "int8"
+    kaggle = effective_isa(ZEN4, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    assert plan_models(manifest, precision="fast", isa=kaggle)[0][0].variant == "f32"
+    with caplog.at_level(logging.WARNING):
+        plans, summary = plan_models(manifest, precision="int8", isa=kaggle)  # asked for: runs, with a warning
+    assert plans[0].variant == "int8" and "not validated on avx512" in caplog.text and "not validated" in summary
+    assert plan_models(manifest, precision="fast", backend="onnxruntime", isa=kaggle)[0][0].hint is None
+
+
+def test_manifest_cpu_classes_round_trip_and_v1_unchanged():
+    manifest = _manifest(TWO_INT8)
+    data = manifest.to_dict()
+    assert data["models"][0]["variants"]["int8-compat"]["cpu_classes"] == ["avx512", "avx2"]
+    assert "cpu_classes" not in data["models"][0]["variants"]["f32"]  # absent stays absent (v1 readers)
+    back = Manifest.from_dict(data)
+    assert back.models[0].variants["int8"].cpu_classes == TWO_INT8["int8"].cpu_classes
+    assert back.models[0].variants["f32"].cpu_classes is None
+    data["models"][0]["variants"]["int8"]["cpu_classes"] = "avx512"
+    with pytest.raises(Exception, match="cpu_classes must be a list"):
+        Manifest.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------ real models
+def _load_report(folder: str, precision: str) -> dict:
+    """Child side: compile the folder and read back what every compiled model runs."""
+    from birdinfer.models import load_models
+
+    models = load_models(Manifest.load(folder), precision=precision)
+    return {"isa": effective_isa().to_dict(), "precisions": [m.precision for m in models],
+            "kernels": [m.kernels for m in models]}
+
+
+@pytest.mark.parametrize("cpu_class, family", [("avx512", "avx512"), ("avx2", "avx2")])
+def test_cap_acts_in_a_child_process(small_model_folder, cpu_class, family):
+    """Under the cap, auto runs f32 (read back from the compiled models), and the convolution kernels are the
+    capped ISA's: no AVX-512 kernel under AVX2."""
+    report = run_in_cpu_class(cpu_class, f"{Path(__file__).resolve()}:_load_report",
+                              {"folder": str(small_model_folder), "precision": "auto"})
+    assert report["isa"]["class"] == cpu_class and report["isa"]["cap"] is not None
+    assert report["precisions"] == ["f32"] * 4
+    kernels = [k for per_model in report["kernels"] for k in per_model]
+    assert kernels and all(family in k or "ref" in k for k in kernels), kernels
+    if cpu_class == "avx2":
+        assert not any("avx512" in k for k in kernels)
+
+
+def test_every_compile_passes_an_explicit_hint(small_model_folder, monkeypatch):
+    import openvino as ov
+
+    from birdinfer.models import load_models
+
+    configs = []
+    original = ov.Core.compile_model
+
+    def spy(self, model, device=None, config=None, *args, **kwargs):
+        configs.append(dict(config or {}))
+        return original(self, model, device, config or {}, *args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", spy)
+    manifest = Manifest.load(small_model_folder).select([Manifest.load(small_model_folder).models[0].name])
+    for precision in ("auto", "f32", "fast", "int8"):
+        load_models(manifest, precision=precision)
+    assert len(configs) == 4
+    assert all(c.get("INFERENCE_PRECISION_HINT") == effective_isa().float_hint for c in configs), configs
+
+
+def test_bench_cpu_class_report(small_model_folder, tmp_path):
+    from birdinfer.bench_cpu import run_bench_classes
+
+    report = run_bench_classes(small_model_folder, "avx512", files=1, compare=["f32"], print_table=False,
+                               json_out=tmp_path / "b.json")
+    one = report["cpu_classes"]["avx512"]
+    assert one["machine"]["cpu_class"]["class"] == "avx512"
+    assert [m["mode"] for m in one["modes"]] == ["auto", "f32"]
+    for mode in one["modes"]:
+        assert "avx512" in mode["precision_plan"] and mode["precision_ran"] == "f32 ×4"
+        assert mode["kernel_families"] and all(m["kernels"] for m in mode["models"])
+        p = mode["projection"]
+        assert p["drops_models"] == (p["seconds"] > p["notebook_budget_seconds"] - 10)
+    assert (tmp_path / "b.json").is_file()
