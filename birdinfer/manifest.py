@@ -232,6 +232,8 @@ class Manifest:
     folder: Path | None = None  # where it was read from (not serialised)
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form provenance (not interpreted)
 
+    format_version = FORMAT_VERSION  # class attribute; birdinfer.spec.ManifestV2 says 2
+
     # ----------------------------------------------------------------- derived
     @property
     def window_samples(self) -> int:
@@ -311,10 +313,14 @@ class Manifest:
         where = str(Path(folder) / MANIFEST_NAME) if folder else "manifest"
         if data.get("format") != FORMAT:
             raise ModelFolderError(f"{where}: not a birdinfer model folder manifest (format={data.get('format')!r})")
+        if data.get("format_version") == 2 and cls is Manifest:  # a whole inference as data: birdinfer.spec
+            from .spec import parse_spec
+
+            return parse_spec(data, folder=folder)
         if data.get("format_version") != FORMAT_VERSION:
             raise ModelFolderError(
                 f"{where}: format_version {data.get('format_version')!r} is not supported by this birdinfer "
-                f"(supports {FORMAT_VERSION}); upgrade birdinfer or re-export"
+                f"(supports {FORMAT_VERSION} and 2); upgrade birdinfer or re-export"
             )
         try:
             manifest = cls(
