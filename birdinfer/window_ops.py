@@ -43,6 +43,8 @@ def _infer_channels(s: Static, p: ChannelsParams) -> Static:
 @OPS.register("channels", ChannelsParams, infer=_infer_channels)
 def channels(x: Signal, p: ChannelsParams, block: Block) -> Signal:
     v = x.data  # (W, F, L)
+    if all(c == "x" for c in p.channels):  # repeated channels: a broadcast view (the model runner copies once)
+        return replace(x, data=np.broadcast_to(v[:, None], (v.shape[0], len(p.channels)) + v.shape[1:]))
     parts = []
     for c in p.channels:
         if c == "x":
