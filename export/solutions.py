@@ -117,11 +117,14 @@ def random_network(info: dict, n_classes: int, *, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_network(info, n_classes)
-        # head biases around −2: sigmoid outputs spread over (0, 1) instead of sitting at 0.5
-        for name, param in model.named_parameters():
-            if name.endswith(("fix_scale.bias", "classifier.bias", "fc.bias", "head.fc.bias")):
-                with torch.no_grad():
+        # Head biases around −2 and 1×1-conv weights ×8 (PyTorch's default init gives logits within ±0.1 of
+        # the bias here): sigmoid outputs then spread over (0, 1) and move with the input, as trained ones do.
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("fix_scale.bias", "classifier.bias", "fc.bias")):
                     param.add_(-2.0)
+                if name.endswith(("fix_scale.weight", "attention.weight")):
+                    param.mul_(8.0)
         return calibrate_batch_norm(model, [calibration_input(info, seed=1000 + seed)])
 
 
