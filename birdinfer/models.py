@@ -313,6 +313,11 @@ def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams
     """Runner returning a list of arrays, one per ``entry.named_outputs`` index (manifest version 2)."""
     input_port = compiled.input(entry.input_name) if getattr(entry, "input_name", None) else compiled.input(0)
     ports = [compiled.output(i) for i in entry.named_outputs]
+    for spec, port in zip(entry.outputs, ports):  # before any audio: the class axis must fit the labels
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() > 1 and shape[1].is_static and shape[1].get_length() != entry.n_classes:
+            raise ModelFolderError(f"model {entry.name!r}: output {spec.name!r} has {shape[1].get_length()} classes "
+                                   f"({shape}), the manifest needs {entry.n_classes} (labels after the label map)")
 
     def collect(r) -> list[np.ndarray]:
         return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]

@@ -81,6 +81,7 @@ class ModelSpec:
     pad_value: float = 0.0
     export: Mapping[str, Any] = field(default_factory=dict)
     arch: str = ""
+    n_classes: int = 0  # class axis of every output (the label map's size, else the manifest's label count)
 
     group = "ensemble"  # the single pseudo group of version 2 (time budget, Raven frequency range)
 
@@ -250,7 +251,7 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     return ModelSpec(name=name, input=feature, weight=weight, input_shape=shape, outputs=tuple(outputs),
                      block_steps=tuple(block_steps), row_steps=tuple(row_steps), variants=variants,
                      input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
-                     export=dict(data.get("export", {})), arch=str(data.get("arch", "")))
+                     export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes)
 
 
 def _model_steps(items: Any, outputs: list[OutputSpec], *, where: str, at: str) -> tuple[list[Step], list[Step]]:

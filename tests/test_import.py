@@ -132,3 +132,17 @@ def test_import_refuses_names_outside_the_spec_folder(exported, tmp_path):
     (folder / "escape.json").write_text(json.dumps(bad))
     with pytest.raises(ModelFolderError, match=r"escape\.json.*variants\.f32.*'\.\./tiny\.onnx'.*inside"):
         import_folder(folder / "escape.json", tmp_path / "m3")
+
+
+def test_class_count_checked_when_the_models_are_compiled(exported, tmp_path):
+    """A hand-edited folder whose outputs declare no shape: the compiled graph is checked, before any audio."""
+    from birdinfer.pipeline import Predictor
+
+    folder, _ = exported
+    models = import_folder(folder / "spec.json", tmp_path / "models").folder
+    data = json.loads((models / "manifest.json").read_text())
+    data["labels"] = LABELS + ["extra"]
+    data["models"][0]["outputs"][0].pop("shape")
+    (models / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match=r"model 'tiny': output 'logits' has 4 classes .* needs 5"):
+        Predictor(models, precision="f32")
