@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -181,6 +182,8 @@ def build_solution(spec: str | Path, out: str | Path, *, arch: str | None = None
                 info["folds"] = [arch] * len(info["folds"])
         if folds is not None and info.get("folds"):
             info["folds"] = info["folds"][:folds]
+        if info.get("checkpoints") and info.get("folds"):
+            info["checkpoints"] = info["checkpoints"][: len(info["folds"])]
         if "label_map" in entry and n_classes is not None:
             entry["label_map"] = _small_label_map(entry["label_map"], data["labels"], specialist_classes)
         classes = len(entry["label_map"]["labels"]) if "label_map" in entry else len(data["labels"])
@@ -194,3 +197,120 @@ def build_solution(spec: str | Path, out: str | Path, *, arch: str | None = None
     target = out / "spec.json"
     target.write_text(json.dumps(data, indent=1))
     return target, modules
+
+
+# ------------------------------------------------------------------------------------ real checkpoints
+def checkpoint_names(entry: dict) -> list[str]:
+    """Checkpoint file(s) of a spec model, relative to the checkpoint folder: ``export.checkpoint`` (one file) or
+    ``export.checkpoints`` (one per fold of a ``wave_sed`` graph); default ``<name>.pt`` / ``<name>_fold<i>.ckpt``."""
+    info = entry.get("export", {})
+    if info.get("head") == "wave_sed":
+        names = info.get("checkpoints") or [f"{entry['name']}_fold{i}.ckpt" for i in range(len(info.get("folds") or [1]))]
+    else:
+        names = [info.get("checkpoint") or f"{entry['name']}.pt"]
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"model {entry['name']!r}: checkpoint name {name!r} must stay inside the checkpoint folder")
+    return list(names)
+
+
+def _strip(state: dict, prefix: str, *, only_prefixed: bool) -> dict:
+    if not any(k.startswith(prefix) for k in state):
+        return state
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if only_prefixed else \
+        {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def _load_into(module: nn.Module, state: dict, path: Path, *, ignore_unexpected: bool) -> None:
+    from birdinfer.errors import CheckpointError
+
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [] if ignore_unexpected else [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{path}: does not fit the spec's network: missing {missing[:4]} ({len(missing)}), "
+                              f"unexpected {unexpected[:4]} ({len(unexpected)}), shape mismatches {shapes[:3]}; "
+                              "check export.arch / export.head and the label count of the spec")
+    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+
+
+def load_solution_model(entry: dict, n_classes: int, checkpoints: str | Path) -> nn.Module:
+    """The network of a spec model with its checkpoint(s) loaded, in the solution's own checkpoint format.
+
+    - ``gem_sed`` (2025 1st): their ``CLEFClassifierSED`` state dict; ``mel_spectr_generator.*`` (torchaudio
+      buffers) is dropped, ``backbone.*`` / ``head.*`` must match exactly.
+    - ``classifier`` (2024 1st): a Lightning checkpoint; only keys under ``model.`` are kept, prefix removed.
+    - ``wave_sed`` (2025 2nd): one Lightning checkpoint per fold, prefix ``model.`` removed, extra keys ignored
+      (their ``strict=False``), every key of the network required.
+    Files are read with ``torch.load(weights_only=True)`` (``checkpoint.read_state_dict``).
+    """
+    from .checkpoint import read_state_dict
+
+    info = entry.get("export", {})
+    model = build_network(info, n_classes)
+    paths = [Path(checkpoints) / name for name in checkpoint_names(entry)]
+    if info["head"] == "wave_sed":
+        if len(paths) != len(model.models):
+            raise ValueError(f"model {entry['name']!r}: {len(paths)} checkpoints for {len(model.models)} folds")
+        for fold, path in zip(model.models, paths):
+            _load_into(fold, _strip(read_state_dict(path), "model.", only_prefixed=False), path, ignore_unexpected=True)
+    elif info["head"] == "classifier":
+        _load_into(model, _strip(read_state_dict(paths[0]), "model.", only_prefixed=True), paths[0], ignore_unexpected=False)
+    else:
+        state = {k: v for k, v in read_state_dict(paths[0]).items() if not k.startswith("mel_spectr_generator.")}
+        _load_into(model, state, paths[0], ignore_unexpected=False)
+    return model.eval()
+
+
+def save_solution_checkpoint(entry: dict, model: nn.Module, checkpoints: str | Path) -> list[Path]:
+    """Write ``model`` in the solution's own checkpoint layout (for tests of :func:`load_solution_model`)."""
+    folder = Path(checkpoints)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in checkpoint_names(entry)]
+    head = entry["export"]["head"]
+    if head == "wave_sed":
+        for fold, path in zip(model.models, paths):
+            torch.save({"state_dict": {f"model.{k}": v for k, v in fold.state_dict().items()}, "epoch": 1}, path)
+    elif head == "classifier":
+        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 1}, paths[0])
+    else:
+        torch.save(dict(model.state_dict()), paths[0])
+    return paths
+
+
+def export_solution(spec: str | Path, checkpoints: str | Path, out: str | Path, *, models: list[str] | None = None,
+                    labels: list[str] | None = None):
+    """Real checkpoints → ONNX (staged next to a copy of the spec in a temporary folder) → ``birdinfer import`` into ``out``.
+
+    ``labels`` (e.g. a taxonomy's primary_label column) replaces the spec's labels (same count). Returns the
+    imported folder's manifest.
+    """
+    from birdinfer.importer import import_folder
+
+    spec_path = Path(spec)
+    data = json.loads(spec_path.read_text())
+    if labels is not None:
+        if len(labels) != len(data["labels"]):
+            raise ValueError(f"{spec_path}: {len(labels)} labels given, the spec has {len(data['labels'])}")
+        data["labels"] = list(labels)
+    if models is not None:
+        data["models"] = [m for m in data["models"] if m["name"] in set(models)]
+        if not data["models"]:
+            raise ValueError(f"{spec_path}: none of {models} is a model of the spec")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        staging = Path(tmp)
+        for entry in data["models"]:
+            classes = len(entry["label_map"]["labels"]) if "label_map" in entry else len(data["labels"])
+            model = load_solution_model(entry, classes, checkpoints)
+            shape = [2 if d == -1 else d for d in entry["input_shape"]]
+            export_graph(model, staging / entry["variants"]["f32"]["onnx"], torch.zeros(shape),
+                         input_name=entry.get("input_name", "x"), output_name=entry["outputs"][0]["name"])
+            entry["export"] = {**entry.get("export", {}), "checkpoint_files": checkpoint_names(entry)}
+            del model
+        target = staging / "spec.json"
+        target.write_text(json.dumps(data, indent=1))
+        return import_folder(target, out, overwrite=True)

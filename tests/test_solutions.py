@@ -100,3 +100,50 @@ def test_full_size_solution_equals_its_transcription(name, audio, tmp_path):
     print(f"{name} (full size): max |birdinfer - transcription| = {worst:.2e}; {info}")
     assert info["rows"] == ROWS[name]
     assert worst <= TOLERANCE
+
+
+def test_checkpoints_in_each_solutions_format_load_back(tmp_path):
+    import torch
+
+    from birdinfer.errors import CheckpointError
+    from birdinfer_export.solutions import load_solution_model, random_network, save_solution_checkpoint
+
+    cases = [
+        ({"name": "sed", "export": {"head": "gem_sed", "arch": "tinynet_e"}}, torch.rand(2, 3, 224, 512)),
+        ({"name": "clf", "export": {"head": "classifier", "arch": "tinynet_e", "in_chans": 1}}, torch.randn(2, 1, 128, 640) * 10 - 40),
+        ({"name": "wave", "export": {"head": "wave_sed", "arch": "tinynet_e", "folds": ["tinynet_e"] * 2}}, torch.randn(2, 160000) * 0.1),
+    ]
+    for entry, x in cases:
+        model = random_network(entry["export"], 5, seed=3)
+        paths = save_solution_checkpoint(entry, model, tmp_path / entry["name"])
+        if entry["export"]["head"] == "gem_sed":  # their state dict also holds the torchaudio front end's buffers
+            state = torch.load(paths[0], weights_only=True)
+            state["mel_spectr_generator.feature_extractor.0.spectrogram.window"] = torch.hann_window(4096)
+            torch.save(state, paths[0])
+        loaded = load_solution_model(entry, 5, tmp_path / entry["name"])
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x)), entry["name"]
+        wrong = {**entry, "export": {**entry["export"], "arch": "tf_efficientnet_lite0"}}
+        if wrong["export"].get("folds"):
+            wrong["export"]["folds"] = ["tf_efficientnet_lite0"] * 2
+        with pytest.raises(CheckpointError, match="does not fit"):
+            load_solution_model(wrong, 5, tmp_path / entry["name"])
+
+
+def test_birdinfer_export_reads_real_checkpoints_of_a_spec(audio, tmp_path):
+    """`birdinfer export --recipe <v2 spec>`: the 2024 1st place's Lightning checkpoints → imported folder →
+    the same submission as the transcription."""
+    from birdinfer.pipeline import make_submission
+    from birdinfer_export import export_models
+    from birdinfer_export.solutions import build_solution, save_solution_checkpoint
+
+    spec_path, modules = build_solution(WEIGHTS / "birdclef2024_1st.spec.json", tmp_path / "build", n_classes=12,
+                                        arch="tinynet_e", models=["80low_trainnolab_10sec_gr20sec_ep7oo7"])
+    spec = json.loads(spec_path.read_text())
+    for entry in spec["models"]:
+        save_solution_checkpoint(entry, modules[entry["name"]], tmp_path / "checkpoints")
+    manifest = export_models(tmp_path / "checkpoints", tmp_path / "models", recipe=spec_path, progress=False)
+    assert [m.name for m in manifest.models] == ["80low_trainnolab_10sec_gr20sec_ep7oo7"]
+    got = make_submission(list(audio[:2]), tmp_path / "models", out=None, precision="f32", progress=False)
+    want = reference("birdclef2024_1st", spec, modules, audio[:2])
+    assert float(np.abs(got[spec["labels"]].to_numpy() - want[spec["labels"]].to_numpy()).max()) <= TOLERANCE
