@@ -107,6 +107,12 @@ def test_import_then_submit_matches_librosa_and_torch(exported, tmp_path):
     assert np.abs(got - expected).max() < 1e-4
     assert got.std() > 1e-3
 
+    table = tmp_path / "detections.csv"  # `birdinfer predict` runs v2 folders too (same rows)
+    assert main(["predict", str(audio), "--models", str(models), "--out", str(table), "--precision", "f32"]) == 0
+    detections = pd.read_csv(table)
+    assert list(detections["end_s"]) == [5.0 * k for k in range(1, 7)] + [5.0, 10.0]
+    np.testing.assert_allclose(detections[LABELS].to_numpy(), got, atol=1e-6)
+
 
 def test_import_refuses_a_graph_that_does_not_match(exported, tmp_path):
     folder, _ = exported
