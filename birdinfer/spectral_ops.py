@@ -57,7 +57,7 @@ def analysis_window(p: StftParams) -> np.ndarray:
     return full.astype(np.float32)
 
 
-def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 256) -> np.ndarray:
+def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64) -> np.ndarray:
     """``y`` ``(..., N)`` → power (or magnitude) spectrum ``(..., 1 + n_fft//2, T)`` float32 (a transposed view
     of time-major storage)."""
     y = np.asarray(y, dtype=np.float32)
@@ -86,8 +86,10 @@ def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 256) -> np.ndarray
             target = flat_out[b, at : at + block_frames]
             if p.power == 1.0:
                 np.abs(spectrum, out=target)
-            else:
-                np.add(np.square(spectrum.real), np.square(spectrum.imag), out=target)
+            else:  # |X|^2 on the interleaved (re, im) float32 view: square in place, add the pairs
+                parts = spectrum.view(np.float32)
+                np.square(parts, out=parts)
+                np.add(parts[:, 0::2], parts[:, 1::2], out=target)
             if scale is not None:
                 target *= scale
     return np.swapaxes(out, -1, -2)
