@@ -96,6 +96,12 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     core = ov.Core()
     files: dict[str, str] = {}
+    claimed: dict[str, Path] = {}  # output file name -> what it was made from (two sources may not share a name)
+
+    def claim(name: str, source: Path, where_: str) -> Path:
+        if claimed.setdefault(name, source) != source:
+            raise ModelFolderError(f"{where_}: {source} would be written as {name!r}, already taken by {claimed[name]}; rename one")
+        return safe_join(out, name, where=str(out))
     for m_index, entry in enumerate(data["models"]):
         at = f"{where}: models[{entry['name']!r}]"
         n_classes = len(entry["label_map"]["labels"]) if entry.get("label_map") else len(data["labels"])
@@ -106,16 +112,17 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
                 xml = safe_join(source_dir, variant["openvino"], where=f"{v_at}.openvino")
                 model = _read(core, xml, v_at)
                 written["openvino"] = xml.name
-                _copy(xml, safe_join(out, xml.name, where=str(out)))
-                _copy(xml.with_suffix(".bin"), safe_join(out, xml.with_suffix(".bin").name, where=str(out)))
+                _copy(xml, claim(xml.name, xml, f"{v_at}.openvino"))
+                _copy(xml.with_suffix(".bin"), claim(xml.with_suffix(".bin").name, xml.with_suffix(".bin"), f"{v_at}.openvino"))
             if variant.get("onnx"):
                 onnx = safe_join(source_dir, variant["onnx"], where=f"{v_at}.onnx")
                 model = _read(core, onnx, v_at)
                 written["onnx"] = onnx.name
-                _copy(onnx, safe_join(out, onnx.name, where=str(out)))
+                _copy(onnx, claim(onnx.name, onnx, f"{v_at}.onnx"))
                 if "openvino" not in written:  # convert: the OpenVINO backend reads IR
                     xml_name = f"{onnx.stem}.xml"
-                    ov.save_model(model, str(safe_join(out, xml_name, where=str(out))), compress_to_fp16=False)
+                    claim(f"{onnx.stem}.bin", onnx, f"{v_at}.onnx")
+                    ov.save_model(model, str(claim(xml_name, onnx, f"{v_at}.onnx")), compress_to_fp16=False)
                     written["openvino"] = xml_name
             if not written:
                 raise ModelFolderError(f"{v_at}: names no onnx or openvino file")

@@ -152,3 +152,17 @@ def test_class_count_checked_when_the_models_are_compiled(exported, tmp_path):
     (models / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelFolderError, match=r"model 'tiny': output 'logits' has 4 classes .* needs 5"):
         Predictor(models, precision="f32")
+
+
+def test_import_refuses_two_files_with_one_name(exported, tmp_path):
+    folder, _ = exported
+    (folder / "other").mkdir(exist_ok=True)
+    (folder / "other" / "tiny.onnx").write_bytes((folder / "tiny.onnx").read_bytes())
+    two = copy.deepcopy(SPEC)
+    second = copy.deepcopy(two["models"][0])
+    second["name"] = "tiny2"
+    second["variants"]["f32"]["onnx"] = "other/tiny.onnx"
+    two["models"].append(second)
+    (folder / "two.json").write_text(json.dumps(two))
+    with pytest.raises(ModelFolderError, match=r"models\['tiny2'\]\.variants\.f32\.onnx: .*other/tiny\.onnx would be written as 'tiny\.onnx'"):
+        import_folder(folder / "two.json", tmp_path / "m4")
