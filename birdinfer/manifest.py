@@ -26,6 +26,10 @@ Layout of ``manifest.json`` (format_version 1)::
       "files": {"efficientnet_b2_v1_first10.xml": "<sha256>", "efficientnet_b2_v1_first10.bin": "...", ...}
     }
 
+Format version 2 (any front end, windows, outputs, post-processing and ensemble, stated as registered ops
+and steps: ``docs/manifest_v2.md``) is parsed by :mod:`birdinfer.spec`; :meth:`Manifest.load` dispatches on
+``format_version`` and returns a :class:`birdinfer.spec.ManifestV2` (a subclass) for it.
+
 An input chunk is ``chunk_seconds`` of audio: ``(chunks, 1, n_mels, 2 * frames_per_window)`` dB values.
 A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s window is half a chunk.
 """
