@@ -65,8 +65,12 @@ def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64) -> np.ndarray:
         half = p.n_fft // 2
         if p.pad_mode == "reflect" and y.shape[-1] <= half:
             raise ValueError(f"reflect padding needs more than {half} samples, got {y.shape[-1]}")
-        pad = [(0, 0)] * (y.ndim - 1) + [(half, half)]
-        y = np.pad(y, pad, mode="reflect" if p.pad_mode == "reflect" else "constant")
+        if p.pad_mode == "reflect":
+            y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(half, half)], mode="reflect")
+        else:  # zeros (faster than np.pad)
+            padded = np.zeros(y.shape[:-1] + (y.shape[-1] + 2 * half,), dtype=np.float32)
+            padded[..., half : half + y.shape[-1]] = y
+            y = padded
     if y.shape[-1] < p.n_fft:
         y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, p.n_fft - y.shape[-1])])
     frames = np.lib.stride_tricks.sliding_window_view(y, p.n_fft, axis=-1)[..., :: p.hop_length, :]
@@ -77,13 +81,11 @@ def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64) -> np.ndarray:
     lead = frames.shape[:-2]
     n_frames, bins = frames.shape[-2], p.n_fft // 2 + 1
     out = np.empty(lead + (n_frames, bins), dtype=np.float32)
-    flat_in = frames.reshape((-1,) + frames.shape[-2:]) if lead else frames[None]
-    flat_out = out.reshape((-1, n_frames, bins))
-    for b in range(flat_in.shape[0]):
+    for index in np.ndindex(*lead):  # one signal at a time (no copy of a batch's overlapping frames)
         for at in range(0, n_frames, block_frames):
-            chunk = flat_in[b, at : at + block_frames] * window
+            chunk = frames[index][at : at + block_frames] * window
             spectrum = scipy.fft.rfft(chunk, axis=-1, overwrite_x=True)
-            target = flat_out[b, at : at + block_frames]
+            target = out[index][at : at + block_frames]
             if p.power == 1.0:
                 np.abs(spectrum, out=target)
             else:  # |X|^2 on the interleaved (re, im) float32 view: square in place, add the pairs

@@ -93,12 +93,13 @@ def neighbours(x: Signal, p: NeighboursParams, block: Block) -> Signal:
         lo, hi = max(j * length, start), min((j + 1) * length, start + crop)
         if hi <= lo:
             continue
-        src = np.arange(n) + shift
-        inside = (src >= 0) & (src < n)
-        piece = v[np.clip(src, 0, n - 1)][..., lo - j * length : hi - j * length]
-        if p.edge == "zeros":
-            piece = np.where(inside.reshape((-1,) + (1,) * (v.ndim - 1)), piece, np.float32(0.0))
-        out[..., lo - start : hi - start] = piece
+        target = out[..., lo - start : hi - start]
+        part = v[..., lo - j * length : hi - j * length]  # only the columns kept, copied once into place
+        first, last = max(0, -shift), min(n, n - shift)  # windows k whose neighbour k + shift exists
+        if last > first:
+            target[first:last] = part[first + shift : last + shift]
+        for k in list(range(0, min(first, n))) + list(range(max(last, first), n)):  # file edges
+            target[k] = part[min(max(k + shift, 0), n - 1)] if p.edge == "repeat" else np.float32(0.0)
     w = x.windows
     layout = replace(w, length_rows=w.length_rows * crop / length,
                      lead_rows=w.lead_rows + (p.before * length - start) / length * w.length_rows)
