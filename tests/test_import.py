@@ -63,7 +63,11 @@ def exported(tmp_path_factory) -> tuple[Path, "torch.nn.Module"]:
     return folder, net
 
 
-def _reference(path: Path, net) -> np.ndarray:
+def _sigmoid_outputs(net, x: "torch.Tensor") -> np.ndarray:
+    return torch.sigmoid(net(x)).numpy()
+
+
+def _reference(path: Path, net, head=_sigmoid_outputs) -> np.ndarray:
     """The spec's inference with librosa and torch, written out plainly."""
     y, _ = librosa.load(path, sr=SR)
     rows = max(1, len(y) // (5 * SR))
@@ -76,7 +80,7 @@ def _reference(path: Path, net) -> np.ndarray:
         db = librosa.power_to_db(mel, ref=1.0, top_db=80.0)
         windows.append((db - db.min()) / (db.max() - db.min() + 1e-6))
     with torch.no_grad():
-        probs = torch.sigmoid(net(torch.from_numpy(np.stack(windows)[:, None].astype(np.float32)))).numpy()
+        probs = head(net, torch.from_numpy(np.stack(windows)[:, None].astype(np.float32)))
     from scipy.ndimage import convolve1d
 
     return convolve1d(probs.astype(np.float64), [0.2, 0.6, 0.2], axis=0, mode="nearest")
@@ -166,3 +170,52 @@ def test_import_refuses_two_files_with_one_name(exported, tmp_path):
     (folder / "two.json").write_text(json.dumps(two))
     with pytest.raises(ModelFolderError, match=r"models\['tiny2'\]\.variants\.f32\.onnx: .*other/tiny\.onnx would be written as 'tiny\.onnx'"):
         import_folder(folder / "two.json", tmp_path / "m4")
+
+
+class TwoHeads(torch.nn.Module):
+    """A tiny network with two outputs: clip logits (B, C) and frame logits (B, C, T)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(1, 8, kernel_size=(N_MELS, 25), stride=(1, 25))
+        self.frame = torch.nn.Conv1d(8, len(LABELS), 1)
+        self.clip = torch.nn.Linear(8, len(LABELS))
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x * 4 - 2)).squeeze(2)  # (B, 8, T)
+        return self.clip(h.mean(dim=2)), self.frame(h)
+
+
+def _blend_head(net, x) -> np.ndarray:
+    clip, frame = net(x)
+    return (0.5 * torch.sigmoid(clip) + 0.5 * torch.sigmoid(frame).amax(dim=2)).numpy()
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_two_named_outputs_blended(tmp_path, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    net = TwoHeads().eval()
+    torch.onnx.export(net, torch.zeros(2, 1, N_MELS, FRAMES), str(tmp_path / "two.onnx"), input_names=["x"],
+                      output_names=["clip", "frame"], dynamic_axes={"x": {0: "w"}, "clip": {0: "w"}, "frame": {0: "w"}},
+                      opset_version=17, dynamo=False)
+    spec = copy.deepcopy(SPEC)
+    spec["models"][0].update(name="two", variants={"f32": {"onnx": "two.onnx"}}, outputs=[
+        {"name": "frames", "kind": "frame_logits", "index": 1}, {"name": "clip", "kind": "clip_logits", "index": 0}])
+    spec["models"][0]["steps"] = [
+        {"step": "sigmoid", "output": "clip"}, {"step": "sigmoid", "output": "frames"},
+        {"step": "reduce_frames", "output": "frames", "into": "frame_max", "how": "max"},
+        {"step": "blend", "weights": {"clip": 0.5, "frame_max": 0.5}, "into": "mix"},
+        {"step": "clip_rows", "output": "mix"}]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    manifest = import_folder(tmp_path / "spec.json", tmp_path / "models")
+    assert manifest.models[0].outputs[0].shape == (-1, len(LABELS), FRAMES // 25)
+    write_ogg(tmp_path / "audio" / "c.ogg", 20.0, seed=7)
+    from birdinfer.pipeline import make_submission
+
+    sub = make_submission(tmp_path / "audio", tmp_path / "models", out=None, precision="f32", backend=backend, progress=False)
+    with torch.no_grad():
+        expected = _reference(tmp_path / "audio" / "c.ogg", net, _blend_head)
+    assert np.abs(sub[LABELS].to_numpy() - expected).max() < 1e-4
+    assert sub[LABELS].to_numpy().std() > 1e-3

@@ -199,3 +199,16 @@ def test_graph_shares_identical_prefixes(monkeypatch):
     out = FrontEndGraph(parse_spec(spec))(signal(10.0))
     assert len(calls) == 1
     assert out["a"].data.shape == out["b"].data.shape == (2, 32, 200)
+
+
+def test_pad_modes_and_wave_normalisations():
+    y = signal(1.0, seed=7)
+    b = block_for(y)
+    for mode in ("reflect", "edge"):
+        got = op("pad", Signal(y), b, left_seconds=0.01, right_seconds=0.02, mode=mode)
+        np.testing.assert_array_equal(got.data, np.pad(y, (320, 640), mode=mode))
+    np.testing.assert_array_equal(op("pad", Signal(y), b, left_seconds=0.01, value=0.5).data[:320], 0.5)
+    z = op("normalize_wave", Signal(y), b, method="zscore").data
+    np.testing.assert_allclose(z, (y - y.mean()) / (y.std() + 1e-8), atol=1e-5)
+    r = op("normalize_wave", Signal(y), b, method="rms").data
+    np.testing.assert_allclose(r, y / (np.sqrt(np.mean(y.astype(np.float64) ** 2)) + 1e-8), atol=1e-5)
