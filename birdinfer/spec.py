@@ -227,8 +227,13 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     for i, o in enumerate(data["outputs"] if isinstance(data["outputs"], list) else []):
         if not isinstance(o, Mapping) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str):
             raise _err(where, f"{at}.outputs[{i}]: needs 'name' and 'kind' (one of {', '.join(OUTPUT_KINDS)}), got {o!r}")
-        o_shape = tuple(int(x) for x in o["shape"]) if o.get("shape") is not None else None
-        outputs.append(OutputSpec(o["name"], o["kind"], int(o.get("index", i)), o_shape))
+        try:
+            o_shape = tuple(int(x) for x in o["shape"]) if o.get("shape") is not None else None
+            outputs.append(OutputSpec(o["name"], o["kind"], int(o.get("index", i)), o_shape))
+        except (TypeError, ValueError) as e:
+            raise _err(where, f"{at}.outputs[{i}]: 'index' and 'shape' must be whole numbers: {e}") from None
+    if len({o.name for o in outputs}) != len(outputs):
+        raise _err(where, f"{at}.outputs: names must be unique")
     if not outputs:
         raise _err(where, f"{at}.outputs: list at least one graph output")
     label_map = None
@@ -236,7 +241,12 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         lm = data["label_map"]
         if not isinstance(lm, Mapping) or not isinstance(lm.get("labels"), list) or set(lm) - {"labels", "fill"}:
             raise _err(where, f"{at}.label_map must be {{\"labels\": [...], \"fill\": 0.0}}")
-        label_map = LabelMap(tuple(str(x) for x in lm["labels"]), float(lm.get("fill", 0.0)))
+        try:
+            label_map = LabelMap(tuple(str(x) for x in lm["labels"]), float(lm.get("fill", 0.0)))
+        except (TypeError, ValueError) as e:
+            raise _err(where, f"{at}.label_map.fill must be a number: {e}") from None
+        if len(set(label_map.labels)) != len(label_map.labels):
+            raise _err(where, f"{at}.label_map.labels has duplicates")
         if not set(label_map.labels) & set(manifest_labels):
             raise _err(where, f"{at}.label_map.labels shares no label with 'labels'")
     n_classes = len(label_map.labels) if label_map else len(manifest_labels)
@@ -304,6 +314,12 @@ def _variants(data: Any, *, where: str, at: str, folder) -> dict[str, ModelVaria
     return out
 
 
+def _weight(value: Any, where: str, at: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise _err(where, f"{at}.weight must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, name: str = "ensemble",
            weight: float = 1.0) -> GroupSpec:
     if not isinstance(data, Mapping) or set(data) - {"members", "steps", "name", "weight"}:
@@ -322,10 +338,10 @@ def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, n
             if "model" in item:
                 if set(item) - {"model", "weight"} or item["model"] not in models:
                     raise _err(where, f"{m_at}: needs 'model' naming a model (known: {', '.join(models)}) and optional 'weight'")
-                members.append(MemberRef(item["model"], float(item.get("weight", models[item["model"]].weight))))
+                members.append(MemberRef(item["model"], _weight(item.get("weight", models[item["model"]].weight), where, m_at)))
             else:
                 members.append(_group(item, models, where=where, at=m_at, name=str(item.get("name", f"group{i}")),
-                                      weight=float(item.get("weight", 1.0))))
+                                      weight=_weight(item.get("weight", 1.0), where, m_at)))
     raw_steps = data.get("steps", [{"step": "weighted_mean"}])
     if not isinstance(raw_steps, list) or not raw_steps:
         raise _err(where, f"{at}.steps must start with a combine step ({', '.join(COMBINE_STEPS.names())})")

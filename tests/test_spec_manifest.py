@@ -126,3 +126,10 @@ def test_version_1_manifests_still_load_as_version_1(tmp_path):
     v1.save(tmp_path)
     manifest = Manifest.load(tmp_path)
     assert type(manifest) is Manifest and manifest.format_version == 1 and manifest.to_dict() == v1.to_dict()
+
+
+def test_bad_values_in_outputs_label_map_and_members(tmp_path):
+    broken(tmp_path, lambda d: d["models"][0]["outputs"][0].update(index="first"), r"outputs\[0\]: 'index' and 'shape' must be whole numbers")
+    broken(tmp_path, lambda d: d["models"][0]["label_map"].update(labels=["a", "a"]), r"label_map\.labels has duplicates")
+    broken(tmp_path, lambda d: d["ensemble"]["members"][0].update(weight=-1), r"ensemble\.members\[0\]\.weight must be a finite number >= 0")
+    broken(tmp_path, lambda d: d["models"][0]["outputs"][0].update(kind="logits"), r"outputs\[0\]: needs 'name' and 'kind'")
