@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
@@ -102,7 +103,7 @@ def coerce(value: Any, hint: Any) -> Any:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(repr(a) for a in args)}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
