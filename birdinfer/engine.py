@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ParameterError
 from .frontend_ops import Block, Signal
+from .spectral_ops import FUSED
 from .spec import GroupSpec, ManifestV2, MemberRef, ModelSpec
 from .steps import Outputs
 
@@ -52,10 +53,20 @@ class FrontEndGraph:
         out = {}
         for name in self.names:
             signal, key = Signal(y), ()
-            for step, step_key in zip(self.manifest.features[name], self._keys[name]):
-                key = key + (step_key,)
-                if key not in cache:
-                    cache[key] = step.entry.fn(signal, step.params, block)
+            steps, keys, i = self.manifest.features[name], self._keys[name], 0
+            while i < len(steps):
+                step, after = steps[i], steps[i + 1] if i + 1 < len(steps) else None
+                fused = FUSED.get((step.name, after.name)) if after is not None and signal.data.ndim == 1 else None
+                if fused is not None:  # e.g. stft + resize_time: only the frames the resize reads
+                    key = key + (keys[i], keys[i + 1])
+                    if key not in cache:
+                        cache[key] = fused(signal, step.params, after.params, block)
+                    i += 2
+                else:
+                    key = key + (keys[i],)
+                    if key not in cache:
+                        cache[key] = step.entry.fn(signal, step.params, block)
+                    i += 1
                 signal = cache[key]
             out[name] = signal
         return out

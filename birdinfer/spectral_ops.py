@@ -57,9 +57,9 @@ def analysis_window(p: StftParams) -> np.ndarray:
     return full.astype(np.float32)
 
 
-def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64) -> np.ndarray:
+def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64, only: np.ndarray | None = None) -> np.ndarray:
     """``y`` ``(..., N)`` → power (or magnitude) spectrum ``(..., 1 + n_fft//2, T)`` float32 (a transposed view
-    of time-major storage)."""
+    of time-major storage); with ``only`` (sorted frame indices) just those frames, in that order."""
     y = np.asarray(y, dtype=np.float32)
     if p.center:
         half = p.n_fft // 2
@@ -74,6 +74,8 @@ def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64) -> np.ndarray:
     if y.shape[-1] < p.n_fft:
         y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, p.n_fft - y.shape[-1])])
     frames = np.lib.stride_tricks.sliding_window_view(y, p.n_fft, axis=-1)[..., :: p.hop_length, :]
+    if only is not None:
+        frames = frames[..., only, :]  # gathers only the frames asked for
     window = analysis_window(p)
     scale = np.float32(1.0 / float(np.sum(window.astype(np.float64) ** 2))) if p.normalized else None
     if p.normalized and p.power == 1.0:
@@ -114,6 +116,12 @@ def stft_op(x: Signal, p: StftParams, block: Block) -> Signal:
                    frames_per_row=fpr if float(fpr).is_integer() else None)
 
 
+def n_stft_frames(n_samples: int, p: StftParams) -> int:
+    padded = n_samples + (2 * (p.n_fft // 2) if p.center else 0)
+    return 1 + (max(padded, p.n_fft) - p.n_fft) // p.hop_length
+
+
+
 # ------------------------------------------------------------------------------------------- resize
 @dataclass(frozen=True)
 class ResizeParams:
@@ -131,13 +139,34 @@ def _infer_resize(s: Static, p: ResizeParams) -> Static:
 
 @OPS.register("resize_time", ResizeParams, infer=_infer_resize)
 def resize_time(x: Signal, p: ResizeParams, block: Block) -> Signal:
-    width = max(1, block.n_samples * p.frames_per_row // block.row_samples)
-    i0, i1, frac = resize_plan(x.data.shape[-1], width)
-    w1 = frac
-    w0 = np.float32(1.0) - frac
-    out = x.data[..., i0] * w0
-    out += x.data[..., i1] * w1
-    return replace(x, data=out, frames_per_row=float(p.frames_per_row))
+    i0, i1, frac = resize_plan(x.data.shape[-1], _width(block, p))
+    return replace(x, data=_interpolate(x.data, i0, i1, frac), frames_per_row=float(p.frames_per_row))
+
+
+def _width(block: Block, p: ResizeParams) -> int:
+    return max(1, block.n_samples * p.frames_per_row // block.row_samples)
+
+
+def _interpolate(data: np.ndarray, i0: np.ndarray, i1: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    out = data[..., i0] * (np.float32(1.0) - frac)
+    out += data[..., i1] * frac
+    return out
+
+
+def stft_then_resize(x: Signal, sp: StftParams, rp: ResizeParams, block: Block) -> Signal:
+    """``stft`` then ``resize_time`` on a whole signal, computing only the STFT frames the resize reads (about
+    two per output column): the same numbers as the two ops one after the other. Used by the executor
+    (:data:`FUSED`)."""
+    i0, i1, frac = resize_plan(n_stft_frames(x.data.shape[-1], sp), _width(block, rp))
+    needed = np.unique(np.concatenate([i0, i1]))
+    spectrum = stft(x.data, sp, only=needed)
+    out = _interpolate(spectrum, np.searchsorted(needed, i0), np.searchsorted(needed, i1), frac)
+    return replace(stft_op(Signal(x.data[:0]), sp, block), data=out, pad_left=x.pad_left, pad_right=x.pad_right,
+                   frames_per_row=float(rp.frames_per_row))
+
+
+#: Pairs of ops the executor runs as one function on a whole (unwindowed) signal: same numbers, less work.
+FUSED = {("stft", "resize_time"): stft_then_resize}
 
 
 # ---------------------------------------------------------------------------------------------- mel

@@ -212,3 +212,16 @@ def test_pad_modes_and_wave_normalisations():
     np.testing.assert_allclose(z, (y - y.mean()) / (y.std() + 1e-8), atol=1e-5)
     r = op("normalize_wave", Signal(y), b, method="rms").data
     np.testing.assert_allclose(r, y / (np.sqrt(np.mean(y.astype(np.float64) ** 2)) + 1e-8), atol=1e-5)
+
+
+def test_fused_stft_resize_equals_the_two_ops():
+    from birdinfer.spectral_ops import FUSED
+
+    y = signal(12.3, seed=8)
+    b = block_for(y)
+    stft_params = {"n_fft": 2048, "hop_length": 64}
+    two = op("resize_time", op("stft", Signal(y), b, **stft_params), b, frames_per_row=256)
+    fused = FUSED[("stft", "resize_time")](Signal(y), build_params(spectral_ops.StftParams, stft_params, where="t"),
+                                            build_params(spectral_ops.ResizeParams, {"frames_per_row": 256}, where="t"), b)
+    np.testing.assert_array_equal(fused.data, two.data)
+    assert (fused.kind, fused.hop, fused.n_fft, fused.frames_per_row) == ("spec", 64, 2048, 256.0)
