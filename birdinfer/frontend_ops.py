@@ -307,7 +307,7 @@ def windows(x: Signal, p: WindowsParams, block: Block) -> Signal:
 # ----------------------------------------------------------------------------------------- normalize
 @dataclass(frozen=True)
 class NormParams:
-    method: Literal["zscore", "minmax", "zscore_minmax", "affine", "clamp"]
+    method: Literal["none", "zscore", "minmax", "zscore_minmax", "affine", "clamp"]
     eps: float = 1e-6
     ddof: int = 1
     scale: float = 1.0
