@@ -104,8 +104,12 @@ def calibration_input(info: dict, *, seed: int, windows: int = 4) -> torch.Tenso
             x = np.concatenate([mel[:-1], mel[1:]], axis=-1)[..., 160:-160]
             batch.append(librosa.power_to_db(x, ref=1.0, top_db=100.0)[:, None].astype(np.float32))
         return torch.from_numpy(np.concatenate(batch))
-    if head == "wave_sed":  # 2025 2nd: peak-normalised 5 s pieces
+    if head == "wave_sed":  # 2025 2nd: peak-normalised 5 s pieces, some left-padded like a file's last piece
         y = np.concatenate([a.reshape(windows, 5 * SR) for a in _calibration_audio(5.0 * windows, seed)])
+        padded = y[::2].copy()
+        for i, cut in enumerate(np.random.default_rng(seed).uniform(0.2, 0.9, len(padded))):
+            padded[i, : int(cut * 5 * SR)] = 0.0
+        y = np.concatenate([y, padded])
         return torch.from_numpy(y / np.maximum(np.abs(y).max(axis=1, keepdims=True), 1e-12)).float()
     raise ValueError(f"no calibration input for head {head!r}")
 
