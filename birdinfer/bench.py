@@ -393,6 +393,9 @@ def run_bench(
     for mode in modes:
         parse_mode(mode)  # fail early on a typo
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    if manifest.format_version != 1:
+        raise ParameterError(f"{manifest._where}: `birdinfer bench` times the stages of version 1 folders; for a "
+                             "version 2 folder use `birdinfer submit --report run.json` (model, decode and front-end seconds)")
     if plot is not None:
         _import_pyplot()  # fail before the long part
 

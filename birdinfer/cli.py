@@ -140,6 +140,24 @@ def _cmd_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- import
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="your ONNX/OpenVINO models + a spec (manifest v2, docs/manifest_v2.md) → model folder")
+    p.add_argument("spec", type=Path, help="spec JSON: a version 2 manifest without 'files'; graph files relative to it")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args) -> int:
+    from .importer import import_folder
+
+    manifest = import_folder(args.spec, args.out, overwrite=args.force)
+    if not args.quiet:
+        print(f"birdinfer import: {len(manifest.models)} model(s), {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- bundle
 def _add_bundle(sub) -> None:
     p = sub.add_parser("bundle", help="build the offline Kaggle dataset folder (wheels + models)")
@@ -321,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_submit, _add_predict, _add_export, _add_bundle, _add_bench, _add_synth, _add_score,
+    for add in (_add_submit, _add_predict, _add_export, _add_import, _add_bundle, _add_bench, _add_synth, _add_score,
                 _add_train, _add_pseudo, _add_demo):
         add(sub)
     return parser

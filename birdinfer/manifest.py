@@ -26,6 +26,10 @@ Layout of ``manifest.json`` (format_version 1)::
       "files": {"efficientnet_b2_v1_first10.xml": "<sha256>", "efficientnet_b2_v1_first10.bin": "...", ...}
     }
 
+Format version 2 (any front end, windows, outputs, post-processing and ensemble, stated as registered ops
+and steps: ``docs/manifest_v2.md``) is parsed by :mod:`birdinfer.spec`; :meth:`Manifest.load` dispatches on
+``format_version`` and returns a :class:`birdinfer.spec.ManifestV2` (a subclass) for it.
+
 An input chunk is ``chunk_seconds`` of audio: ``(chunks, 1, n_mels, 2 * frames_per_window)`` dB values.
 A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s window is half a chunk.
 """
@@ -284,6 +288,8 @@ class Manifest:
     folder: Path | None = None  # where it was read from (not serialised)
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form provenance (not interpreted)
 
+    format_version = FORMAT_VERSION  # class attribute; birdinfer.spec.ManifestV2 says 2
+
     # ----------------------------------------------------------------- derived
     @property
     def window_samples(self) -> int:
@@ -360,10 +366,14 @@ class Manifest:
         where = str(Path(folder) / MANIFEST_NAME) if folder else "manifest"
         if data.get("format") != FORMAT:
             raise ModelFolderError(f"{where}: not a birdinfer model folder manifest (format={data.get('format')!r})")
+        if data.get("format_version") == 2 and cls is Manifest:  # a whole inference as data: birdinfer.spec
+            from .spec import parse_spec
+
+            return parse_spec(data, folder=folder)
         if data.get("format_version") != FORMAT_VERSION:
             raise ModelFolderError(
                 f"{where}: format_version {data.get('format_version')!r} is not supported by this birdinfer "
-                f"(supports {FORMAT_VERSION}); upgrade birdinfer or re-export"
+                f"(supports {FORMAT_VERSION} and 2); upgrade birdinfer or re-export"
             )
         try:
             manifest = cls(

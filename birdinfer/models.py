@@ -364,6 +364,9 @@ class _OpenVinoLoader:
         ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
         precision = f"{variant}+{ran}" if variant != "f32" else ran
         requests = [compiled.create_infer_request() for _ in range(streams)]
+        named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
+        if named is not None:
+            return _named_openvino_runner(compiled, requests, entry, fixed, streams), precision
         input_port = compiled.input(0)
         output_port = compiled.output(0)
 
@@ -386,6 +389,38 @@ class _OpenVinoLoader:
         run.streams = streams
         run.kernels = kernel_families(compiled)
         return run, precision
+
+
+def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams: int):
+    """Runner returning a list of arrays, one per ``entry.named_outputs`` index (manifest version 2)."""
+    input_port = compiled.input(entry.input_name) if getattr(entry, "input_name", None) else compiled.input(0)
+    ports = [compiled.output(i) for i in entry.named_outputs]
+    for spec, port in zip(entry.outputs, ports):  # before any audio: the class axis must fit the labels
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() > 1 and shape[1].is_static and shape[1].get_length() != entry.n_classes:
+            raise ModelFolderError(f"model {entry.name!r}: output {spec.name!r} has {shape[1].get_length()} classes "
+                                   f"({shape}), the manifest needs {entry.n_classes} (labels after the label map)")
+
+    def collect(r) -> list[np.ndarray]:
+        return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]
+
+    if streams == 1:
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            requests[0].infer({input_port: x})
+            return collect(requests[0])
+    else:
+        step = fixed // streams
+
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            for i, r in enumerate(requests):
+                r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
+            for r in requests:
+                r.wait()
+            parts = [collect(r) for r in requests]
+            return [np.concatenate([p[i] for p in parts]) for i in range(len(ports))]
+
+    run.streams = streams
+    return run
 
 
 def _short_type(text: str) -> str:
@@ -419,6 +454,15 @@ class _OnnxRuntimeLoader:
         except Exception as e:
             raise BackendError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
         input_name = session.get_inputs()[0].name
+        named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
+        if named is not None:
+            input_name = getattr(entry, "input_name", None) or input_name
+
+            def run_named(x: np.ndarray) -> list[np.ndarray]:
+                outs = session.run(None, {input_name: x})
+                return [np.asarray(outs[i], dtype=np.float32) for i in named]
+
+            return run_named, "f32"
 
         def run(x: np.ndarray) -> np.ndarray:
             return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)

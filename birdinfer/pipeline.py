@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .audio import iter_audio_blocks
+from .engine import WHOLE_FILE_SECONDS, SpecEngine
 from .ensemble import combine, smooth, window_probabilities
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.pipeline import TimeBudget` keeps working
 from .errors import AudioDecodeError, ParameterError
@@ -116,7 +117,12 @@ class Predictor:
         self.manifest = manifest
         self.sample_rate = manifest.sample_rate
         self.window_samples = manifest.window_samples
-        self.block_samples = int(round(BLOCK_SECONDS * manifest.sample_rate))
+        # Version 2 folders (birdinfer.spec) state their own block length; None = the whole file at once.
+        v2 = manifest.format_version == 2
+        self.block_seconds = (manifest.block_seconds or WHOLE_FILE_SECONDS) if v2 else BLOCK_SECONDS
+        if v2:
+            self.parallel_models = 1
+        self.block_samples = int(round(self.block_seconds * manifest.sample_rate))
         start = time.perf_counter()
         self.isa = effective_isa()
         plans, self.plan_summary = plan_models(manifest, precision=precision, backend=backend, isa=self.isa)
@@ -133,6 +139,7 @@ class Predictor:
                 model.run(np.full((1,) + tuple(model.entry.input_shape[1:]), -100.0, np.float32))
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
+        self._engine = SpecEngine(manifest, self.models) if v2 else None
         self.backend = backend
         self.active: list[str] = [m.name for m in self.models]
         self._front_ends: dict[tuple[str, ...], FrontEnd] = {}
@@ -169,11 +176,19 @@ class Predictor:
     # ------------------------------------------------------------------ blocks
     def block_windows(self, n_samples: int, block_index: int) -> int:
         """Rows of a block (see the module docstring for the rule)."""
+        if self._engine is not None:
+            return self.manifest.n_rows(n_samples, block_index)
         rows = n_samples // self.window_samples
         return 1 if rows == 0 and block_index == 0 and n_samples > 0 else rows
 
     def features(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        if self._engine is not None:
+            return self._engine.features(block, self.active)
         return self.front_end()(block)
+
+    def _combine(self, per_model: dict[str, np.ndarray]):
+        """One block's ensemble (version 1); version 2 keeps the per-model rows for :meth:`finish`."""
+        return per_model if self._engine is not None else combine(self.manifest, per_model)
 
     def infer_block(self, features: dict[str, np.ndarray], n_windows: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
         """Run every active model on one block's features → per-model window probabilities.
@@ -182,6 +197,8 @@ class Predictor:
         and ONNX Runtime release the GIL). Each model is then charged its share of the block's wall time (as
         read by ``clock``), in proportion to its own run time, so the charges add up to wall time as the
         time budget assumes."""
+        if self._engine is not None:
+            return self._engine.infer_block(features, n_windows, self.active, self.model_seconds, self.model_calls, clock)
         active = set(self.active)
         if self._pool is not None and len(active) > 1:
             return self._infer_parallel([m for m in self.models if m.name in active], features, n_windows, clock)
@@ -229,6 +246,8 @@ class Predictor:
 
     def finish(self, parts: list[np.ndarray]) -> np.ndarray:
         """Concatenate a file's per-block ensembled rows and smooth them."""
+        if self._engine is not None:
+            return self._engine.finish(parts)
         rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
         return smooth(rows, self.manifest.smoothing)
 
@@ -245,16 +264,16 @@ class Predictor:
             block = y[start : start + self.block_samples]
             n = self.block_windows(block.size, index)
             if n:
-                parts.append(combine(self.manifest, self.infer_block(self.features(block), n)))
+                parts.append(self._combine(self.infer_block(self.features(block), n)))
         return self.finish(parts)
 
     def predict_file(self, path: str | Path) -> np.ndarray:
         """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
         parts = []
-        for index, block in enumerate(iter_audio_blocks(path, block_seconds=BLOCK_SECONDS, sample_rate=self.sample_rate)):
+        for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
             n = self.block_windows(block.size, index)
             if n:
-                parts.append(combine(self.manifest, self.infer_block(self.features(block), n)))
+                parts.append(self._combine(self.infer_block(self.features(block), n)))
         if not parts:
             raise AudioDecodeError(path, "no samples")
         return self.finish(parts)
@@ -272,7 +291,7 @@ class Predictor:
                 if stop.is_set():
                     return
                 try:
-                    blocks = iter_audio_blocks(path, block_seconds=BLOCK_SECONDS, sample_rate=self.sample_rate)
+                    blocks = iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)
                     block_index = 0
                     pending: _Block | None = None
                     while True:
@@ -349,7 +368,7 @@ class Predictor:
                     yield FileResult(path, None, item.error, clock() - file_start)
                     continue
                 if item.n_windows:
-                    parts.append(combine(self.manifest, self.infer_block(item.features, item.n_windows, clock)))
+                    parts.append(self._combine(self.infer_block(item.features, item.n_windows, clock)))
                 if item.last:
                     yield FileResult(path, self.finish(parts), None, clock() - file_start, tuple(self.active))
         finally:

@@ -186,7 +186,10 @@ def export_models(
 ) -> Manifest:
     """Export the recipe's models found in ``checkpoints`` into the model folder ``out``; return its manifest.
 
-    - ``recipe``: recipe file or :class:`Recipe` (default: the 4th-place recipe, ``weights/birdclef2025_4th.json``).
+    - ``recipe``: recipe file or :class:`Recipe` (default: the 4th-place recipe, ``weights/birdclef2025_4th.json``);
+      or a version 2 spec of another solution (``weights/birdclef20xx_*.spec.json``, heads ``gem_sed``,
+      ``classifier``, ``wave_sed``): its checkpoints are read in that solution's own format, exported to ONNX
+      and the folder is built by ``birdinfer import`` (:func:`birdinfer_export.solutions.export_solution`; f32 only).
     - ``taxonomy``: ``taxonomy.csv``; its ``primary_label`` column (file order) becomes the labels. Without
       it labels are ``class_000``, ... (with a warning), their count taken from the first checkpoint.
     - ``models``: checkpoint stems to export (each must exist); default: every recipe model whose
@@ -236,6 +239,14 @@ def export_models(
     out = Path(out)
     if not checkpoints.is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoints} does not exist or is not a folder")
+    if recipe is not None and not isinstance(recipe, Recipe) and _is_spec_v2(recipe):
+        # another solution's pipeline (weights/birdclef20xx_*.spec.json): its heads, its checkpoint formats
+        if precision != "f32":
+            raise ParameterError(f"{recipe}: precision {precision!r} is not available for version 2 specs yet; use 'f32'")
+        from .solutions import export_solution
+
+        labels = read_taxonomy_labels(taxonomy) if taxonomy is not None else None
+        return export_solution(recipe, checkpoints, out, models=list(models) if models else None, labels=labels)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     selected = _select_models(recipe, checkpoints, models)
 
@@ -309,6 +320,17 @@ def export_models(
     manifest.validate()
     manifest.save(out)
     return Manifest.load(out)
+
+
+def _is_spec_v2(path: str | Path) -> bool:
+    """True when ``path`` is a version 2 spec (``"format": "birdinfer-model-folder"``) rather than a recipe."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # load_recipe reports unreadable files
+    return isinstance(data, dict) and data.get("format") == "birdinfer-model-folder"
 
 
 def _now() -> str:

@@ -1,0 +1,1 @@
+"""Plain torch/librosa transcriptions of other teams' inference (facts in docs/solutions/), used as oracles."""
