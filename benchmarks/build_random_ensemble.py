@@ -5,7 +5,7 @@ all 16 recipe models (206 classes, realistic bn0 statistics, seed = recipe index
 exported with ``precision="int8"`` (the f32 IR and an NNCF INT8 IR per model) into ``OUT/models``, with
 verification and INT8 calibration on synthetic 60 s soundscapes written to ``OUT/calibration``.
 
-    python benchmarks/build_random_ensemble.py --out /work/ensemble16 [--precision f32] [--models STEM ...]
+    python benchmarks/build_random_ensemble.py --out E [--precision f32] [--models STEM ...]
         [--keep-depthwise --models-out models_dw]
 
 Takes ~20-40 min on 2 cores (export + parity checks + INT8 calibration of 16 models).

@@ -16,8 +16,8 @@ alone costs seconds); then ``--rounds`` rounds over the same files alternate bet
 machine's load drifts by ±50 % within minutes) and each mode's best round is reported. Printed: per-file seconds, ratios, the front end's share of wall time, the
 models' fraction of the measured f32 matrix peak, and the issue-5 targets met or not.
 
-    python benchmarks/compare_reference.py --models /work/models16 [--audio DIR] [--files 4] [--json OUT]
-        [--alt-models /work/models16_dw]   # a second INT8 export, timed as birdinfer_fast_alt
+    python benchmarks/compare_reference.py --models E/models [--audio DIR] [--files 4] [--json OUT]
+        [--alt-models E/models_dw]   # a second INT8 export, timed as birdinfer_fast_alt
         [--cpu-class native avx512 avx2 | all]   # per CPU class, in a child process under its oneDNN cap
 """
 

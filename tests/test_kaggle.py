@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -258,24 +259,49 @@ def test_bundle_for_kaggle_python_312_fits_cp312_manylinux(tmp_path, package_ind
     _sha256sums_match(bundle)
 
 
-@pytest.fixture(scope="session")
-def kaggle_venv(tmp_path_factory, small_model_folder, package_index):
-    """(bundle, venv python, figures): a bundle for this Python with the image packages, installed offline."""
-    root = tmp_path_factory.mktemp("kaggle")
-    figures: dict[str, float] = {}
+def _kaggle_python() -> str | None:
+    """A CPython 3.12 interpreter (Kaggle's version): ``BIRDINFER_TEST_PYTHON312``, ``python3.12`` on PATH, or a
+    pyenv-installed 3.12; None when this machine has none."""
+    candidates = [os.environ.get("BIRDINFER_TEST_PYTHON312"), shutil.which("python3.12")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += [str(p) for p in sorted(pyenv_root.glob("versions/3.12*/bin/python3.12"), reverse=True)]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        probe = subprocess.run([candidate, "-c", "import sys, venv; print(sys.version_info[:2] == (3, 12))"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session", params=["host", "3.12"])
+def kaggle_venv(request, tmp_path_factory, small_model_folder, package_index):
+    """(bundle, venv python, figures): a bundle for this Python (``host``) or for Kaggle's Python 3.12, with the
+    image packages, installed offline into a fresh venv of that Python."""
+    if request.param == "host":
+        base_python, version = sys.executable, HOST_PYTHON
+    else:
+        if HOST_PYTHON == "3.12":
+            pytest.skip("the host Python is 3.12: the 'host' case already runs it")
+        base_python, version = _kaggle_python(), "3.12"
+        if base_python is None:
+            pytest.skip("no CPython 3.12 on this machine (set BIRDINFER_TEST_PYTHON312): Kaggle's Python not tested")
+    root = tmp_path_factory.mktemp(f"kaggle{version}")
+    figures: dict[str, float] = {"python": float(version)}
     t0 = time.perf_counter()
-    bundle = build_bundle(small_model_folder, root / "input" / "birdinfer-bundle", python_version=HOST_PYTHON,
+    bundle = build_bundle(small_model_folder, root / "input" / "birdinfer-bundle", python_version=version,
                           include_image_packages=True, progress=False)
     figures["bundle_build_s"] = time.perf_counter() - t0
     assert not list((bundle / "models").glob("*.onnx")), "the default bundle ships the OpenVINO IR only"
     figures["models_mb"] = sum(p.stat().st_size for p in (bundle / "models").iterdir()) / 1e6
     figures["bundle_mb"] = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 1e6
     figures["wheels_mb"] = sum(p.stat().st_size for p in (bundle / "wheels").glob("*.whl")) / 1e6
-    check_wheel_tags(bundle / "wheels", HOST_PYTHON, "manylinux_2_28_x86_64")
+    check_wheel_tags(bundle / "wheels", version, "manylinux_2_28_x86_64")
 
     venv = root / "venv"
     t0 = time.perf_counter()
-    _run([sys.executable, "-m", "venv", venv])
+    _run([base_python, "-m", "venv", venv])
     figures["venv_create_s"] = time.perf_counter() - t0
     python = venv / "bin" / "python"
     offline = _offline_pip_env()
@@ -287,6 +313,8 @@ def kaggle_venv(tmp_path_factory, small_model_folder, package_index):
     probe = _run([python, "-c", "import birdinfer, numpy, openvino, pandas, scipy, soundfile, soxr, tqdm; "
                   "import importlib.util as u; print(birdinfer.__file__, u.find_spec('torch') is None)"], env=offline, cwd=root)
     assert str(venv) in probe.stdout and probe.stdout.split()[-1] == "True", probe.stdout
+    ran = _run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], env=offline, cwd=root)
+    assert ran.stdout.strip() == version, ran.stdout
 
     # The Jupyter kernel itself is test scaffolding, not part of the bundle: installed with the machine's pip set-up.
     t0 = time.perf_counter()
