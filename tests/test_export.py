@@ -263,7 +263,7 @@ def test_export_without_onnx_and_with_f16_ir_weights(three_groups, tmp_path):
     print(f"\nIR weights f16: .bin {size:.1%} of f32; max|dlogit| vs torch f64 {v['max_abs_logit_diff_openvino']:.3g} "
           f"(f32 IR {v32['max_abs_logit_diff_openvino']:.3g}, f32 tolerance {v32['tolerance']:.3g}; logits up to {v['logit_abs_max']:.3g})")
     predictor = Predictor(tmp_path / "lean", precision="f32")
-    assert predictor.precision == "f32"
+    assert predictor.precision == "f32 ×1"  # what ran, per model (describe_precisions)
     with pytest.raises(ModelFolderError, match=f"{name}.*no ONNX file.*--backend openvino"):
         Predictor(tmp_path / "lean", precision="f32", backend="onnxruntime")
 
