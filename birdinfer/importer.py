@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import MissingDependencyError, ModelFolderError
-from .manifest import FORMAT, MANIFEST_NAME, Manifest, safe_join, sha256_file
+from .manifest import FORMAT, MANIFEST_NAME, Manifest, read_json_object, safe_join, sha256_file
 from .spec import OUTPUT_KINDS, parse_spec
 
 __all__ = ["import_folder", "spec_from_v1"]
@@ -29,12 +29,7 @@ def _read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict, Path, str]:
     if isinstance(spec, Mapping):
         return copy.deepcopy(dict(spec)), Path("."), "spec"
     path = Path(spec)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFolderError(f"{path}: cannot read the spec: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: the spec must be a JSON object")
+    data = read_json_object(path, what="the spec")
     return data, path.resolve().parent, str(path)
 
 

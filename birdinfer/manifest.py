@@ -54,6 +54,7 @@ __all__ = [
     "ModelEntry",
     "Manifest",
     "sha256_file",
+    "read_json_object",
     "safe_join",
     "check_unique_groups",
     "find_group",
@@ -425,12 +426,7 @@ class Manifest:
         path = folder / MANIFEST_NAME
         if not path.is_file():
             raise ModelFolderError(f"{path} not found: {folder} is not a birdinfer model folder (run `birdinfer export`)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelFolderError(f"{path}: cannot read the manifest: {e}") from e
-        if not isinstance(data, dict):
-            raise ModelFolderError(f"{path}: the manifest must be a JSON object")
+        data = read_json_object(path, what="the manifest")
         manifest = cls.from_dict(data, folder=folder)
         if not manifest.models:
             raise ModelFolderError(f"{path}: the manifest lists no models")
@@ -452,6 +448,17 @@ def _replace(obj, **changes):
     from dataclasses import replace
 
     return replace(obj, **changes)
+
+
+def read_json_object(path: str | Path, *, what: str) -> dict:
+    """A JSON file that must hold one object (a manifest, a spec); errors name the file and ``what`` it is."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: cannot read {what}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: {what} must be a JSON object")
+    return data
 
 
 def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
