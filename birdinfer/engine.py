@@ -17,11 +17,14 @@ import numpy as np
 
 from .errors import ParameterError
 from .frontend_ops import Block, Signal
-from .spectral_ops import FUSED
+from .spectral_ops import FUSED, frame_sharing_key, stft_resize_mel
 from .spec import GroupSpec, ManifestV2, MemberRef, ModelSpec
 from .steps import Outputs
 
 __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
+
+#: Feature prefixes run by :func:`birdinfer.spectral_ops.stft_resize_mel`, frames shared between features.
+CHAIN = ("stft", "resize_time", "mel")
 
 #: Block length used for ``block_seconds: null`` (the whole file is one block).
 WHOLE_FILE_SECONDS = 1e7
@@ -35,6 +38,22 @@ class FrontEndGraph:
         self.names = tuple(names) if names is not None else tuple(manifest.features)
         self.row_samples = manifest.window_samples
         self._keys = {name: [f"{s.name}:{s.params!r}" for s in manifest.features[name]] for name in manifest.features}
+        self._chains = self._shared_chains()
+
+    def _shared_chains(self) -> list[tuple[list[tuple[str, ...]], list]]:
+        """The features that start ``stft → resize_time → mel``, grouped by the frames they read
+        (:func:`birdinfer.spectral_ops.frame_sharing_key`): per group the cache keys and the chains."""
+        groups: dict[tuple, tuple[list, list]] = {}
+        for name in self.names:
+            steps = self.manifest.features[name]
+            if tuple(s.name for s in steps[:3]) != CHAIN:
+                continue
+            key = tuple(self._keys[name][:3])
+            keys, chains = groups.setdefault(frame_sharing_key(steps[0].params), ([], []))
+            if key not in keys:
+                keys.append(key)
+                chains.append(tuple(s.params for s in steps[:3]))
+        return list(groups.values())
 
     def __call__(self, y: np.ndarray, n_rows: int | None = None) -> dict[str, Signal]:
         """``y`` float32 ``(N,)`` → ``{feature name: Signal}`` (model input batches in ``.data``)."""
@@ -50,10 +69,15 @@ class FrontEndGraph:
             raise ParameterError("the front end needs at least one row of audio")
         block = Block(len(y), n_rows, self.manifest.sample_rate, self.row_samples, self.manifest.row_partial)
         cache: dict[tuple[str, ...], Signal] = {}
+        for keys, chains in self._chains:  # frames shared by every chain of one n_fft
+            cache.update(zip(keys, stft_resize_mel(Signal(y), chains, block)))
         out = {}
         for name in self.names:
             signal, key = Signal(y), ()
             steps, keys, i = self.manifest.features[name], self._keys[name], 0
+            if tuple(keys[:3]) in cache:
+                key, i = tuple(keys[:3]), 3
+                signal = cache[key]
             while i < len(steps):
                 step, after = steps[i], steps[i + 1] if i + 1 < len(steps) else None
                 fused = FUSED.get((step.name, after.name)) if after is not None and signal.data.ndim == 1 else None

@@ -7,6 +7,7 @@ numbers follow librosa (Slaney mel, ``power_to_db``) and torchaudio (``MelSpectr
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -14,7 +15,8 @@ from typing import Literal
 import numpy as np
 import scipy.fft
 
-from .features import _hz_to_mel_slaney, _mel_to_hz_slaney, mel_filterbank, resize_plan
+from .dsp import SpectrumTarget, mel_bands, resize_plan, resized_mel_power
+from .dsp.mel import hz_to_mel_slaney as _hz_to_mel_slaney, mel_filterbank, mel_to_hz_slaney as _mel_to_hz_slaney
 from .frontend_ops import OPS, Block, Scope, Signal, Static, _axes_of_scope, _infer_scope, _need
 
 __all__ = ["StftParams", "MelParams", "DbParams", "stft", "analysis_window", "mel_basis"]
@@ -60,26 +62,12 @@ def analysis_window(p: StftParams) -> np.ndarray:
 def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64, only: np.ndarray | None = None) -> np.ndarray:
     """``y`` ``(..., N)`` → power (or magnitude) spectrum ``(..., 1 + n_fft//2, T)`` float32 (a transposed view
     of time-major storage); with ``only`` (sorted frame indices) just those frames, in that order."""
-    y = np.asarray(y, dtype=np.float32)
-    if p.center:
-        half = p.n_fft // 2
-        if p.pad_mode == "reflect" and y.shape[-1] <= half:
-            raise ValueError(f"reflect padding needs more than {half} samples, got {y.shape[-1]}")
-        if p.pad_mode == "reflect":
-            y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(half, half)], mode="reflect")
-        else:  # zeros (faster than np.pad)
-            padded = np.zeros(y.shape[:-1] + (y.shape[-1] + 2 * half,), dtype=np.float32)
-            padded[..., half : half + y.shape[-1]] = y
-            y = padded
-    if y.shape[-1] < p.n_fft:
-        y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, p.n_fft - y.shape[-1])])
+    y = _padded(y, p)
     frames = np.lib.stride_tricks.sliding_window_view(y, p.n_fft, axis=-1)[..., :: p.hop_length, :]
     if only is not None:
         frames = frames[..., only, :]  # gathers only the frames asked for
     window = analysis_window(p)
-    scale = np.float32(1.0 / float(np.sum(window.astype(np.float64) ** 2))) if p.normalized else None
-    if p.normalized and p.power == 1.0:
-        scale = np.float32(math.sqrt(scale))
+    scale = _scale(p, window)
     lead = frames.shape[:-2]
     n_frames, bins = frames.shape[-2], p.n_fft // 2 + 1
     out = np.empty(lead + (n_frames, bins), dtype=np.float32)
@@ -97,6 +85,33 @@ def stft(y: np.ndarray, p: StftParams, *, block_frames: int = 64, only: np.ndarr
             if scale is not None:
                 target *= scale
     return np.swapaxes(out, -1, -2)
+
+
+def _padded(y: np.ndarray, p: StftParams) -> np.ndarray:
+    """The signal as the frames read it: centred (``n_fft // 2`` on each side, zeros or reflected), then
+    zero-extended to one whole frame when shorter."""
+    y = np.asarray(y, dtype=np.float32)
+    if p.center:
+        half = p.n_fft // 2
+        if p.pad_mode == "reflect" and y.shape[-1] <= half:
+            raise ValueError(f"reflect padding needs more than {half} samples, got {y.shape[-1]}")
+        if p.pad_mode == "reflect":
+            y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(half, half)], mode="reflect")
+        else:  # zeros (faster than np.pad)
+            padded = np.zeros(y.shape[:-1] + (y.shape[-1] + 2 * half,), dtype=np.float32)
+            padded[..., half : half + y.shape[-1]] = y
+            y = padded
+    if y.shape[-1] < p.n_fft:
+        y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, p.n_fft - y.shape[-1])])
+    return y
+
+
+def _scale(p: StftParams, window: np.ndarray) -> np.float32 | None:
+    """``normalized``: the spectrum divided by the window's energy (its square root for magnitudes)."""
+    if not p.normalized:
+        return None
+    scale = 1.0 / float(np.sum(window.astype(np.float64) ** 2))
+    return np.float32(math.sqrt(scale) if p.power == 1.0 else scale)
 
 
 def _infer_stft(s: Static, p: StftParams) -> Static:
@@ -212,15 +227,19 @@ def _infer_mel(s: Static, p: MelParams) -> Static:
     return replace(s, freq=p.n_mels)
 
 
-_MEL_CACHE: dict = {}
+@functools.lru_cache(maxsize=64)
+def _cached_basis(sample_rate: int, n_fft: int, p: MelParams) -> np.ndarray:
+    return mel_basis(sample_rate, n_fft, p)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_bands(sample_rate: int, n_fft: int, p: MelParams):
+    return mel_bands(_cached_basis(sample_rate, n_fft, p))
 
 
 @OPS.register("mel", MelParams, infer=_infer_mel)
 def mel(x: Signal, p: MelParams, block: Block) -> Signal:
-    key = (block.sample_rate, x.n_fft, p)
-    if key not in _MEL_CACHE:
-        _MEL_CACHE[key] = mel_basis(block.sample_rate, x.n_fft, p)
-    basis = _MEL_CACHE[key]
+    basis = _cached_basis(block.sample_rate, x.n_fft, p)
     # One 2-D BLAS product on time-major rows (the STFT's storage order); a batched matmul on the
     # transposed view would fall back to a slow loop. (A banded product over slices measured slower.)
     rows = np.swapaxes(x.data, -1, -2)
@@ -228,6 +247,39 @@ def mel(x: Signal, p: MelParams, block: Block) -> Signal:
         rows = np.ascontiguousarray(rows)
     out = rows.reshape(-1, rows.shape[-1]) @ basis.T
     return replace(x, data=np.swapaxes(out.reshape(rows.shape[:-1] + (basis.shape[0],)), -1, -2))
+
+
+# ------------------------------------------------------------------------------- stft → resize → mel
+Chain = tuple[StftParams, ResizeParams, MelParams]
+
+
+def frame_sharing_key(sp: StftParams) -> tuple:
+    """Chains whose STFTs agree on everything but the hop read the same frames (a frame is "the frame
+    starting at sample k"): the executor runs them together in :func:`stft_resize_mel`."""
+    return (sp.n_fft, sp.win_length, sp.window, sp.center, sp.pad_mode, sp.normalized, sp.power)
+
+
+def stft_resize_mel(x: Signal, chains: list[Chain], block: Block) -> list[Signal]:
+    """``stft → resize_time → mel`` for several chains of one :func:`frame_sharing_key` on a whole (unwindowed)
+    waveform: the numbers of the three ops one after the other (to float rounding), computing only the frames
+    the resizes read, once for all chains, and only the FFT bins each filterbank reads
+    (:func:`birdinfer.dsp.resized_mel_power`). Used by the executor for every such prefix."""
+    sp0 = chains[0][0]
+    if any(frame_sharing_key(sp) != frame_sharing_key(sp0) for sp, _, _ in chains):
+        raise ValueError("stft_resize_mel: the chains' STFTs differ in more than the hop")
+    padded = _padded(x.data, sp0)
+    window = analysis_window(sp0)
+    targets = [SpectrumTarget(sp.hop_length, _width(block, rp), _cached_bands(block.sample_rate, sp.n_fft, mp))
+               for sp, rp, mp in chains]
+    results = resized_mel_power(padded, window, targets, magnitude=sp0.power == 1.0)
+    scale = _scale(sp0, window)
+    out = []
+    for (sp, rp, _), mel_rows in zip(chains, results):
+        if scale is not None:
+            mel_rows *= scale
+        out.append(replace(x, data=np.swapaxes(mel_rows, -1, -2), kind="spec", hop=sp.hop_length, n_fft=sp.n_fft,
+                           frames_per_row=float(rp.frames_per_row)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- db / log
