@@ -2,15 +2,17 @@
 
 :class:`FrontEndGraph` runs the ``features`` pipelines of a block, sharing identical step prefixes (one
 STFT / mel per distinct parameters; windows of a whole-block spectrum are strided views).
-:class:`SpecEngine` is what :class:`birdinfer.pipeline.Predictor` delegates to for a version 2 folder:
-``features`` (background thread), ``infer_block`` (models + model steps up to the rows, per block) and
-``finish`` (per file: the model row steps, label maps, then the ensemble group tree).
-Version 1 folders never come here: they keep :mod:`birdinfer.features` / :mod:`birdinfer.ensemble`.
+:class:`SpecEngine` is what :class:`birdinfer.pipeline.Predictor` runs for every folder (a version 1
+folder is upgraded to a version 2 spec when it is loaded, :mod:`birdinfer.upgrade`): ``features``
+(background thread), ``infer_block`` (models + model steps up to the rows, per block; models side by side
+with ``parallel_models``) and ``finish`` (per file: the model row steps, label maps, then the ensemble
+group tree).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -118,13 +120,25 @@ def run_named(model, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class SpecEngine:
-    """Per-block and per-file work of a version 2 folder for :class:`birdinfer.pipeline.Predictor`."""
+    """Per-block and per-file work of a model folder for :class:`birdinfer.pipeline.Predictor`.
 
-    def __init__(self, manifest: ManifestV2, models: Sequence):
+    ``parallel_models > 1``: the models of a block run side by side in that many worker threads, longest first
+    (OpenVINO and ONNX Runtime release the GIL); each model is then charged its share of the block's wall time
+    in proportion to its own run time, so the charges add up to wall time as the time budget assumes."""
+
+    def __init__(self, manifest: ManifestV2, models: Sequence, *, parallel_models: int = 1):
         self.manifest = manifest
         self.models = list(models)
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
+        self._pool = (ThreadPoolExecutor(parallel_models, thread_name_prefix="birdinfer-model")
+                      if parallel_models > 1 and len(self.models) > 1 else None)
+
+    def close(self) -> None:
+        """Stop the model worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _scatter_plan(self, entry: ModelSpec):
         if entry.label_map is None:
@@ -142,22 +156,52 @@ class SpecEngine:
 
     def infer_block(self, features: Mapping[str, Signal], n_rows: int, active: Iterable[str],
                     seconds: dict, calls: dict, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
-        """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``."""
+        """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``.
+        ``seconds`` / ``calls`` (per model name) are charged with the model time read by ``clock``."""
         active = set(active)
+        models = [m for m in self.models if m.name in active]
+        if self._pool is not None and len(models) > 1:
+            arrays = self._run_parallel(models, features, seconds, calls, clock)
+        else:
+            arrays = {}
+            for model in models:
+                start = clock()
+                arrays[model.name] = run_named(model, features[model.entry.input].data)
+                seconds[model.name] += clock() - start
+                calls[model.name] += 1
         out = {}
-        for model in self.models:
-            if model.name not in active:
-                continue
-            signal = features[model.entry.input]
-            start = clock()
-            arrays = run_named(model, signal.data)
-            seconds[model.name] += clock() - start
-            calls[model.name] += 1
-            state = Outputs(arrays, signal.windows, n_rows)
+        for model in models:
+            state = Outputs(arrays[model.name], features[model.entry.input].windows, n_rows)
             for step in model.entry.block_steps:
                 state = step(state)
             out[model.name] = state.rows
         return out
+
+    def _run_parallel(self, models: list, features: Mapping[str, Signal], seconds: dict, calls: dict,
+                      clock: Callable[[], float]) -> dict[str, dict[str, np.ndarray]]:
+        def expected(m) -> float:  # measured mean, else input size
+            n = calls[m.name]
+            return seconds[m.name] / n if n else float(np.prod([abs(d) for d in m.entry.input_shape[1:]]))
+
+        def run(m):
+            t = time.perf_counter()
+            result = run_named(m, features[m.entry.input].data)
+            return result, time.perf_counter() - t
+
+        # The clock is read once per model at submission and once at collection, as the sequential path
+        # reads it (a test clock that counts reads sees the same time); the block's wall time is then
+        # split by the models' own run times.
+        futures = [(m, clock(), self._pool.submit(run, m)) for m in sorted(models, key=expected, reverse=True)]
+        results, end = {}, 0.0
+        for m, _, future in futures:
+            results[m.name] = future.result()
+            end = clock()
+        wall = end - futures[0][1]
+        busy = sum(t for _, t in results.values()) or 1.0
+        for m in models:
+            seconds[m.name] += wall * results[m.name][1] / busy
+            calls[m.name] += 1
+        return {name: result for name, (result, _) in results.items()}
 
     # -------------------------------------------------------------------------------- per file
     def finish(self, parts: list[Mapping[str, np.ndarray]]) -> np.ndarray:

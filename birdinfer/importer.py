@@ -1,5 +1,6 @@
 """Ways into manifest version 2: ``birdinfer import`` (a user's ONNX / OpenVINO IR + a spec → a model folder)
-and :func:`spec_from_v1` (a version 1 folder's inference written as a version 2 spec).
+and :func:`spec_from_v1` (a version 1 folder's inference written as a version 2 spec; it lives in
+:mod:`birdinfer.upgrade`).
 
 :func:`import_folder` validates the spec first (every op/step and parameter, before touching any graph),
 then reads each graph with OpenVINO and checks it against the spec — input rank and fixed dimensions,
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 from .errors import MissingDependencyError, ModelFolderError
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, read_json_object, safe_join, sha256_file
 from .spec import OUTPUT_KINDS, parse_spec
+from .upgrade import spec_from_v1  # noqa: F401 - `from birdinfer.importer import spec_from_v1` keeps working
 
 __all__ = ["import_folder", "spec_from_v1"]
 
@@ -155,45 +157,3 @@ def _copy(src: Path, dst: Path) -> None:
         raise ModelFolderError(f"{src}: file named by the spec is missing")
     if src.resolve() != dst.resolve():
         shutil.copyfile(src, dst)
-
-
-# ---------------------------------------------------------------------------------------- version 1
-def spec_from_v1(manifest: Manifest) -> dict:
-    """A version 1 manifest's inference (REFERENCE.md sections 2 and 4) as a version 2 manifest dict: per
-    mel group a feature ``stft → resize_time → mel → windows (2F, step 2F) → db per window → 1 channel``;
-    per model ``sigmoid → timeline_rows (max per row)``; per group a weighted mean; the groups' weighted mean;
-    then the ``[f, 1 − 2f, f]`` smoothing with ``nearest`` edges. The files and checksums are the same."""
-    if manifest.format_version != 1:
-        raise ModelFolderError(f"{manifest._where}: spec_from_v1 needs a version 1 manifest")
-    features = {}
-    for g in manifest.groups:
-        features[g.name] = {"steps": [
-            {"op": "stft", "n_fft": g.n_fft, "hop_length": g.hop_length, "center": True, "pad_mode": "constant", "power": 2.0},
-            {"op": "resize_time", "frames_per_row": g.frames_per_window},
-            {"op": "mel", "n_mels": g.n_mels, "fmin": g.fmin, "fmax": g.fmax, "scale": "slaney", "norm": "slaney"},
-            {"op": "windows", "length_frames": g.frames_per_chunk, "step_frames": g.frames_per_chunk, "fill": 0.0},
-            {"op": "db", "top_db": g.top_db, "ref": 1.0},
-            {"op": "channels", "repeat": 1},
-        ]}
-    models, groups = [], []
-    for m in manifest.models:
-        models.append({
-            "name": m.name, "arch": m.arch, "input": m.group, "weight": m.weight, "input_name": m.input_name,
-            "input_shape": list(m.input_shape), "pad_value": -100.0,
-            "outputs": [{"name": "logits", "kind": "frame_logits", "index": 0,
-                         "shape": [-1, len(manifest.labels), m.frames_per_chunk]}],
-            "steps": [{"step": "sigmoid"}, {"step": "timeline_rows", "overlap": "mean", "reduce": "max"}],
-            "variants": {k: v.to_dict() for k, v in m.variants.items()},
-            "export": dict(m.export),
-        })
-    for g in manifest.used_groups():
-        groups.append({"name": g.name, "weight": g.weight, "steps": [{"step": "weighted_mean"}],
-                       "members": [{"model": m.name, "weight": m.weight} for m in manifest.models_of(g.name)]})
-    f = manifest.smoothing
-    steps: list[dict] = [{"step": "weighted_mean"}]
-    if f:
-        steps.append({"step": "smooth", "kernel": [f, 1 - 2 * f, f], "mode": "nearest"})
-    return {"format": FORMAT, "format_version": 2, "sample_rate": manifest.sample_rate, "labels": list(manifest.labels),
-            "rows": {"seconds": manifest.window_seconds}, "block_seconds": 60.0, "features": features,
-            "models": models, "ensemble": {"members": groups, "steps": steps}, "files": dict(manifest.files),
-            "extra": {"converted_from": "format_version 1"}}

@@ -27,8 +27,10 @@ Layout of ``manifest.json`` (format_version 1)::
     }
 
 Format version 2 (any front end, windows, outputs, post-processing and ensemble, stated as registered ops
-and steps: ``docs/manifest_v2.md``) is parsed by :mod:`birdinfer.spec`; :meth:`Manifest.load` dispatches on
-``format_version`` and returns a :class:`birdinfer.spec.ManifestV2` (a subclass) for it.
+and steps: ``docs/manifest_v2.md``) is parsed by :mod:`birdinfer.spec`. :meth:`Manifest.load` returns a
+:class:`birdinfer.spec.ManifestV2` (a subclass) for every folder: a version 1 manifest is upgraded in memory
+(:mod:`birdinfer.upgrade`), so one engine runs them all; ``Manifest.load(folder, upgrade=False)`` reads it
+as written.
 
 An input chunk is ``chunk_seconds`` of audio: ``(chunks, 1, n_mels, 2 * frames_per_window)`` dB values.
 A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s window is half a chunk.
@@ -417,7 +419,10 @@ class Manifest:
                 raise ModelFolderError(f"{where}: model {m.name!r}: frames_per_chunk must be even and positive")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Manifest":
+    def load(cls, folder: str | Path, *, upgrade: bool = True) -> "Manifest":
+        """The folder's manifest, as the engine runs it: a :class:`birdinfer.spec.ManifestV2` for every folder (a
+        version 1 folder's manifest is upgraded in memory, :func:`birdinfer.upgrade.upgrade`). ``upgrade=False``:
+        as written (a version 1 :class:`Manifest` for a version 1 folder), for the writers that rewrite it."""
         folder = Path(folder)
         if not folder.exists():
             raise ModelFolderError(f"model folder {folder} does not exist; pass the folder written by `birdinfer export`")
@@ -427,9 +432,13 @@ class Manifest:
         if not path.is_file():
             raise ModelFolderError(f"{path} not found: {folder} is not a birdinfer model folder (run `birdinfer export`)")
         data = read_json_object(path, what="the manifest")
-        manifest = cls.from_dict(data, folder=folder)
+        manifest = Manifest.from_dict(data, folder=folder)
         if not manifest.models:
             raise ModelFolderError(f"{path}: the manifest lists no models")
+        if upgrade and manifest.format_version == FORMAT_VERSION:
+            from .upgrade import upgrade as to_spec  # the spec format sits above this module
+
+            manifest = to_spec(manifest)
         return manifest
 
     def save(self, folder: str | Path | None = None) -> Path:

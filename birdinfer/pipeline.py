@@ -4,12 +4,15 @@
 (:mod:`birdinfer.submit`: a folder of soundscapes → ``submission.csv``, within a :mod:`birdinfer.budget`
 time budget), ``predict`` (:mod:`birdinfer.predict`), ``pseudo-label`` and ``bench``.
 
-Recordings are processed in blocks of 60 s (:data:`BLOCK_SECONDS`), each block like one BirdCLEF
-soundscape, so memory stays bounded for recordings of any length and a 60 s file is exactly the
-reference computation. Row rule: a block of N samples gives ``N // window`` rows (5 s windows; a trailing
-remainder shorter than 5 s is dropped), except that a file shorter than 5 s gives one row computed on
-its zero-padded spectrogram. So a 60 s file gives 12 rows, a 62 s file 12, a 65 s file 13, a 3 s file 1.
-Smoothing runs over all rows of a file.
+Every folder runs on one engine (:class:`birdinfer.engine.SpecEngine`): a version 1 folder (the 4th
+place's mel groups) is upgraded to a version 2 spec when it is loaded (:mod:`birdinfer.upgrade`).
+Recordings are processed in blocks of the manifest's ``block_seconds`` (60 s for an upgraded version 1
+folder, each block like one BirdCLEF soundscape, so memory stays bounded and a 60 s file is exactly the
+reference computation; ``null``: the whole file at once). Row rule (:meth:`birdinfer.spec.ManifestV2.n_rows`):
+a block of N samples gives ``N // row`` rows (a trailing remainder shorter than a row is dropped, unless
+``rows.partial`` keeps it), except that a file shorter than a row gives one row computed on its zero-padded
+input. So a 60 s file gives 12 rows of 5 s, a 62 s file 12, a 65 s file 13, a 3 s file 1. The file-scope
+steps (row steps, smoothing, the ensemble tree) run over all rows of a file.
 
 Decoding and the front end of the next block run in a background thread while the models run on the
 current one (numpy, soundfile and OpenVINO release the GIL), so the front end is mostly hidden.
@@ -22,7 +25,6 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,20 +33,19 @@ import numpy as np
 
 from .audio import iter_audio_blocks
 from .engine import WHOLE_FILE_SECONDS, SpecEngine
-from .ensemble import combine, smooth, window_probabilities
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.pipeline import TimeBudget` keeps working
 from .errors import AudioDecodeError, ParameterError
-from .features import FrontEnd
 from .manifest import Manifest
 from .cpu import effective_isa, spare_siblings
 from .models import LoadedModel, describe_precisions, load_models, plan_models
+from .upgrade import V1_BLOCK_SECONDS, upgrade
 
 __all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
 
 log = logging.getLogger(__name__)
 
-#: Recordings are cut into blocks of this length; each block is processed like one soundscape.
-BLOCK_SECONDS = 60.0
+#: Block length of an upgraded version 1 folder (each block is processed like one soundscape).
+BLOCK_SECONDS = V1_BLOCK_SECONDS
 
 
 @dataclass
@@ -69,7 +70,7 @@ class FileResult:
 @dataclass
 class _Block:
     file_index: int
-    features: dict[str, np.ndarray] | None
+    features: dict | None
     n_windows: int
     last: bool
     error: str | None = None
@@ -111,17 +112,13 @@ class Predictor:
         self.parallel_models = int(parallel_models)
         if threads is None and self.parallel_models > 1:
             threads = 1
-        manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+        manifest = upgrade(models if isinstance(models, Manifest) else Manifest.load(models))
         if model_names is not None:
             manifest = manifest.select(model_names)
         self.manifest = manifest
         self.sample_rate = manifest.sample_rate
         self.window_samples = manifest.window_samples
-        # Version 2 folders (birdinfer.spec) state their own block length; None = the whole file at once.
-        v2 = manifest.format_version == 2
-        self.block_seconds = (manifest.block_seconds or WHOLE_FILE_SECONDS) if v2 else BLOCK_SECONDS
-        if v2:
-            self.parallel_models = 1
+        self.block_seconds = manifest.block_seconds or WHOLE_FILE_SECONDS  # None: the whole file at once
         self.block_samples = int(round(self.block_seconds * manifest.sample_rate))
         start = time.perf_counter()
         self.isa = effective_isa()
@@ -133,40 +130,33 @@ class Predictor:
         )
         self.decode_cpus = spare_siblings() if pin_decode_thread else []
         if self.parallel_models > 1 and len(self.models) > 1:
-            # One call per model from this thread before any worker thread touches OpenVINO: a first use of
-            # its numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard).
-            for model in self.models:
-                model.run(np.full((1,) + tuple(model.entry.input_shape[1:]), -100.0, np.float32))
+            self._first_calls()
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
-        self._engine = SpecEngine(manifest, self.models) if v2 else None
+        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models)
         self.backend = backend
         self.active: list[str] = [m.name for m in self.models]
-        self._front_ends: dict[tuple[str, ...], FrontEnd] = {}
         self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
         self.model_calls: dict[str, int] = {m.name: 0 for m in self.models}
-        self._pool = (ThreadPoolExecutor(self.parallel_models, thread_name_prefix="birdinfer-model")
-                      if self.parallel_models > 1 and len(self.models) > 1 else None)
+
+    def _first_calls(self) -> None:
+        """One call per model from this thread before any worker thread touches OpenVINO: a first use of its
+        numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard)."""
+        for model in self.models:
+            shape = tuple(model.entry.input_shape[1:])
+            if any(d <= 0 for d in shape):
+                shape = self.manifest.feature_shapes[model.entry.input].shape() or ()
+            if shape and all(d > 0 for d in shape):
+                model.run(np.full((1,) + tuple(shape), model.entry.pad_value, np.float32))
 
     def close(self) -> None:
         """Stop the model worker threads (also done when the predictor is garbage-collected)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._engine.close()
 
     # ------------------------------------------------------------------ properties
     @property
     def labels(self) -> tuple[str, ...]:
         return self.manifest.labels
-
-    def front_end(self) -> FrontEnd:
-        """Front end for the groups the active models need (built once per distinct set)."""
-        active = set(self.active)
-        names = tuple(g.name for g in self.manifest.groups if any(m.group == g.name and m.name in active for m in self.manifest.models))
-        if names not in self._front_ends:
-            groups = [self.manifest.group(n) for n in names]
-            self._front_ends[names] = FrontEnd(groups, sample_rate=self.sample_rate, window_seconds=self.manifest.window_seconds)
-        return self._front_ends[names]
 
     def drop(self, name: str) -> None:
         """Stop running model ``name`` (used by the time budget)."""
@@ -176,80 +166,24 @@ class Predictor:
     # ------------------------------------------------------------------ blocks
     def block_windows(self, n_samples: int, block_index: int) -> int:
         """Rows of a block (see the module docstring for the rule)."""
-        if self._engine is not None:
-            return self.manifest.n_rows(n_samples, block_index)
-        rows = n_samples // self.window_samples
-        return 1 if rows == 0 and block_index == 0 and n_samples > 0 else rows
+        return self.manifest.n_rows(n_samples, block_index)
 
-    def features(self, block: np.ndarray) -> dict[str, np.ndarray]:
-        if self._engine is not None:
-            return self._engine.features(block, self.active)
-        return self.front_end()(block)
+    def features(self, block: np.ndarray) -> dict:
+        """One block's model inputs for the active models (``{feature name: Signal}``)."""
+        return self._engine.features(block, self.active)
 
-    def _combine(self, per_model: dict[str, np.ndarray]):
-        """One block's ensemble (version 1); version 2 keeps the per-model rows for :meth:`finish`."""
-        return per_model if self._engine is not None else combine(self.manifest, per_model)
+    def infer_block(self, features: dict, n_windows: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
+        """Run every active model on one block's features → per-model rows ``(n_windows, C)``.
 
-    def infer_block(self, features: dict[str, np.ndarray], n_windows: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
-        """Run every active model on one block's features → per-model window probabilities.
+        With ``parallel_models > 1`` the models run side by side in worker threads, longest first; each model
+        is then charged its share of the block's wall time (as read by ``clock``), in proportion to its own
+        run time, so the charges add up to wall time as the time budget assumes."""
+        return self._engine.infer_block(features, n_windows, self.active, self.model_seconds, self.model_calls, clock)
 
-        With ``parallel_models > 1`` the models run side by side in worker threads, longest first (OpenVINO
-        and ONNX Runtime release the GIL). Each model is then charged its share of the block's wall time (as
-        read by ``clock``), in proportion to its own run time, so the charges add up to wall time as the
-        time budget assumes."""
-        if self._engine is not None:
-            return self._engine.infer_block(features, n_windows, self.active, self.model_seconds, self.model_calls, clock)
-        active = set(self.active)
-        if self._pool is not None and len(active) > 1:
-            return self._infer_parallel([m for m in self.models if m.name in active], features, n_windows, clock)
-        out = {}
-        for model in self.models:
-            if model.name not in active:
-                continue
-            start = clock()
-            logits = model.run(features[model.entry.group])
-            self.model_seconds[model.name] += clock() - start
-            self.model_calls[model.name] += 1
-            out[model.name] = window_probabilities(logits, n_windows)
-        return out
-
-    def _infer_parallel(self, models: list[LoadedModel], features, n_windows: int, clock) -> dict[str, np.ndarray]:
-        def expected(m: LoadedModel) -> float:  # measured mean, else input size
-            calls = self.model_calls[m.name]
-            return self.model_seconds[m.name] / calls if calls else float(np.prod(m.entry.input_shape[1:]))
-
-        def run(m: LoadedModel):
-            t = time.perf_counter()
-            logits = m.run(features[m.entry.group])
-            return logits, time.perf_counter() - t
-
-        # The clock is read once per model at submission and once at collection, as the sequential path
-        # reads it (a test clock that counts reads sees the same time); the block's wall time is then
-        # split by the models' own run times.
-        ordered = sorted(models, key=expected, reverse=True)
-        futures = []
-        for m in ordered:
-            futures.append((m, clock(), self._pool.submit(run, m)))
-        results, end = {}, 0.0
-        for m, _, future in futures:
-            results[m.name] = future.result()
-            end = clock()
-        wall = end - futures[0][1]
-        busy = sum(seconds for _, seconds in results.values()) or 1.0
-        out = {}
-        for m in models:  # manifest order
-            logits, seconds = results[m.name]
-            self.model_seconds[m.name] += wall * seconds / busy
-            self.model_calls[m.name] += 1
-            out[m.name] = window_probabilities(logits, n_windows)
-        return out
-
-    def finish(self, parts: list[np.ndarray]) -> np.ndarray:
-        """Concatenate a file's per-block ensembled rows and smooth them."""
-        if self._engine is not None:
-            return self._engine.finish(parts)
-        rows = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(self.labels)), np.float32)
-        return smooth(rows, self.manifest.smoothing)
+    def finish(self, parts: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """A file's per-block model rows → its ensembled rows ``(n_windows, n_labels)`` (row steps, the
+        ensemble tree and its smoothing run over all rows of the file)."""
+        return self._engine.finish(parts)
 
     # ------------------------------------------------------------------ one recording
     def predict_array(self, y: np.ndarray) -> np.ndarray:
@@ -264,7 +198,7 @@ class Predictor:
             block = y[start : start + self.block_samples]
             n = self.block_windows(block.size, index)
             if n:
-                parts.append(self._combine(self.infer_block(self.features(block), n)))
+                parts.append(self.infer_block(self.features(block), n))
         return self.finish(parts)
 
     def predict_file(self, path: str | Path) -> np.ndarray:
@@ -273,7 +207,7 @@ class Predictor:
         for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
             n = self.block_windows(block.size, index)
             if n:
-                parts.append(self._combine(self.infer_block(self.features(block), n)))
+                parts.append(self.infer_block(self.features(block), n))
         if not parts:
             raise AudioDecodeError(path, "no samples")
         return self.finish(parts)
@@ -368,7 +302,7 @@ class Predictor:
                     yield FileResult(path, None, item.error, clock() - file_start)
                     continue
                 if item.n_windows:
-                    parts.append(self._combine(self.infer_block(item.features, item.n_windows, clock)))
+                    parts.append(self.infer_block(item.features, item.n_windows, clock))
                 if item.last:
                     yield FileResult(path, self.finish(parts), None, clock() - file_start, tuple(self.active))
         finally:

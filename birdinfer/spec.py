@@ -135,6 +135,7 @@ class ManifestV2(Manifest):
     block_seconds: float | None = None
     row_partial: str = "drop"  # rows.partial: a trailing partial row is dropped, or kept (its window padded)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    v1: Manifest | None = None  # the version 1 manifest this was upgraded from, as written (birdinfer.upgrade)
 
     def n_rows(self, n_samples: int, block_index: int = 0) -> int:
         """Rows of a block: ``N // row`` (at least 1 for a non-empty first block), or ``ceil(N / row)`` when

@@ -11,6 +11,7 @@ import pytest
 
 from birdinfer.manifest import Manifest
 from birdinfer.pipeline import Predictor, make_submission
+from birdinfer.spec import ManifestV2
 
 from conftest import LABELS, N_CLASSES, SMALL_RECIPE, write_ogg
 import reference
@@ -140,9 +141,16 @@ def test_time_budget_drops_models_and_keeps_every_row(audio_dir, small_model_fol
 
 
 def test_manifest_is_self_describing(small_model_folder):
-    manifest = Manifest.load(small_model_folder)
+    manifest = Manifest.load(small_model_folder, upgrade=False)  # as written: version 1, mel groups
     manifest.verify_checksums()
-    assert manifest.labels == tuple(LABELS)
+    assert manifest.format_version == 1 and manifest.labels == tuple(LABELS)
     assert [g.name for g in manifest.groups] == ["v1", "v2", "v3"]
     for m in manifest.models:
         assert m.input_shape == (6, 1, manifest.group(m.group).n_mels, 2 * manifest.group(m.group).frames_per_window)
+    spec = Manifest.load(small_model_folder)  # as it runs: upgraded in memory to version 2, same files
+    assert isinstance(spec, ManifestV2) and spec.v1 == manifest and spec.block_seconds == 60.0
+    assert spec.files == manifest.files and spec.folder == manifest.folder
+    assert [m.name for m in spec.models] == [m.name for m in manifest.models]
+    assert all(s.variants == m.variants and s.input == m.group for s, m in zip(spec.models, manifest.models))
+    assert [g.name for g in spec.ensemble.members] == ["v1", "v2", "v3"]
+    spec.verify_checksums()

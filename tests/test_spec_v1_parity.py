@@ -1,8 +1,10 @@
-"""The 4th-place ensemble written as a manifest version 2 spec gives the submission of its version 1 folder.
+"""The 4th-place ensemble written as a manifest version 2 spec on disk gives the submission of its version 1
+folder (upgraded in memory when loaded; both run on the one engine, and tests/test_pipeline.py holds the
+version 1 folder to the torch + librosa + cv2 reference).
 
 Real parts: the session's small model folder (tf_efficientnet_lite0 in the three reference mel groups,
 exported by birdinfer_export), real OGG files, OpenVINO f32. The v2 folder holds the same graph files;
-only the manifest differs (birdinfer.importer.spec_from_v1).
+only the manifest differs (birdinfer.upgrade.spec_from_v1).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 
-from birdinfer.importer import spec_from_v1
+from birdinfer.importer import spec_from_v1  # still importable from its old home
 from birdinfer.manifest import Manifest
 from birdinfer.pipeline import Predictor, make_submission
 from birdinfer.spec import ManifestV2
@@ -23,7 +25,7 @@ from conftest import write_ogg
 
 @pytest.fixture(scope="module")
 def v2_folder(small_model_folder, tmp_path_factory):
-    v1 = Manifest.load(small_model_folder)
+    v1 = Manifest.load(small_model_folder, upgrade=False)
     out = tmp_path_factory.mktemp("v2_from_v1")
     for name in v1.files:
         shutil.copyfile(small_model_folder / name, out / name)
@@ -53,9 +55,18 @@ def test_same_submission_as_version_1(small_model_folder, v2_folder, tmp_path):
     assert v1.iloc[:, 1:].to_numpy().std() > 1e-3  # the models are not constant: the comparison means something
 
 
-def test_predictor_uses_the_spec_engine(v2_folder):
-    predictor = Predictor(v2_folder, precision="f32")
-    assert predictor._engine is not None and predictor.block_seconds == 60.0
+def test_the_upgrade_in_memory_is_the_spec_on_disk(small_model_folder, v2_folder):
+    upgraded, on_disk = Manifest.load(small_model_folder), Manifest.load(v2_folder)
+    assert isinstance(upgraded, ManifestV2) and upgraded.v1 is not None and on_disk.v1 is None
+    assert upgraded.features == on_disk.features and upgraded.ensemble == on_disk.ensemble
+    assert [m.variants for m in upgraded.models] == [m.variants for m in on_disk.models]
+    assert spec_from_v1(upgraded) == spec_from_v1(upgraded.v1)
+
+
+@pytest.mark.parametrize("folder", ["v1", "v2"])
+def test_predictor_runs_the_spec_engine_for_both(folder, small_model_folder, v2_folder):
+    predictor = Predictor(small_model_folder if folder == "v1" else v2_folder, precision="f32")
+    assert isinstance(predictor.manifest, ManifestV2) and predictor.block_seconds == 60.0
     rng = np.random.default_rng(0)
     probs = predictor.predict_array((0.05 * rng.standard_normal(32000 * 12)).astype(np.float32))
     assert probs.shape == (2, len(predictor.labels)) and np.all((probs >= 0) & (probs <= 1))
