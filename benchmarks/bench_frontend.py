@@ -1,21 +1,33 @@
-"""Front-end speed: birdinfer.features.FrontEnd against the reference (librosa mel + cv2 resize + per-chunk dB).
+"""Front-end speed of the BirdCLEF 2025 4th place's three mel groups (REFERENCE.md section 2), side by side.
 
-For each file (a synthetic 60 s OGG written by libsndfile, or the files given with --audio), both front
-ends run for the three groups of REFERENCE.md in the same process, after a warm-up, ``--repeats`` times;
-the best and median wall times, their ratio and the largest |dB difference| are printed.
+Runs, in one process and in interleaved rounds (the order rotates each round, so a busy neighbour on a
+shared machine slows every contender alike):
 
-    python benchmarks/bench_frontend.py                  # synthetic 60 s soundscape
-    python benchmarks/bench_frontend.py --audio a.ogg b.ogg --repeats 7
+* ``v1 FrontEnd`` — the version 1 engine's ``birdinfer.features.FrontEnd`` as it was on ``main`` (read with
+  ``git show main:birdinfer/features.py`` into a temporary module when this checkout no longer has it);
+* ``spec`` — the same groups as a version 2 spec on the one engine (:class:`birdinfer.upgrade.MelFrontEnd`:
+  ``stft → resize_time → mel`` prefixes run together, frames shared per ``n_fft``, banded mel);
+* ``spec, ops one by one`` — the same graph without the shared chain (each op on its own);
+* ``librosa+cv2`` with ``--reference`` — the reference (slow).
 
-Needs librosa and opencv-python-headless (the reference); birdinfer itself needs neither.
+Prints best and median wall times, the spec / v1 ratio and the largest |Δ dB| between them and against the
+reference.
+
+    python benchmarks/bench_frontend.py                  # synthetic 60 s soundscape, 15 rounds
+    python benchmarks/bench_frontend.py --audio a.ogg --rounds 30 --reference
+
+Needs librosa and opencv-python-headless for ``--reference``; birdinfer itself needs neither.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +36,39 @@ import numpy as np
 import soundfile as sf
 
 from birdinfer.audio import load_audio
-from birdinfer.features import FrontEnd
 from birdinfer.manifest import MelGroup
+from birdinfer.upgrade import MelFrontEnd
 
 SR = 32000
 WINDOW = 5 * SR
+ROOT = Path(__file__).resolve().parents[1]
 # The reference groups, from the default recipe (REFERENCE.md section 2).
-RECIPE = Path(__file__).resolve().parents[1] / "weights" / "birdclef2025_4th.json"
+RECIPE = ROOT / "weights" / "birdclef2025_4th.json"
 GROUPS = tuple(MelGroup.from_dict(g) for g in json.loads(RECIPE.read_text())["groups"])
+
+
+def v1_front_end_class(tmp: Path):
+    """``FrontEnd`` of the version 1 engine: this checkout's if it still has one, else ``main``'s."""
+    try:
+        from birdinfer.features import FrontEnd  # type: ignore[attr-defined]
+
+        return FrontEnd, "birdinfer.features (this checkout)"
+    except ImportError:
+        pass
+    source = subprocess.run(["git", "-C", str(ROOT), "show", "main:birdinfer/features.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = tmp / "_v1_features.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("birdinfer._v1_features", path)  # relative imports: birdinfer
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.FrontEnd, "git show main:birdinfer/features.py"
 
 
 def reference_front_end(y: np.ndarray) -> dict[str, np.ndarray]:
     """REFERENCE.md section 2 with librosa + cv2: ``{group: (n_chunks, 1, n_mels, 2F)}`` (partial chunk
-    padded with the chunk's floor, as FrontEnd does, so the two can be compared element-wise)."""
+    padded with the chunk's floor, as the front ends do, so they can be compared element-wise)."""
     import cv2
     import librosa
 
@@ -74,48 +106,57 @@ def synthetic_soundscape(path: Path, seconds: float = 60.0, seed: int = 0) -> Pa
     return path
 
 
-def timed(fn, repeats: int) -> tuple[float, float, float, object]:
-    """Best and median wall time, best CPU time (all threads of this process) and the last result."""
-    fn()  # warm-up (librosa's first call compiles and imports lazily)
-    times, cpu_times, result = [], [], None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    return min(times), statistics.median(times), min(cpu_times), result
+def interleaved(contenders: dict, rounds: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Wall times per contender over ``rounds`` rounds (order rotated each round) and each one's last output."""
+    names = list(contenders)
+    outputs = {name: contenders[name]() for name in names}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            outputs[name] = contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times, outputs
+
+
+def max_db_diff(a: dict, b: dict) -> float:
+    return max(float(np.abs(np.asarray(a[g.name]) - np.asarray(b[g.name])).max()) for g in GROUPS)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", nargs="*", type=Path, default=None, help="audio files (default: a synthetic 60 s OGG)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per front end (default 5)")
-    parser.add_argument("--block-frames", type=int, default=None, help="FrontEnd block_frames (default: its default)")
-    parser.add_argument("--fft-workers", type=int, default=1, help="FrontEnd fft_workers (default 1)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (default 15)")
+    parser.add_argument("--reference", action="store_true", help="also time librosa + cv2 (slow)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
+        FrontEnd, origin = v1_front_end_class(Path(tmp))
+        v1 = FrontEnd(GROUPS)
+        spec = MelFrontEnd(GROUPS)
+        unfused = MelFrontEnd(GROUPS)
+        unfused._graph._chains = []  # each op on its own (stft + resize_time still only computes the frames read)
         paths = args.audio or [synthetic_soundscape(Path(tmp) / "synthetic_60s.ogg")]
-        kwargs = {"fft_workers": args.fft_workers}
-        if args.block_frames:
-            kwargs["block_frames"] = args.block_frames
-        front_end = FrontEnd(GROUPS, **kwargs)
-        print(f"{front_end!r} {kwargs}; {args.repeats} repeats after a warm-up; wall times in seconds (best / median)")
+        print(f"v1 FrontEnd from {origin}; groups {[g.name for g in GROUPS]}; {args.rounds} interleaved rounds after a "
+              f"warm-up; wall seconds best / median")
         print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (a shared machine inflates wall times)")
-        ratios = []
         for path in paths:
             y = load_audio(path)
-            ref_best, ref_median, ref_cpu, ref = timed(lambda: reference_front_end(y), args.repeats)
-            our_best, our_median, our_cpu, ours = timed(lambda: front_end(y), args.repeats)
-            diff = max(float(np.abs(ours[g.name] - ref[g.name]).max()) for g in GROUPS)
-            ratio = ref_best / our_best
-            ratios.append(ratio)
-            print(f"{path.name} ({len(y) / SR:.1f} s): librosa+cv2 {ref_best:.3f} / {ref_median:.3f}   "
-                  f"FrontEnd {our_best:.4f} / {our_median:.4f}   speed-up {ratio:.1f}x (median "
-                  f"{ref_median / our_median:.1f}x)   max |dB diff| {diff:.2e}")
-            print(f"    CPU time (best): librosa+cv2 {ref_cpu:.3f}   FrontEnd {our_cpu:.4f}   ratio {ref_cpu / our_cpu:.1f}x")
-        if len(ratios) > 1:
-            print(f"speed-up over {len(ratios)} files: median {statistics.median(ratios):.1f}x")
+            contenders = {"v1 FrontEnd": lambda: v1(y), "spec": lambda: spec(y), "spec, ops one by one": lambda: unfused(y)}
+            if args.reference:
+                contenders["librosa+cv2"] = lambda: reference_front_end(y)
+            times, outputs = interleaved(contenders, args.rounds)
+            print(f"{path.name} ({len(y) / SR:.1f} s):")
+            for name, values in times.items():
+                print(f"    {name:22s} {min(values):.4f} / {statistics.median(values):.4f}")
+            ratio = [s / v for s, v in zip(times["spec"], times["v1 FrontEnd"])]
+            print(f"    spec / v1: best {min(times['spec']) / min(times['v1 FrontEnd']):.3f}, median of per-round ratios "
+                  f"{statistics.median(ratio):.3f}; max |Δ dB| spec vs v1 {max_db_diff(outputs['spec'], outputs['v1 FrontEnd']):.2e}, "
+                  f"ops one by one vs spec {max_db_diff(outputs['spec, ops one by one'], outputs['spec']):.2e}")
+            if args.reference:
+                ref = outputs["librosa+cv2"]
+                print(f"    max |Δ dB| vs librosa+cv2: spec {max_db_diff(outputs['spec'], ref):.2e}, "
+                      f"v1 {max_db_diff(outputs['v1 FrontEnd'], ref):.2e}")
 
 
 if __name__ == "__main__":

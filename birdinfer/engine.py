@@ -12,6 +12,7 @@ group tree).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -94,6 +95,8 @@ class FrontEndGraph:
                         cache[key] = step.entry.fn(signal, step.params, block)
                     i += 1
                 signal = cache[key]
+            if not signal.data.flags.c_contiguous:  # model inputs laid out here, off the models' thread
+                signal = replace(signal, data=np.ascontiguousarray(signal.data))
             out[name] = signal
         return out
 
