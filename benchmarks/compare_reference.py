@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from birdinfer.bench import _gflop_per_file, machine_info, synthetic_soundscapes
-from birdinfer.ensemble import combine, smooth, window_probabilities
 from birdinfer.manifest import Manifest
 from birdinfer.models import _short_type, kernel_families
 from birdinfer.pipeline import Predictor, resolve_inputs
@@ -41,6 +41,35 @@ SR = 32000
 
 
 # ------------------------------------------------------------------------------------ reference pipeline
+def window_probabilities(logits: np.ndarray, n_rows: int) -> np.ndarray:
+    """REFERENCE.md section 4: sigmoid of the frame logits ``(chunks, C, T')``, max over each 5 s half chunk."""
+    chunks, n_labels, frames = logits.shape
+    probs = expit(logits.astype(np.float64)).reshape(chunks, n_labels, 2, frames // 2).max(axis=3)
+    return probs.transpose(0, 2, 1).reshape(2 * chunks, n_labels)[:n_rows]
+
+
+def combine(manifest: Manifest, per_model: dict) -> np.ndarray:
+    """Weighted mean of each group's models, then weighted mean of the groups."""
+    groups, weights = [], []
+    for g in manifest.used_groups():
+        members = manifest.models_of(g.name)
+        w = np.array([m.weight for m in members])
+        groups.append(np.tensordot(w / w.sum(), np.stack([per_model[m.name] for m in members]), axes=1))
+        weights.append(g.weight)
+    return np.tensordot(np.array(weights) / sum(weights), np.stack(groups), axes=1)
+
+
+def smooth(p: np.ndarray, f: float) -> np.ndarray:
+    """``[f, 1 - 2f, f]`` over the file's rows; edge rows ``(1 - f)·p + f·neighbour``."""
+    if f == 0 or len(p) < 2:
+        return p.astype(np.float32)
+    out = (1 - 2 * f) * p
+    out[1:] += f * p[:-1]
+    out[:-1] += f * p[1:]
+    out[0], out[-1] = (1 - f) * p[0] + f * p[1], (1 - f) * p[-1] + f * p[-2]
+    return out.astype(np.float32)
+
+
 def reference_mel(y: np.ndarray, group) -> np.ndarray:
     """REFERENCE.md section 2 with librosa + cv2 → ``(chunks, 1, n_mels, 2F)`` (a 60 s file: 6 chunks)."""
     import cv2
@@ -159,7 +188,7 @@ def measure(models: str, audio: str | None = None, files: int = 4, rounds: int =
     from birdinfer.cpu import effective_isa
 
     modes = list(modes or DEFAULT_MODES)
-    manifest = Manifest.load(models)
+    manifest = Manifest.load(models, upgrade=False)  # the reference reads the mel groups (version 1)
     machine = machine_info(peak=True)
     peak = machine["matmul_f32_gflops"]
     gflop = {m.name: _gflop_per_file(manifest, m, 6) for m in manifest.models}

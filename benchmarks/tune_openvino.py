@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from birdinfer.bench import synthetic_soundscapes
-from birdinfer.features import FrontEnd
+from birdinfer.upgrade import MelFrontEnd
 from birdinfer.manifest import Manifest
 from birdinfer.pipeline import Predictor
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="*", default=None, help="only these configurations")
     parser.add_argument("--skip", nargs="*", default=[], help="sections to skip: configs load pipeline")
     args = parser.parse_args(argv)
-    manifest = Manifest.load(args.models)
+    manifest = Manifest.load(args.models, upgrade=False)  # version 1: mel groups
     core = ov.Core()
 
     with tempfile.TemporaryDirectory(prefix="tune_ov_") as tmp:
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         from birdinfer.audio import load_audio
 
         y = load_audio(paths[0])
-        features = FrontEnd(manifest.used_groups())(y)
+        features = MelFrontEnd(manifest.used_groups())(y)
         print(f"{len(manifest.models)} models, precision {args.precision}, {args.rounds} rounds", flush=True)
 
         if "configs" not in args.skip:

@@ -3,14 +3,17 @@
 Data flows one way, one module per stage::
 
     audio.py     decode, mono, resample to 32 kHz, NaN repair
-    features.py  numpy mel front end for every group at once (shared STFT, only the frames the resize reads)
+    dsp/         plain-numpy kernels: STFT frames, cv2 time resize, mel filterbanks, the fused mel kernel
+    frontend_ops.py, spectral_ops.py, window_ops.py   registered front-end ops (waveform → model inputs)
     models.py    OpenVINO / ONNX Runtime execution of the exported networks
-    ensemble.py  sigmoid, 5 s segment max, weighted group means, temporal smoothing
+    steps.py     registered model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
+    engine.py    the one engine: front-end graph → models → steps → ensemble tree
     output.py    submission / prediction tables, atomic writes
-    pipeline.py  Predictor: the stages above over recordings (60 s blocks, background decoding)
+    pipeline.py  Predictor: the engine over recordings (blocks, background decoding)
     submit.py    make_submission: a folder → submission.csv (time budget in budget.py, output lock in lock.py)
 
-The model folder's ``manifest.json`` (manifest.py) describes everything; nothing is guessed.
+The model folder's ``manifest.json`` describes everything; nothing is guessed. ``Manifest.load`` (manifest.py)
+returns a version 2 spec (spec.py) for every folder: a version 1 folder is upgraded in memory (upgrade.py).
 """
 
 __version__ = "0.1.0"

@@ -171,6 +171,7 @@ def copy_model_files(manifest: Manifest, dest: str | Path, *, with_onnx: bool = 
     """
     dest = Path(dest)
     dest.mkdir(parents=True)
+    manifest = getattr(manifest, "v1", None) or manifest  # an upgraded version 1 folder is copied as written
     models, left_out = [], []
     for entry in manifest.models:
         variants = {}

@@ -29,6 +29,9 @@ __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
 #: Feature prefixes run by :func:`birdinfer.spectral_ops.stft_resize_mel`, frames shared between features.
 CHAIN = ("stft", "resize_time", "mel")
 
+#: Larger samples overflow float32 power spectra (|frame FFT|² reaches (n_fft · peak)², overflow seen from ~1e17).
+MAX_ABS_SAMPLE = 1e12
+
 #: Block length used for ``block_seconds: null`` (the whole file is one block).
 WHOLE_FILE_SECONDS = 1e7
 
@@ -64,8 +67,13 @@ class FrontEndGraph:
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.floating):
             raise ParameterError(f"the front end needs float mono samples of shape (n,), got {y.dtype} {y.shape}")
         y = np.ascontiguousarray(y, dtype=np.float32)
-        if not np.isfinite(y).all():
+        peak = float(np.abs(y).max()) if y.size else 0.0
+        if not np.isfinite(peak):
             raise ParameterError("the signal has NaN or Inf samples; load it with birdinfer.audio.load_audio (repairs them)")
+        if peak > MAX_ABS_SAMPLE:
+            raise ParameterError(
+                f"the signal has samples up to {peak:.3g} in magnitude; a float32 power spectrum would overflow (limit "
+                f"{MAX_ABS_SAMPLE:g}); audio samples belong in [-1, 1]: is it a float file holding garbage?")
         if n_rows is None:
             n_rows = self.manifest.n_rows(len(y))
         if n_rows == 0:

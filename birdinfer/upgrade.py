@@ -111,6 +111,12 @@ class MelFrontEnd:
         """5 s rows of a signal of ``n_samples`` (the row rule of :meth:`birdinfer.spec.ManifestV2.n_rows`)."""
         return self.manifest.n_rows(n_samples)
 
+    def output_shape(self, group: MelGroup, n_samples: int) -> tuple[int, int, int, int]:
+        """``(n_chunks, 1, n_mels, 2F)`` of ``group``'s output for ``n_samples``: a chunk per two rows (at least one
+        for a non-empty signal)."""
+        rows = self.n_windows(n_samples)
+        return (max(1, -(-rows // 2)) if n_samples else 0, 1, group.n_mels, group.frames_per_chunk)
+
     def __call__(self, y: np.ndarray) -> dict[str, np.ndarray]:
         y = np.asarray(y)
         if y.ndim == 1 and y.size == 0:

@@ -205,11 +205,11 @@ def _calibration_input(n_mels: int, group: MelGroup | None, *, seed: int, genera
     """Batches ``(b, 1, n_mels, T)`` of dB input to measure batch-norm statistics on."""
     if group is None:
         return [-40.0 + 15.0 * torch.randn(4, 1, n_mels, 256, generator=generator) for _ in range(2)]
-    from birdinfer.features import FrontEnd
+    from birdinfer.upgrade import MelFrontEnd
 
     from .verify import synthetic_audio
 
-    mel = FrontEnd([group])(synthetic_audio(30.0, seed=10_000 + seed))[group.name]  # 3 chunks
+    mel = MelFrontEnd([group])(synthetic_audio(30.0, seed=10_000 + seed))[group.name]  # 3 chunks
     return [torch.from_numpy(mel)]
 
 

@@ -319,7 +319,7 @@ def export_models(
     )
     manifest.validate()
     manifest.save(out)
-    return Manifest.load(out)
+    return Manifest.load(out, upgrade=False)  # as written (version 1); Manifest.load(out) is the spec it runs as
 
 
 def _is_spec_v2(path: str | Path) -> bool:

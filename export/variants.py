@@ -39,7 +39,7 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
     import openvino as ov
 
     folder = Path(models)
-    manifest = Manifest.load(folder)
+    manifest = Manifest.load(folder, upgrade=False)  # rewritten in its own format (version 1: mel groups)
     if variants is None:
         variants = list(DEFAULT_INT8_VARIANTS)
     recipes = dict(variants) if isinstance(variants, Mapping) else {name: INT8_RECIPES[name] for name in variants}
@@ -68,14 +68,14 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
                       extra={**dict(manifest.extra), "precision": "int8", "int8_variants_added": sorted(recipes)})
     updated.validate()
     updated.save(folder)
-    return Manifest.load(folder)
+    return Manifest.load(folder, upgrade=False)
 
 
 def record_cpu_classes(models: str | Path, classes: Mapping[str, Sequence[str] | None], evidence: str = "") -> Manifest:
     """Write the CPU classes each named variant is valid on into the folder's manifest (files unchanged): for
     variants quantized before their accuracy per class was measured."""
     folder = Path(models)
-    manifest = Manifest.load(folder)
+    manifest = Manifest.load(folder, upgrade=False)  # rewritten in its own format
     entries = []
     for entry in manifest.models:
         variants = dict(entry.variants)
@@ -88,7 +88,7 @@ def record_cpu_classes(models: str | Path, classes: Mapping[str, Sequence[str] |
     updated = replace(manifest, models=tuple(entries))
     updated.validate()
     updated.save(folder)
-    return Manifest.load(folder)
+    return Manifest.load(folder, upgrade=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Inputs and figures that prove an export: mel chunks from the runtime's front end, parity, INT8 deviation.
 
 Every figure is computed on the input the runtime will actually feed: audio (the user's soundscapes, or
-seeded synthetic audio when none is given) through :class:`birdinfer.features.FrontEnd`, giving dB mel
+seeded synthetic audio when none is given) through :class:`birdinfer.upgrade.MelFrontEnd`, giving dB mel
 chunks ``(n, 1, n_mels, 2F)`` per group.
 """
 
@@ -94,9 +94,9 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _mel_of(signals: Sequence[np.ndarray], groups: Sequence[MelGroup], *, sample_rate: int, window_seconds: float) -> dict[str, np.ndarray]:
     """Front-end chunks of every signal, concatenated per group: ``{group: (n, 1, n_mels, 2F)}``."""
-    from birdinfer.features import FrontEnd
+    from birdinfer.upgrade import MelFrontEnd
 
-    front_end = FrontEnd(list(groups), sample_rate=sample_rate, window_seconds=window_seconds)
+    front_end = MelFrontEnd(list(groups), sample_rate=sample_rate, window_seconds=window_seconds)
     per_group: dict[str, list[np.ndarray]] = {g.name: [] for g in groups}
     for y in signals:
         mel = front_end(y)

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from birdinfer.audio import load_audio  # noqa: E402
 from birdinfer.errors import ChecksumError, CheckpointError, ParameterError  # noqa: E402
-from birdinfer.features import FrontEnd  # noqa: E402
+from birdinfer.upgrade import MelFrontEnd  # noqa: E402
 from birdinfer.manifest import Manifest, sha256_file  # noqa: E402
 from birdinfer_export import (  # noqa: E402
     PARITY_TOLERANCE,
@@ -146,7 +146,7 @@ def test_packaged_recipe_copy_matches_weights_folder():
 
 # ----------------------------------------------------------------------------------- f32 model folder
 def test_manifest_records_models_labels_and_checksums(three_groups):
-    manifest = Manifest.load(three_groups["out"])
+    manifest = Manifest.load(three_groups["out"], upgrade=False)  # as written: version 1
     manifest.verify_checksums()
     assert manifest.labels == tuple(LABELS)
     assert [g.name for g in manifest.groups] == ["v1", "v2", "v3"]
@@ -179,7 +179,7 @@ def test_recorded_parity_within_tolerance_and_meaningful(three_groups):
 def test_recorded_openvino_parity_is_recomputed(three_groups):
     manifest = three_groups["manifest"]
     entry = next(m for m in manifest.models if m.group == "v2")
-    front_end = FrontEnd(manifest.groups, sample_rate=manifest.sample_rate, window_seconds=manifest.window_seconds)
+    front_end = MelFrontEnd(manifest.groups, sample_rate=manifest.sample_rate, window_seconds=manifest.window_seconds)
     batch = front_end(synthetic_audio(60.0, seed=0))["v2"][:6]
     assert batch.shape == (6, 1, 192, 768)
     recomputed = _recorded_vs_openvino(manifest, entry, batch, three_groups["checkpoints"] / entry.export["checkpoint"])
@@ -190,9 +190,9 @@ def test_recorded_openvino_parity_is_recomputed(three_groups):
 def test_runtime_loads_the_folder_and_matches_torch(three_groups):
     from birdinfer.models import load_models
 
-    manifest = Manifest.load(three_groups["out"])
+    manifest = Manifest.load(three_groups["out"], upgrade=False)
     loaded = load_models(manifest, precision="f32")
-    front_end = FrontEnd(manifest.groups)
+    front_end = MelFrontEnd(manifest.groups)
     mel = front_end(synthetic_audio(30.0, seed=3))  # 3 chunks: the runtime pads to the fixed 6
     for lm in loaded:
         chunks = mel[lm.entry.group]
@@ -230,7 +230,7 @@ def test_dynamic_chunk_axis(tmp_path):
     assert entry.input_shape == (-1, 1, 224, 576) and entry.batch_chunks is None
     compiled = ov.Core().compile_model(str(manifest.path_of(entry.variants["f32"].openvino)), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32"})
-    x = FrontEnd(manifest.groups)(synthetic_audio(30.0, seed=9))["v3"]  # 3 chunks, not the 2 exported with
+    x = MelFrontEnd(manifest.groups)(synthetic_audio(30.0, seed=9))["v3"]  # 3 chunks, not the 2 exported with
     model = load_checkpoint(checkpoints / spec.checkpoint, arch=ARCH, n_mels=224, n_classes=N_CLASSES)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
@@ -430,7 +430,7 @@ def test_int8_runs_in_runtime_and_reported_deviation_is_recomputed(int8_export, 
     manifest = int8_export["manifest"]
     entry = manifest.models[0]
     v = entry.variants["int8"].verification
-    held_out = FrontEnd(manifest.groups)(load_audio(calibration_dir / v["held_out_files"][0]))["v3"]
+    held_out = MelFrontEnd(manifest.groups)(load_audio(calibration_dir / v["held_out_files"][0]))["v3"]
     assert held_out.shape[0] == v["held_out_chunks"] == 2
 
     core = ov.Core()

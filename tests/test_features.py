@@ -1,4 +1,7 @@
-"""birdinfer.features against the reference front end (librosa mel + cv2 resize + per-chunk power_to_db).
+"""The 4th place's mel front end on the one engine against the reference (librosa mel + cv2 resize + per-chunk
+power_to_db): its groups as a version 2 spec (birdinfer.upgrade.MelFrontEnd, run by birdinfer.engine.FrontEndGraph,
+whose ``stft → resize_time → mel`` prefixes share frames per n_fft: birdinfer.dsp.resized_mel_power), the
+same with every op on its own, and the DSP pieces (birdinfer.dsp).
 
 The reference is written here with the oracles the original system used; the inputs are real OGG files
 written by libsndfile from seeded synthetic signals (chirps, tones, noise, silence) and decoded with
@@ -13,16 +16,19 @@ import soundfile as sf
 
 from birdinfer.audio import load_audio
 from birdinfer.errors import ParameterError
-from birdinfer.features import (
-    FrontEnd,
+import birdinfer.engine
+from birdinfer.dsp import (
+    SpectrumTarget,
     hann_window,
+    mel_bands,
     mel_filterbank,
-    n_windows,
     resize_plan,
+    resized_mel_power,
     resized_width,
     stft_frames,
 )
 from birdinfer.manifest import MelGroup
+from birdinfer.upgrade import MelFrontEnd
 
 from conftest import REFERENCE_GROUPS
 
@@ -80,7 +86,7 @@ def signals(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def front_end():
-    return FrontEnd(GROUPS)
+    return MelFrontEnd(GROUPS)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +109,11 @@ def references(signals):
 # ----------------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("name", [g.name for g in GROUPS])
 @pytest.mark.parametrize("seconds", LENGTHS)
-def test_parity_with_reference(outputs, references, signals, seconds, name):
+def test_parity_with_reference(outputs, references, signals, seconds, front_end, name):
     group = BY_NAME[name]
     ours = outputs[seconds][name]
-    chunks = references(seconds, name)
+    n_rows = front_end.n_windows(len(signals[seconds]))
+    chunks = references(seconds, name)[: max(1, -(-n_rows // 2))]  # the chunks holding the rows
     assert ours.dtype == np.float32 and ours.flags.c_contiguous
     assert ours.shape == (len(chunks), 1, group.n_mels, group.frames_per_chunk)
     worst = 0.0
@@ -122,7 +129,14 @@ def test_sixty_second_shapes(outputs):
     assert list(outputs[60.0]) == ["v1", "v2", "v3"]
 
 
-@pytest.mark.parametrize("seconds", [7.3, 62.0, 3.0])
+def test_a_trailing_part_row_makes_no_chunk(outputs):
+    # 62 s: 12 rows of 5 s, so 6 chunks; the last 2 s make no row (the version 1 engine computed a 7th chunk
+    # for them that no row read)
+    assert {name: a.shape[0] for name, a in outputs[62.0].items()} == {"v1": 6, "v2": 6, "v3": 6}
+    np.testing.assert_array_equal(outputs[62.0]["v2"][:6], outputs[62.0]["v2"])
+
+
+@pytest.mark.parametrize("seconds", [7.3, 3.0])
 def test_partial_chunk_is_padded_with_zero_power(outputs, seconds):
     for group in GROUPS:
         ours = outputs[seconds][group.name]
@@ -144,16 +158,37 @@ def test_each_chunk_has_its_own_80_db_floor(outputs):
 
 def test_groups_share_frames_without_changing_results(signals, outputs):
     y = signals[7.3]
-    alone = {g.name: FrontEnd([g])(y)[g.name] for g in GROUPS}
+    alone = {g.name: MelFrontEnd([g])(y)[g.name] for g in GROUPS}
     for name, a in alone.items():
         np.testing.assert_allclose(a, outputs[7.3][name], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("block_frames", [8, 37, 1024])
-def test_block_size_does_not_change_results(signals, outputs, block_frames):
-    out = FrontEnd(GROUPS, block_frames=block_frames)(signals[7.3])
+@pytest.mark.parametrize("seconds", [60.0, 7.3, 3.0])
+def test_shared_chain_equals_the_ops_one_by_one(signals, outputs, seconds, monkeypatch):
+    """The executor's fused prefix (shared frames, blocked STFT over the needed bins, interpolation before a
+    banded mel) gives the numbers of stft, resize_time and mel run on their own (whole STFT, dense mel)."""
+    monkeypatch.setattr(birdinfer.engine, "FUSED", {})  # not even stft + resize_time together
+    plain = MelFrontEnd(GROUPS)
+    plain._graph._chains = []
+    out = plain(signals[seconds])
     for name, a in out.items():
-        np.testing.assert_allclose(a, outputs[7.3][name], atol=1e-4, rtol=0)
+        assert a.shape == outputs[seconds][name].shape
+        np.testing.assert_allclose(outputs[seconds][name], a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("block_frames,fft_frames", [(8, 3), (37, 64), (1024, 200)])
+def test_block_size_does_not_change_results(signals, block_frames, fft_frames):
+    y = signals[7.3]
+    pad = np.zeros(len(y) + 2048, np.float32)
+    pad[1024:-1024] = y
+    targets = []
+    for g in (BY_NAME["v1"], BY_NAME["v3"]):  # n_fft 2048, hops 64 and 128: shared frames
+        fb = mel_filterbank(sample_rate=SR, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax)
+        targets.append(SpectrumTarget(g.hop_length, resized_width(len(y), g.frames_per_window, WINDOW), mel_bands(fb)))
+    want = resized_mel_power(pad, hann_window(2048), targets)
+    got = resized_mel_power(pad, hann_window(2048), targets, block_frames=block_frames, fft_frames=fft_frames)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.max()))
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=.*is too large:UserWarning")
@@ -177,10 +212,12 @@ def test_empty_and_bad_input(front_end):
         front_end(np.array([0.0, np.nan, 0.1], dtype=np.float32))
     with pytest.raises(ParameterError, match="mono"):
         front_end(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ParameterError, match="in magnitude"):  # float32 power would overflow
+        front_end(np.full(SR, 1e13, dtype=np.float32))
     with pytest.raises(ParameterError):
-        FrontEnd([])
+        MelFrontEnd([])
     with pytest.raises(ParameterError):
-        FrontEnd([GROUPS[0], GROUPS[0]])
+        MelFrontEnd([GROUPS[0], GROUPS[0]])
 
 
 def test_float64_input_is_accepted(front_end, signals):
@@ -195,21 +232,16 @@ def test_float64_input_is_accepted(front_end, signals):
     [(0, 0), (1, 1), (WINDOW - 1, 1), (WINDOW, 1), (2 * WINDOW - 1, 1), (2 * WINDOW, 2),
      (60 * SR, 12), (62 * SR, 12), (3 * SR, 1), (int(7.3 * SR), 1)],
 )
-def test_n_windows(n_samples, expected):
-    assert n_windows(n_samples, WINDOW) == expected
-
-
-def test_n_windows_rejects_bad_values():
-    with pytest.raises(ParameterError):
-        n_windows(10, 0)
-    with pytest.raises(ParameterError):
-        n_windows(-1, WINDOW)
+def test_n_windows(front_end, n_samples, expected):
+    assert front_end.n_windows(n_samples) == expected
 
 
 def test_chunks_cover_the_windows(front_end):
     for n in [1, WINDOW - 1, WINDOW, 3 * WINDOW + 17, 12 * WINDOW, 13 * WINDOW - 1]:
+        out = front_end(np.zeros(n, np.float32))
         for g in GROUPS:
-            assert 2 * front_end.output_shape(g, n)[0] >= n_windows(n, WINDOW)
+            assert out[g.name].shape == front_end.output_shape(g, n)
+            assert 2 * front_end.output_shape(g, n)[0] >= front_end.n_windows(n)
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.name)
@@ -271,7 +303,22 @@ def test_runtime_imports_neither_librosa_nor_cv2():
     import subprocess
     import sys
 
-    code = ("import sys, birdinfer.audio, birdinfer.features; "
+    code = ("import sys, birdinfer.audio, birdinfer.dsp, birdinfer.upgrade, birdinfer.pipeline; "
             "bad = [m for m in ('librosa', 'cv2', 'torch', 'timm') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dsp_imports_nothing_from_birdinfer():
+    """The kernels are plain numpy (a future stand-alone ``dsp`` package): no birdinfer import inside."""
+    import ast
+    from pathlib import Path
+
+    import birdinfer.dsp
+
+    for path in Path(birdinfer.dsp.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 and not (node.module or "").startswith("birdinfer"), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("birdinfer") for a in node.names), path.name

@@ -166,10 +166,10 @@ def test_corpus_is_what_it_claims(corpus):
     raw, _ = sf.read(str(bad / "nan_inf.wav"), dtype="float32")
     assert np.isnan(raw).any() and np.isinf(raw).any()
     assert sf.info(str(bad / "empty_header_only.wav")).frames == 0
-    from birdinfer.features import FrontEnd
     from birdinfer.manifest import MelGroup
+    from birdinfer.upgrade import MelFrontEnd
 
-    front_end = FrontEnd([MelGroup.from_dict(g) for g in SMALL_RECIPE["groups"]])
+    front_end = MelFrontEnd([MelGroup.from_dict(g) for g in SMALL_RECIPE["groups"]])
     for kind in CORPUS:
         if kind.good:
             y = audio_mod.load_audio(bad / kind.name)
@@ -426,10 +426,10 @@ def test_fuzz_front_end():
     pytest.importorskip("hypothesis")
     from hypothesis import given, settings, strategies as st
 
-    from birdinfer.features import FrontEnd
     from birdinfer.manifest import MelGroup
+    from birdinfer.upgrade import MelFrontEnd
 
-    front_end = FrontEnd([MelGroup.from_dict(g) for g in SMALL_RECIPE["groups"]])
+    front_end = MelFrontEnd([MelGroup.from_dict(g) for g in SMALL_RECIPE["groups"]])
     specials = st.lists(st.tuples(st.floats(0, 1), st.sampled_from([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e20, 1e-40])),
                         max_size=4)
 

@@ -8,10 +8,27 @@ import scipy.ndimage
 import scipy.stats
 from scipy.special import expit
 
-from birdinfer.ensemble import smooth as v1_smooth, window_probabilities
 from birdinfer.frontend_ops import WindowLayout
 from birdinfer.registry import build_params
 from birdinfer.steps import COMBINE_STEPS, MODEL_STEPS, ROW_STEPS, Outputs
+
+
+def window_probabilities(logits: np.ndarray, n_windows: int) -> np.ndarray:
+    """Version 1's rule (REFERENCE.md section 4): chunks of two 5 s windows, max of the logits over each half,
+    then sigmoid."""
+    chunks, n_labels, frames = logits.shape
+    window_max = logits.reshape(chunks, n_labels, 2, frames // 2).max(axis=3)
+    return expit(window_max.transpose(0, 2, 1).reshape(2 * chunks, n_labels)[:n_windows]).astype(np.float32)
+
+
+def v1_smooth(p: np.ndarray, f: float) -> np.ndarray:
+    """Version 1's smoothing: inner rows ``f·p[k-1] + (1-2f)·p[k] + f·p[k+1]``, edge rows ``(1-f)·p + f·neighbour``."""
+    p = p.astype(np.float64)
+    out = (1 - 2 * f) * p
+    out[1:] += f * p[:-1]
+    out[:-1] += f * p[1:]
+    out[0], out[-1] = (1 - f) * p[0] + f * p[1], (1 - f) * p[-1] + f * p[-2]
+    return out.astype(np.float32)
 
 
 def step(registry, name: str, *args, **params):

@@ -4,7 +4,7 @@ Folder: ``taxonomy.csv`` (class order = ``primary_label`` in file order), ``trai
 secondary_labels as a Python-list string, filename under ``train_audio/``), optional ``train_soundscapes/``
 for pseudo-labelled samples.
 
-Features follow REFERENCE.md section 5 with the runtime front end's rules (:mod:`birdinfer.features`):
+Features follow REFERENCE.md section 5 with the runtime front end's rules (:mod:`birdinfer.dsp`):
 per recording and group, the *power* mel spectrogram resized to ``F`` columns per 5 s is computed once and
 cached (``(W, n_mels)`` float32, time-major, one ``.npy`` per recording); a training crop is ``2F``
 columns (10 s), converted to dB on its own (``10 log10(max(1e-10, P))``, floored at the crop max − top_db),
@@ -33,7 +33,7 @@ import scipy.fft
 
 from birdinfer.audio import load_audio
 from birdinfer.errors import ParameterError
-from birdinfer.features import (
+from birdinfer.dsp import (
     hann_window,
     mel_filterbank,
     power_to_db_chunks,
@@ -218,7 +218,7 @@ def oversample_rare(samples: list[Sample], n_classes: int, *, minimum: int, rng:
 def mel_power(y: np.ndarray, group: MelGroup, *, sample_rate: int = SAMPLE_RATE, window_seconds: float = WINDOW_SECONDS) -> np.ndarray:
     """Resized power mel spectrogram ``(W, n_mels)`` float32 (time-major) of ``y`` ``(N,)``.
 
-    The runtime front end's rules before dB (:mod:`birdinfer.features`): centred zero-padded periodic-Hann
+    The runtime front end's rules before dB (:mod:`birdinfer.dsp`): centred zero-padded periodic-Hann
     STFT, cv2 INTER_LINEAR time resize to ``W = N * F // window_samples`` columns (only the frames it reads
     are transformed; power interpolated before the mel projection, which is linear), Slaney mel filterbank.
     """

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scipy.special import expit
+
 from birdinfer.audio import load_audio
-from birdinfer.ensemble import smooth
-from birdinfer.ensemble import window_probabilities as ensemble_windows
-from birdinfer.features import FrontEnd
 from birdinfer.manifest import MelGroup
 from birdinfer.metric import score_files
+from birdinfer.steps import SmoothParams, smooth
+from birdinfer.upgrade import MelFrontEnd
 from birdinfer_export.checkpoint import load_checkpoint
 from birdinfer_export.network import SEDNet
 
@@ -30,7 +31,11 @@ __all__ = ["window_probabilities", "predict_soundscapes", "score_checkpoint"]
 def window_probabilities(model: SEDNet, chunks: np.ndarray, n_windows: int, *, smoothing: float = 0.15) -> np.ndarray:
     """dB chunks ``(n_chunks, 1, n_mels, 2F)`` → per-5 s-window probabilities ``(n_windows, n_classes)``."""
     logits = model(torch.from_numpy(chunks)).numpy()  # (n_chunks, C, T')
-    return smooth(ensemble_windows(logits, n_windows), smoothing)  # the runtime's own rules
+    n_chunks, n_classes, frames = logits.shape  # a chunk is two 5 s windows: max over each half, then sigmoid
+    window_max = logits.reshape(n_chunks, n_classes, 2, frames // 2).max(axis=3)
+    probs = expit(window_max.transpose(0, 2, 1).reshape(2 * n_chunks, n_classes)[:n_windows])
+    kernel = (smoothing, 1.0 - 2.0 * smoothing, smoothing)  # the runtime's smooth step (nearest edges)
+    return smooth(probs, SmoothParams(kernel=kernel, mode="nearest")).astype(np.float32)
 
 
 def predict_soundscapes(
@@ -39,7 +44,7 @@ def predict_soundscapes(
 ) -> pd.DataFrame:
     """Submission-format table (``row_id`` + one column per label) for ``audio_files`` from one checkpoint."""
     model = load_checkpoint(checkpoint, arch=arch, n_mels=group.n_mels, n_classes=len(labels))
-    front_end = FrontEnd([group])
+    front_end = MelFrontEnd([group])
     rows, values = [], []
     for path in audio_files:
         y = load_audio(path)
