@@ -116,7 +116,7 @@ def test_names_cannot_escape_the_folder(tmp_path):
     broken(tmp_path, lambda d: d["files"].pop("m.bin"), r"variants\.f32: file 'm\.bin' has no sha256")
 
 
-def test_version_1_manifests_still_load_as_version_1(tmp_path):
+def test_version_1_manifests_load_upgraded_and_as_written(tmp_path):
     from conftest import REFERENCE_GROUPS
 
     from birdinfer.manifest import ModelEntry, ModelVariant
@@ -124,8 +124,12 @@ def test_version_1_manifests_still_load_as_version_1(tmp_path):
     entry = ModelEntry("x", "tf_efficientnet_lite0", "v1", 1.0, (6, 1, 256, 512), 16, {"f32": ModelVariant(openvino="x.xml")})
     v1 = Manifest(labels=("a", "b"), groups=REFERENCE_GROUPS, models=(entry,), files={"x.xml": "0", "x.bin": "0"})
     v1.save(tmp_path)
-    manifest = Manifest.load(tmp_path)
+    manifest = Manifest.load(tmp_path, upgrade=False)  # as written
     assert type(manifest) is Manifest and manifest.format_version == 1 and manifest.to_dict() == v1.to_dict()
+    spec = Manifest.load(tmp_path)  # as it runs: the same folder as a version 2 spec, upgraded in memory
+    assert isinstance(spec, ManifestV2) and spec.v1 == manifest and spec.files == manifest.files
+    assert [s.name for s in spec.features["v1"]] == ["stft", "resize_time", "mel", "windows", "db", "channels"]
+    assert spec.models[0].input == "v1" and spec.models[0].variants == entry.variants and spec.block_seconds == 60.0
 
 
 def test_bad_values_in_outputs_label_map_and_members(tmp_path):

@@ -225,3 +225,55 @@ def test_fused_stft_resize_equals_the_two_ops():
                                             build_params(spectral_ops.ResizeParams, {"frames_per_row": 256}, where="t"), b)
     np.testing.assert_array_equal(fused.data, two.data)
     assert (fused.kind, fused.hop, fused.n_fft, fused.frames_per_row) == ("spec", 64, 2048, 256.0)
+
+
+def _db(a: np.ndarray, floor: float) -> np.ndarray:
+    return 10 * np.log10(np.maximum(a.astype(np.float64), floor))
+
+
+@pytest.mark.parametrize("stft_params,mels", [
+    ({"n_fft": 2048, "window": "hann", "center": True, "pad_mode": "constant", "power": 2.0},
+     [({"n_mels": 128, "fmin": 40.0, "fmax": 16000.0}, 64, 256), ({"n_mels": 96, "fmin": 50.0}, 128, 250)]),
+    ({"n_fft": 1024, "win_length": 800, "window": "hamming", "center": True, "pad_mode": "reflect", "power": 1.0,
+      "normalized": True}, [({"n_mels": 64, "scale": "htk", "norm": None, "fmax": 14000.0}, 160, 200)]),
+    ({"n_fft": 512, "window": "hann_symmetric", "center": False, "power": 2.0},
+     [({"n_mels": 40, "fmin": 300.0, "fmax": 8000.0}, 100, 313), ({"n_mels": 40, "scale": "htk"}, 200, 100)]),
+])
+@pytest.mark.parametrize("seconds", [12.3, 0.4])
+def test_shared_stft_resize_mel_equals_the_three_ops(stft_params, mels, seconds):
+    """stft → resize_time → mel prefixes of one frame-sharing key, run together by the executor, give the numbers
+    of the three ops run one after the other (whole STFT, cv2 resize, dense mel): within 1e-4 dB."""
+    y = signal(seconds, seed=9)
+    b = block_for(y)
+    chains = []
+    for mel_params, hop, frames_per_row in mels:
+        chains.append((build_params(spectral_ops.StftParams, {**stft_params, "hop_length": hop}, where="t"),
+                       build_params(spectral_ops.ResizeParams, {"frames_per_row": frames_per_row}, where="t"),
+                       build_params(spectral_ops.MelParams, mel_params, where="t")))
+    fused = spectral_ops.stft_resize_mel(Signal(y), chains, b)
+    for (sp, rp, mp), got in zip(chains, fused):
+        x = spectral_ops.stft_op(Signal(y), sp, b)
+        x = spectral_ops.resize_time(x, rp, b)
+        want = spectral_ops.mel(x, mp, b)
+        assert got.data.shape == want.data.shape and got.data.dtype == np.float32
+        assert (got.kind, got.hop, got.n_fft, got.frames_per_row) == (want.kind, want.hop, want.n_fft, want.frames_per_row)
+        floor = float(want.data.max()) * 1e-8  # a (local) 80 dB floor, below which dB is the floor on both sides
+        assert np.abs(_db(got.data, floor) - _db(want.data, floor)).max() <= 1e-4
+
+
+def test_graph_runs_the_shared_chain_once_per_frame_key(monkeypatch):
+    calls = []
+    real = spectral_ops.resized_mel_power
+    monkeypatch.setattr(spectral_ops, "resized_mel_power", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    chain = lambda hop, n_mels: [{"op": "stft", "n_fft": 1024, "hop_length": hop}, {"op": "resize_time", "frames_per_row": 100},  # noqa: E731
+                                 {"op": "mel", "n_mels": n_mels}, {"op": "windows", "length_frames": 100, "step_frames": 100}]
+    spec = {"format": "birdinfer-model-folder", "format_version": 2, "labels": ["a"],
+            "features": {"a": {"steps": chain(64, 32)}, "b": {"steps": chain(128, 48)}, "c": {"steps": chain(64, 32)}},
+            "models": [{"name": n, "input": n, "input_shape": [-1, s, 100], "outputs": [{"name": "o", "kind": "probabilities"}],
+                        "steps": [{"step": "clip_rows"}], "variants": {"f32": {"onnx": f"{n}.onnx"}}}
+                       for n, s in (("a", 32), ("b", 48), ("c", 32))],
+            "ensemble": {"steps": [{"step": "mean"}]}}
+    out = FrontEndGraph(parse_spec(spec))(signal(10.0))
+    assert calls == [2]  # one call, two distinct chains (a and c are the same)
+    assert out["a"].data.shape == out["c"].data.shape == (2, 32, 100) and out["b"].data.shape == (2, 48, 100)
+    np.testing.assert_array_equal(out["a"].data, out["c"].data)
