@@ -154,3 +154,25 @@ def test_manifest_is_self_describing(small_model_folder):
     assert all(s.variants == m.variants and s.input == m.group for s, m in zip(spec.models, manifest.models))
     assert [g.name for g in spec.ensemble.members] == ["v1", "v2", "v3"]
     spec.verify_checksums()
+
+
+def test_parallel_models_give_the_same_rows_and_share_the_wall_time(small_model_folder):
+    """``parallel_models`` runs different models at once in worker threads on the one engine (any folder): same
+    rows as one at a time; each model is charged its share of the block's wall time, the shares adding up to it."""
+    y = (0.05 * np.random.default_rng(5).standard_normal(60 * 32000)).astype(np.float32)
+    serial = Predictor(small_model_folder, precision="f32")
+    parallel = Predictor(small_model_folder, precision="f32", parallel_models=2)
+    try:
+        assert parallel._engine._pool is not None and len(parallel.models) > 1
+        np.testing.assert_allclose(parallel.predict_array(y), serial.predict_array(y), rtol=0, atol=1e-6)
+        ticks = iter(range(1000))
+        before = dict(parallel.model_seconds)
+        rows = parallel.infer_block(parallel.features(y), 12, clock=lambda: float(next(ticks)))
+        assert set(rows) == {m.name for m in parallel.models} and all(r.shape == (12, N_CLASSES) for r in rows.values())
+        charged = {n: parallel.model_seconds[n] - before[n] for n in before}
+        # the clock is read once per model at submission and once at collection: wall = 2n - 1 ticks
+        assert sum(charged.values()) == pytest.approx(2 * len(parallel.models) - 1)
+        assert all(c > 0 for c in charged.values())
+    finally:
+        parallel.close()
+        serial.close()
