@@ -48,11 +48,12 @@ GROUPS = tuple(MelGroup.from_dict(g) for g in json.loads(RECIPE.read_text())["gr
 
 
 def v1_front_end_class(tmp: Path):
-    """``FrontEnd`` of the version 1 engine: this checkout's if it still has one, else ``main``'s."""
+    """``FrontEnd`` of the version 1 engine: an importable ``birdinfer.features`` if there is one (an editable
+    install of an older checkout resolves it there), else ``main``'s, read with git."""
     try:
-        from birdinfer.features import FrontEnd  # type: ignore[attr-defined]
+        import birdinfer.features as v1_features  # type: ignore[import-not-found]
 
-        return FrontEnd, "birdinfer.features (this checkout)"
+        return v1_features.FrontEnd, v1_features.__file__
     except ImportError:
         pass
     source = subprocess.run(["git", "-C", str(ROOT), "show", "main:birdinfer/features.py"], check=True,
