@@ -27,7 +27,7 @@ from .steps import Outputs
 __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
 
 #: Feature prefixes run by :func:`birdinfer.spectral_ops.stft_resize_mel`, frames shared between features.
-CHAIN = ("stft", "resize_time", "mel")
+CHAINS = (("stft", "resize_time", "mel"), ("stft", "mel"))
 
 #: Larger samples overflow float32 power spectra (|frame FFT|² reaches (n_fft · peak)², overflow seen from ~1e17).
 MAX_ABS_SAMPLE = 1e12
@@ -46,34 +46,34 @@ class FrontEndGraph:
         self._keys = {name: [f"{s.name}:{s.params!r}" for s in manifest.features[name]] for name in manifest.features}
         self._chains = self._shared_chains()
 
+    def _chain_at(self, steps, i: int):
+        """The ``stft → resize_time → mel`` / ``stft → mel`` chain starting at step ``i``, as ``(length, (stft,
+        resize or None, mel) params)``, or None."""
+        for chain in CHAINS:
+            if tuple(s.name for s in steps[i : i + len(chain)]) == chain:
+                p = [s.params for s in steps[i : i + len(chain)]]
+                return len(chain), ((p[0], p[1], p[2]) if len(chain) == 3 else (p[0], None, p[1]))
+        return None
+
     def _shared_chains(self) -> list[tuple[list[tuple[str, ...]], list]]:
-        """The features that start ``stft → resize_time → mel``, grouped by the frames they read
+        """The features that start with a chain, grouped by the frames they read
         (:func:`birdinfer.spectral_ops.frame_sharing_key`): per group the cache keys and the chains."""
         groups: dict[tuple, tuple[list, list]] = {}
         for name in self.names:
-            steps = self.manifest.features[name]
-            if tuple(s.name for s in steps[:3]) != CHAIN:
+            found = self._chain_at(self.manifest.features[name], 0)
+            if found is None:
                 continue
-            key = tuple(self._keys[name][:3])
-            keys, chains = groups.setdefault(frame_sharing_key(steps[0].params), ([], []))
+            length, params = found
+            key = tuple(self._keys[name][:length])
+            keys, chains = groups.setdefault(frame_sharing_key(params[0]), ([], []))
             if key not in keys:
                 keys.append(key)
-                chains.append(tuple(s.params for s in steps[:3]))
+                chains.append(params)
         return list(groups.values())
 
     def __call__(self, y: np.ndarray, n_rows: int | None = None) -> dict[str, Signal]:
         """``y`` float32 ``(N,)`` → ``{feature name: Signal}`` (model input batches in ``.data``)."""
-        y = np.asarray(y)
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.floating):
-            raise ParameterError(f"the front end needs float mono samples of shape (n,), got {y.dtype} {y.shape}")
-        y = np.ascontiguousarray(y, dtype=np.float32)
-        peak = float(np.abs(y).max()) if y.size else 0.0
-        if not np.isfinite(peak):
-            raise ParameterError("the signal has NaN or Inf samples; load it with birdinfer.audio.load_audio (repairs them)")
-        if peak > MAX_ABS_SAMPLE:
-            raise ParameterError(
-                f"the signal has samples up to {peak:.3g} in magnitude; a float32 power spectrum would overflow (limit "
-                f"{MAX_ABS_SAMPLE:g}); audio samples belong in [-1, 1]: is it a float file holding garbage?")
+        y = _checked(y)
         if n_rows is None:
             n_rows = self.manifest.n_rows(len(y))
         if n_rows == 0:
@@ -84,29 +84,53 @@ class FrontEndGraph:
             cache.update(zip(keys, stft_resize_mel(Signal(y), chains, block)))
         out = {}
         for name in self.names:
-            signal, key = Signal(y), ()
-            steps, keys, i = self.manifest.features[name], self._keys[name], 0
-            if tuple(keys[:3]) in cache:
-                key, i = tuple(keys[:3]), 3
-                signal = cache[key]
-            while i < len(steps):
-                step, after = steps[i], steps[i + 1] if i + 1 < len(steps) else None
-                fused = FUSED.get((step.name, after.name)) if after is not None and signal.data.ndim == 1 else None
-                if fused is not None:  # e.g. stft + resize_time: only the frames the resize reads
-                    key = key + (keys[i], keys[i + 1])
-                    if key not in cache:
-                        cache[key] = fused(signal, step.params, after.params, block)
-                    i += 2
-                else:
-                    key = key + (keys[i],)
-                    if key not in cache:
-                        cache[key] = step.entry.fn(signal, step.params, block)
-                    i += 1
-                signal = cache[key]
+            signal = self._run(name, Signal(y), block, cache)
             if not signal.data.flags.c_contiguous:  # model inputs laid out here, off the models' thread
                 signal = replace(signal, data=np.ascontiguousarray(signal.data))
             out[name] = signal
         return out
+
+    def _run(self, name: str, signal: Signal, block: Block, cache: dict) -> Signal:
+        """One feature's steps; a prefix already in ``cache`` (same steps, same parameters) is not recomputed.
+        On a whole waveform, a chain (stft → [resize_time →] mel) or a :data:`FUSED` pair runs as one function."""
+        steps, keys, key, i = self.manifest.features[name], self._keys[name], (), 0
+        while i < len(steps):
+            on_wave = signal.data.ndim == 1
+            chain = self._chain_at(steps, i) if on_wave else None
+            pair = FUSED.get((steps[i].name, steps[i + 1].name)) if on_wave and i + 1 < len(steps) else None
+            if chain is not None:  # only the frames and FFT bins it reads, banded mel
+                n = chain[0]
+                key = key + tuple(keys[i : i + n])
+                if key not in cache:
+                    cache[key] = stft_resize_mel(signal, [chain[1]], block)[0]
+            elif pair is not None:  # e.g. stft + resize_time: only the frames the resize reads
+                n = 2
+                key = key + tuple(keys[i : i + n])
+                if key not in cache:
+                    cache[key] = pair(signal, steps[i].params, steps[i + 1].params, block)
+            else:
+                n = 1
+                key = key + (keys[i],)
+                if key not in cache:
+                    cache[key] = steps[i].entry.fn(signal, steps[i].params, block)
+            signal, i = cache[key], i + n
+        return signal
+
+
+def _checked(y: np.ndarray) -> np.ndarray:
+    """A block's samples as contiguous float32 ``(N,)``: refuses other shapes, NaN/Inf and absurd magnitudes."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.floating):
+        raise ParameterError(f"the front end needs float mono samples of shape (n,), got {y.dtype} {y.shape}")
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if not np.isfinite(peak):
+        raise ParameterError("the signal has NaN or Inf samples; load it with birdinfer.audio.load_audio (repairs them)")
+    if peak > MAX_ABS_SAMPLE:
+        raise ParameterError(
+            f"the signal has samples up to {peak:.3g} in magnitude; a float32 power spectrum would overflow (limit "
+            f"{MAX_ABS_SAMPLE:g}); audio samples belong in [-1, 1]: is it a float file holding garbage?")
+    return y
 
 
 def run_named(model, x: np.ndarray) -> dict[str, np.ndarray]:

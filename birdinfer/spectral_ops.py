@@ -250,7 +250,7 @@ def mel(x: Signal, p: MelParams, block: Block) -> Signal:
 
 
 # ------------------------------------------------------------------------------- stft → resize → mel
-Chain = tuple[StftParams, ResizeParams, MelParams]
+Chain = tuple[StftParams, "ResizeParams | None", MelParams]
 
 
 def frame_sharing_key(sp: StftParams) -> tuple:
@@ -260,25 +260,30 @@ def frame_sharing_key(sp: StftParams) -> tuple:
 
 
 def stft_resize_mel(x: Signal, chains: list[Chain], block: Block) -> list[Signal]:
-    """``stft → resize_time → mel`` for several chains of one :func:`frame_sharing_key` on a whole (unwindowed)
-    waveform: the numbers of the three ops one after the other (to float rounding), computing only the frames
-    the resizes read, once for all chains, and only the FFT bins each filterbank reads
-    (:func:`birdinfer.dsp.resized_mel_power`). Used by the executor for every such prefix."""
+    """``stft → resize_time → mel`` (or ``stft → mel``: resize ``None``) for several chains of one
+    :func:`frame_sharing_key` on a whole (unwindowed) waveform: the numbers of the ops one after the other (to
+    float rounding), computing only the frames the resizes read, once for all chains, and only the FFT bins
+    each filterbank reads (:func:`birdinfer.dsp.resized_mel_power`). Used by the executor for every such prefix."""
     sp0 = chains[0][0]
     if any(frame_sharing_key(sp) != frame_sharing_key(sp0) for sp, _, _ in chains):
         raise ValueError("stft_resize_mel: the chains' STFTs differ in more than the hop")
     padded = _padded(x.data, sp0)
     window = analysis_window(sp0)
-    targets = [SpectrumTarget(sp.hop_length, _width(block, rp), _cached_bands(block.sample_rate, sp.n_fft, mp))
-               for sp, rp, mp in chains]
+    targets = [SpectrumTarget(sp.hop_length, None if rp is None else _width(block, rp),
+                              _cached_bands(block.sample_rate, sp.n_fft, mp)) for sp, rp, mp in chains]
     results = resized_mel_power(padded, window, targets, magnitude=sp0.power == 1.0)
     scale = _scale(sp0, window)
     out = []
     for (sp, rp, _), mel_rows in zip(chains, results):
         if scale is not None:
             mel_rows *= scale
+        if rp is None:
+            fpr = block.row_samples / sp.hop_length
+            fpr = fpr if float(fpr).is_integer() else None  # as stft_op says it
+        else:
+            fpr = float(rp.frames_per_row)
         out.append(replace(x, data=np.swapaxes(mel_rows, -1, -2), kind="spec", hop=sp.hop_length, n_fft=sp.n_fft,
-                           frames_per_row=float(rp.frames_per_row)))
+                           frames_per_row=fpr))
     return out
 
 

@@ -185,10 +185,18 @@ def test_spectrum_windows_channels_neighbours_crop():
     assert not zeros.data[0, :, :10].any() and not zeros.data[3, :, 20:].any()
 
 
-def test_graph_shares_identical_prefixes(monkeypatch):
+@pytest.mark.parametrize("shared_chain", [True, False])
+def test_graph_shares_identical_prefixes(monkeypatch, shared_chain):
     calls = []
-    real = spectral_ops.stft
-    monkeypatch.setattr(spectral_ops, "stft", lambda *a, **k: calls.append(1) or real(*a, **k))
+    if shared_chain:  # stft → mel runs as one chain (birdinfer.dsp.resized_mel_power)
+        real = spectral_ops.resized_mel_power
+        monkeypatch.setattr(spectral_ops, "resized_mel_power", lambda *a, **k: calls.append(1) or real(*a, **k))
+    else:  # the ops on their own
+        import birdinfer.engine
+
+        monkeypatch.setattr(birdinfer.engine, "CHAINS", ())
+        real = spectral_ops.stft
+        monkeypatch.setattr(spectral_ops, "stft", lambda *a, **k: calls.append(1) or real(*a, **k))
     steps = [{"op": "stft", "n_fft": 512, "hop_length": 160}, {"op": "mel", "n_mels": 32}]
     tail = [{"op": "windows", "length_frames": 200, "step_frames": 100, "frames_per_row": 100}]
     spec = {"format": "birdinfer-model-folder", "format_version": 2, "labels": ["a"],
@@ -238,22 +246,25 @@ def _db(a: np.ndarray, floor: float) -> np.ndarray:
       "normalized": True}, [({"n_mels": 64, "scale": "htk", "norm": None, "fmax": 14000.0}, 160, 200)]),
     ({"n_fft": 512, "window": "hann_symmetric", "center": False, "power": 2.0},
      [({"n_mels": 40, "fmin": 300.0, "fmax": 8000.0}, 100, 313), ({"n_mels": 40, "scale": "htk"}, 200, 100)]),
+    ({"n_fft": 1024, "center": True, "pad_mode": "reflect", "power": 2.0},  # stft → mel, no resize
+     [({"n_mels": 128, "scale": "htk", "norm": None}, 320, None), ({"n_mels": 64, "fmin": 40.0}, 160, 250)]),
 ])
 @pytest.mark.parametrize("seconds", [12.3, 0.4])
 def test_shared_stft_resize_mel_equals_the_three_ops(stft_params, mels, seconds):
-    """stft → resize_time → mel prefixes of one frame-sharing key, run together by the executor, give the numbers
-    of the three ops run one after the other (whole STFT, cv2 resize, dense mel): within 1e-4 dB."""
+    """stft → resize_time → mel (and stft → mel) prefixes of one frame-sharing key, run together by the executor,
+    give the numbers of the ops run one after the other (whole STFT, cv2 resize, dense mel): within 1e-4 dB."""
     y = signal(seconds, seed=9)
     b = block_for(y)
     chains = []
     for mel_params, hop, frames_per_row in mels:
         chains.append((build_params(spectral_ops.StftParams, {**stft_params, "hop_length": hop}, where="t"),
+                       None if frames_per_row is None else
                        build_params(spectral_ops.ResizeParams, {"frames_per_row": frames_per_row}, where="t"),
                        build_params(spectral_ops.MelParams, mel_params, where="t")))
     fused = spectral_ops.stft_resize_mel(Signal(y), chains, b)
     for (sp, rp, mp), got in zip(chains, fused):
         x = spectral_ops.stft_op(Signal(y), sp, b)
-        x = spectral_ops.resize_time(x, rp, b)
+        x = x if rp is None else spectral_ops.resize_time(x, rp, b)
         want = spectral_ops.mel(x, mp, b)
         assert got.data.shape == want.data.shape and got.data.dtype == np.float32
         assert (got.kind, got.hop, got.n_fft, got.frames_per_row) == (want.kind, want.hop, want.n_fft, want.frames_per_row)

@@ -1,8 +1,7 @@
 """STFT frames, the cv2 time resize and the fused mel kernel, in plain numpy.
 
 :func:`resized_mel_power` computes, for several outputs that share one ``n_fft`` and window, what
-``stft → resize_time → mel`` computes, at a fraction of the cost (the BirdCLEF 2025 4th place's front end:
-0.12 s → ~0.07 s for its three mel groups on 60 s, 2-core Zen 4):
+``stft → resize_time → mel`` computes, at a fraction of the cost (figures: benchmarks/results/2026-12-06_frontend_one_engine.md):
 
 * the time resize reads about two STFT frames per output column, so only those frames are transformed;
 * a frame is "the frame starting at sample k": a hop-128 frame is the hop-64 frame at twice the index, so
@@ -91,10 +90,11 @@ def power_spectra(frames: np.ndarray, starts: np.ndarray, window: np.ndarray, bi
 
 @dataclass(frozen=True)
 class SpectrumTarget:
-    """One output of :func:`resized_mel_power`: STFT hop, resized width (columns) and the banded filterbank."""
+    """One output of :func:`resized_mel_power`: STFT hop, resized width (columns; ``None``: no resize, one column
+    per STFT frame) and the banded filterbank."""
 
     hop: int
-    width: int
+    width: int | None
     bands: MelBands
 
 
@@ -104,19 +104,24 @@ def resized_mel_power(padded: np.ndarray, window: np.ndarray, targets: Sequence[
     """``stft → resize_time → mel`` for every target, sharing frames: the padded signal ``(N,)`` float32 (frame
     ``t`` of a target covers ``padded[t * hop : t * hop + n_fft]``, ``n_fft = len(window)``) → per target the
     time-major mel spectra ``(width, n_mels)`` float32. Columns follow cv2's ``INTER_LINEAR`` over the
-    ``1 + (N - n_fft) // hop`` frames (:func:`resize_plan`)."""
+    ``1 + (N - n_fft) // hop`` frames (:func:`resize_plan`), or are those frames (``width=None``)."""
     n_fft = len(window)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)  # the frame starting at sample k = row k
     reads = []
     for t in targets:
-        i0, i1, frac = resize_plan(1 + (len(padded) - n_fft) // t.hop, t.width)
-        reads.append((i0 * t.hop, i1 * t.hop, frac))
+        n_frames = 1 + (len(padded) - n_fft) // t.hop
+        if t.width is None:  # every frame, as it is
+            frames_read = np.arange(n_frames, dtype=np.int64)
+            reads.append((frames_read * t.hop, frames_read * t.hop, None))
+        else:
+            i0, i1, frac = resize_plan(n_frames, t.width)
+            reads.append((i0 * t.hop, i1 * t.hop, frac))
     starts = np.unique(np.concatenate([s for r in reads for s in r[:2]]))  # every frame needed, once
     columns = []
     for s0, s1, frac in reads:
-        columns.append((np.searchsorted(starts, s0), np.searchsorted(starts, s1), (np.float32(1.0) - frac)[:, None],
-                        frac[:, None]))
-    results = [np.empty((t.width, t.bands.n_mels), dtype=np.float32) for t in targets]
+        weights = (None, None) if frac is None else ((np.float32(1.0) - frac)[:, None], frac[:, None])
+        columns.append((np.searchsorted(starts, s0), np.searchsorted(starts, s1)) + weights)
+    results = [np.empty((len(r[0]), t.bands.n_mels), dtype=np.float32) for t, r in zip(targets, reads)]
     bin_lo, bin_hi = min(t.bands.bin_lo for t in targets), max(t.bands.bin_hi for t in targets)
     for b_start in range(0, len(starts), block_frames):
         b_end = min(b_start + block_frames, len(starts))
@@ -135,10 +140,11 @@ def resized_mel_power(padded: np.ndarray, window: np.ndarray, targets: Sequence[
                 continue
             lo, hi = t.bands.bin_lo - bin_lo, t.bands.bin_hi - bin_lo
             mixed = power[p0[c_lo:c_hi] - first, lo:hi]  # time interpolation (cv2's rule), then the mel bands
-            mixed *= w0[c_lo:c_hi]
-            later = power[p1[c_lo:c_hi] - first, lo:hi]
-            later *= w1[c_lo:c_hi]
-            mixed += later
+            if w0 is not None:
+                mixed *= w0[c_lo:c_hi]
+                later = power[p1[c_lo:c_hi] - first, lo:hi]
+                later *= w1[c_lo:c_hi]
+                mixed += later
             project_bands(mixed, t.bands, result[c_lo:c_hi])
     return results
 
