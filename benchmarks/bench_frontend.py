@@ -10,11 +10,14 @@ shared machine slows every contender alike):
 * ``spec, ops one by one`` — the same graph without the shared chain (each op on its own);
 * ``librosa+cv2`` with ``--reference`` — the reference (slow).
 
+With ``--specs``, also the ``mel`` feature of the shipped specs (``weights/birdclef2025_1st.spec.json``,
+``weights/birdclef2024_1st.spec.json``) with the executor's chains and with every op on its own.
+
 Prints best and median wall times, the spec / v1 ratio and the largest |Δ dB| between them and against the
 reference.
 
     python benchmarks/bench_frontend.py                  # synthetic 60 s soundscape, 15 rounds
-    python benchmarks/bench_frontend.py --audio a.ogg --rounds 30 --reference
+    python benchmarks/bench_frontend.py --audio a.ogg --rounds 30 --reference --specs
 
 Needs librosa and opencv-python-headless for ``--reference``; birdinfer itself needs neither.
 """
@@ -120,6 +123,31 @@ def interleaved(contenders: dict, rounds: int) -> tuple[dict[str, list[float]], 
     return times, outputs
 
 
+def shipped_specs(y: np.ndarray, rounds: int) -> None:
+    """The shipped specs' ``mel`` feature: chains on (the executor as it runs) against every op on its own."""
+    import birdinfer.engine as engine
+    from birdinfer.engine import FrontEndGraph
+    from birdinfer.spec import parse_spec
+
+    chains = engine.CHAINS
+
+    def plain(graph):
+        engine.CHAINS, graph._chains = (), []
+        try:
+            return graph(y)
+        finally:
+            engine.CHAINS = chains
+
+    for name in ("birdclef2025_1st", "birdclef2024_1st"):
+        manifest = parse_spec(json.loads((ROOT / "weights" / f"{name}.spec.json").read_text()), require_files=False)
+        fused, one_by_one = FrontEndGraph(manifest, ["mel"]), FrontEndGraph(manifest, ["mel"])
+        times, outputs = interleaved({"chains": lambda: fused(y), "ops one by one": lambda: plain(one_by_one)}, rounds)
+        diff = float(np.abs(outputs["chains"]["mel"].data - outputs["ops one by one"]["mel"].data).max())
+        print(f"{name} mel {[s.name for s in manifest.features['mel']]}: chains {min(times['chains']):.4f} / "
+              f"{statistics.median(times['chains']):.4f}, ops one by one {min(times['ops one by one']):.4f} / "
+              f"{statistics.median(times['ops one by one']):.4f}; max |diff| {diff:.2e}")
+
+
 def max_db_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(np.asarray(a[g.name]) - np.asarray(b[g.name])).max()) for g in GROUPS)
 
@@ -129,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio", nargs="*", type=Path, default=None, help="audio files (default: a synthetic 60 s OGG)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (default 15)")
     parser.add_argument("--reference", action="store_true", help="also time librosa + cv2 (slow)")
+    parser.add_argument("--specs", action="store_true", help="also time the shipped specs' mel features")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                 ref = outputs["librosa+cv2"]
                 print(f"    max |Δ dB| vs librosa+cv2: spec {max_db_diff(outputs['spec'], ref):.2e}, "
                       f"v1 {max_db_diff(outputs['v1 FrontEnd'], ref):.2e}")
+            if args.specs:
+                shipped_specs(y, args.rounds)
 
 
 if __name__ == "__main__":
