@@ -135,7 +135,7 @@ class ManifestV2(Manifest):
     block_seconds: float | None = None
     row_partial: str = "drop"  # rows.partial: a trailing partial row is dropped, or kept (its window padded)
     raw: Mapping[str, Any] = field(default_factory=dict)
-    v1: Manifest | None = None  # the version 1 manifest this was upgraded from, as written (birdinfer.upgrade)
+    v1: Manifest | None = field(default=None, repr=False)  # upgraded from this version 1 manifest (birdinfer.upgrade)
 
     def n_rows(self, n_samples: int, block_index: int = 0) -> int:
         """Rows of a block: ``N // row`` (at least 1 for a non-empty first block), or ``ceil(N / row)`` when
@@ -149,9 +149,15 @@ class ManifestV2(Manifest):
     format_version = FORMAT_VERSION_2
 
     def used_groups(self) -> list:
+        if self.v1 is not None:  # an upgraded version 1 folder: its mel groups (time budget, Raven band)
+            names = {m.name for m in self.models}
+            return [g for g in self.v1.groups if any(m.name in names for m in self.v1.models_of(g.name))]
         return [_PseudoGroup(fmax=self.sample_rate / 2)]
 
     def models_of(self, group: str) -> list:
+        if self.v1 is not None:
+            names = {m.name for m in self.v1.models_of(group)}
+            return [m for m in self.models if m.name in names]
         return list(self.models) if group == "ensemble" else []
 
     def to_dict(self) -> dict:
