@@ -25,8 +25,9 @@ def _write_folder(tmp_path, xml_name="m.xml"):
 
 def test_round_trip_and_checksums(tmp_path):
     written = _write_folder(tmp_path)
-    loaded = Manifest.load(tmp_path)
+    loaded = Manifest.load(tmp_path, upgrade=False)  # as written
     assert loaded.to_dict() == written.to_dict()
+    assert Manifest.load(tmp_path).v1.to_dict() == written.to_dict()  # as it runs: upgraded, the original kept
     loaded.verify_checksums()
     (tmp_path / "m.bin").write_bytes(b"\x01" * 16)
     with pytest.raises(ChecksumError, match="m.bin"):
@@ -40,7 +41,9 @@ def test_names_never_escape_the_folder(tmp_path, name):
     data["models"][0]["variants"]["f32"]["openvino"] = name
     data["files"][name] = "0" * 64
     (tmp_path / "manifest.json").write_text(json.dumps(data))
-    manifest = Manifest.load(tmp_path)
+    with pytest.raises(ModelFolderError, match="model folder|plain name"):  # upgraded: refused when loaded
+        Manifest.load(tmp_path)
+    manifest = Manifest.load(tmp_path, upgrade=False)  # as written: refused when the file is read
     with pytest.raises(ModelFolderError, match="model folder|plain name"):
         manifest.verify_checksums()
 
