@@ -120,6 +120,7 @@ class SpecEngine:
                     seconds: dict, calls: dict, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
         """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``."""
         active = set(active)
+        rows_of = getattr(features, "rows_of", None)  # a streamed whole-file block (birdinfer.streaming)
         out = {}
         for model in self.models:
             if model.name not in active:
@@ -129,6 +130,9 @@ class SpecEngine:
             arrays = run_named(model, signal.data)
             seconds[model.name] += clock() - start
             calls[model.name] += 1
+            if rows_of is not None:
+                out[model.name] = rows_of(model.entry, arrays, signal)
+                continue
             state = Outputs(arrays, signal.windows, n_rows)
             for step in model.entry.block_steps:
                 state = step(state)
