@@ -161,10 +161,7 @@ class FileFront:
 
     def features(self, b: int, names, samples: Samples) -> tuple[dict[str, Signal], dict[str, tuple[int, int]]]:
         """Block ``b``'s features (the whole-file features' windows for its rows) and their window spans."""
-        if self.samples is not samples:
-            self.samples = samples
-        else:
-            samples.release()
+        self.samples = samples
         r0, r1 = b * self.block_rows, min(self.n_rows, (b + 1) * self.block_rows)
         out, spans = {}, {}
         for name in names:
@@ -173,6 +170,7 @@ class FileFront:
             w1 = g.windows if b == self.n_blocks - 1 else r1 // chain.step_rows
             out[name], spans[name] = self.fetch_windows(chain, len(chain.steps), w0, w1), (w0, w1)
         self.cache = {}
+        samples.release()  # the next block starts no earlier than this one
         return out, spans
 
     # ------------------------------------------------------------------------- positions
