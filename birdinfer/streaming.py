@@ -22,8 +22,9 @@ batch in memory at once. This module computes the same numbers block by block:
   whole-file rows. Every window goes through the models once.
 
 Memory is then a function of the block length (:func:`block_bytes`), not of the file length: the decode
-buffer, one block's front-end arrays, a few windows of model outputs, and the rows. The block length is
-chosen from that estimate (:func:`choose_block_seconds`). A recording no longer than one block runs the
+buffer, one block's front-end arrays, the models' working memory for one block's windows (as for a 60 s
+file), a few windows of model outputs, and the rows. Blocks are 60 s, shorter when the estimate of their
+front end is too large (:func:`choose_block_seconds`). A recording no longer than one block runs the
 whole-file way in one go (the same numbers, no extra pass). A spec with an op or model step whose
 semantics this module cannot reproduce keeps the whole-file execution, with a log line saying which.
 """
@@ -51,9 +52,10 @@ UNWINDOWED_OPS = frozenset({"pad", "stft", "gain", "log", "mel", "db", "normaliz
 WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time", "neighbours"})
 #: Model steps up to the rows that work on any run of consecutive windows.
 BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows"})
-#: Automatic block length: the longest block within this many bytes of front end (between the bounds).
-BLOCK_BUDGET_BYTES = 160 * 2**20
-MIN_BLOCK_SECONDS, MAX_BLOCK_SECONDS = 60.0, 600.0
+#: Automatic block length: this long (the models then see the batch of a 60 s file), or shorter when the
+#: block's front end would need more than this many bytes.
+BLOCK_SECONDS = 60.0
+BLOCK_BUDGET_BYTES = 256 * 2**20
 #: Decoded samples are read in pieces of this length.
 READ_SECONDS = 10.0
 
@@ -114,15 +116,14 @@ def block_bytes(manifest, seconds: float) -> int:
 
 
 def choose_block_seconds(manifest) -> float:
-    """The longest block (a whole number of window steps, within the bounds) whose front end fits
-    :data:`BLOCK_BUDGET_BYTES`."""
+    """60 s (rounded up to whole window steps), shorter only if its front end exceeds
+    :data:`BLOCK_BUDGET_BYTES`. Not longer: the models' own working memory grows with the windows of one
+    call, so a block gives them the batch of a 60 s soundscape, whatever the recording's length."""
     unit = _unit_rows(manifest) * manifest.window_seconds
-    best = unit * max(1, math.ceil(MIN_BLOCK_SECONDS / unit))
-    seconds = best
-    while seconds + unit <= MAX_BLOCK_SECONDS and block_bytes(manifest, seconds + unit) <= BLOCK_BUDGET_BYTES:
-        seconds += unit
-        best = seconds
-    return best
+    seconds = unit * max(1, math.ceil(BLOCK_SECONDS / unit))
+    while seconds > unit and block_bytes(manifest, seconds) > BLOCK_BUDGET_BYTES:
+        seconds -= unit
+    return seconds
 
 
 class StreamedFeatures(dict):
