@@ -5,13 +5,14 @@ Positions: position ``i`` of a feature is its signal after its first ``i`` ops; 
 ``windows`` op are addressed by columns (samples, or STFT frames), later ones by windows. A range is
 computed from the ranges it needs one position back: a padded range maps to the file's samples (the pad
 mode's own rule at the edges), STFT frames to the samples of their frames on the file's frame grid (the
-centre padding's rule at the edges), windows to the columns they cut, ``neighbours`` to the windows
-around; the other ops act column by column (or window by window) and are called as they are, with the
+centre padding's rule at the edges), resized columns to the frames they interpolate, windows to the
+columns they cut, ``neighbours`` to the windows around; the other ops act column by column (or window by window) and are called as they are, with the
 whole file's statistic in ``Block.file_stats`` when they are file-scope.
 """
 
 from __future__ import annotations
 
+import math
 
 from dataclasses import dataclass, replace
 
@@ -21,9 +22,23 @@ from .audio import iter_audio_blocks
 from .errors import AudioDecodeError
 from .file_stats import Accumulator, needs_file_stats
 from .frontend_ops import Block, Signal, fit_padding
-from .spectral_ops import n_stft_frames, stft_op
+from .spectral_ops import _interpolate, _width as _resized_width, n_stft_frames, stft_op
 
-__all__ = ["Chain", "chain_of", "Samples", "FileFront"]
+__all__ = ["Chain", "chain_of", "Samples", "FileFront", "resize_columns"]
+
+
+def resize_columns(src: int, dst: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns ``[a, b)`` of :func:`birdinfer.features.resize_plan` ``(src, dst)``: the same float64 arithmetic
+    per column, without the plan of the whole file."""
+    scale = 1.0 / (float(dst) / float(src))
+    pos = (np.arange(a, b, dtype=np.float64) + 0.5) * scale - 0.5
+    i0 = np.floor(pos).astype(np.int64)
+    frac = (pos - i0).astype(np.float32)
+    left = i0 < 0
+    i0[left], frac[left] = 0, 0.0
+    right = i0 >= src - 1
+    i0[right], frac[right] = src - 1, 0.0
+    return i0, np.minimum(i0 + 1, src - 1), frac
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class _Geometry:
     lengths: list[int]  # columns at positions 0 .. windows_at
     pads: dict[int, tuple[int, int]]  # op index → (left, right) samples
     pad_left: list[int]  # padding before the file's first sample, per position
-    per_column: list[int]  # samples per column, per position
+    per_column: list[float]  # samples per column, per position
     windows: int  # windows of the whole file
 
 
@@ -120,6 +135,8 @@ class FileFront:
                 n, left_total = n + left + right, left_total + left
             elif step.name == "stft":
                 n, spc = n_stft_frames(n, p), spc * p.hop_length
+            elif step.name == "resize_time":
+                n, spc = _resized_width(self.block, p), self.block.row_samples / p.frames_per_row
             g.lengths.append(n)
             g.pad_left.append(left_total)
             g.per_column.append(spc)
@@ -154,7 +171,7 @@ class FileFront:
     def _stat_span(self, chain: Chain, i: int, b: int) -> tuple[int, int] | None:
         g = self.geo[chain.name]
         if i <= chain.windows_at:
-            size, total = -(-self.block_rows * self.block.row_samples // g.per_column[i]), g.lengths[i]
+            size, total = math.ceil(self.block_rows * self.block.row_samples / g.per_column[i]), g.lengths[i]
         else:
             size, total = self.block_rows // chain.step_rows, g.windows
         return (b * size, min(total, (b + 1) * size)) if b * size < total else None
@@ -202,6 +219,11 @@ class FileFront:
                 mode = p.pad_mode if p.center else "constant"
                 inner, data = self._extended(chain, i - 1, a * p.hop_length - half, (b - 1) * p.hop_length + p.n_fft - half, mode, 0.0)
                 sig = stft_op(replace(inner, data=data), replace(p, center=False), self.block)
+            elif step.name == "resize_time":
+                i0, i1, frac = resize_columns(self.geo[chain.name].lengths[i - 1], self.geo[chain.name].lengths[i], a, b)
+                lo = int(i0.min())
+                inner = self.fetch(chain, i - 1, lo, int(i1.max()) + 1)
+                sig = replace(inner, data=_interpolate(inner.data, i0 - lo, i1 - lo, frac), frames_per_row=float(step.params.frames_per_row))
             else:
                 sig = step.entry.fn(self.fetch(chain, i - 1, a, b), step.params, self._block(chain, i - 1))
         self.cache[key] = sig

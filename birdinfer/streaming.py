@@ -48,7 +48,7 @@ __all__ = ["WholeFileStream", "plan_reason", "block_bytes", "choose_block_second
 log = logging.getLogger(__name__)
 
 #: Front-end ops the streamed executor reproduces exactly (before / after the ``windows`` op).
-UNWINDOWED_OPS = frozenset({"pad", "stft", "gain", "log", "mel", "db", "normalize", "normalize_wave", "windows"})
+UNWINDOWED_OPS = frozenset({"pad", "stft", "resize_time", "gain", "log", "mel", "db", "normalize", "normalize_wave", "windows"})
 WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time", "neighbours"})
 #: Model steps up to the rows that work on any run of consecutive windows.
 BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows"})
@@ -102,6 +102,8 @@ def block_bytes(manifest, seconds: float) -> int:
             elif step.name == "stft":
                 length, height = length // p.hop_length + 1, p.n_fft // 2 + 1
                 total += count * height * length * 8  # complex spectrum
+            elif step.name == "resize_time":
+                length = seconds * sr // row * p.frames_per_row
             elif step.name == "mel":
                 height = p.n_mels
             elif step.name == "crop_time":

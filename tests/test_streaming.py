@@ -4,7 +4,6 @@ runs whole; a spec that cannot be streamed keeps the whole-file way and says why
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -16,7 +15,8 @@ from birdinfer.audio import load_audio
 from birdinfer.engine import FrontEndGraph
 from birdinfer.spec import parse_spec
 from birdinfer.steps import Outputs
-from birdinfer.stream_exec import FileFront, Samples
+from birdinfer.features import resize_plan
+from birdinfer.stream_exec import FileFront, Samples, resize_columns
 from birdinfer import streaming
 from birdinfer.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
 from birdinfer.streaming_rows import RowStream
@@ -92,6 +92,21 @@ OPS_SPEC = spec_of({
                {"op": "db", "top_db": 50.0, "multiplier": 20.0, "scope": "window"}],
 })
 
+# The 4th place's front end (stft → resize_time → mel → windows → db per window; here with a file-scope dB
+# before the windows and a non-integer resize ratio) and an upsampling resize.
+RESIZE_SPEC = spec_of({
+    "spec_r": [{"op": "stft", "n_fft": 2048, "hop_length": 512},
+               {"op": "resize_time", "frames_per_row": 256},
+               {"op": "mel", "n_mels": 64, "fmin": 20.0, "fmax": 16000.0},
+               {"op": "db", "top_db": 80.0},
+               {"op": "windows", "length_frames": 512, "step_frames": 512},
+               {"op": "channels", "repeat": 1}],
+    "spec_u": [{"op": "stft", "n_fft": 1024, "hop_length": 1000},
+               {"op": "resize_time", "frames_per_row": 321},
+               {"op": "normalize", "method": "zscore"},
+               {"op": "windows", "length_frames": 642, "step_frames": 321, "lead_frames": "centre"}],
+})
+
 PARTIAL_SPEC = spec_of({
     "spec_p": [{"op": "pad", "right_seconds": 5.0, "value": 0.25},
                {"op": "windows", "length_seconds": 10.0, "step_seconds": 10.0},
@@ -149,6 +164,20 @@ def test_partial_last_row_and_constant_padding_streamed(seconds):
     manifest = parse_spec(PARTIAL_SPEC)
     y = synth_signal(seconds, seed=4)
     assert assert_streamed_equals_whole(manifest, y, 10.0) == 1
+
+
+@pytest.mark.parametrize("seconds,block", [(61.7, 15.0), (97.0, 20.0)])
+def test_resize_time_streamed_equals_whole_file(seconds, block):
+    manifest = parse_spec(RESIZE_SPEC)
+    assert assert_streamed_equals_whole(manifest, synth_signal(seconds, seed=8), block) == 1  # one file-scope op each
+
+
+def test_resize_columns_equal_the_whole_plan():
+    for src, dst in [(3751, 3072), (1973, 6293), (10, 3)]:
+        want = resize_plan(src, dst)
+        for a, b in [(0, dst), (1, dst // 2), (dst // 3, dst)]:
+            for w, g in zip(want, resize_columns(src, dst, a, b)):
+                np.testing.assert_array_equal(g, w[a:b])
 
 
 def test_the_statistics_matter():
@@ -215,13 +244,15 @@ def test_block_length_and_memory_estimate(monkeypatch):
     assert choose_block_seconds(manifest) == 30.0  # shorter blocks when the front end is large
 
 
-def test_a_spec_that_cannot_be_streamed_keeps_the_whole_file_way(caplog):
-    spec = copy.deepcopy(OPS_SPEC)
-    spec["features"]["spec_c"]["steps"].insert(3, {"op": "resize_time", "frames_per_row": 500})
-    manifest = parse_spec(spec)
+def test_a_spec_that_cannot_be_streamed_keeps_the_whole_file_way(caplog, monkeypatch):
+    """An op without a streamed form (every op has one today: pretend 'log' had none) keeps the old way."""
+    manifest = parse_spec(OPS_SPEC)
+    monkeypatch.setattr(streaming, "UNWINDOWED_OPS", streaming.UNWINDOWED_OPS - {"log"})
     with caplog.at_level(logging.INFO, logger="birdinfer.streaming"):
         assert WholeFileStream.for_manifest(manifest) is None
-    assert "resize_time" in caplog.text and "processed whole" in caplog.text
+    assert "features.spec_c: op 'log' before 'windows'" in caplog.text and "processed whole" in caplog.text
+    monkeypatch.undo()
+    assert WholeFileStream.for_manifest(parse_spec({**OPS_SPEC, "block_seconds": 60.0})) is None  # blocks by the spec
     with caplog.at_level(logging.INFO, logger="birdinfer.streaming"):
         assert WholeFileStream.for_manifest(parse_spec(OPS_SPEC)) is not None
     assert "streamed exactly" in caplog.text
