@@ -24,7 +24,7 @@ from .file_stats import Accumulator, needs_file_stats
 from .frontend_ops import Block, Signal, fit_padding
 from .spectral_ops import _interpolate, _width as _resized_width, n_stft_frames, stft_op
 
-__all__ = ["Chain", "chain_of", "Samples", "FileFront", "resize_columns"]
+__all__ = ["Chain", "chain_of", "Samples", "SamplesEnded", "FileFront", "resize_columns"]
 
 
 def resize_columns(src: int, dst: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,6 +66,10 @@ def chain_of(manifest, name: str) -> Chain:
                  int(manifest.feature_shapes[name].step_rows), tuple(stats))
 
 
+class SamplesEnded(AudioDecodeError):
+    """The recording ended before a requested sample (its length was taken from its header and was wrong)."""
+
+
 class Samples:
     """Decoded samples of one recording, read forward in pieces; ``get(a, b)`` for ranges that never go back
     before what :meth:`release` let go (the start of the previous block's requests)."""
@@ -82,8 +86,7 @@ class Samples:
         while self._end < b:
             piece = next(self._pieces, None)
             if piece is None:
-                raise AudioDecodeError(self.path, f"the file changed while it was read (ends at sample {self._end}, "
-                                                  f"needed {b})")
+                raise SamplesEnded(self.path, f"the file changed while it was read (ends at sample {self._end}, needed {b})")
             self._held.append((self._end, piece))
             self._end += piece.size
         if a < self._held[0][0]:
@@ -91,6 +94,13 @@ class Samples:
         parts = [p[max(0, a - s) : b - s] for s, p in self._held if s < b and s + p.size > a]
         self._low = a if self._low is None else min(self._low, a)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def count(self) -> int:
+        """Read to the end: the recording's length in samples."""
+        for piece in self._pieces:
+            self._end += piece.size
+        self._held = []
+        return self._end
 
     def release(self) -> None:
         if self._low is not None:

@@ -6,7 +6,9 @@ maximum or a normalisation over the whole spectrogram, a peak over the whole wav
 the file length). Run literally, a one-hour recording needs its whole waveform, spectrogram and window
 batch in memory at once. This module computes the same numbers block by block:
 
-* **Geometry** (:class:`_File`): the file length ``N`` is counted first (a decode-only pass), so every
+* **Geometry** (:class:`birdinfer.stream_exec.FileFront`): the file length ``N`` is known before any
+  block is output (counted by the first statistics pass, which starts from the header's length and is
+  repeated if the decoder found another; or by a decode-only pass when there is no statistic), so every
   padding, STFT frame count and window count is the whole file's. A block owns a run of rows; each
   feature of it is the whole-file feature's windows for those rows, computed from exactly the samples the
   whole-file run uses: ranges are mapped back through the ops (a padded range to the file's samples,
@@ -38,9 +40,9 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .audio import iter_audio_blocks
+from .audio import audio_info, iter_audio_blocks
 from .frontend_ops import Signal
-from .stream_exec import FileFront, Samples, chain_of
+from .stream_exec import FileFront, Samples, SamplesEnded, chain_of
 from .streaming_rows import RowStream
 
 __all__ = ["WholeFileStream", "plan_reason", "block_bytes", "choose_block_seconds", "StreamedFeatures"]
@@ -141,6 +143,14 @@ class StreamedFeatures(dict):
         return self._rows.rows(entry, arrays, signal.windows, w0, w1, self._last)
 
 
+def declared_samples(path, sample_rate: int) -> int:
+    """The recording's length at ``sample_rate`` as its header states it (the decoder may find more)."""
+    info = audio_info(path)
+    if info.sample_rate == sample_rate:
+        return info.frames
+    return int(math.ceil(info.frames * (float(sample_rate) / info.sample_rate)))
+
+
 class WholeFileStream:
     """Streamed execution of one whole-file spec (see the module docstring)."""
 
@@ -170,9 +180,27 @@ class WholeFileStream:
     def describe(self) -> str:
         ops = sorted({c.steps[i].name for c in self.chains.values() for i, _ in c.stats})
         stats = f"{self.passes} statistics pass(es) ({', '.join(ops)})" if self.passes else "no statistics pass"
-        return (f"whole-file spec streamed exactly in {self.block_seconds:g} s blocks: {stats} after a counting "
-                f"pass; front end about {block_bytes(self.manifest, self.block_seconds) / 2**20:.0f} MB per block "
-                f"whatever the recording's length")
+        count = "" if self.passes else " and a decode-only counting pass"
+        megabytes = block_bytes(self.manifest, self.block_seconds) / 2**20
+        return (f"whole-file spec streamed exactly in {self.block_seconds:g} s blocks: {stats}{count} before the "
+                f"blocks; front end about {megabytes:.0f} MB per block whatever the recording's length")
+
+    def _first_pass(self, path) -> FileFront:
+        """The first statistics pass on the length the header states; the pass then reads on to the end to
+        count the samples, and is run again on the count when the header was wrong."""
+        m = self.manifest
+        guess, samples = declared_samples(path, m.sample_rate), Samples(path, m.sample_rate, READ_SECONDS)
+        front = FileFront(m, self.chains, guess, self.block_rows)
+        try:
+            front.collect(1, samples)
+        except SamplesEnded:
+            pass
+        n_samples = samples.count()
+        if n_samples != guess:
+            log.debug("%s: %d samples decoded, the header says %d: first pass again", path, n_samples, guess)
+            front = FileFront(m, self.chains, n_samples, self.block_rows)
+            front.collect(1, Samples(path, m.sample_rate, READ_SECONDS))
+        return front
 
     def blocks(self, path, active, whole: Callable[[np.ndarray], Mapping]) -> Iterator[tuple[int, Callable[[], Mapping]]]:
         """``(rows, compute features)`` per block of one recording. A recording no longer than one block is
@@ -186,12 +214,15 @@ class WholeFileStream:
         if first.size <= block_samples:
             yield m.n_rows(first.size), (lambda: whole(first))
             return
-        n_samples = first.size
-        del first
-        n_samples += sum(piece.size for piece in pieces)  # the counting pass
         names = tuple(dict.fromkeys(x.input for x in m.models if x.name in set(active)))
-        front = FileFront(m, self.chains, n_samples, self.block_rows)
-        for depth in range(1, self.passes + 1):
+        if self.passes:  # the first statistics pass counts the samples too
+            del first
+            pieces.close()
+            front = self._first_pass(path)
+        else:  # a counting pass
+            front = FileFront(m, self.chains, first.size + sum(piece.size for piece in pieces), self.block_rows)
+            del first
+        for depth in range(2, self.passes + 1):
             front.collect(depth, Samples(path, sr, READ_SECONDS))
         samples, rows = Samples(path, sr, READ_SECONDS), RowStream(front.n_rows)
         for b in range(front.n_blocks):

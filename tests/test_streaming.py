@@ -337,3 +337,23 @@ def test_predictor_streams_a_whole_file_spec_with_the_whole_file_result(tmp_path
     for w, s, i in zip(whole, streamed_rows, iterated):
         np.testing.assert_allclose(s, w, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(i, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("header_error", [0, -7000, 9000])
+def test_blocks_of_a_file_equal_whole_file_even_when_its_header_is_wrong(tmp_path, monkeypatch, header_error):
+    """WholeFileStream.blocks on an OGG: the first statistics pass takes the length from the header and runs
+    again when the decoder finds another; the blocks' features equal the whole file's."""
+    manifest = parse_spec(json.loads((WEIGHTS / "birdclef2025_1st.spec.json").read_text()))
+    path = write_ogg(tmp_path / "a.ogg", 71.3, seed=9)
+    y = load_audio(path, sample_rate=SR)
+    declared = streaming.declared_samples
+    monkeypatch.setattr(streaming, "declared_samples", lambda p, sr: declared(p, sr) + header_error)
+    calls = []
+    monkeypatch.setattr(FileFront, "collect", lambda self, depth, samples, f=FileFront.collect: calls.append(depth) or f(self, depth, samples))
+    stream = WholeFileStream(manifest, block_seconds=20.0)
+    blocks = list(stream.blocks(path, [manifest.models[0].name], whole=None))
+    got = np.concatenate([np.asarray(compute()["mel"].data) for _, compute in blocks])
+    assert [n for n, _ in blocks] == [4, 4, 4, 2]
+    assert calls == ([1, 1, 2] if header_error else [1, 2])
+    want = np.asarray(FrontEndGraph(manifest)(y)["mel"].data)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
