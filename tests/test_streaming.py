@@ -357,3 +357,29 @@ def test_blocks_of_a_file_equal_whole_file_even_when_its_header_is_wrong(tmp_pat
     assert calls == ([1, 1, 2] if header_error else [1, 2])
     want = np.asarray(FrontEndGraph(manifest)(y)["mel"].data)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name,model", [("birdclef2024_1st", "regnety_10sec_gr60sec_fold0"),
+                                        ("birdclef2025_1st", "tf_efficientnet_b3_sl"), ("birdclef2025_2nd", None)])
+def test_shipped_specs_with_random_weights_streamed_equal_whole_file(name, model, tmp_path):
+    """Each shipped spec, one small random-weight network (birdinfer_export.solutions), imported: predict on a
+    151.7 s OGG streamed in its automatic 60 s blocks equals the whole-file run, and on a 7.3 s OGG (one block)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from birdinfer.importer import import_folder
+    from birdinfer.pipeline import Predictor
+    from birdinfer_export.solutions import build_solution
+
+    build = {"arch": "tinynet_e", "n_classes": 12}
+    build.update({"models": [model]} if model else {"folds": 1})
+    spec_path, _ = build_solution(WEIGHTS / f"{name}.spec.json", tmp_path / "build", **build)
+    import_folder(spec_path, tmp_path / "models")
+    paths = [write_ogg(tmp_path / "long.ogg", 151.7, seed=11), write_ogg(tmp_path / "short.ogg", 7.3, seed=12)]
+    predictor = Predictor(tmp_path / "models", precision="f32")
+    assert predictor._stream is not None and predictor._stream.block_seconds == 60.0
+    streamed_rows = [r.probs for r in predictor.iter_files(paths)]
+    predictor._stream = None
+    whole = [r.probs for r in predictor.iter_files(paths)]
+    assert whole[0].shape[0] in (30, 31) and np.ptp(whole[0], axis=0).max() > 1e-4
+    for s, w in zip(streamed_rows, whole):
+        np.testing.assert_allclose(s, w, rtol=1e-5, atol=1e-6)
