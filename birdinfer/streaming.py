@@ -88,10 +88,9 @@ def _unit_rows(manifest) -> int:
 
 
 def block_bytes(manifest, seconds: float) -> int:
-    """About how many bytes the streamed front end holds for a block of ``seconds``: every intermediate
-    array of every feature (the executor keeps them while the block is computed), the STFT's complex
-    spectrum, the model's contiguous copy of its input batch and the decode buffer. A function of the block
-    length only."""
+    """An upper estimate of the bytes the streamed front end holds for a block of ``seconds``: every intermediate
+    array of every feature (the executor keeps them while the block is computed), the model's contiguous
+    copy of its input batch and the decode buffer. A function of the block length only."""
     sr, row = manifest.sample_rate, manifest.window_samples
     total = 2 * (seconds + READ_SECONDS) * sr * 4
     for name, steps in manifest.features.items():
@@ -103,7 +102,6 @@ def block_bytes(manifest, seconds: float) -> int:
                 length = p.length_frames if p.length_frames is not None else round(p.length_seconds * sr)
             elif step.name == "stft":
                 length, height = length // p.hop_length + 1, p.n_fft // 2 + 1
-                total += count * height * length * 8  # complex spectrum
             elif step.name == "resize_time":
                 length = seconds * sr // row * p.frames_per_row
             elif step.name == "mel":
