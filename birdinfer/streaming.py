@@ -88,9 +88,9 @@ def _unit_rows(manifest) -> int:
 
 
 def block_bytes(manifest, seconds: float) -> int:
-    """An upper estimate of the bytes the streamed front end holds for a block of ``seconds``: every intermediate
-    array of every feature (the executor keeps them while the block is computed), the model's contiguous
-    copy of its input batch and the decode buffer. A function of the block length only."""
+    """An upper estimate of the bytes the streamed front end holds for a block of ``seconds``: every
+    intermediate array of every feature (the executor keeps them while the block is computed), the model's
+    contiguous copy of its input batch and the decode buffer. A function of the block length only."""
     sr, row = manifest.sample_rate, manifest.window_samples
     total = 2 * (seconds + READ_SECONDS) * sr * 4
     for name, steps in manifest.features.items():
