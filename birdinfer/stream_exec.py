@@ -6,8 +6,9 @@ Positions: position ``i`` of a feature is its signal after its first ``i`` ops; 
 computed from the ranges it needs one position back: a padded range maps to the file's samples (the pad
 mode's own rule at the edges), STFT frames to the samples of their frames on the file's frame grid (the
 centre padding's rule at the edges), resized columns to the frames they interpolate, windows to the
-columns they cut, ``neighbours`` to the windows around; the other ops act column by column (or window by window) and are called as they are, with the
-whole file's statistic in ``Block.file_stats`` when they are file-scope.
+columns they cut, ``neighbours`` to the windows around; the other ops act column by column (or window by
+window) and are called as they are, with the whole file's statistic in ``Block.file_stats`` when they are
+file-scope.
 """
 
 from __future__ import annotations

@@ -50,8 +50,10 @@ __all__ = ["WholeFileStream", "plan_reason", "block_bytes", "choose_block_second
 log = logging.getLogger(__name__)
 
 #: Front-end ops the streamed executor reproduces exactly (before / after the ``windows`` op).
-UNWINDOWED_OPS = frozenset({"pad", "stft", "resize_time", "gain", "log", "mel", "db", "normalize", "normalize_wave", "windows"})
-WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time", "neighbours"})
+UNWINDOWED_OPS = frozenset({"pad", "stft", "resize_time", "gain", "log", "mel", "db", "normalize", "normalize_wave",
+                            "windows"})
+WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time",
+                          "neighbours"})
 #: Model steps up to the rows that work on any run of consecutive windows.
 BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows"})
 #: Automatic block length: this long (the models then see the batch of a 60 s file), or shorter when the
