@@ -194,6 +194,7 @@ class SpecEngine:
         """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``.
         ``seconds`` / ``calls`` (per model name) are charged with the model time read by ``clock``."""
         active = set(active)
+        rows_of = getattr(features, "rows_of", None)  # a streamed whole-file block (birdinfer.streaming)
         models = [m for m in self.models if m.name in active]
         if self._pool is not None and len(models) > 1:
             arrays = self._run_parallel(models, features, seconds, calls, clock)
@@ -206,7 +207,11 @@ class SpecEngine:
                 calls[model.name] += 1
         out = {}
         for model in models:
-            state = Outputs(arrays[model.name], features[model.entry.input].windows, n_rows)
+            signal = features[model.entry.input]
+            if rows_of is not None:
+                out[model.name] = rows_of(model.entry, arrays[model.name], signal)
+                continue
+            state = Outputs(arrays[model.name], signal.windows, n_rows)
             for step in model.entry.block_steps:
                 state = step(state)
             out[model.name] = state.rows

@@ -14,7 +14,7 @@ window layout in rows (:class:`WindowLayout`). Arrays keep time last: waveform `
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -39,13 +39,16 @@ class WindowLayout:
 @dataclass(frozen=True)
 class Block:
     """The block being processed: its unpadded sample count and row count, and how a partial last row is
-    treated (``rows.partial``: "drop", "pad_left", "pad_right")."""
+    treated (``rows.partial``: "drop", "pad_left", "pad_right"). ``file_stats``: set only by the streamed
+    whole-file executor (:mod:`birdinfer.streaming`) for the file-scope op being called: the statistics of the
+    whole array (gathered in a pass over the file) that the op then uses instead of its input's own."""
 
     n_samples: int
     n_rows: int
     sample_rate: int
     row_samples: int
     partial: str = "drop"
+    file_stats: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,18 +189,21 @@ def _infer_wave_norm(s: Static, p: WaveNormParams) -> Static:
 @OPS.register("normalize_wave", WaveNormParams, infer=_infer_wave_norm)
 def normalize_wave(x: Signal, p: WaveNormParams, block: Block) -> Signal:
     y = x.data.astype(np.float32, copy=False)
-    axis = -1
+    axis, st = -1, block.file_stats  # st: the whole waveform's statistics (streamed execution)
     if p.method == "peak":  # librosa.util.normalize: a silent signal stays as it is
-        peak = np.abs(y).max(axis=axis, keepdims=True) if y.size else np.ones(y.shape[:-1] + (1,), np.float32)
+        if st is not None:
+            peak = np.float32(st["peak"])
+        else:
+            peak = np.abs(y).max(axis=axis, keepdims=True) if y.size else np.ones(y.shape[:-1] + (1,), np.float32)
         peak = np.where(peak < np.finfo(np.float32).tiny, np.float32(1.0), peak)
         out = y / peak
     elif p.method == "zscore":
-        mean = y.mean(axis=axis, keepdims=True, dtype=np.float64)
-        std = y.std(axis=axis, keepdims=True, dtype=np.float64)
-        out = (y - mean.astype(np.float32)) / (std + p.eps).astype(np.float32)
+        mean = st["mean"] if st is not None else y.mean(axis=axis, keepdims=True, dtype=np.float64)
+        std = st["std"] if st is not None else y.std(axis=axis, keepdims=True, dtype=np.float64)
+        out = (y - np.asarray(mean, np.float32)) / np.asarray(std + p.eps, np.float32)
     else:
-        rms = np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=axis, keepdims=True))
-        out = y / (rms + p.eps).astype(np.float32)
+        rms = st["rms"] if st is not None else np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=axis, keepdims=True))
+        out = y / np.asarray(rms + p.eps, np.float32)
     return replace(x, data=out.astype(np.float32, copy=False))
 
 
@@ -326,12 +332,21 @@ class NormParams:
 def normalize(x: Signal, p: NormParams, block: Block) -> Signal:
     axes = _axes_of_scope(x.data, x.windows is not None, p.scope)
     v = x.data.astype(np.float32)
+    st = block.file_stats  # the whole array's statistics (streamed execution): mean, std, low, high of the input
+    if st is not None:
+        low, high = np.float32(st.get("low", 0.0)), np.float32(st.get("high", 0.0))
     if p.method in ("zscore", "zscore_minmax"):
-        mean = v.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
-        std = v.std(axis=axes, keepdims=True, dtype=np.float64, ddof=p.ddof).astype(np.float32)
+        if st is not None:
+            mean, std = np.float32(st["mean"]), np.float32(st["std"])
+        else:
+            mean = v.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+            std = v.std(axis=axes, keepdims=True, dtype=np.float64, ddof=p.ddof).astype(np.float32)
         v = (v - mean) / (std + np.float32(p.eps))
+        if st is not None:  # (v - mean)/s is monotonic in float32: the extremes map to the extremes
+            low, high = (low - mean) / (std + np.float32(p.eps)), (high - mean) / (std + np.float32(p.eps))
     if p.method in ("minmax", "zscore_minmax"):
-        low, high = v.min(axis=axes, keepdims=True), v.max(axis=axes, keepdims=True)
+        if st is None:
+            low, high = v.min(axis=axes, keepdims=True), v.max(axis=axes, keepdims=True)
         v = (v - low) / (high - low + np.float32(p.eps))
     if p.method in ("affine", "clamp"):
         v = v * np.float32(p.scale) + np.float32(p.offset)

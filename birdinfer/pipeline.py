@@ -33,6 +33,7 @@ import numpy as np
 
 from .audio import iter_audio_blocks
 from .engine import WHOLE_FILE_SECONDS, SpecEngine
+from .streaming import WholeFileStream
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.pipeline import TimeBudget` keeps working
 from .errors import AudioDecodeError, ParameterError
 from .manifest import Manifest
@@ -134,6 +135,7 @@ class Predictor:
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
         self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models)
+        self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
         self.backend = backend
         self.active: list[str] = [m.name for m in self.models]
         self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
@@ -201,13 +203,21 @@ class Predictor:
                 parts.append(self.infer_block(self.features(block), n))
         return self.finish(parts)
 
+    def _file_blocks(self, path) -> Iterator[tuple[int, Callable[[], dict]]]:
+        """``(rows, compute the features)`` per block of one recording: decoded blocks, or the streamed blocks
+        of a whole-file spec (:mod:`birdinfer.streaming`: its statistics passes run before the first)."""
+        if self._stream is not None:
+            yield from self._stream.blocks(path, self.active, self.features)
+            return
+        for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
+            yield self.block_windows(block.size, index), (lambda block=block: self.features(block))
+
     def predict_file(self, path: str | Path) -> np.ndarray:
         """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
         parts = []
-        for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
-            n = self.block_windows(block.size, index)
+        for n, compute in self._file_blocks(path):
             if n:
-                parts.append(self.infer_block(self.features(block), n))
+                parts.append(self.infer_block(compute(), n))
         if not parts:
             raise AudioDecodeError(path, "no samples")
         return self.finish(parts)
@@ -225,7 +235,7 @@ class Predictor:
                 if stop.is_set():
                     return
                 try:
-                    blocks = iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)
+                    blocks = self._file_blocks(path)
                     block_index = 0
                     pending: _Block | None = None
                     while True:
@@ -234,8 +244,8 @@ class Predictor:
                         t1 = time.perf_counter()
                         if block is None:
                             break
-                        n = self.block_windows(block.size, block_index)
-                        features = self.features(block) if n else None
+                        n, compute = block
+                        features = compute() if n else None
                         t2, c2 = time.perf_counter(), time.thread_time()
                         if pending is not None:
                             out.put(pending)

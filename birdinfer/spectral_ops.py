@@ -304,16 +304,22 @@ class DbParams:
 @OPS.register("db", DbParams, infer=_infer_scope("db", "spec"))
 def db(x: Signal, p: DbParams, block: Block) -> Signal:
     axes = _axes_of_scope(x.data, x.windows is not None, p.scope)
+    st = block.file_stats  # whole-array maxima (streamed execution): of the input, and of its scaled log
     out = np.maximum(x.data, np.float32(p.amin))
     np.log10(out, out=out)
     out *= np.float32(p.multiplier)
+    peak = None if st is None or p.top_db is None else np.float32(st["log_max"])
     if p.ref == "max":
-        ref = np.maximum(np.max(x.data, axis=axes, keepdims=True), np.float32(p.amin))
-        out -= np.float32(p.multiplier) * np.log10(ref)
-    elif p.ref != 1.0:
-        out -= np.float32(p.multiplier * math.log10(max(p.amin, p.ref)))
+        top = np.float32(st["max"]) if st is not None else np.max(x.data, axis=axes, keepdims=True)
+        shift = np.float32(p.multiplier) * np.log10(np.maximum(top, np.float32(p.amin)))
+    else:
+        shift = np.float32(p.multiplier * math.log10(max(p.amin, p.ref))) if p.ref != 1.0 else None
+    if shift is not None:
+        out -= shift
+        peak = None if peak is None else peak - shift  # x - c is monotonic: max(out) = max(log) - c
     if p.top_db is not None:
-        np.maximum(out, np.max(out, axis=axes, keepdims=True) - np.float32(p.top_db), out=out)
+        peak = np.max(out, axis=axes, keepdims=True) if peak is None else peak
+        np.maximum(out, peak - np.float32(p.top_db), out=out)
     return replace(x, data=out)
 
 
