@@ -33,8 +33,9 @@ Output folder (``OUT_DIR``)
     ``predict --format parquet`` writes for it: ``file, start_s, end_s`` then one float32 column per
     label. Written to a temporary name and renamed.
 ``_run.json``
-    What produced the shards (labels, model files and checksums, precision, backend); a re-run with other
-    settings is refused unless ``resume=False``.
+    What produced the shards (labels, model files and checksums, the spec's sha256, precision, backend,
+    engine version: :func:`birdinfer.journal.run_fingerprint`); a re-run with other settings, or after an
+    upgrade that may change the outputs, is refused unless ``resume=False``.
 ``_done.jsonl``
     One JSON line per finished recording (``key, file, shard, rows, audio_s``), appended after its shard
     is in place: a run killed at any moment and started again skips these.
@@ -72,8 +73,9 @@ import numpy as np
 from .errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError
 from .manifest import Manifest
 from ._console import progress_bar, say
+from .journal import Journal, run_fingerprint
 from .output import atomic_write, require_pyarrow, window_schema, window_table
-from .predict import Recording, collect_inputs, run_fingerprint
+from .predict import Recording, collect_inputs
 
 __all__ = ["SHARDS_FOLDER", "predict_ray", "read_output", "shard_table", "output_schema"]
 
@@ -158,19 +160,8 @@ class _OutputFolder:
             probe.unlink()
         except OSError as e:
             raise OutputError(f"cannot write into the output folder {folder}: {e.strerror or e}; choose a writable --out") from e
-        run_file = folder / _RUN_FILE
-        if run_file.is_file():
-            try:
-                previous = json.loads(run_file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                previous = None  # killed while writing it: nothing can have been finished yet
-            if previous is not None and previous != fingerprint:
-                raise OutputError(
-                    f"{folder} holds results made with other models, precision or backend than this run; run again "
-                    "with the same settings to resume, or pass --no-resume (resume=False) to start over"
-                )
-        if not run_file.is_file():
-            _atomic_text(run_file, json.dumps(fingerprint, sort_keys=True))
+        self.journal = Journal(folder, fingerprint, run_name=_RUN_FILE, done_name=_DONE_LIST)
+        self.journal.claim()
         (folder / _SUCCESS_FILE).unlink(missing_ok=True)  # the folder is incomplete until this run ends
         self.done: dict[str, dict] = self._read_done()
 
@@ -180,19 +171,13 @@ class _OutputFolder:
     def _read_done(self) -> dict[str, dict]:
         import pyarrow.parquet as pq
 
-        done: dict[str, dict] = {}
-        path = self.folder / _DONE_LIST
-        if not path.is_file():
-            return done
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        def in_place(entry: dict) -> bool:  # a shard gone or cut short: that recording is done again
             try:
-                entry = json.loads(line)
-                rows = pq.read_metadata(self.folder / entry["shard"]).num_rows
-            except (json.JSONDecodeError, KeyError, TypeError, OSError, ValueError):
-                continue  # a line cut short by a kill, or a shard gone: that recording is done again
-            if rows == entry.get("rows"):
-                done[entry["key"]] = entry
-        return done
+                return pq.read_metadata(self.folder / entry["shard"]).num_rows == entry.get("rows")
+            except (KeyError, TypeError, OSError, ValueError):
+                return False
+
+        return self.journal.read_done(in_place)
 
     def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float, labels: Sequence[str], window_seconds: float) -> None:
         import pyarrow.parquet as pq
@@ -202,10 +187,7 @@ class _OutputFolder:
         atomic_write(shard, lambda f: pq.write_table(table, f))
         entry = {"key": rec.key, "file": rec.name, "shard": shard.relative_to(self.folder).as_posix(),
                  "rows": int(len(probs)), "audio_s": round(float(audio_seconds), 3)}
-        with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append(entry)
         self.done[rec.key] = entry
 
     def finish(self, recordings: Sequence[Recording], errors: dict[str, str], labels: Sequence[str], run: dict) -> None:

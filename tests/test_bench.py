@@ -31,7 +31,7 @@ def test_run_bench_report_and_plot(small_model_folder, tmp_path):
         stages = mode["stages_seconds_per_file"]
         assert set(stages) == {"decode", "front_end", "models", "ensemble_output"}
         assert all(v > 0 for v in stages.values())
-        assert set(mode["front_end_groups_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
+        assert set(mode["front_end_features_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
         assert [m["name"] for m in mode["models"]] == [m.name for m in manifest.models]
         for m in mode["models"]:
             assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["gflops"] > 0
@@ -65,3 +65,30 @@ def test_parse_mode():
         parse_mode("fp64")
     with pytest.raises(ParameterError, match="unknown bench mode"):
         run_bench("does-not-matter", compare=["int4"])
+
+
+def test_run_bench_on_a_version_2_folder(small_v2_folder):
+    """A v2 folder (whole-file block, three-level tree, its own mel bands) gets every figure: stages, each
+    feature alone, per-model time and GFLOP, the tree weights and what the notebook budget would do."""
+    from birdinfer.bench import format_report
+    from birdinfer.spec_info import effective_weights
+
+    manifest = Manifest.load(small_v2_folder)
+    assert manifest.format_version == 2
+    report = run_bench(small_v2_folder, files=1, precision="f32", print_table=False)
+    (mode,) = report["modes"]
+    assert "error" not in mode, mode.get("error")
+    assert mode["block_seconds"] is None
+    assert all(v > 0 for v in mode["stages_seconds_per_file"].values())
+    assert set(mode["front_end_features_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
+    assert all(v > 0 for v in mode["front_end_features_alone_seconds_per_file"].values())
+    assert mode["windows_per_file"] == {"v1": 6, "v2": 6, "v3": 6}  # 60 s in 10 s windows
+    weights = effective_weights(manifest)
+    assert weights[manifest.models[2].name] == pytest.approx(2 / 3 * 3 / 4 * 1 / 2)
+    for m in mode["models"]:
+        assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["precision"] == "f32"
+        assert m["weight"] == pytest.approx(weights[m["name"]], abs=1e-4)
+    p = mode["projection"]
+    assert isinstance(p["budget_would_drop"], list) and bool(p["budget_would_drop"]) == p["drops_models"]
+    text = format_report(report)
+    assert "feature v3 alone" in text and manifest.models[3].name in text
