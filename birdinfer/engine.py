@@ -25,6 +25,8 @@ __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
 
 #: Block length used for ``block_seconds: null`` (the whole file is one block).
 WHOLE_FILE_SECONDS = 1e7
+#: Larger samples overflow a float32 power spectrum (|frame FFT|² reaches (n_fft · peak)²; from ~1e17).
+MAX_ABS_SAMPLE = 1e12
 
 
 class FrontEndGraph:
@@ -44,6 +46,11 @@ class FrontEndGraph:
         y = np.ascontiguousarray(y, dtype=np.float32)
         if not np.isfinite(y).all():
             raise ParameterError("the signal has NaN or Inf samples; load it with birdinfer.audio.load_audio (repairs them)")
+        peak = float(np.abs(y).max()) if y.size else 0.0
+        if peak > MAX_ABS_SAMPLE:
+            raise ParameterError(
+                f"the signal has samples up to {peak:.3g} in magnitude; a float32 power spectrum would overflow "
+                f"(limit {MAX_ABS_SAMPLE:g}); audio samples belong in [-1, 1]: is it a float file holding garbage?")
         if n_rows is None:
             n_rows = self.manifest.n_rows(len(y))
         if n_rows == 0:

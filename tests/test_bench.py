@@ -84,7 +84,7 @@ def test_run_bench_on_a_version_2_folder(small_v2_folder):
     assert all(v > 0 for v in mode["front_end_features_alone_seconds_per_file"].values())
     assert mode["windows_per_file"] == {"v1": 6, "v2": 6, "v3": 6}  # 60 s in 10 s windows
     weights = effective_weights(manifest)
-    assert weights[manifest.models[2].name] == pytest.approx(2 / 3 * 3 / 4 * 1 / 2)
+    assert weights[manifest.models[2].name] == pytest.approx(2 / 3 * 1 / 4 * 1 / 2)
     for m in mode["models"]:
         assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["precision"] == "f32"
         assert m["weight"] == pytest.approx(weights[m["name"]], abs=1e-4)

@@ -14,25 +14,12 @@ from birdinfer.manifest import FORMAT, Manifest
 from birdinfer.spec import parse_spec
 from birdinfer.spec_info import as_v2, effective_weights
 
-from conftest import REFERENCE_RECIPE
+from conftest import REFERENCE_RECIPE, recipe_manifest
 
 
 def fourth_place_v1() -> Manifest:
-    """The 4th place's 16 models, 3 mel groups and weights (weights/birdclef2025_4th.json) as a version 1
-    manifest (file names only: nothing here loads a network)."""
-    recipe = json.loads(REFERENCE_RECIPE.read_text())
-    groups = {g["name"]: g for g in recipe["groups"]}
-    models = []
-    for m in recipe["models"]:
-        g = groups[m["group"]]
-        name = m["checkpoint"].rsplit(".", 1)[0]
-        models.append({"name": name, "arch": m["arch"], "group": m["group"], "weight": m["weight"],
-                       "input_shape": [6, 1, g["n_mels"], 2 * g["frames_per_window"]], "frames_per_chunk": 16,
-                       "variants": {"f32": {"openvino": f"{name}.xml"}}})
-    data = {"format": FORMAT, "format_version": 1, "labels": [f"sp{i}" for i in range(recipe["n_classes"])],
-            "groups": recipe["groups"], "models": models, "window_seconds": recipe["window_seconds"],
-            "smoothing": recipe["smoothing"], "files": {}}
-    return Manifest.from_dict(data)
+    """The 4th place's 16 models, 3 mel groups and weights (weights/birdclef2025_4th.json), version 1."""
+    return recipe_manifest(json.loads(REFERENCE_RECIPE.read_text()))
 
 
 def v1_weights(manifest: Manifest) -> dict[str, float]:
@@ -119,3 +106,22 @@ def test_nested_tree_weights_and_active_members():
     assert without_b["d"] == pytest.approx(3 / 4 * 3 / 4)
     assert sum(without_b.values()) == pytest.approx(1.0)
     assert as_v2(spec) is spec
+
+
+def test_submission_budget_on_a_v2_folder_drops_by_tree_weight(small_v2_folder, tmp_path):
+    """make_submission's budget on a three-level tree: with equal costs the smallest share of the tree goes
+    first (lite0_v2: 2/3 × 1/4 × 1/2), not the smallest model weight (lite0_v1b's 0.5); every row is kept."""
+    import numpy as np
+
+    from birdinfer.submit import make_submission
+    from conftest import LABELS, write_ogg
+
+    ticks = iter(range(10**9))
+    files = [write_ogg(tmp_path / f"s{i}.ogg", 10.0, seed=300 + i) for i in range(6)]
+    frame = make_submission(files, small_v2_folder, out=None, precision="f32", progress=False, time_budget_s=60.0,
+                            clock=lambda: float(next(ticks)))
+    dropped = [e["model"] for e in frame.attrs["birdinfer"]["dropped"]]
+    weights = effective_weights(Manifest.load(small_v2_folder))
+    assert dropped and dropped[0] == min(weights, key=weights.get) == "lite0_v2"
+    assert len(dropped) < 4
+    assert len(frame) == 6 * 2 and np.isfinite(frame[LABELS].to_numpy()).all()
