@@ -97,6 +97,21 @@ def synthetic_soundscapes(folder: str | Path, files: int, *, seconds: float = 60
 
 
 # ============================================================================================ public
+def _bench_audio(audio, files: int, tmp: str, sample_rate: int) -> tuple[list[Path], str, float]:
+    """The recordings to time: the first ``files`` of ``audio``, else synthetic 60 s OGG files written to
+    ``tmp``. → (paths, a description, their mean length in seconds)."""
+    if audio is None:
+        paths = synthetic_soundscapes(tmp, files, sample_rate=sample_rate)
+        source = f"synthetic: {files} × 60 s OGG (seeded noise + chirps)"
+    else:
+        paths = resolve_inputs(audio)[:files]
+        if not paths:
+            raise ParameterError(f"no audio files in {audio}")
+        source = str(audio)
+    durations = [load_audio(p, sample_rate=sample_rate).size / sample_rate for p in paths]
+    return paths, source, float(np.mean(durations))
+
+
 def run_bench(
     models: str | Path | Manifest,
     *,
@@ -147,16 +162,7 @@ def run_bench(
     peak = machine.get("matmul_f32_gflops")
 
     with tempfile.TemporaryDirectory(prefix="birdinfer_bench_") as tmp:
-        if audio is None:
-            paths = synthetic_soundscapes(tmp, files, sample_rate=manifest.sample_rate)
-            source = f"synthetic: {files} × 60 s OGG (seeded noise + chirps)"
-        else:
-            paths = resolve_inputs(audio)[:files]
-            if not paths:
-                raise ParameterError(f"no audio files in {audio}")
-            source = str(audio)
-        durations = [load_audio(p, sample_rate=manifest.sample_rate).size / manifest.sample_rate for p in paths]
-        audio_seconds = float(np.mean(durations))
+        paths, source, audio_seconds = _bench_audio(audio, files, tmp, manifest.sample_rate)
         results = []
         for mode in modes:
             try:

@@ -281,31 +281,8 @@ def predict(
             log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
 
         errors: dict[str, str] = {}
-        audio_this_run = 0.0
-        if todo:
-            from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
-
-            predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-            say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                           f"{backend} precision: {predictor.precision}")
-            bar = progress_bar(progress, total=len(recordings), initial=resumed, desc="birdinfer predict")
-            try:
-                for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
-                    if result.ok:
-                        seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
-                        parts.add(rec, result.probs, seconds)
-                        audio_this_run += seconds
-                    else:
-                        errors[rec.key] = result.error
-                        log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
-                                    _side_path(out, ".errors.csv"))
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
-                if hasattr(predictor, "close"):
-                    predictor.close()
+        audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
+                                  cache_dir=cache_dir, progress=progress, total=len(recordings)) if todo else 0.0
 
         _assemble(out, format, recordings, parts, manifest, threshold)
         _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
@@ -319,6 +296,36 @@ def predict(
     say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
     return out
+
+
+def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,
+             precision: str, backend: str, cache_dir, progress: bool, total: int) -> float:
+    """Run the models over ``todo``: each finished recording becomes a part, each failure an entry of
+    ``errors``. Returns the seconds of audio computed."""
+    from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
+
+    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+    say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                   f"{backend} precision: {predictor.precision}")
+    bar = progress_bar(progress, total=total, initial=total - len(todo), desc="birdinfer predict")
+    audio_seconds = 0.0
+    try:
+        for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
+            if result.ok:
+                seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
+                parts.add(rec, result.probs, seconds)
+                audio_seconds += seconds
+            else:
+                errors[rec.key] = result.error
+                log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+                            _side_path(out, ".errors.csv"))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        predictor.close()
+    return audio_seconds
 
 
 def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
