@@ -420,6 +420,7 @@ def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams
             return [np.concatenate([p[i] for p in parts]) for i in range(len(ports))]
 
     run.streams = streams
+    run.kernels = kernel_families(compiled)
     return run
 
 

@@ -79,6 +79,7 @@ def test_run_bench_on_a_version_2_folder(small_v2_folder):
     (mode,) = report["modes"]
     assert "error" not in mode, mode.get("error")
     assert mode["block_seconds"] is None
+    assert mode["kernel_families"] and all(m["kernels"] for m in mode["models"])  # oneDNN kernels of v2 models too
     assert all(v > 0 for v in mode["stages_seconds_per_file"].values())
     assert set(mode["front_end_features_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
     assert all(v > 0 for v in mode["front_end_features_alone_seconds_per_file"].values())
