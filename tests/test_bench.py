@@ -93,3 +93,30 @@ def test_run_bench_on_a_version_2_folder(small_v2_folder):
     assert isinstance(p["budget_would_drop"], list) and bool(p["budget_would_drop"]) == p["drops_models"]
     text = format_report(report)
     assert "feature v3 alone" in text and manifest.models[3].name in text
+
+
+def test_projection_names_the_models_the_notebook_budget_drops():
+    """The 4th place at 9 s per file (its 16 models ~0.5 s each + 1 s of overhead) does not fit 700 files in
+    85 minutes: the projection names what the time budget would drop, lowest tree weight per second first."""
+    import json
+    from types import SimpleNamespace
+
+    from birdinfer.bench_report import budget_verdict
+    from birdinfer.bench_stages import NOTEBOOK_BUDGET_SECONDS, _projection
+    from birdinfer.spec_info import effective_weights
+    from conftest import REFERENCE_RECIPE, recipe_spec
+
+    spec = recipe_spec(json.loads(REFERENCE_RECIPE.read_text()))
+    seconds = {m.name: 0.3 + 0.02 * i for i, m in enumerate(spec.models)}
+    pipelined = sum(seconds.values()) + 1.0
+    predictor = SimpleNamespace(manifest=spec, active=[m.name for m in spec.models], load_seconds=120.0)
+    models = [{"name": n, "seconds_per_file": s} for n, s in seconds.items()]
+    p = _projection(predictor, models, pipelined, 60.0)
+    assert p["drops_models"] and p["seconds"] > NOTEBOOK_BUDGET_SECONDS
+    drops = p["budget_would_drop"]
+    assert 0 < len(drops) < 16
+    kept = [n for n in seconds if n not in drops]
+    assert 120 + 700 * (pipelined - sum(seconds[n] for n in drops)) <= NOTEBOOK_BUDGET_SECONDS - 10  # now it fits
+    weights = effective_weights(spec)
+    assert drops[0] == min(seconds, key=lambda n: weights[n] / seconds[n])
+    assert kept and budget_verdict(p).startswith(f"drops {len(drops)}: {drops[0]}")
