@@ -178,10 +178,7 @@ def predict_ray(
     decoded, or whose worker crashed on every retry, get no rows and are listed in ``_errors.csv``.
     """
     wall_start = time.perf_counter()
-    if not (isinstance(files_per_task, int) and files_per_task >= 1):
-        raise ParameterError(f"files_per_task must be a positive integer, got {files_per_task!r}")
-    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 1):
-        raise ParameterError(f"num_workers must be a positive integer or None, got {num_workers!r}")
+    _check_counts(files_per_task, num_workers)
     ray = _require_ray()
     require_shard_pyarrow()
     out_dir = Path(out_dir)
@@ -220,6 +217,13 @@ def predict_ray(
     say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out_dir}")
     return out_dir
+
+
+def _check_counts(files_per_task, num_workers) -> None:
+    if not (isinstance(files_per_task, int) and files_per_task >= 1):
+        raise ParameterError(f"files_per_task must be a positive integer, got {files_per_task!r}")
+    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 1):
+        raise ParameterError(f"num_workers must be a positive integer or None, got {num_workers!r}")
 
 
 def _connect(ray, address: str | None) -> bool:
