@@ -1,46 +1,47 @@
 """``birdinfer bench``: where the time goes, and whether 700 soundscapes fit in Kaggle's 90 minutes.
 
-For a model folder and a few 60 s recordings (synthetic OGG files when no folder is given) it measures,
+For any model folder (version 1 folders run as their version 2 spec) and a few 60 s recordings (synthetic OGG files when no folder is given) it measures,
 per *mode* (a backend + precision, e.g. OpenVINO f32, OpenVINO INT8, ONNX Runtime):
 
 * every stage separately, file by file: decode, the front end (shared, as the pipeline runs it, and each
-  mel group alone), the models (as the pipeline runs them: side by side when it runs several at once, each
-  model then charged its share of the wall time, in proportion to its own run time), ensemble + output;
+  feature alone), the models (as the pipeline runs them: side by side when it runs several at once, each
+  model then charged its share of the wall time, in proportion to its own run time), post-processing
+  (model row steps, the ensemble tree, output rows); each model's effective weight in the ensemble tree;
 * the real pipeline (:meth:`birdinfer.pipeline.Predictor.iter_files`, front end in its background thread)
   end to end: seconds per file, × real time, and the projected wall time of 700 × 60 s files plus the model
-  load time against the 90-minute Kaggle budget;
+  load time against the 90-minute Kaggle budget, and the models the notebook's time budget would drop;
 * this machine's float32 matrix-multiply peak (numpy ``float32`` 4096² product) and the fraction of it each
-  model reaches. A model's cost in GFLOP per 60 s file is computed from its OpenVINO IR: 2 × the
+  model reaches. A model's cost in GFLOP per file is computed from its OpenVINO IR: 2 × the
   multiply-adds of every ``Convolution``, ``GroupConvolution`` and ``MatMul`` from their static shapes
-  (other operations are not counted; they are a few percent for these networks).
+  (other operations are not counted; they are a few percent for these networks), per input window, times
+  the windows its feature gives per file.
 
 The CPU's name and ISA features (AVX2, AVX-512, VNNI, BF16, AMX) and the precision OpenVINO actually ran
 (read back from every compiled model) are recorded. A table is printed; ``json_out`` gets every figure;
 ``plot`` writes a PNG (matplotlib) of the per-model and per-stage cost with the Kaggle budget marked.
+
+Modules: :mod:`birdinfer.bench_stages` (one mode), :mod:`birdinfer.bench_report` (table and plot),
+:mod:`birdinfer.bench_cpu` (``--cpu-class``: the same in child processes under another CPU class's cap).
 """
 
 from __future__ import annotations
 
-import gc
 import json
-import os
-import resource
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .audio import load_audio
-from .ensemble import combine, smooth
-from .errors import BirdinferError, MissingDependencyError, ParameterError
-from .features import FrontEnd
-from .manifest import Manifest, ModelEntry
-from .cpu import effective_isa
-from .models import ISA_FLAGS, cpu_capabilities, cpu_flags, plan_models
-from .output import plan_columns, row_ids, submission_frame
-from .pipeline import Predictor, resolve_inputs
+from .bench_cpu import BENCH_CLASSES, run_bench_classes
+from .bench_report import format_report, plot_report, require_pyplot
+from .bench_stages import (KAGGLE_BUDGET_SECONDS, KAGGLE_FILE_SECONDS, KAGGLE_FILES, MODES, NOTEBOOK_BUDGET_SECONDS,
+                           bench_mode, gflop_per_file, ir_gflop, machine_info, matmul_peak_gflops, parse_mode)
+from .errors import BirdinferError, ParameterError
+from .manifest import Manifest
+from .spec_info import as_v2
+from .submit import resolve_inputs
 
 __all__ = [
     "KAGGLE_FILES",
@@ -50,120 +51,18 @@ __all__ = [
     "BENCH_CLASSES",
     "MODES",
     "run_bench",
+    "format_report",
+    "plot_report",
+    "machine_info",
     "matmul_peak_gflops",
     "ir_gflop",
+    "gflop_per_file",
     "synthetic_soundscapes",
     "parse_mode",
 ]
 
-#: The Kaggle setting the projection is made for: ~700 soundscapes of 60 s in a 90-minute notebook.
-KAGGLE_FILES = 700
-KAGGLE_FILE_SECONDS = 60.0
-KAGGLE_BUDGET_SECONDS = 90 * 60.0
-#: What the Kaggle notebook gives make_submission (90 min less 5 for start-up and writing): its time budget
-#: drops models when the projection exceeds this less the budget's reserve (10 s).
-NOTEBOOK_BUDGET_SECONDS = 85 * 60.0
-_BUDGET_RESERVE_SECONDS = 10.0
-#: ``--cpu-class all``: this CPU, Kaggle's class (AVX-512 without VNNI/BF16) and AVX2.
-BENCH_CLASSES = ("native", "avx512", "avx2")
-
-#: Mode names accepted by ``compare`` (and ``precision``): OpenVINO precisions, or ONNX Runtime (float32).
-MODES = ("auto", "f32", "bf16", "int8", "fast", "onnxruntime")
-
-_WARMUP_FILES = 1
-
-
-# ============================================================================================ machine
-def matmul_peak_gflops(n: int = 4096, repeats: int = 3) -> float:
-    """Best-of-``repeats`` GFLOP/s of a numpy float32 ``(n, n) @ (n, n)`` product (2·n³ FLOP), after a warm-up.
-
-    numpy's BLAS uses every core, as the models do, so this is the f32 ceiling the models are measured against.
-    """
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=out)  # warm-up: thread pool start, page faults
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best / 1e9
-
-
-def _cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
-def machine_info(*, peak: bool = True) -> dict:
-    """CPU name, core count, ISA flags of interest, OpenVINO's view of the CPU, and the f32 matmul peak."""
-    flags = cpu_flags()
-    info = {
-        "cpu": _cpu_model_name(),
-        "cpu_class": effective_isa().to_dict(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": {flag: flag in flags for flag in ISA_FLAGS},
-    }
-    caps = cpu_capabilities()
-    if caps:
-        info["openvino_device"] = caps.get("name")
-        info["openvino_capabilities"] = caps.get("capabilities", [])
-    if peak:
-        info["matmul_f32_gflops"] = round(matmul_peak_gflops(), 1)
-        info["matmul_f32_shape"] = "numpy float32 (4096, 4096) @ (4096, 4096), best of 3"
-    return info
-
-
-# ============================================================================================ model cost
-def ir_gflop(xml: str | Path) -> float | None:
-    """GFLOP of one call of the OpenVINO IR ``xml``: 2 × multiply-adds of Convolution, GroupConvolution and
-    MatMul operations, from static shapes. ``None`` when OpenVINO is missing or a shape is dynamic."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    model = ov.Core().read_model(str(xml))
-    macs = 0
-    try:
-        for op in model.get_ordered_ops():
-            kind = op.get_type_name()
-            if kind not in ("Convolution", "GroupConvolution", "MatMul"):
-                continue
-            out_shape = [int(d) for d in op.get_output_shape(0)]
-            if kind == "MatMul":
-                a = [int(d) for d in op.get_input_shape(0)]
-                transpose_a = bool(op.get_attributes().get("transpose_a", False))
-                k = a[-2] if transpose_a else a[-1]
-                macs += int(np.prod(out_shape)) * k
-            else:
-                w = [int(d) for d in op.get_input_shape(1)]
-                # Convolution weights (C_out, C_in, kh, kw); GroupConvolution (G, C_out/G, C_in/G, kh, kw)
-                per_output = int(np.prod(w[1:])) if kind == "Convolution" else int(np.prod(w[2:]))
-                macs += int(np.prod(out_shape)) * per_output
-    except RuntimeError:  # dynamic shape somewhere: no static count
-        return None
-    return 2.0 * macs / 1e9
-
-
-def _gflop_per_file(manifest: Manifest, entry: ModelEntry, chunks_per_file: int) -> float | None:
-    variant = entry.variants.get("f32") or next(iter(entry.variants.values()))
-    if not variant.openvino:
-        return None
-    per_call = ir_gflop(manifest.path_of(variant.openvino))
-    if per_call is None or entry.batch_chunks is None:
-        return None
-    return per_call * chunks_per_file / entry.batch_chunks
+#: Former name of :func:`gflop_per_file` (``benchmarks/compare_reference.py``).
+_gflop_per_file = gflop_per_file
 
 
 # ============================================================================================ audio
@@ -197,157 +96,22 @@ def synthetic_soundscapes(folder: str | Path, files: int, *, seconds: float = 60
     return paths
 
 
-# ============================================================================================ modes
-def parse_mode(mode: str) -> tuple[str, str]:
-    """A mode name → ``(backend, precision)``: ``"onnxruntime"`` → ONNX Runtime f32, else OpenVINO at that precision."""
-    if mode == "onnxruntime":
-        return "onnxruntime", "f32"
-    if mode in MODES:
-        return "openvino", mode
-    raise ParameterError(f"unknown bench mode {mode!r}; choose from {MODES}")
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError):
-        return float("nan")
-
-
-# ============================================================================================ one mode
-def _bench_mode(
-    manifest: Manifest, mode: str, paths: Sequence[Path], *, gflop: dict[str, float | None], peak: float | None,
-    audio_seconds: float,
-) -> dict:
-    backend, precision = parse_mode(mode)
-    rss_before = _rss_mb()
-    plan_summary = plan_models(manifest, precision=precision, backend=backend)[1]
-    predictor = Predictor(manifest, precision=precision, backend=backend)
-    load_seconds = predictor.load_seconds
-    groups = manifest.used_groups()
-    shared = FrontEnd(groups, sample_rate=manifest.sample_rate, window_seconds=manifest.window_seconds)
-    alone = {g.name: FrontEnd([g], sample_rate=manifest.sample_rate, window_seconds=manifest.window_seconds) for g in groups}
-    columns = plan_columns(manifest.labels)
-
-    stage = {"decode": [], "front_end": [], "ensemble_output": []}
-    group_seconds: dict[str, list[float]] = {g.name: [] for g in groups}
-    model_seconds: dict[str, list[float]] = {m.name: [] for m in predictor.models}
-    models_wall: list[float] = []
-
-    def one_file(path: Path, record: bool) -> None:
-        t0 = time.perf_counter()
-        y = load_audio(path, sample_rate=manifest.sample_rate)
-        t1 = time.perf_counter()
-        features = shared(y)
-        t2 = time.perf_counter()
-        for name, front_end in alone.items():
-            s = time.perf_counter()
-            front_end(y)
-            if record:
-                group_seconds[name].append(time.perf_counter() - s)
-        n = predictor.block_windows(y.size, 0)
-        before = dict(predictor.model_seconds)
-        t_models = time.perf_counter()
-        per_model = predictor.infer_block(features, n)  # as the pipeline runs them (side by side if parallel)
-        t3 = time.perf_counter()
-        if record:
-            models_wall.append(t3 - t_models)
-            for name in per_model:
-                model_seconds[name].append(predictor.model_seconds[name] - before[name])
-        probs = smooth(combine(manifest, per_model), manifest.smoothing)
-        submission_frame(row_ids(path.stem, len(probs), manifest.window_seconds), probs, columns)
-        t4 = time.perf_counter()
-        if record:
-            stage["decode"].append(t1 - t0)
-            stage["front_end"].append(t2 - t1)
-            stage["ensemble_output"].append(t4 - t3)
-
-    for path in paths[:_WARMUP_FILES]:
-        one_file(path, record=False)
-    for path in paths:
-        one_file(path, record=True)
-
-    # The real pipeline: background decode + front end, models in this thread.
-    stats: dict = {}
-    start = time.perf_counter()
-    results = list(predictor.iter_files(paths, stats=stats))
-    pipelined = (time.perf_counter() - start) / len(paths)
-    failed = [str(r.path) for r in results if not r.ok]
-    if failed:
-        raise BirdinferError(f"bench: files failed in the pipeline run: {failed}")
-
-    mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    models = []
-    for m in predictor.models:
-        seconds = mean(model_seconds[m.name])
-        g = gflop.get(m.name)
-        models.append({
-            "name": m.name, "arch": m.entry.arch, "group": m.entry.group, "weight": m.entry.weight,
-            "variant": m.variant, "precision": m.precision, "load_seconds": round(m.load_seconds, 3),
-            "kernels": m.kernels or {},
-            "seconds_per_file": round(seconds, 4),
-            "gflop_per_file": None if g is None else round(g, 2),
-            "gflops": None if g is None or seconds <= 0 else round(g / seconds, 1),
-            "f32_peak_fraction": None if g is None or not peak or seconds <= 0 else round(g / seconds / peak, 3),
-        })
-    models_total = mean(models_wall)
-    total_gflop = sum(m["gflop_per_file"] or 0.0 for m in models) if all(m["gflop_per_file"] is not None for m in models) else None
-    stages = {
-        "decode": round(mean(stage["decode"]), 4),
-        "front_end": round(mean(stage["front_end"]), 4),
-        "models": round(models_total, 4),
-        "ensemble_output": round(mean(stage["ensemble_output"]), 4),
-    }
-    staged = sum(stages.values())
-    projected = KAGGLE_FILES * pipelined * (KAGGLE_FILE_SECONDS / audio_seconds) + load_seconds
-    kernels: dict[str, int] = {}
-    for m in predictor.models:
-        for kind, n in (m.kernels or {}).items():
-            kernels[kind] = kernels.get(kind, 0) + n
-    result = {
-        "mode": mode,
-        "backend": backend,
-        "precision_requested": precision,
-        "precision_ran": predictor.precision,
-        "precision_plan": plan_summary,
-        "kernel_families": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
-        "parallel_models": predictor.parallel_models,
-        "threads_per_model": predictor.models[0].threads if predictor.models else None,
-        "streams_per_model": predictor.models[0].streams if predictor.models else None,
-        "load_seconds": round(load_seconds, 2),
-        "stages_seconds_per_file": stages,
-        "front_end_groups_alone_seconds_per_file": {k: round(mean(v), 4) for k, v in group_seconds.items()},
-        "staged_seconds_per_file": round(staged, 4),
-        "pipelined_seconds_per_file": round(pipelined, 4),
-        "pipeline_waited_for_front_end_seconds_per_file": round(stats.get("wait_seconds", 0.0) / len(paths), 4),
-        "front_end_share_of_wall": round(stages["front_end"] / pipelined, 4) if pipelined > 0 else None,
-        "real_time_factor": round(audio_seconds / pipelined, 1) if pipelined > 0 else None,
-        "models": models,
-        "models_gflop_per_file": None if total_gflop is None else round(total_gflop, 1),
-        "models_gflops": None if total_gflop is None or models_total <= 0 else round(total_gflop / models_total, 1),
-        "models_f32_peak_fraction": (None if total_gflop is None or not peak or models_total <= 0
-                                     else round(total_gflop / models_total / peak, 3)),
-        "projection": {
-            "files": KAGGLE_FILES, "file_seconds": KAGGLE_FILE_SECONDS,
-            "seconds": round(projected, 1), "minutes": round(projected / 60, 1),
-            "budget_seconds": KAGGLE_BUDGET_SECONDS, "budget_fraction": round(projected / KAGGLE_BUDGET_SECONDS, 3),
-            "fits": projected <= KAGGLE_BUDGET_SECONDS,
-            "notebook_budget_seconds": NOTEBOOK_BUDGET_SECONDS,
-            "drops_models": projected > NOTEBOOK_BUDGET_SECONDS - _BUDGET_RESERVE_SECONDS,
-            "rule": "700 × pipelined seconds per 60 s file + model load time, on this machine; the notebook's "
-                    "time budget (85 min) drops models when this exceeds it less 10 s",
-        },
-        "memory_mb": {"rss_before_load": round(rss_before, 1), "rss_after": round(_rss_mb(), 1),
-                      "peak_rss_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1)},
-    }
-    predictor.close()
-    del predictor
-    gc.collect()
-    return result
-
-
 # ============================================================================================ public
+def _bench_audio(audio, files: int, tmp: str, sample_rate: int) -> tuple[list[Path], str, float]:
+    """The recordings to time: the first ``files`` of ``audio``, else synthetic 60 s OGG files written to
+    ``tmp``. → (paths, a description, their mean length in seconds)."""
+    if audio is None:
+        paths = synthetic_soundscapes(tmp, files, sample_rate=sample_rate)
+        source = f"synthetic: {files} × 60 s OGG (seeded noise + chirps)"
+    else:
+        paths = resolve_inputs(audio)[:files]
+        if not paths:
+            raise ParameterError(f"no audio files in {audio}")
+        source = str(audio)
+    durations = [load_audio(p, sample_rate=sample_rate).size / sample_rate for p in paths]
+    return paths, source, float(np.mean(durations))
+
+
 def run_bench(
     models: str | Path | Manifest,
     *,
@@ -384,41 +148,25 @@ def run_bench(
     if int(files) < 1:
         raise ParameterError(f"files must be >= 1, got {files!r}")
     if cpu_class is not None:
-        from .bench_cpu import run_bench_classes
-
         return run_bench_classes(models, cpu_class, audio=audio, files=files, json_out=json_out, compare=compare,
                                  precision=precision, print_table=print_table)
     files = int(files)
     modes = list(dict.fromkeys([precision] + list(compare or [])))
     for mode in modes:
         parse_mode(mode)  # fail early on a typo
-    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    if manifest.format_version != 1:
-        raise ParameterError(f"{manifest._where}: `birdinfer bench` times the stages of version 1 folders; for a "
-                             "version 2 folder use `birdinfer submit --report run.json` (model, decode and front-end seconds)")
+    manifest = as_v2(models if isinstance(models, Manifest) else Manifest.load(models))
     if plot is not None:
-        _import_pyplot()  # fail before the long part
+        require_pyplot()  # fail before the long part
 
     machine = machine_info(peak=True)
     peak = machine.get("matmul_f32_gflops")
-    chunks_per_file = int(round(KAGGLE_FILE_SECONDS / manifest.chunk_seconds))
-    gflop = {m.name: _gflop_per_file(manifest, m, chunks_per_file) for m in manifest.models}
 
     with tempfile.TemporaryDirectory(prefix="birdinfer_bench_") as tmp:
-        if audio is None:
-            paths = synthetic_soundscapes(tmp, files, sample_rate=manifest.sample_rate)
-            source = f"synthetic: {files} × 60 s OGG (seeded noise + chirps)"
-        else:
-            paths = resolve_inputs(audio)[:files]
-            if not paths:
-                raise ParameterError(f"no audio files in {audio}")
-            source = str(audio)
-        durations = [load_audio(p, sample_rate=manifest.sample_rate).size / manifest.sample_rate for p in paths]
-        audio_seconds = float(np.mean(durations))
+        paths, source, audio_seconds = _bench_audio(audio, files, tmp, manifest.sample_rate)
         results = []
         for mode in modes:
             try:
-                results.append(_bench_mode(manifest, mode, paths, gflop=gflop, peak=peak, audio_seconds=audio_seconds))
+                results.append(bench_mode(manifest, mode, paths, peak=peak, audio_seconds=audio_seconds))
             except BirdinferError as e:
                 if mode == precision:
                     raise
@@ -430,7 +178,7 @@ def run_bench(
         "machine": machine,
         "audio": {"source": source, "files": [p.name for p in paths], "mean_seconds": round(audio_seconds, 2)},
         "gflop_source": ("OpenVINO IR of each model's f32 variant: 2 × multiply-adds of Convolution, "
-                         "GroupConvolution and MatMul from static shapes, scaled to one 60 s file"),
+                         "GroupConvolution and MatMul from static shapes, per input window × the windows per file"),
         "kaggle": {"files": KAGGLE_FILES, "file_seconds": KAGGLE_FILE_SECONDS, "budget_seconds": KAGGLE_BUDGET_SECONDS},
         "primary": precision,
         "modes": results,
@@ -442,119 +190,3 @@ def run_bench(
     if plot is not None:
         plot_report(report, plot)
     return report
-
-
-# ============================================================================================ output
-def format_report(report: dict) -> str:
-    """The figures as text tables (what ``birdinfer bench`` prints)."""
-    m = report["machine"]
-    isa = ", ".join(k for k, v in m["isa"].items() if v) or "none of interest"
-    lines = [
-        f"CPU: {m['cpu']} ({m['usable_cpus']} usable logical CPUs); ISA: {isa}",
-        f"CPU class: {m['cpu_class']['label']}",
-        f"f32 matmul peak: {m.get('matmul_f32_gflops')} GFLOP/s ({m.get('matmul_f32_shape')})",
-        f"models: {report['models_folder']} ({report['n_models']}); audio: {report['audio']['source']}, "
-        f"{len(report['audio']['files'])} files of {report['audio']['mean_seconds']} s",
-        "",
-    ]
-    ok = [r for r in report["modes"] if "error" not in r]
-    for r in ok:
-        lines.append(f"== mode {r['mode']} ({r['backend']}; ran {r['precision_ran']}; {r['parallel_models']} model(s) at once, "
-                     f"{r['streams_per_model']} request(s) per call of {r['threads_per_model'] or 'default'} thread(s); load {r['load_seconds']} s)")
-        lines.append(f"plan: {r['precision_plan']}")
-        lines.append("kernels: " + ", ".join(f"{k} ×{n}" for k, n in r["kernel_families"].items()))
-        lines.append("| stage | s / file |")
-        lines.append("|---|---|")
-        st = r["stages_seconds_per_file"]
-        lines.append(f"| decode | {st['decode']:.3f} |")
-        lines.append(f"| front end (all groups, shared STFT) | {st['front_end']:.3f} |")
-        for g, s in r["front_end_groups_alone_seconds_per_file"].items():
-            lines.append(f"|   mel group {g} alone | {s:.3f} |")
-        lines.append(f"| models (all, as the pipeline runs them) | {st['models']:.3f} |")
-        lines.append(f"| ensemble + output | {st['ensemble_output']:.4f} |")
-        lines.append(f"| **stages, one after another** | {r['staged_seconds_per_file']:.3f} |")
-        lines.append(f"| **pipeline (front end in background)** | {r['pipelined_seconds_per_file']:.3f} |")
-        lines.append("")
-        lines.append("| model | group | precision | s / file | GFLOP / file | GFLOP/s | of f32 peak |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for x in r["models"]:
-            lines.append(f"| {x['name']} | {x['group']} | {x['precision']} | {x['seconds_per_file']:.3f} | "
-                         f"{_fmt(x['gflop_per_file'], '.1f')} | {_fmt(x['gflops'], '.0f')} | {_fmt(x['f32_peak_fraction'], '.0%')} |")
-        lines.append(f"| **total** | | | {st['models']:.3f} | {_fmt(r['models_gflop_per_file'], '.1f')} | "
-                     f"{_fmt(r['models_gflops'], '.0f')} | {_fmt(r['models_f32_peak_fraction'], '.0%')} |")
-        lines.append("")
-    lines.append("| mode | ran | load s | front end s/file | models s/file | pipeline s/file | × real time | "
-                 "front end share | models of f32 peak | 700 files (min) | of 90-min budget | notebook's 85-min budget |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["modes"]:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | FAILED: {r['error'][:150]} |")
-            continue
-        p = r["projection"]
-        st = r["stages_seconds_per_file"]
-        lines.append(f"| {r['mode']} | {r['precision_ran']} | {r['load_seconds']:.1f} | {st['front_end']:.3f} | {st['models']:.3f} | "
-                     f"{r['pipelined_seconds_per_file']:.3f} | {r['real_time_factor']} | {_fmt(r['front_end_share_of_wall'], '.1%')} | "
-                     f"{_fmt(r['models_f32_peak_fraction'], '.0%')} | {p['minutes']:.1f} | {p['budget_fraction']:.0%}"
-                     f"{'' if p['fits'] else ' (OVER)'} | {'drops models' if p['drops_models'] else 'no model dropped'} |")
-    return "\n".join(lines)
-
-
-def _fmt(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _import_pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingDependencyError("bench --plot needs matplotlib: pip install matplotlib (or drop --plot)") from e
-    return plt
-
-
-def plot_report(report: dict, path: str | Path) -> Path:
-    """PNG: left, seconds per file of each model (one bar per mode); right, projected minutes for 700 files
-    per mode split into stages, with the 90-minute Kaggle budget as a line."""
-    plt = _import_pyplot()
-    ok = [r for r in report["modes"] if "error" not in r]
-    if not ok:
-        raise ParameterError("nothing to plot: every mode failed")
-    names = [m["name"] for m in ok[0]["models"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.32 * len(names) + 1.5)),
-                                      gridspec_kw={"width_ratios": [3, 2]})
-    height = 0.8 / len(ok)
-    y = np.arange(len(names))
-    for k, r in enumerate(ok):
-        seconds = {m["name"]: m["seconds_per_file"] for m in r["models"]}
-        left.barh(y + k * height, [seconds.get(n, 0.0) for n in names], height=height, label=f"{r['mode']} ({r['precision_ran']})")
-    left.set_yticks(y + 0.4 - height / 2)
-    left.set_yticklabels(names, fontsize=8)
-    left.invert_yaxis()
-    left.set_xlabel("seconds per 60 s file")
-    left.set_title("per model")
-    left.legend(fontsize=8)
-
-    scale = KAGGLE_FILES / 60.0 * (KAGGLE_FILE_SECONDS / max(report["audio"]["mean_seconds"], 1e-9))
-    bottoms = np.zeros(len(ok))
-    x = np.arange(len(ok))
-    for key, label in (("decode", "decode"), ("front_end", "front end"), ("models", "models"), ("ensemble_output", "ensemble + output")):
-        values = np.array([r["stages_seconds_per_file"][key] * scale for r in ok])
-        right.bar(x, values, bottom=bottoms, label=f"{label} (stages alone)")
-        bottoms += values
-    loads = np.array([r["load_seconds"] / 60.0 for r in ok])
-    right.bar(x, loads, bottom=bottoms, label="model load")
-    right.scatter(x, [r["projection"]["minutes"] for r in ok], color="black", marker="D", zorder=3, label="pipeline, measured")
-    right.axhline(KAGGLE_BUDGET_SECONDS / 60.0, color="red", linestyle="--", label="Kaggle budget (90 min)")
-    right.set_xticks(x)
-    right.set_xticklabels([r["mode"] for r in ok])
-    right.set_ylabel(f"minutes for {KAGGLE_FILES} × 60 s files")
-    right.set_title("projected wall time")
-    right.legend(fontsize=8)
-    fig.suptitle(f"{report['machine']['cpu']} — f32 matmul peak {report['machine'].get('matmul_f32_gflops')} GFLOP/s", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -4,7 +4,7 @@ Each class runs :func:`birdinfer.bench.run_bench` in a child process whose ``ONE
 before OpenVINO loads (:func:`birdinfer.cpu.run_in_cpu_class`): ``native`` (this CPU), ``avx512`` (AVX-512
 without VNNI/BF16: Kaggle's Skylake-SP class), ``avx2``; ``all`` runs the three. The report names the
 class, the precision that ran per model, the 700-file projection + load time, whether the notebook's
-85-minute budget would drop models, and the oneDNN kernels the compiled models use (the runtime graph's
+85-minute budget would drop models (and which), and the oneDNN kernels the compiled models use (the runtime graph's
 ``primitiveType``: ``jit_avx2_*`` under an AVX2 cap, ``*_I8`` for INT8, ...), so a reader can see the cap act.
 
 Caveat: a cap reproduces a class's *instructions* (and so its INT8 arithmetic and accuracy exactly), not
@@ -17,12 +17,14 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .bench import BENCH_CLASSES
 from .cpu import run_in_cpu_class
 from .errors import ParameterError
 from .manifest import Manifest
 
-__all__ = ["run_bench_classes", "format_class_table", "kernel_summary"]
+__all__ = ["BENCH_CLASSES", "run_bench_classes", "format_class_table", "kernel_summary"]
+
+#: ``--cpu-class all``: this CPU, Kaggle's class (AVX-512 without VNNI/BF16) and AVX2.
+BENCH_CLASSES = ("native", "avx512", "avx2")
 
 
 def run_bench_classes(
@@ -65,6 +67,13 @@ def kernel_summary(kernels: dict, top: int = 4) -> str:
     return text + (f", +{len(items) - top} more" if len(items) > top else "")
 
 
+def _verdict(projection: dict) -> str:
+    names = projection.get("budget_would_drop") or []
+    if names:
+        return f"drops {len(names)}: " + ", ".join(names)
+    return "drops models" if projection["drops_models"] else "fits"
+
+
 def format_class_table(reports: dict) -> str:
     """One table: per class × mode, what ran and how fast, relative to f32 under the same class."""
     lines = ["| CPU class | mode | ran | s / file | × own-class f32 | 700 files + load (min) | 85-min budget | kernels |",
@@ -80,7 +89,7 @@ def format_class_table(reports: dict) -> str:
             p = r["projection"]
             ratio = "—" if not f32 else f"{f32 / r['pipelined_seconds_per_file']:.2f}×"
             lines.append(f"| {label} | {r['mode']} | {r['precision_ran']} | {r['pipelined_seconds_per_file']:.3f} | {ratio} | "
-                         f"{p['minutes']:.1f} | {'drops models' if p['drops_models'] else 'fits'} | "
+                         f"{p['minutes']:.1f} | {_verdict(p)} | "
                          f"{kernel_summary(r.get('kernel_families', {}))} |")
     lines.append("")
     lines.append("A cap reproduces a class's instructions (and INT8 arithmetic), not its cores or clocks: compare "

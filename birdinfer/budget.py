@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Iterable
 
 from .manifest import Manifest
-
-if TYPE_CHECKING:  # annotations only: the budget reads a predictor's measured times, it never imports the pipeline
-    from .pipeline import Predictor
+from .spec_info import effective_weights
 
 __all__ = ["TimeBudget"]
 
@@ -27,8 +25,11 @@ class TimeBudget:
     After each file the run projects ``elapsed + files_left × seconds_per_file``, where seconds per file is
     the measured mean of the models still active plus the measured per-file overhead (decode, front end
     not hidden, ensemble). While the projection exceeds the budget minus a reserve, the active model with
-    the lowest *weight per cost* is dropped: its effective weight in the final mean (model weight / sum of
-    its group's weights × group weight / sum of group weights) divided by its measured seconds per file.
+    the lowest *weight per cost* is dropped: its effective weight in the final mean divided by its measured
+    seconds per file. The effective weight is the product, along the path from the root of the ensemble
+    tree to the model, of each level's weight over the sum of its siblings' weights, among the members
+    still running (:func:`birdinfer.spec_info.effective_weights`; a version 1 folder and its
+    ``spec_from_v1`` spec give the same figures).
     The last model is never dropped; if even it cannot finish, the files left when the budget runs out get
     fallback rows (see :func:`make_submission`). Every drop is logged and recorded in ``events``.
     """
@@ -38,23 +39,17 @@ class TimeBudget:
     min_files: int = 1  # files measured before the first decision
     events: list[dict] = field(default_factory=list)
 
-    def effective_weights(self, manifest: Manifest) -> dict[str, float]:
-        total_group = sum(g.weight for g in manifest.used_groups()) or 1.0
-        out = {}
-        for g in manifest.used_groups():
-            members = manifest.models_of(g.name)
-            total = sum(m.weight for m in members) or 1.0
-            for m in members:
-                out[m.name] = (m.weight / total) * (g.weight / total_group)
-        return out
+    def effective_weights(self, manifest: Manifest, active: Iterable[str] | None = None) -> dict[str, float]:
+        """Each model's share of the ensemble's mean (see the class docstring)."""
+        return effective_weights(manifest, active)
 
-    def plan(self, predictor: Predictor, *, elapsed: float, files_done: int, files_left: int, overhead_per_file: float) -> list[str]:
+    def plan(self, predictor: Any, *, elapsed: float, files_done: int, files_left: int, overhead_per_file: float) -> list[str]:
         """Names of models to drop now (in order); also records them in ``events``."""
         if files_done < self.min_files or files_left <= 0:
             return []
         per_model = {n: predictor.model_seconds[n] / max(1, files_done) for n in predictor.active}
-        weights = self.effective_weights(predictor.manifest)
         active = list(predictor.active)
+        weights = self.effective_weights(predictor.manifest, active)
         drops = []
 
         def projected() -> float:
@@ -65,6 +60,7 @@ class TimeBudget:
             victim = min(active, key=lambda n: weights.get(n, 0.0) / max(per_model[n], 1e-9))
             before = projected()
             active.remove(victim)
+            weights = self.effective_weights(predictor.manifest, active)
             drops.append(victim)
             self.events.append({
                 "model": victim, "after_files": files_done, "elapsed_s": round(elapsed, 3),

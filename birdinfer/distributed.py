@@ -33,8 +33,9 @@ Output folder (``OUT_DIR``)
     ``predict --format parquet`` writes for it: ``file, start_s, end_s`` then one float32 column per
     label. Written to a temporary name and renamed.
 ``_run.json``
-    What produced the shards (labels, model files and checksums, precision, backend); a re-run with other
-    settings is refused unless ``resume=False``.
+    What produced the shards (labels, model files and checksums, the spec's sha256, precision, backend,
+    engine version: :func:`birdinfer.journal.run_fingerprint`); a re-run with other settings, or after an
+    upgrade that may change the outputs, is refused unless ``resume=False``.
 ``_done.jsonl``
     One JSON line per finished recording (``key, file, shard, rows, audio_s``), appended after its shard
     is in place: a run killed at any moment and started again skips these.
@@ -55,37 +56,25 @@ workers need no write access and ``_done.jsonl`` has a single writer.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from .errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError
+from .errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError  # noqa: F401
 from .manifest import Manifest
 from ._console import progress_bar, say
-from .output import atomic_write, require_pyarrow, window_schema, window_table
-from .predict import Recording, collect_inputs, run_fingerprint
+from .predict import Recording, collect_inputs
+from .shards import (ERRORS_FILE, SHARDS_FOLDER, OutputFolder, require_shard_pyarrow, fingerprint, output_schema, read_output,
+                     shard_table)
 
 __all__ = ["SHARDS_FOLDER", "predict_ray", "read_output", "shard_table", "output_schema"]
 
 log = logging.getLogger(__name__)
 
-#: Sub-folder of ``OUT_DIR`` holding one parquet shard per recording.
-SHARDS_FOLDER = "shards"
-_RUN_FILE = "_run.json"
-_DONE_LIST = "_done.jsonl"
-_ERRORS_FILE = "_errors.csv"
-_SUCCESS_FILE = "_SUCCESS"
-_FORMAT_VERSION = 1
 #: A worker process that dies is restarted this many times (each restart recompiles the models) ...
 _MAX_RESTARTS = 4
 #: ... and the calls it had in flight are re-run this many times before their files count as failed.
@@ -102,135 +91,6 @@ def _require_ray():
             f"or run without --engine ray on one machine ({e})"
         ) from e
     return ray
-
-
-def _require_pyarrow():
-    return require_pyarrow("--engine ray (parquet shards)", "'birdinfer[ray]'")
-
-
-#: The parquet schema and one recording's table are ``predict``'s (:mod:`birdinfer.output`).
-output_schema = window_schema
-shard_table = window_table
-
-
-def read_output(out_dir: str | Path):
-    """The complete output of a finished :func:`predict_ray` run as one ``pyarrow.Table`` (shards
-    concatenated in input order; ``.to_pandas()`` for a DataFrame). Raises :class:`OutputError` when the
-    run has not finished (no ``_SUCCESS``)."""
-    _require_pyarrow()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out_dir = Path(out_dir)
-    index_path = out_dir / _SUCCESS_FILE
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise OutputError(f"{out_dir} holds no finished run ({index_path}: {e}); run `birdinfer predict --engine ray` "
-                          "again with the same arguments to finish it") from e
-    schema = output_schema(index["labels"])
-    tables = [pq.read_table(out_dir / entry["shard"], schema=schema) for entry in index["files"]]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-# ------------------------------------------------------------------------------------- output folder
-class _OutputFolder:
-    """``OUT_DIR`` and its bookkeeping (see the module docstring)."""
-
-    def __init__(self, folder: Path, fingerprint: dict, *, resume: bool):
-        self.folder = folder
-        self.shards = folder / SHARDS_FOLDER
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"--engine ray writes a folder of shards, but {folder} is a file; give a folder as --out")
-        if folder.exists() and not resume:
-            for name in (SHARDS_FOLDER,):
-                shutil.rmtree(folder / name, ignore_errors=True)
-            for name in (_RUN_FILE, _DONE_LIST, _ERRORS_FILE, _SUCCESS_FILE):
-                (folder / name).unlink(missing_ok=True)
-        try:
-            self.shards.mkdir(parents=True, exist_ok=True)
-            probe = self.shards / ".birdinfer-write-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise OutputError(f"cannot write into the output folder {folder}: {e.strerror or e}; choose a writable --out") from e
-        run_file = folder / _RUN_FILE
-        if run_file.is_file():
-            try:
-                previous = json.loads(run_file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                previous = None  # killed while writing it: nothing can have been finished yet
-            if previous is not None and previous != fingerprint:
-                raise OutputError(
-                    f"{folder} holds results made with other models, precision or backend than this run; run again "
-                    "with the same settings to resume, or pass --no-resume (resume=False) to start over"
-                )
-        if not run_file.is_file():
-            _atomic_text(run_file, json.dumps(fingerprint, sort_keys=True))
-        (folder / _SUCCESS_FILE).unlink(missing_ok=True)  # the folder is incomplete until this run ends
-        self.done: dict[str, dict] = self._read_done()
-
-    def shard_path(self, key: str) -> Path:
-        return self.shards / f"{key}.parquet"
-
-    def _read_done(self) -> dict[str, dict]:
-        import pyarrow.parquet as pq
-
-        done: dict[str, dict] = {}
-        path = self.folder / _DONE_LIST
-        if not path.is_file():
-            return done
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-                rows = pq.read_metadata(self.folder / entry["shard"]).num_rows
-            except (json.JSONDecodeError, KeyError, TypeError, OSError, ValueError):
-                continue  # a line cut short by a kill, or a shard gone: that recording is done again
-            if rows == entry.get("rows"):
-                done[entry["key"]] = entry
-        return done
-
-    def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float, labels: Sequence[str], window_seconds: float) -> None:
-        import pyarrow.parquet as pq
-
-        table = shard_table(rec.name, probs, labels, window_seconds)
-        shard = self.shard_path(rec.key)
-        atomic_write(shard, lambda f: pq.write_table(table, f))
-        entry = {"key": rec.key, "file": rec.name, "shard": shard.relative_to(self.folder).as_posix(),
-                 "rows": int(len(probs)), "audio_s": round(float(audio_seconds), 3)}
-        with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.done[rec.key] = entry
-
-    def finish(self, recordings: Sequence[Recording], errors: dict[str, str], labels: Sequence[str], run: dict) -> None:
-        failed = [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors]
-        errors_path = self.folder / _ERRORS_FILE
-        if failed:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["file", "error"])
-            writer.writerows(failed)
-            _atomic_text(errors_path, buffer.getvalue())
-        else:
-            errors_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-        index = {
-            "format_version": _FORMAT_VERSION,
-            "labels": list(labels),
-            "files": [self.done[rec.key] for rec in recordings if rec.key in self.done],
-            "failed": [{"file": name, "error": error} for name, error in failed],
-            "run": run,
-        }
-        _atomic_text(self.folder / _SUCCESS_FILE, json.dumps(index, indent=1) + "\n")
-
-
-def _fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
-    return {**run_fingerprint(manifest, precision, backend), "format_version": _FORMAT_VERSION}
 
 
 # -------------------------------------------------------------------------------------------- worker
@@ -318,18 +178,15 @@ def predict_ray(
     decoded, or whose worker crashed on every retry, get no rows and are listed in ``_errors.csv``.
     """
     wall_start = time.perf_counter()
-    if not (isinstance(files_per_task, int) and files_per_task >= 1):
-        raise ParameterError(f"files_per_task must be a positive integer, got {files_per_task!r}")
-    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 1):
-        raise ParameterError(f"num_workers must be a positive integer or None, got {num_workers!r}")
+    _check_counts(files_per_task, num_workers)
     ray = _require_ray()
-    _require_pyarrow()
+    require_shard_pyarrow()
     out_dir = Path(out_dir)
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     recordings = collect_inputs(inputs)
     if not recordings:
         raise ParameterError(f"no audio files found in {inputs!r} (folders are walked recursively)")
-    folder = _OutputFolder(out_dir, _fingerprint(manifest, precision, backend), resume=resume)
+    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), resume=resume)
     todo = [rec for rec in recordings if rec.key not in folder.done]
     resumed = len(recordings) - len(todo)
     if resumed:
@@ -362,6 +219,13 @@ def predict_ray(
     return out_dir
 
 
+def _check_counts(files_per_task, num_workers) -> None:
+    if not (isinstance(files_per_task, int) and files_per_task >= 1):
+        raise ParameterError(f"files_per_task must be a positive integer, got {files_per_task!r}")
+    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 1):
+        raise ParameterError(f"num_workers must be a positive integer or None, got {num_workers!r}")
+
+
 def _connect(ray, address: str | None) -> bool:
     """Connect to Ray; True when this call connected (and so must disconnect / shut down)."""
     if ray.is_initialized():
@@ -380,7 +244,21 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def _run_pool(ray, todo: list[Recording], folder: _OutputFolder, errors: dict[str, str], *, manifest: Manifest,
+def _record(batch: list[Recording], results: list[dict], folder: OutputFolder, errors: dict[str, str],
+            manifest: Manifest) -> float:
+    """Write the shards of one call's results (or note their errors); returns the seconds of audio done."""
+    audio = 0.0
+    for rec, result in zip(batch, results):
+        if result["error"] is None:
+            folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds)
+            audio += result["audio_s"]
+        else:
+            errors[rec.key] = result["error"]
+            log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result["error"], folder.folder / ERRORS_FILE)
+    return audio
+
+
+def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *, manifest: Manifest,
               models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
               files_per_task: int, progress: bool, resumed: int, total: int) -> dict:
     """Run ``todo`` on a pool of actors; write shards as results arrive. Returns run figures: ``workers``,
@@ -437,7 +315,7 @@ def _run_pool(ray, todo: list[Recording], folder: _OutputFolder, errors: dict[st
                 reason = f"the Ray worker running it died {_MAX_TASK_RETRIES + 1} times ({type(e).__name__})"
                 for rec in batch:
                     errors[rec.key] = reason
-                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, reason, folder.folder / _ERRORS_FILE)
+                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, reason, folder.folder / ERRORS_FILE)
                 ray.kill(actor, no_restart=True)  # restarts may be used up: a fresh actor for the next files
                 slots[index] = _Slot(new_actor(), slots[index].replaced + 1)
                 results = []
@@ -446,14 +324,7 @@ def _run_pool(ray, todo: list[Recording], folder: _OutputFolder, errors: dict[st
                     errors[rec.key] = f"worker error: {getattr(e, 'cause', None) or e}"
                     log.warning("%s: %s", rec.name, errors[rec.key])
                 results = []
-            for rec, result in zip(batch, results):
-                if result["error"] is None:
-                    folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds)
-                    audio_done += result["audio_s"]
-                else:
-                    errors[rec.key] = result["error"]
-                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result["error"],
-                                folder.folder / _ERRORS_FILE)
+            audio_done += _record(batch, results, folder, errors, manifest)
             if bar is not None:
                 elapsed = max(time.perf_counter() - run_start, 1e-9)
                 bar.set_postfix({"audio h/h": f"{audio_done / elapsed:.0f}", "failed": len(errors)}, refresh=False)

@@ -9,7 +9,8 @@ recording, written to a temporary name and renamed, then its key appended to ``d
 at any moment (even SIGKILL) and started again with the same arguments skips the recordings listed in
 ``done.txt`` and assembles exactly the bytes an uninterrupted run writes: the output is always built from
 the parts, in input order, into a temporary file that is renamed into place; the parts folder is removed
-afterwards. Parts made with other models, precision or backend are refused (``resume=False`` starts over).
+afterwards. Parts made with other models, spec, precision or backend, or by an engine version whose outputs
+may differ (:data:`birdinfer.journal.ENGINE_VERSION`), are refused (``resume=False`` starts over).
 
 Bad recordings (corrupt, truncated, empty, not audio, unreadable) are never fatal: each is logged with
 its error, gets **no rows** (unlike ``submit``, which must fill every row), and is listed in
@@ -28,9 +29,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,17 +43,19 @@ from .errors import BirdinferError, OutputError, ParameterError
 from .manifest import Manifest
 from .models import plan_variants
 from ._console import progress_bar, say
+from .journal import ENGINE_VERSION, Journal, run_fingerprint
 from .lock import OutputLock
 from .output import RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, write_window_table
+from .spec_info import frequency_band
 
-__all__ = ["FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table"]
+__all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
+           "run_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 #: Output formats of :func:`predict`.
 FORMATS = ("csv", "parquet", "raven")
 _SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-_PARTS_VERSION = 1
 _DONE_LIST = "done.txt"
 _RUN_FILE = "run.json"
 
@@ -175,46 +176,16 @@ def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
 class _Parts:
     """``<out>.parts/``: ``run.json`` (what produced the parts), ``<key>.npy`` per finished recording
     (float32 ``(n_windows, n_labels)``, written atomically), ``done.txt`` (one JSON line per finished
-    recording, appended after its part is in place)."""
+    recording, appended after its part is in place); the bookkeeping is :class:`birdinfer.journal.Journal`."""
 
     def __init__(self, folder: Path, fingerprint: dict, n_labels: int, *, resume: bool):
         self.folder = folder
         self.n_labels = n_labels
         if folder.exists() and not resume:
             shutil.rmtree(folder)
-        run_file = folder / _RUN_FILE
-        if folder.exists() and run_file.is_file():
-            try:
-                previous = json.loads(run_file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                previous = None  # killed while writing run.json: nothing can have been finished yet
-            if previous is not None and previous != fingerprint:
-                raise OutputError(
-                    f"{folder} holds partial results made with other models, precision or backend than this run; "
-                    "run again with the same settings to resume, or pass --no-resume (resume=False) to start over"
-                )
-        folder.mkdir(parents=True, exist_ok=True)
-        if not run_file.is_file():
-            atomic_write(run_file, lambda f: f.write(json.dumps(fingerprint, sort_keys=True).encode("utf-8")))
-        self.done: dict[str, dict] = self._read_done()
-
-    def _read_done(self) -> dict[str, dict]:
-        path = self.folder / _DONE_LIST
-        done = {}
-        if not path.is_file():
-            return done
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text and not text.endswith("\n"):  # a line cut by a kill: end it so the next entry starts clean
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("\n")
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: its recording is simply done again
-            if isinstance(entry, dict) and "key" in entry and self.load(entry["key"]) is not None:
-                done[entry["key"]] = entry
-        return done
+        self.journal = Journal(folder, fingerprint, run_name=_RUN_FILE, done_name=_DONE_LIST)
+        self.journal.claim()
+        self.done: dict[str, dict] = self.journal.read_done(lambda entry: self.load(entry["key"]) is not None)
 
     def load(self, key: str) -> np.ndarray | None:
         try:
@@ -228,23 +199,8 @@ class _Parts:
     def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> None:
         atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
         entry = {"key": rec.key, "file": rec.name, "rows": int(len(probs)), "audio_s": round(audio_seconds, 3)}
-        with open(self.folder / _DONE_LIST, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append(entry)
         self.done[rec.key] = entry
-
-
-def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
-    return {
-        "parts_version": _PARTS_VERSION,
-        "labels": list(manifest.labels),
-        "model_files": dict(sorted(manifest.files.items())),
-        "models": [m.name for m in manifest.models],
-        "precision": precision,
-        "backend": backend,
-        "window_seconds": manifest.window_seconds,
-    }
 
 
 def _audio_seconds(path: Path, rows: int, window_seconds: float) -> float:
@@ -284,7 +240,8 @@ def predict(
         ``raven``: one Raven Pro selection table ``<out>/<path below the folder argument>.selections.txt``
         per recording (tab-separated: Selection, View, Channel, Begin Time (s), End Time (s),
         Low Freq (Hz), High Freq (Hz), Species, Score) with one selection per window × species whose
-        probability is ``>= threshold``.
+        probability is ``>= threshold``; the frequencies are the band the models' front ends see (their
+        ``mel`` ops' ``fmin``–``fmax``; 0 Hz–Nyquist for a feature without a mel op).
     threshold : Raven detection threshold in [0, 1].
     precision, backend : as for :func:`birdinfer.pipeline.make_submission`.
     resume : skip recordings finished by an earlier, interrupted run with the same settings (see the
@@ -324,31 +281,8 @@ def predict(
             log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
 
         errors: dict[str, str] = {}
-        audio_this_run = 0.0
-        if todo:
-            from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
-
-            predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
-            say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                           f"{backend} precision: {predictor.precision}")
-            bar = progress_bar(progress, total=len(recordings), initial=resumed, desc="birdinfer predict")
-            try:
-                for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
-                    if result.ok:
-                        seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
-                        parts.add(rec, result.probs, seconds)
-                        audio_this_run += seconds
-                    else:
-                        errors[rec.key] = result.error
-                        log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
-                                    _side_path(out, ".errors.csv"))
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
-                if hasattr(predictor, "close"):
-                    predictor.close()
+        audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
+                                  cache_dir=cache_dir, progress=progress, total=len(recordings)) if todo else 0.0
 
         _assemble(out, format, recordings, parts, manifest, threshold)
         _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
@@ -364,14 +298,43 @@ def predict(
     return out
 
 
+def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,
+             precision: str, backend: str, cache_dir, progress: bool, total: int) -> float:
+    """Run the models over ``todo``: each finished recording becomes a part, each failure an entry of
+    ``errors``. Returns the seconds of audio computed."""
+    from .pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
+
+    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+    say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                   f"{backend} precision: {predictor.precision}")
+    bar = progress_bar(progress, total=total, initial=total - len(todo), desc="birdinfer predict")
+    audio_seconds = 0.0
+    try:
+        for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
+            if result.ok:
+                seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
+                parts.add(rec, result.probs, seconds)
+                audio_seconds += seconds
+            else:
+                errors[rec.key] = result.error
+                log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+                            _side_path(out, ".errors.csv"))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        predictor.close()
+    return audio_seconds
+
+
 def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
               threshold: float) -> None:
     """Build the final output from the parts, in input order (the same bytes however the run went)."""
     done = [rec for rec in recordings if rec.key in parts.done]
     labels = manifest.labels
     if format == "raven":
-        groups = manifest.used_groups()
-        low, high = min(g.fmin for g in groups), max(g.fmax for g in groups)
+        low, high = frequency_band(manifest)  # the band the models' front ends see (mel fmin–fmax)
         paths = _raven_paths(out, recordings)
         for rec in done:
             text = raven_table(parts.load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,

@@ -2,7 +2,8 @@
 
 ``pseudo_label(audio_dir, models, out)`` runs one or more model folders over every recording of
 ``audio_dir`` with the runtime :class:`birdinfer.pipeline.Predictor` (each folder's own weighted ensemble
-and smoothing) and writes ``row_id`` (``<stem>_<end second>``) + one probability column per label. Several
+and post-processing, any folder format) and writes ``row_id`` (``<stem>_<end second>``, the rows of the
+folder's ``rows.seconds``) + one probability column per label. Several
 folders are combined by a weighted mean (:func:`combine_predictions`), as the reference combined its
 labelling models. The CSV feeds ``birdinfer train --pseudo-labels``.
 """
@@ -64,6 +65,7 @@ def pseudo_label(
     """
     from .audio import list_audio_files
     from .errors import AudioDecodeError
+    from .output import row_ids
     from .pipeline import Predictor
 
     folders = [models] if isinstance(models, (str, Path)) else list(models)
@@ -74,14 +76,19 @@ def pseudo_label(
     for folder in folders:
         predictor = Predictor(folder, precision=precision, backend=backend)
         rows, values = [], []
-        for path in files:
-            try:
-                probabilities = predictor.predict_file(path)
-            except AudioDecodeError as e:
-                log.warning("skipping %s: %s", path, e)
-                continue
-            rows += [f"{Path(path).stem}_{5 * (k + 1)}" for k in range(len(probabilities))]
-            values.append(probabilities)
+        try:
+            for path in files:
+                try:
+                    probabilities = predictor.predict_file(path)
+                except AudioDecodeError as e:
+                    log.warning("skipping %s: %s", path, e)
+                    continue
+                rows += row_ids(Path(path).stem, len(probabilities), predictor.manifest.window_seconds)
+                values.append(probabilities)
+        finally:
+            predictor.close()
+        if not values:
+            raise ParameterError(f"no recording of {audio_dir} could be decoded; nothing to pseudo-label")
         table = pd.DataFrame(np.concatenate(values), columns=list(predictor.labels))
         table.insert(0, "row_id", rows)
         tables.append(table)

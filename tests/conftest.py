@@ -42,6 +42,33 @@ SMALL_RECIPE = {
 }
 
 
+def recipe_manifest(recipe: dict, labels=None):
+    """A recipe's groups, models and weights as a version 1 manifest (file names only: nothing here loads a
+    network), e.g. the 4th place's from REFERENCE_RECIPE."""
+    from birdinfer.manifest import FORMAT, Manifest
+
+    groups = {g["name"]: g for g in recipe["groups"]}
+    models = []
+    for m in recipe["models"]:
+        g = groups[m["group"]]
+        name = m["checkpoint"].rsplit(".", 1)[0]
+        models.append({"name": name, "arch": m["arch"], "group": m["group"], "weight": m["weight"],
+                       "input_shape": [6, 1, g["n_mels"], 2 * g["frames_per_window"]], "frames_per_chunk": 16,
+                       "variants": {"f32": {"openvino": f"{name}.xml"}}})
+    labels = labels or [f"sp{i}" for i in range(recipe.get("n_classes", N_CLASSES))]
+    return Manifest.from_dict({"format": FORMAT, "format_version": 1, "labels": list(labels), "groups": recipe["groups"],
+                               "models": models, "window_seconds": recipe["window_seconds"],
+                               "smoothing": recipe["smoothing"], "files": {}})
+
+
+def recipe_spec(recipe: dict, labels=None):
+    """The same as a parsed version 2 manifest (its ``spec_from_v1`` spec)."""
+    from birdinfer.importer import spec_from_v1
+    from birdinfer.spec import parse_spec
+
+    return parse_spec(spec_from_v1(recipe_manifest(recipe, labels)))
+
+
 def synth_signal(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
     """Chirps, tones and noise: a seeded, spectrally busy test signal in [-1, 1]."""
     rng = np.random.default_rng(seed)
@@ -98,3 +125,32 @@ def small_model_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_checkpoints(small_model_folder) -> Path:
     return small_model_folder.parent / "checkpoints"
+
+
+@pytest.fixture(scope="session")
+def small_v2_folder(small_model_folder, tmp_path_factory) -> Path:
+    """A format_version 2 folder of the small models that is not a plain v1 upgrade: the whole file is one
+    block, group v3's mel band is 150–14000 Hz, and the ensemble is a three-level tree of other weights."""
+    import shutil
+
+    from birdinfer.importer import spec_from_v1
+    from birdinfer.manifest import Manifest
+
+    v1 = Manifest.load(small_model_folder)
+    spec = spec_from_v1(v1)
+    spec["block_seconds"] = None
+    mel = next(s for s in spec["features"]["v3"]["steps"] if s["op"] == "mel")
+    mel.update(fmin=150.0, fmax=14000.0)
+    names = [m["name"] for m in spec["models"]]
+    spec["ensemble"] = {"steps": [{"step": "weighted_mean"}, {"step": "smooth", "kernel": [0.2, 0.6, 0.2], "mode": "nearest"}],
+                        "members": [
+                            {"model": names[0], "weight": 1.0},
+                            {"name": "rest", "weight": 2.0, "steps": [{"step": "weighted_mean"}], "members": [
+                                {"model": names[1], "weight": 3.0},
+                                {"name": "deep", "weight": 1.0, "steps": [{"step": "weighted_mean"}], "members": [
+                                    {"model": names[2], "weight": 1.0}, {"model": names[3], "weight": 1.0}]}]}]}
+    out = tmp_path_factory.mktemp("small_v2")
+    for name in v1.files:
+        shutil.copyfile(small_model_folder / name, out / name)
+    (out / "manifest.json").write_text(json.dumps(spec, indent=2))
+    return out

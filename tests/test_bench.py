@@ -31,7 +31,7 @@ def test_run_bench_report_and_plot(small_model_folder, tmp_path):
         stages = mode["stages_seconds_per_file"]
         assert set(stages) == {"decode", "front_end", "models", "ensemble_output"}
         assert all(v > 0 for v in stages.values())
-        assert set(mode["front_end_groups_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
+        assert set(mode["front_end_features_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
         assert [m["name"] for m in mode["models"]] == [m.name for m in manifest.models]
         for m in mode["models"]:
             assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["gflops"] > 0
@@ -65,3 +65,58 @@ def test_parse_mode():
         parse_mode("fp64")
     with pytest.raises(ParameterError, match="unknown bench mode"):
         run_bench("does-not-matter", compare=["int4"])
+
+
+def test_run_bench_on_a_version_2_folder(small_v2_folder):
+    """A v2 folder (whole-file block, three-level tree, its own mel bands) gets every figure: stages, each
+    feature alone, per-model time and GFLOP, the tree weights and what the notebook budget would do."""
+    from birdinfer.bench import format_report
+    from birdinfer.spec_info import effective_weights
+
+    manifest = Manifest.load(small_v2_folder)
+    assert manifest.format_version == 2
+    report = run_bench(small_v2_folder, files=1, precision="f32", print_table=False)
+    (mode,) = report["modes"]
+    assert "error" not in mode, mode.get("error")
+    assert mode["block_seconds"] is None
+    assert mode["kernel_families"] and all(m["kernels"] for m in mode["models"])  # oneDNN kernels of v2 models too
+    assert all(v > 0 for v in mode["stages_seconds_per_file"].values())
+    assert set(mode["front_end_features_alone_seconds_per_file"]) == {"v1", "v2", "v3"}
+    assert all(v > 0 for v in mode["front_end_features_alone_seconds_per_file"].values())
+    assert mode["windows_per_file"] == {"v1": 6, "v2": 6, "v3": 6}  # 60 s in 10 s windows
+    weights = effective_weights(manifest)
+    assert weights[manifest.models[2].name] == pytest.approx(2 / 3 * 1 / 4 * 1 / 2)
+    for m in mode["models"]:
+        assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["precision"] == "f32"
+        assert m["weight"] == pytest.approx(weights[m["name"]], abs=1e-4)
+    p = mode["projection"]
+    assert isinstance(p["budget_would_drop"], list) and bool(p["budget_would_drop"]) == p["drops_models"]
+    text = format_report(report)
+    assert "feature v3 alone" in text and manifest.models[3].name in text
+
+
+def test_projection_names_the_models_the_notebook_budget_drops():
+    """The 4th place at 9 s per file (its 16 models ~0.5 s each + 1 s of overhead) does not fit 700 files in
+    85 minutes: the projection names what the time budget would drop, lowest tree weight per second first."""
+    import json
+    from types import SimpleNamespace
+
+    from birdinfer.bench_report import budget_verdict
+    from birdinfer.bench_stages import NOTEBOOK_BUDGET_SECONDS, _projection
+    from birdinfer.spec_info import effective_weights
+    from conftest import REFERENCE_RECIPE, recipe_spec
+
+    spec = recipe_spec(json.loads(REFERENCE_RECIPE.read_text()))
+    seconds = {m.name: 0.3 + 0.02 * i for i, m in enumerate(spec.models)}
+    pipelined = sum(seconds.values()) + 1.0
+    predictor = SimpleNamespace(manifest=spec, active=[m.name for m in spec.models], load_seconds=120.0)
+    models = [{"name": n, "seconds_per_file": s} for n, s in seconds.items()]
+    p = _projection(predictor, models, pipelined, 60.0)
+    assert p["drops_models"] and p["seconds"] > NOTEBOOK_BUDGET_SECONDS
+    drops = p["budget_would_drop"]
+    assert 0 < len(drops) < 16
+    kept = [n for n in seconds if n not in drops]
+    assert 120 + 700 * (pipelined - sum(seconds[n] for n in drops)) <= NOTEBOOK_BUDGET_SECONDS - 10  # now it fits
+    weights = effective_weights(spec)
+    assert drops[0] == min(seconds, key=lambda n: weights[n] / seconds[n])
+    assert kept and budget_verdict(p).startswith(f"drops {len(drops)}: {drops[0]}")
