@@ -11,14 +11,17 @@ at the real CPU only: under a cap that masks bf16 it still picks bf16 and runs a
 Every OpenVINO compile passes ``INFERENCE_PRECISION_HINT``:
 
 ``f32``   float32 everywhere: matches the reference up to float error.
-``auto``  bf16 where bf16 is native and not masked (AVX512_BF16 / AMX), else f32.
+``auto``  the f32 variant; its float layers run bf16 only where the variant records a measured error
+          within the bar (max |Δp| <= 5e-3 against f32, on calibration audio, measured when the folder was
+          written: :attr:`ModelVariant.bf16`) for this CPU class and bf16 is native; else f32. A folder
+          without the record runs f32 (said once in the log).
 ``bf16``  bf16 where it is native; elsewhere f32 with a warning (emulated bf16 is slower than f32).
 ``int8``  an INT8 variant of the folder: the first of :data:`INT8_VARIANTS` valid for this CPU class
-          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), compiled with the
-          ``auto`` hint for its float layers; a model without one runs its f32 variant (logged). An INT8 IR
-          that does not compile under a bf16 hint is compiled again with f32 (logged).
-``fast``  the fastest variant meeting the accuracy bar for this CPU class: a valid INT8 variant, else
-          ``auto``. The log says which and why.
+          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), its float layers
+          bf16 where native; a model without one runs its f32 variant (logged). An INT8 IR that does not
+          compile under a bf16 hint is compiled again with f32 (logged).
+``fast``  an INT8 variant only where it records being valid on this class, its float layers bf16 only
+          where recorded within the bar (as ``auto``); else ``auto``. The log says which and why.
 
 Every loaded model reports the precision that actually ran (read back from the compiled model).
 
@@ -139,6 +142,12 @@ class ModelPlan:
     hint: str | None  # INFERENCE_PRECISION_HINT ("f32" / "bf16"); None for ONNX Runtime
     note: str = ""  # why, when it is not the obvious choice
 
+    @property
+    def label(self) -> str:
+        """What runs, as :attr:`LoadedModel.precision` names it: ``f32``, ``bf16``, ``int8+f32``, ``int8+bf16``."""
+        hint = self.hint or "f32"
+        return hint if self.variant == "f32" else f"{self.variant}+{hint}"
+
 
 def variant_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
     """Does ``variant`` meet the accuracy bar on ``isa``'s class? A variant without ``cpu_classes`` (older
@@ -148,54 +157,83 @@ def variant_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
     return isa.cpu_class in variant.cpu_classes
 
 
+def bf16_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
+    """May ``auto`` / ``fast`` run ``variant``'s float layers in bf16 on ``isa``? Only where bf16 is native and
+    the variant records a measured error within the bar for this class (:attr:`ModelVariant.bf16`)."""
+    return isa.bf16_native and isa.cpu_class in variant.bf16_classes
+
+
+def _trusted_hint(entry: ModelEntry, variant: str, isa: CpuIsa, notes: list[str]) -> str:
+    """``auto`` / ``fast``: bf16 for the float layers only where recorded within the bar for this class."""
+    stored = entry.variants[variant]
+    if bf16_valid(stored, isa):
+        return "bf16"
+    if isa.bf16_native:  # bf16 would be faster here: say why it does not run
+        record = stored.bf16
+        if record is None:
+            notes.append(f"no bf16 measurement recorded (folder written before precision records): f32 where it "
+                         f"would be bf16; re-import / re-export on a {isa.cpu_class} CPU to measure it")
+        elif record.get("not_measurable"):
+            notes.append(f"bf16 not measured for {isa.cpu_class} ({record['not_measurable']}): f32")
+        elif record.get("max_abs_dp") is not None and record.get("measured_on") == isa.cpu_class:
+            notes.append(f"bf16 measured over the bar on {isa.cpu_class}: f32 for those models")
+        else:
+            notes.append(f"bf16 measured on {record.get('measured_on')} only, not on {isa.cpu_class}: f32")
+    return "f32"
+
+
 def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
                 isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
     """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
-    effective ISA) without loading anything. Returns the plans and one sentence saying what and why."""
+    effective ISA) without loading anything. Returns the plans and one sentence saying what runs, per model,
+    and why (never the CPU's float hint where f32 runs)."""
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
     if backend not in BACKENDS:
         raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
     isa = isa or effective_isa()
-    float_hint = isa.float_hint if backend == "openvino" else None
-    why_float = (f"float layers {isa.float_hint} ({'bf16 native' if isa.bf16_native else 'no native bf16'}"
-                 f"{' under the cap' if isa.masked else ''})")
-    plans = []
+    ov = backend == "openvino"
+    plans, notes = [], []
     for entry in manifest.models:
         if "f32" not in entry.variants:
             raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
         int8 = [k for k in INT8_VARIANTS if k in entry.variants]
         valid = [k for k in int8 if variant_valid(entry.variants[k], isa)]
-        if precision == "f32":
-            plans.append(ModelPlan(entry, "f32", "f32" if backend == "openvino" else None))
+        if not ov:
+            int8_asked = precision == "int8" and (valid or int8)  # INT8 is OpenVINO only: plan_variants says so
+            plans.append(ModelPlan(entry, (valid or int8)[0] if int8_asked else "f32", None,
+                                   "no INT8 variant valid on ONNX Runtime" if precision == "fast" and int8 else ""))
+        elif precision == "f32":
+            plans.append(ModelPlan(entry, "f32", "f32"))
         elif precision == "bf16":  # emulated bf16 is slower than f32 and no more exact: never run it
-            plans.append(ModelPlan(entry, "f32", float_hint, "" if isa.bf16_native or backend != "openvino" else
+            plans.append(ModelPlan(entry, "f32", isa.float_hint, "" if isa.bf16_native else
                                    f"bf16 is not native on {isa.cpu_class}: f32 instead (faster, exact)"))
-        elif precision == "auto" or (precision == "fast" and (backend != "openvino" or not valid)):
+        elif precision == "auto" or (precision == "fast" and not valid):
             note = "" if precision == "auto" else (
-                "no INT8 variant" if not int8 else
-                f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
-            plans.append(ModelPlan(entry, "f32", float_hint, note))
+                "no INT8 variant" if not int8 else f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
+            plans.append(ModelPlan(entry, "f32", _trusted_hint(entry, "f32", isa, notes), note))
         elif precision == "fast":
-            plans.append(ModelPlan(entry, valid[0], float_hint, f"{valid[0]} is valid on {isa.cpu_class}"))
-        elif valid:  # int8
-            plans.append(ModelPlan(entry, valid[0], float_hint))
+            plans.append(ModelPlan(entry, valid[0], _trusted_hint(entry, valid[0], isa, notes),
+                                   f"{valid[0]} is valid on {isa.cpu_class}"))
+        elif valid:  # int8, explicit: float layers as the class allows (bf16 where native)
+            plans.append(ModelPlan(entry, valid[0], isa.float_hint))
         elif int8:
             note = f"{int8[0]} is not validated on {isa.cpu_class} ({_validity(entry, int8)}): accuracy may drop"
             log.warning("model %s: %s", entry.name, note)
-            plans.append(ModelPlan(entry, int8[0], float_hint, note))
+            plans.append(ModelPlan(entry, int8[0], isa.float_hint, note))
         else:
             log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
-            plans.append(ModelPlan(entry, "f32", float_hint, "no INT8 variant"))
+            plans.append(ModelPlan(entry, "f32", isa.float_hint, "no INT8 variant"))
     counts: dict[str, int] = {}
     for p in plans:
-        counts[p.variant] = counts.get(p.variant, 0) + 1
-    variants = ", ".join(f"{k} ×{n}" for k, n in counts.items())
-    notes = sorted({p.note for p in plans if p.note})
-    summary = (f"precision {precision} on CPU class {isa.label()}: variants {variants}"
-               + (f"; {why_float}" if backend == "openvino" else "; ONNX Runtime float32")
+        counts[p.label] = counts.get(p.label, 0) + 1
+    ran = ", ".join(f"{k} ×{n}" for k, n in counts.items())
+    per_model = ", ".join(f"{p.entry.name} {p.label}" for p in plans)
+    notes = list(dict.fromkeys(notes + [p.note for p in plans if p.note]))
+    summary = (f"precision {precision} on CPU class {isa.label()}: runs {ran}"
+               + ("" if ov else " (ONNX Runtime float32)") + f" [{per_model}]"
                + (f"; {'; '.join(notes)}" if notes else ""))
-    if precision == "bf16" and backend == "openvino" and not isa.bf16_native:
+    if precision == "bf16" and ov and not isa.bf16_native:
         log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
     return plans, summary
 
