@@ -32,7 +32,7 @@ from .errors import ParameterError
 from .manifest import MANIFEST_NAME, Manifest
 
 __all__ = ["BF16_BAR", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "as_spec", "file_features", "ModelRunner",
-           "rows_of", "compare_rows", "measure_bf16", "measure_variant", "update_variants"]
+           "rows_of", "compare_rows", "measure_bf16", "measure_variants", "update_variants", "record_bf16"]
 
 #: bf16 bar: max |Δp| of a model's rows against f32 (the bar ``auto`` promises).
 BF16_BAR = 5e-3
@@ -182,35 +182,50 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
                 "ran": bf16.ran, "reference": f"the same variant compiled with INFERENCE_PRECISION_HINT f32 ({f32.ran})",
                 "audio": audio.describe("held_out")}
             if progress:
-                progress(f"{entry.name} ({name}): bf16 vs f32 max|Δp| {figures['max_abs_dp']:.2e} over "
+                progress(f"{entry.name} ({name}): {name}+bf16 vs {name}+f32 max|Δp| {figures['max_abs_dp']:.2e} over "
                          f"{figures['windows']} rows on {isa.cpu_class}: {'within' if ok else 'over'} the bar {bar:g}")
             del f32, bf16
     return records
 
 
-def measure_variant(folder: str, model: str, variant: str, audio: dict, hint: str = "f32") -> dict:
-    """Child side of a per-class check (:func:`birdinfer.cpu.run_in_cpu_class`): ``variant`` of ``model``
-    compiled with ``hint`` against the f32 variant compiled with f32, both under this process's class, on
-    the held-out audio. Returns the figures, the class and what ran (JSON)."""
+def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
+                     models: Sequence[str] | None = None) -> dict:
+    """Child side of a per-class check (:func:`birdinfer.cpu.run_in_cpu_class`): ``variant`` of each model
+    (all, or ``models``) compiled with ``hint`` against its f32 variant compiled with f32, both under this
+    process's class, on the held-out audio. Returns ``{model: figures + class + what ran}`` (JSON)."""
     spec = as_spec(Manifest.load(folder))
-    entry = next(m for m in spec.models if m.name == model)
     features = [file_features(spec, y) for y in AudioSet.from_dict(audio).signals("held_out")]
-    reference = ModelRunner(spec, entry, "f32", "f32")
-    other = ModelRunner(spec, entry, variant, hint)
-    figures = compare_rows(rows_of(reference, features), rows_of(other, features))
-    return {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran, "reference_ran": reference.ran}
+    out = {}
+    for entry in spec.models:
+        if (models is not None and entry.name not in models) or variant not in entry.variants:
+            continue
+        reference = ModelRunner(spec, entry, "f32", "f32")
+        other = ModelRunner(spec, entry, variant, hint)
+        figures = compare_rows(rows_of(reference, features), rows_of(other, features))
+        out[entry.name] = {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran,
+                           "reference_ran": reference.ran}
+    return out
 
 
-def update_variants(folder: str | Path, updates: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Manifest:
-    """Set fields of variants in the folder's ``manifest.json`` (``{model: {variant: {field: value}}}``),
-    version 1 or 2 alike; files and checksums unchanged. Written atomically, then loaded (validated)."""
+def update_variants(folder: str | Path, updates: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                    files: Mapping[str, str] | None = None) -> Manifest:
+    """Set fields of variants in the folder's ``manifest.json`` (``{model: {variant: {field: value}}}``; a
+    variant not there yet is added), version 1 or 2 alike, and add ``files`` (name → sha256). Written
+    atomically, then loaded (validated)."""
     path = Path(folder) / MANIFEST_NAME
     data = json.loads(path.read_text(encoding="utf-8"))
     for m in data["models"]:
         for variant, fields in updates.get(m["name"], {}).items():
-            if variant in m["variants"]:
-                m["variants"][variant].update({k: v for k, v in fields.items()})
+            m["variants"].setdefault(variant, {}).update(dict(fields))
+    if files:
+        data["files"] = dict(sorted({**data.get("files", {}), **files}.items()))
     tmp = path.with_name(MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return Manifest.load(folder)
+
+
+def record_bf16(folder: str | Path, audio: AudioSet, *, progress=None) -> Manifest:
+    """Measure every variant's bf16 error here (:func:`measure_bf16`) and write the records into the folder."""
+    records = measure_bf16(folder, audio, progress=progress)
+    return update_variants(folder, {m: {v: {"bf16": r} for v, r in per.items()} for m, per in records.items()})
