@@ -81,7 +81,7 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
                       extra={**dict(manifest.extra), "precision": "int8", "int8_variants_added": sorted(recipes)})
     updated.validate()
     updated.save(folder)
-    return Manifest.load(folder)
+    return record_precision(folder, calibration=calibration, progress=print if progress else None)
 
 
 def record_cpu_classes(models: str | Path, classes: Mapping[str, Sequence[str] | None], evidence: str = "") -> Manifest:
@@ -198,7 +198,7 @@ def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
 
 
 def record_precision(folder: str | Path, *, calibration: str | Path | None = None, int8: bool = False,
-                     progress=print) -> Manifest:
+                     measure_bf16: bool = True, progress=print) -> Manifest:
     """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8``, then
     every variant's bf16 record (:func:`birdinfer.precision.record_bf16`) on the same calibration audio."""
     from birdinfer.precision import audio_set, record_bf16
@@ -207,4 +207,4 @@ def record_precision(folder: str | Path, *, calibration: str | Path | None = Non
     audio = audio_set(calibration, manifest.sample_rate)
     if int8:
         add_int8_variants_spec(folder, audio, progress=progress)
-    return record_bf16(folder, audio, progress=progress)
+    return record_bf16(folder, audio, progress=progress) if measure_bf16 else Manifest.load(folder)
