@@ -149,17 +149,22 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp = out / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / MANIFEST_NAME)
-    if add_int8:
+    return _record_precision(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
+
+
+def _record_precision(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
+    """The written folder's INT8 variants (when asked) and bf16 records (:mod:`birdinfer.precision`)."""
+    if int8:
         try:
             from birdinfer_export.variants import record_precision
         except ImportError as e:
             raise MissingDependencyError(f"`birdinfer import --precision int8` needs NNCF (the export extra): pip install "
                                          f"'birdinfer[export]' ({e})") from e
-        return record_precision(out, calibration=calibration, int8=True, progress=progress)
+        return record_precision(out, calibration=calibration, int8=True, measure_bf16=measure, progress=progress)
     if measure:
         from .precision import audio_set, record_bf16
 
-        return record_bf16(out, audio_set(calibration, int(data["sample_rate"])), progress=progress)
+        return record_bf16(out, audio_set(calibration, Manifest.load(out).sample_rate), progress=progress)
     return Manifest.load(out)
 
 
