@@ -55,6 +55,12 @@ def bf16_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
     return isa.bf16_native and isa.cpu_class in variant.bf16_classes
 
 
+def _speedup(variant: ModelVariant, isa: CpuIsa) -> float:
+    """Speed against f32 recorded for this class when the folder was written (1.0: not measured)."""
+    figures = variant.verification.get("per_class", {}).get(isa.cpu_class, {})
+    return float(figures.get("speedup_vs_f32", 1.0))
+
+
 def _trusted_hint(entry: ModelEntry, variant: str, isa: CpuIsa, notes: list[str]) -> str:
     """``auto`` / ``fast``: bf16 for the float layers only where recorded within the bar for this class."""
     stored = entry.variants[variant]
@@ -91,6 +97,8 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
             raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
         int8 = [k for k in INT8_VARIANTS if k in entry.variants]
         valid = [k for k in int8 if variant_valid(entry.variants[k], isa)]
+        slower = [k for k in valid if _speedup(entry.variants[k], isa) < 1.0] if precision == "fast" else []
+        valid = [k for k in valid if k not in slower]  # fast means faster: not one measured slower than f32 here
         if not ov:
             int8_asked = precision == "int8" and (valid or int8)  # INT8 is OpenVINO only: plan_variants says so
             plans.append(ModelPlan(entry, (valid or int8)[0] if int8_asked else "f32", None,
@@ -101,8 +109,10 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
             plans.append(ModelPlan(entry, "f32", isa.float_hint, "" if isa.bf16_native else
                                    f"bf16 is not native on {isa.cpu_class}: f32 instead (faster, exact)"))
         elif precision == "auto" or (precision == "fast" and not valid):
-            note = "" if precision == "auto" else (
-                "no INT8 variant" if not int8 else f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
+            note = "" if precision == "auto" else "no INT8 variant" if not int8 else (
+                f"{slower[0]} is valid on {isa.cpu_class} but was measured slower than f32 there "
+                f"(×{_speedup(entry.variants[slower[0]], isa):.2f})" if slower else
+                f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
             plans.append(ModelPlan(entry, "f32", _trusted_hint(entry, "f32", isa, notes), note))
         elif precision == "fast":
             plans.append(ModelPlan(entry, valid[0], _trusted_hint(entry, valid[0], isa, notes),

@@ -20,6 +20,7 @@ cannot be measured (OpenVINO would emulate it): the record says so (``not_measur
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,21 +190,29 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
 
 
 def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
-                     models: Sequence[str] | None = None) -> dict:
+                     models: Sequence[str] | None = None, rounds: int = 3) -> dict:
     """Child side of a per-class check (:func:`birdinfer.cpu.run_in_cpu_class`): ``variant`` of each model
     (all, or ``models``) compiled with ``hint`` against its f32 variant compiled with f32, both under this
-    process's class, on the held-out audio. Returns ``{model: figures + class + what ran}`` (JSON)."""
+    process's class, on the held-out audio. Returns ``{model: figures + class + what ran + speedup_vs_f32}``
+    (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps)."""
     spec = as_spec(Manifest.load(folder))
     features = [file_features(spec, y) for y in AudioSet.from_dict(audio).signals("held_out")]
-    out = {}
+    out, rows = {}, {}
     for entry in spec.models:
         if (models is not None and entry.name not in models) or variant not in entry.variants:
             continue
         reference = ModelRunner(spec, entry, "f32", "f32")
         other = ModelRunner(spec, entry, variant, hint)
-        figures = compare_rows(rows_of(reference, features), rows_of(other, features))
+        seconds: dict[str, list[float]] = {"f32": [], variant: []}
+        for _ in range(rounds):  # interleaved, so both see the same machine load
+            for name, runner in (("f32", reference), (variant, other)):
+                start = time.perf_counter()
+                rows[name] = rows_of(runner, features)
+                seconds[name].append(time.perf_counter() - start)
+        figures = compare_rows(rows["f32"], rows[variant])
         out[entry.name] = {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran,
-                           "reference_ran": reference.ran}
+                           "reference_ran": reference.ran,
+                           "speedup_vs_f32": float(np.median(seconds["f32"]) / np.median(seconds[variant]))}
     return out
 
 

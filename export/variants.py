@@ -168,7 +168,8 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
                                        "the model's rows vs f32 under the same class; exact-INT8 classes share "
                                        "the measured exact class's arithmetic)"})
         if progress:
-            figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f}" for c, f in per_class.items())
+            figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f} ×{f['speedup_vs_f32']:.2f} "
+                                "speed" for c, f in per_class.items())
             progress(f"{name} ({variant}): {figures}; valid on {', '.join(valid) or 'no class'} (bar mean|Δp| <= {mean_dp_bar:g})")
     return update_variants(folder, updates)
 

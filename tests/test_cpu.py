@@ -190,6 +190,20 @@ def test_bf16_over_the_bar_or_not_measurable_runs_f32():
     assert plans[0].hint == "f32" and "not native on avx512_vnni" in summary
 
 
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+def test_fast_skips_an_int8_variant_measured_slower_here(flags, cap):
+    isa = _isa(flags, cap)
+    per_class = {"avx512": {"speedup_vs_f32": 0.8}, "avx512_vnni_bf16": {"speedup_vs_f32": 1.4}}
+    everywhere = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2")
+    variants = {"f32": ModelVariant(openvino="m.xml"),
+                "int8": ModelVariant(openvino="m.int8.xml", cpu_classes=everywhere, verification={"per_class": per_class})}
+    plans, summary = plan_models(_manifest(variants), precision="fast", isa=isa)
+    slower = per_class.get(isa.cpu_class, {}).get("speedup_vs_f32", 1.0) < 1.0  # unmeasured classes: no figure, INT8
+    assert plans[0].variant == ("f32" if slower or isa.cpu_class not in everywhere else "int8")
+    assert ("measured slower than f32" in summary) is slower
+    assert plan_models(_manifest(variants), precision="int8", isa=isa)[0][0].variant == "int8"  # explicit: as asked
+
+
 @pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
 @pytest.mark.parametrize("flags, cap", EVERY_CLASS)
 def test_explicit_modes_stay(precision, flags, cap):

@@ -82,13 +82,15 @@ def test_int8_import_round_trip(int8_folder):
     bar = int8.verification["bar"]["mean_abs_dp"]
     for cpu_class, figures in checks.items():  # each measured class is listed exactly when within the bar
         assert figures["cpu_class"] == cpu_class and figures["windows"] == 4  # the held-out 20 s file
+        assert figures["speedup_vs_f32"] > 0 and figures["ran"] == "int8+f32"
         assert (cpu_class in int8.cpu_classes) is (figures["mean_abs_dp"] <= bar)
     assert int8.verification["calibration_windows"] == 8  # two 20 s files, 4 rows each
     for name in ("f32", "int8"):  # bf16 measured for the float layers of both variants
         assert entry.variants[name].bf16["measured_on"] == isa.cpu_class
 
     plans, summary = plan_models(manifest, precision="fast", isa=isa)
-    want = "int8" if variant_valid(int8, isa) else "f32"
+    faster = checks.get(isa.cpu_class, {}).get("speedup_vs_f32", 1.0) >= 1.0  # fast never picks a slower variant
+    want = "int8" if variant_valid(int8, isa) and faster else "f32"
     assert plans[0].variant == want
     assert plans[0].hint == ("bf16" if bf16_valid(entry.variants[want], isa) else "f32")
 
