@@ -135,3 +135,28 @@ def test_audio_set_splits_calibration_and_held_out(tmp_path):
     real = audio_set(tmp_path, 32000)
     assert real.held_out == ("f5.ogg",) and real.calibration == tuple(f"f{i}.ogg" for i in range(5))
     assert type(real).from_dict(json.loads(json.dumps(real.to_dict()))) == real
+
+
+def test_export_recipe_of_a_spec_adds_int8_variants(tmp_path):
+    """`birdinfer export --recipe <v2 spec> --precision int8`: the spec's checkpoints exported, INT8 variants
+    added and checked per class, bf16 recorded, as `birdinfer import --precision int8` does."""
+    pytest.importorskip("nncf")
+    from birdinfer_export import export_models
+    from birdinfer_export.solutions import build_solution, save_solution_checkpoint
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    spec_path, modules = build_solution(weights / "birdclef2024_1st.spec.json", tmp_path / "build", n_classes=12,
+                                        arch="tinynet_e", models=["80low_trainnolab_10sec_gr20sec_ep7oo7"])
+    for entry in json.loads(spec_path.read_text())["models"]:
+        save_solution_checkpoint(entry, modules[entry["name"]], tmp_path / "checkpoints")
+    calibration = tmp_path / "calibration"
+    for seed in range(2):
+        write_ogg(calibration / f"s{seed}.ogg", 10.0, seed=50 + seed)
+    manifest = export_models(tmp_path / "checkpoints", tmp_path / "models", recipe=spec_path, precision="int8",
+                             calibration=calibration, progress=False)
+    manifest.verify_checksums()
+    variants = manifest.models[0].variants
+    assert set(variants) == {"f32", "int8"}
+    assert effective_isa().cpu_class in variants["int8"].verification["per_class"]
+    assert variants["int8"].cpu_classes is not None
+    assert all(v.bf16["measured_on"] == effective_isa().cpu_class for v in variants.values())
