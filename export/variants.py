@@ -114,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # ------------------------------------------------------------------------------------ any spec folder
 def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", mean_dp_bar: float = INT8_MEAN_DP_BAR,
                            classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
@@ -209,3 +205,7 @@ def record_precision(folder: str | Path, *, calibration: str | Path | None = Non
     if int8:
         add_int8_variants_spec(folder, audio, progress=progress)
     return record_bf16(folder, audio, progress=progress) if measure_bf16 else Manifest.load(folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
