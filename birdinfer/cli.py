@@ -108,6 +108,8 @@ def _add_export(sub) -> None:
     p.add_argument("--models", nargs="+", default=None, metavar="STEM", help="export only these checkpoint stems")
     p.add_argument("--precision", default="f32", choices=["f32", "int8"], help="int8 adds NNCF-quantized variants (default f32)")
     p.add_argument("--calibration", type=Path, default=None, help="soundscapes for INT8 calibration and verification input")
+    p.add_argument("--no-precision-check", action="store_true",
+                   help="do not measure bf16 against f32 (auto / fast then run f32 float layers for this folder)")
     p.add_argument("--chunks", type=int, default=6, help="fixed chunk axis of the exported input (default 6 = 60 s)")
     p.add_argument("--dynamic-chunks", action="store_true", help="export a dynamic chunk axis instead of a fixed one")
     p.add_argument("--no-onnx", action="store_true",
@@ -136,7 +138,8 @@ def _cmd_export(args) -> int:
                   precision=args.precision, calibration=args.calibration, chunks=args.chunks,
                   dynamic_chunks=args.dynamic_chunks,
                   int8_float_ops=DEPTHWISE_OPS if args.int8_keep_depthwise else (), keep_onnx=not args.no_onnx,
-                  ir_weights=args.ir_weights, int8_overflow_fix=args.int8_overflow_fix)
+                  ir_weights=args.ir_weights, int8_overflow_fix=args.int8_overflow_fix,
+                  measure_precision=not args.no_precision_check)
     return 0
 
 
@@ -146,13 +149,23 @@ def _add_import(sub) -> None:
     p.add_argument("spec", type=Path, help="spec JSON: a version 2 manifest without 'files'; graph files relative to it")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.add_argument("--precision", default="f32", choices=["f32", "int8"],
+                   help="int8 adds an NNCF INT8 variant per model, checked per CPU class (needs birdinfer[export]); "
+                        "--precision fast then runs it where valid (default f32: the graphs as given)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 "
+                        "(default: seeded synthetic soundscapes)")
+    p.add_argument("--no-precision-check", action="store_true",
+                   help="do not measure bf16 against f32 (auto / fast then run f32 float layers for this folder)")
     p.set_defaults(func=_cmd_import)
 
 
 def _cmd_import(args) -> int:
     from .importer import import_folder
 
-    manifest = import_folder(args.spec, args.out, overwrite=args.force)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    manifest = import_folder(args.spec, args.out, overwrite=args.force, precision=args.precision,
+                             calibration=args.calibration, measure=not args.no_precision_check, progress=say)
     if not args.quiet:
         print(f"birdinfer import: {len(manifest.models)} model(s), {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
     return 0

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import MissingDependencyError, ModelFolderError
+from .errors import MissingDependencyError, ModelFolderError, ParameterError
 from .manifest import FORMAT, MANIFEST_NAME, Manifest, read_json_object, safe_join, sha256_file
 from .spec import OUTPUT_KINDS, parse_spec
 from .upgrade import spec_from_v1  # noqa: F401 - `from birdinfer.importer import spec_from_v1` keeps working
@@ -69,12 +69,23 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str)
     return found
 
 
-def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, overwrite: bool = False) -> Manifest:
+def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, overwrite: bool = False,
+                  precision: str = "f32", calibration: str | Path | None = None, measure: bool = True,
+                  progress=None) -> Manifest:
     """Build a version 2 model folder at ``out`` from ``spec`` (a path or a dict) and its graph files.
+
+    Then, on ``calibration`` audio (a folder of soundscapes; else seeded synthetic soundscapes) through the
+    spec's own front end: ``precision="int8"`` adds an INT8 variant per model (NNCF, checked per CPU class:
+    ``birdinfer_export.variants.add_int8_variants_spec``, needs birdinfer[export]), and ``measure`` records
+    every variant's bf16 error against f32 on this CPU class (:mod:`birdinfer.precision`), which ``auto`` /
+    ``fast`` need before they run bf16.
 
     Returns the loaded manifest of the new folder. Raises :class:`ModelFolderError` naming the spec and
     field for a bad spec or a graph that does not match it (nothing is written before the checks pass,
     except the output folder's graph files; ``manifest.json`` is written last)."""
+    if precision not in ("f32", "int8"):
+        raise ParameterError(f"import precision={precision!r}: use 'f32' (the graphs as given) or 'int8' (adds INT8 variants)")
+    add_int8 = precision == "int8"
     data, source_dir, where = _read_spec(spec)
     data.setdefault("format", FORMAT)
     data.setdefault("format_version", 2)
@@ -140,6 +151,22 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp = out / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / MANIFEST_NAME)
+    return _record_precision(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
+
+
+def _record_precision(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
+    """The written folder's INT8 variants (when asked) and bf16 records (:mod:`birdinfer.precision`)."""
+    if int8:
+        try:
+            from birdinfer_export.variants import record_precision
+        except ImportError as e:
+            raise MissingDependencyError(f"`birdinfer import --precision int8` needs NNCF (the export extra): pip install "
+                                         f"'birdinfer[export]' ({e})") from e
+        return record_precision(out, calibration=calibration, int8=True, measure_bf16=measure, progress=progress)
+    if measure:
+        from .precision import audio_set, record_bf16
+
+        return record_bf16(out, audio_set(calibration, Manifest.load(out).sample_rate), progress=progress)
     return Manifest.load(out)
 
 

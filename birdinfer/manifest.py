@@ -168,12 +168,24 @@ class ModelVariant:
     ``cpu_classes``: the CPU classes (:data:`birdinfer.cpu.CPU_CLASSES`) this variant is valid on, i.e.
     meets the accuracy bar; ``None`` (a folder written before the field existed) means what it always
     meant: an INT8 variant counts as valid where the CPU has exact INT8 dot products (VNNI / AMX).
+
+    ``bf16``: what running this variant's float layers in bf16 was measured to do, when the folder was
+    written (:mod:`birdinfer.precision`): ``{"cpu_classes": [classes where max |Δp| <= bar], "max_abs_dp",
+    "mean_abs_dp", "windows", "bar", "measured_on", "audio"}``, or ``{"cpu_classes": [], "measured_on",
+    "not_measurable": why}`` where bf16 was not native. ``None``: never measured (older folders), so
+    ``auto`` / ``fast`` run this variant's float layers in f32.
     """
 
     openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
     onnx: str | None = None
     verification: Mapping[str, Any] = field(default_factory=dict)
     cpu_classes: tuple[str, ...] | None = None
+    bf16: Mapping[str, Any] | None = None
+
+    @property
+    def bf16_classes(self) -> tuple[str, ...]:
+        """Classes where this variant's bf16 float layers were measured within the bar (empty: none / not measured)."""
+        return tuple((self.bf16 or {}).get("cpu_classes", ()))
 
     @property
     def openvino_bin(self) -> str | None:
@@ -196,7 +208,25 @@ class ModelVariant:
         out["verification"] = dict(self.verification)
         if self.cpu_classes is not None:
             out["cpu_classes"] = list(self.cpu_classes)
+        if self.bf16 is not None:
+            out["bf16"] = dict(self.bf16)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "variant") -> "ModelVariant":
+        """One variant of a manifest (version 1 or 2); :class:`ValueError` naming ``name`` for a bad field."""
+        classes = data.get("cpu_classes")
+        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"variant {name!r}: cpu_classes must be a list of class names, got {classes!r}")
+        bf16 = data.get("bf16")
+        if bf16 is not None:
+            bf16_classes = bf16.get("cpu_classes") if isinstance(bf16, Mapping) else None
+            if (not isinstance(bf16, Mapping) or isinstance(bf16_classes, str) or not isinstance(bf16_classes, list)
+                    or not all(isinstance(c, str) for c in bf16_classes)):
+                raise ValueError(f"variant {name!r}: bf16 must be an object with a list 'cpu_classes' (classes where "
+                                 f"bf16 was measured within the bar), got {bf16!r}; re-import or re-export to measure it")
+        return cls(openvino=data.get("openvino"), onnx=data.get("onnx"), verification=dict(data.get("verification", {})),
+                   cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16))
 
 
 @dataclass(frozen=True)
@@ -241,13 +271,7 @@ class ModelEntry:
             for precision, v in dict(data["variants"]).items():
                 if precision not in VARIANT_PRECISIONS:
                     raise ValueError(f"unknown variant precision {precision!r} (known: {VARIANT_PRECISIONS})")
-                classes = v.get("cpu_classes")
-                if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
-                    raise ValueError(f"variant {precision!r}: cpu_classes must be a list of class names, got {classes!r}")
-                variants[precision] = ModelVariant(
-                    openvino=v.get("openvino"), onnx=v.get("onnx"), verification=dict(v.get("verification", {})),
-                    cpu_classes=None if classes is None else tuple(classes),
-                )
+                variants[precision] = ModelVariant.from_dict(v, name=precision)
             entry = cls(
                 name=str(data["name"]),
                 arch=str(data["arch"]),

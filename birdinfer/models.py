@@ -11,14 +11,17 @@ at the real CPU only: under a cap that masks bf16 it still picks bf16 and runs a
 Every OpenVINO compile passes ``INFERENCE_PRECISION_HINT``:
 
 ``f32``   float32 everywhere: matches the reference up to float error.
-``auto``  bf16 where bf16 is native and not masked (AVX512_BF16 / AMX), else f32.
+``auto``  the f32 variant; its float layers run bf16 only where the variant records a measured error
+          within the bar (max |Δp| <= 5e-3 against f32, on calibration audio, measured when the folder was
+          written: :attr:`ModelVariant.bf16`) for this CPU class and bf16 is native; else f32. A folder
+          without the record runs f32 (said once in the log).
 ``bf16``  bf16 where it is native; elsewhere f32 with a warning (emulated bf16 is slower than f32).
 ``int8``  an INT8 variant of the folder: the first of :data:`INT8_VARIANTS` valid for this CPU class
-          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), compiled with the
-          ``auto`` hint for its float layers; a model without one runs its f32 variant (logged). An INT8 IR
-          that does not compile under a bf16 hint is compiled again with f32 (logged).
-``fast``  the fastest variant meeting the accuracy bar for this CPU class: a valid INT8 variant, else
-          ``auto``. The log says which and why.
+          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), its float layers
+          bf16 where native; a model without one runs its f32 variant (logged). An INT8 IR that does not
+          compile under a bf16 hint is compiled again with f32 (logged).
+``fast``  an INT8 variant only where it records being valid on this class, its float layers bf16 only
+          where recorded within the bar (as ``auto``); else ``auto``. The log says which and why.
 
 Every loaded model reports the precision that actually ran (read back from the compiled model).
 
@@ -41,9 +44,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, effective_isa, physical_cores
-from .errors import BackendError, MissingDependencyError, ModelFolderError, ParameterError
-from .manifest import Manifest, ModelEntry, ModelVariant
+from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, physical_cores
+from .errors import BackendError, MissingDependencyError, ModelFolderError
+from .manifest import Manifest, ModelEntry
+from .plan import (BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
+                   variant_valid)
 
 __all__ = [
     "PRECISIONS",
@@ -55,6 +60,7 @@ __all__ = [
     "ModelPlan",
     "plan_models",
     "variant_valid",
+    "bf16_valid",
     "load_models",
     "plan_variants",
     "cpu_capabilities",
@@ -65,10 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "f32", "bf16", "int8", "fast")
-BACKENDS = ("openvino", "onnxruntime")
-#: INT8 variant names, in order of preference (same speed; ``int8`` is the default export).
-INT8_VARIANTS = ("int8", "int8-compat")
 #: Layer types whose OpenVINO kernels (``primitiveType``) are reported: they are nearly all of the work.
 KERNEL_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
 
@@ -129,113 +131,6 @@ def cpu_capabilities() -> dict:
         caps["capabilities"] = []
     return caps
 
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """What one model will run as: the stored variant and the OpenVINO precision hint for its float layers."""
-
-    entry: ModelEntry
-    variant: str  # key of entry.variants
-    hint: str | None  # INFERENCE_PRECISION_HINT ("f32" / "bf16"); None for ONNX Runtime
-    note: str = ""  # why, when it is not the obvious choice
-
-
-def variant_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
-    """Does ``variant`` meet the accuracy bar on ``isa``'s class? A variant without ``cpu_classes`` (older
-    folders) counts as valid where INT8 dot products are exact (VNNI / AMX), as before the field existed."""
-    if variant.cpu_classes is None:
-        return isa.int8_exact
-    return isa.cpu_class in variant.cpu_classes
-
-
-def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
-                isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
-    """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
-    effective ISA) without loading anything. Returns the plans and one sentence saying what and why."""
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
-    if backend not in BACKENDS:
-        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
-    isa = isa or effective_isa()
-    float_hint = isa.float_hint if backend == "openvino" else None
-    why_float = (f"float layers {isa.float_hint} ({'bf16 native' if isa.bf16_native else 'no native bf16'}"
-                 f"{' under the cap' if isa.masked else ''})")
-    plans = []
-    for entry in manifest.models:
-        if "f32" not in entry.variants:
-            raise ModelFolderError(f"{manifest._where}: model {entry.name!r} has no f32 variant; re-export it")
-        int8 = [k for k in INT8_VARIANTS if k in entry.variants]
-        valid = [k for k in int8 if variant_valid(entry.variants[k], isa)]
-        if precision == "f32":
-            plans.append(ModelPlan(entry, "f32", "f32" if backend == "openvino" else None))
-        elif precision == "bf16":  # emulated bf16 is slower than f32 and no more exact: never run it
-            plans.append(ModelPlan(entry, "f32", float_hint, "" if isa.bf16_native or backend != "openvino" else
-                                   f"bf16 is not native on {isa.cpu_class}: f32 instead (faster, exact)"))
-        elif precision == "auto" or (precision == "fast" and (backend != "openvino" or not valid)):
-            note = "" if precision == "auto" else (
-                "no INT8 variant" if not int8 else
-                f"no INT8 variant valid on {isa.cpu_class} ({_validity(entry, int8)})")
-            plans.append(ModelPlan(entry, "f32", float_hint, note))
-        elif precision == "fast":
-            plans.append(ModelPlan(entry, valid[0], float_hint, f"{valid[0]} is valid on {isa.cpu_class}"))
-        elif valid:  # int8
-            plans.append(ModelPlan(entry, valid[0], float_hint))
-        elif int8:
-            note = f"{int8[0]} is not validated on {isa.cpu_class} ({_validity(entry, int8)}): accuracy may drop"
-            log.warning("model %s: %s", entry.name, note)
-            plans.append(ModelPlan(entry, int8[0], float_hint, note))
-        else:
-            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
-            plans.append(ModelPlan(entry, "f32", float_hint, "no INT8 variant"))
-    counts: dict[str, int] = {}
-    for p in plans:
-        counts[p.variant] = counts.get(p.variant, 0) + 1
-    variants = ", ".join(f"{k} ×{n}" for k, n in counts.items())
-    notes = sorted({p.note for p in plans if p.note})
-    summary = (f"precision {precision} on CPU class {isa.label()}: variants {variants}"
-               + (f"; {why_float}" if backend == "openvino" else "; ONNX Runtime float32")
-               + (f"; {'; '.join(notes)}" if notes else ""))
-    if precision == "bf16" and backend == "openvino" and not isa.bf16_native:
-        log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
-    return plans, summary
-
-
-def _validity(entry: ModelEntry, names: Sequence[str]) -> str:
-    parts = []
-    for k in names:
-        classes = entry.variants[k].cpu_classes
-        parts.append(f"{k} valid on {', '.join(classes) if classes is not None else 'VNNI/AMX classes (no cpu_classes recorded)'}")
-    return "; ".join(parts)
-
-
-def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
-                  isa: CpuIsa | None = None, plans: Sequence[ModelPlan] | None = None) -> list[tuple[ModelPlan, str]]:
-    """(plan, file to load) per model, for ``precision`` on ``backend``, as :func:`plan_models` decides; no
-    file is read.
-
-    Raises :class:`ModelFolderError` naming the folder and the model when a needed file is not in the
-    manifest (e.g. ONNX Runtime asked of a folder bundled without ONNX), so callers can check this before
-    any audio work.
-    """
-    if plans is None:
-        plans = plan_models(manifest, precision=precision, backend=backend, isa=isa)[0]
-    where = manifest.folder if manifest.folder is not None else "model folder"
-    out = []
-    for p in plans:
-        stored = p.entry.variants[p.variant]
-        if backend == "openvino" and not stored.openvino:
-            raise ModelFolderError(f"{where}: model {p.entry.name!r} ({p.variant}) has no OpenVINO IR; use --backend onnxruntime")
-        if backend == "onnxruntime" and not stored.onnx:
-            if p.variant != "f32":
-                raise ModelFolderError(f"{where}: model {p.entry.name!r}: INT8 variants are OpenVINO only; use --backend "
-                                       "openvino, or --precision f32 with ONNX Runtime")
-            raise ModelFolderError(
-                f"{where}: model {p.entry.name!r} ({p.variant}) has no ONNX file, which --backend onnxruntime needs (a "
-                "`birdinfer bundle` keeps only the OpenVINO IR unless --with-onnx, an export made with --no-onnx has "
-                "none): use --backend openvino, or rebuild the bundle with --with-onnx from the full model folder"
-            )
-        out.append((p, stored.openvino if backend == "openvino" else stored.onnx))
-    return out
 
 
 def load_models(

@@ -310,7 +310,10 @@ def _variants(data: Any, *, where: str, at: str, folder) -> dict[str, ModelVaria
     for precision, v in data.items():
         if precision not in VARIANT_PRECISIONS or not isinstance(v, Mapping):
             raise _err(where, f"{at}.variants.{precision}: unknown precision (known: {', '.join(VARIANT_PRECISIONS)})")
-        variant = ModelVariant(openvino=v.get("openvino"), onnx=v.get("onnx"), verification=dict(v.get("verification", {})))
+        try:
+            variant = ModelVariant.from_dict(v, name=precision)
+        except ValueError as e:
+            raise _err(where, f"{at}.variants.{precision}: {e}") from None
         if not variant.openvino and not variant.onnx:
             raise _err(where, f"{at}.variants.{precision} names no file")
         if variant.openvino and not variant.openvino.endswith(".xml"):

@@ -40,7 +40,8 @@ import soundfile as sf
 
 from .errors import ParameterError
 
-__all__ = ["CALL_TYPES", "SpeciesCall", "make_species", "render_call", "coloured_noise", "make_dataset", "SOUNDSCAPE_SECONDS"]
+__all__ = ["CALL_TYPES", "SpeciesCall", "make_species", "render_call", "coloured_noise", "make_dataset", "SOUNDSCAPE_SECONDS",
+           "synthetic_soundscape"]
 
 SOUNDSCAPE_SECONDS = 60
 WINDOW_SECONDS = 5
@@ -309,6 +310,16 @@ def _soundscape(
                 if overlap >= need:
                     labels[w, index] = 1
     return y, labels
+
+
+def synthetic_soundscape(seed: int, *, sample_rate: int = 32000, species: int = 8) -> np.ndarray:
+    """One seeded 60 s soundscape ``(n,)`` float32 in memory (calls of 2-5 species over the background), e.g.
+    as calibration audio when the user gives none (:mod:`birdinfer.precision`)."""
+    rng = np.random.default_rng(seed)
+    calls = make_species(species, rng)
+    present = sorted(int(j) for j in rng.choice(species, size=int(rng.integers(2, min(5, species) + 1)), replace=False))
+    y, _ = _soundscape(present, calls, sample_rate, rng)
+    return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
 def _window_rows(stem: str) -> list[str]:

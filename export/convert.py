@@ -183,6 +183,7 @@ def export_models(
     int8_overflow_fix: str | None = None,
     int8_variants: Mapping[str, Int8Recipe] | None = None,
     progress: bool = True,
+    measure_precision: bool = True,
 ) -> Manifest:
     """Export the recipe's models found in ``checkpoints`` into the model folder ``out``; return its manifest.
 
@@ -241,12 +242,13 @@ def export_models(
         raise CheckpointError(f"checkpoint folder {checkpoints} does not exist or is not a folder")
     if recipe is not None and not isinstance(recipe, Recipe) and _is_spec_v2(recipe):
         # another solution's pipeline (weights/birdclef20xx_*.spec.json): its heads, its checkpoint formats
-        if precision != "f32":
-            raise ParameterError(f"{recipe}: precision {precision!r} is not available for version 2 specs yet; use 'f32'")
         from .solutions import export_solution
+        from .variants import record_precision
 
         labels = read_taxonomy_labels(taxonomy) if taxonomy is not None else None
-        return export_solution(recipe, checkpoints, out, models=list(models) if models else None, labels=labels)
+        export_solution(recipe, checkpoints, out, models=list(models) if models else None, labels=labels)
+        return record_precision(out, calibration=calibration, int8=precision == "int8", measure_bf16=measure_precision,
+                                progress=print if progress else None)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     selected = _select_models(recipe, checkpoints, models)
 
@@ -319,6 +321,9 @@ def export_models(
     )
     manifest.validate()
     manifest.save(out)
+    from .variants import record_precision  # bf16 vs f32 per variant on this CPU class, recorded
+
+    record_precision(out, calibration=calibration, measure_bf16=measure_precision, progress=bar.write if progress else None)
     return Manifest.load(out, upgrade=False)  # as written (version 1); Manifest.load(out) is the spec it runs as
 
 

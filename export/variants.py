@@ -19,11 +19,24 @@ from typing import Mapping, Sequence
 from birdinfer.errors import ParameterError
 from birdinfer.manifest import VARIANT_PRECISIONS, Manifest, sha256_file
 
-from .convert import F32_CONFIG, _export_int8, _report
-from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe
+from .convert import F32_CONFIG, ExportError, _export_int8, _report
+from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, quantize_ir
 from .verify import prepare_inputs
 
-__all__ = ["add_int8_variants", "record_cpu_classes"]
+__all__ = ["add_int8_variants", "record_cpu_classes", "add_int8_variants_spec", "record_precision", "INT8_MEAN_DP_BAR",
+           "INT8_CHECK_CLASSES"]
+
+#: Label-free INT8 bar of a spec folder's per-class check: mean |Δp| of a model's rows against f32 under the
+#: same class. Set from the demo's trained models (benchmarks/precision_accuracy.py): the shipped recipe's
+#: mean |Δp| 0.0123 went with ΔAUC −0.0013 (within 0.002), seeds with mean |Δp| 0.015 went with ΔAUC
+#: −0.0044. Two data points, not a proven proxy for ΔAUC: pass labels-based figures when you have them.
+INT8_MEAN_DP_BAR = 0.0125
+#: Classes an INT8 variant is checked under (a child process each, where this CPU can emulate the class):
+#: one with exact INT8 dot products (this CPU when it has VNNI/AMX) and the two without VNNI.
+INT8_CHECK_CLASSES = ("native", "avx512", "avx2")
+#: Classes whose INT8 arithmetic is the same as any other of them (exact dot products: VNNI / AMX).
+_EXACT = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx2_vnni")
+_INT8_CLASSES = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2")
 
 
 class _Spec:  # the two fields _export_int8 reads from a recipe model
@@ -68,6 +81,7 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
                       extra={**dict(manifest.extra), "precision": "int8", "int8_variants_added": sorted(recipes)})
     updated.validate()
     updated.save(folder)
+    record_precision(folder, calibration=calibration, progress=print if progress else None)
     return Manifest.load(folder, upgrade=False)
 
 
@@ -99,6 +113,99 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     add_int8_variants(args.models, calibration=args.calibration, variants=args.variants)
     return 0
+
+
+# ------------------------------------------------------------------------------------ any spec folder
+def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", mean_dp_bar: float = INT8_MEAN_DP_BAR,
+                           classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
+    """Add an INT8 variant to every model of a model folder (version 2, or version 1 through its spec):
+    NNCF with the default export's recipe (:data:`INT8_RECIPES`, overflow fix), calibrated on the folder's
+    own front-end features of ``audio``'s calibration files (:class:`birdinfer.precision.AudioSet`), then
+    checked against f32 on the held-out files under each of ``classes`` this CPU can emulate (a child
+    process per class, :func:`birdinfer.cpu.run_in_cpu_class`); ``cpu_classes`` lists the classes within
+    ``mean_dp_bar`` (measured, or sharing a measured class's exact INT8 arithmetic)."""
+    import numpy as np
+    import openvino as ov
+
+    from birdinfer.precision import as_spec, file_features, update_variants
+
+    from .verify import batches_of
+
+    folder = Path(folder)
+    recipe = INT8_RECIPES[variant]
+    spec = as_spec(Manifest.load(folder))
+    calibration = [file_features(spec, y) for y in audio.signals("calibration")]
+    core = ov.Core()
+    files, updates = {}, {}
+    for entry in spec.models:
+        windows = np.concatenate([feats[entry.input].data for feats, _ in calibration]).astype(np.float32)
+        batches = batches_of(windows, entry.batch_chunks or min(8, len(windows)))
+        xml = f"{entry.name}.{variant}.xml"
+        try:
+            quantized = quantize_ir(core, folder / entry.variants["f32"].openvino, folder / xml, batches,
+                                    float_ops=recipe.float_ops, overflow_fix=recipe.overflow_fix)
+        except Exception as e:  # noqa: BLE001 - NNCF raises many types; say which model
+            raise ExportError(f"{folder}: model {entry.name!r}: INT8 quantization failed: {type(e).__name__}: {e}") from e
+        if quantized == 0:
+            raise ExportError(f"{folder}: model {entry.name!r}: NNCF produced no quantized operations")
+        for name in (xml, xml[: -len(".xml")] + ".bin"):
+            files[name] = sha256_file(folder / name)
+        updates[entry.name] = {variant: {"openvino": xml, "verification": {
+            "tool": f"nncf.quantize (overflow_fix={recipe.overflow_fix})", "overflow_fix": recipe.overflow_fix,
+            "int8_config": recipe.config, "quantized_ops": quantized, "calibration": audio.describe("calibration"),
+            "calibration_windows": int(len(windows)), "held_out": audio.describe("held_out")}}}
+    update_variants(folder, updates, files)
+    checks = _check_classes(folder, variant, audio, classes)
+    for name, per_class in checks.items():
+        valid = _valid_classes(per_class, mean_dp_bar)
+        record = updates[name][variant]
+        record["cpu_classes"] = valid
+        record["verification"].update({"per_class": per_class, "bar": {"mean_abs_dp": mean_dp_bar},
+                                       "cpu_classes_evidence": "measured per class at write time (mean |Δp| of "
+                                       "the model's rows vs f32 under the same class; exact-INT8 classes share "
+                                       "the measured exact class's arithmetic)"})
+        if progress:
+            figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f} ×{f['speedup_vs_f32']:.2f} "
+                                "speed" for c, f in per_class.items())
+            progress(f"{name} ({variant}): {figures}; valid on {', '.join(valid) or 'no class'} (bar mean|Δp| <= {mean_dp_bar:g})")
+    return update_variants(folder, updates)
+
+
+def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """``{model: {class: figures}}``: the INT8 check run in a child process per emulable class."""
+    from birdinfer.cpu import cap_for_class, run_in_cpu_class
+    from birdinfer.errors import ParameterError as _ParameterError
+
+    out: dict[str, dict[str, dict]] = {}
+    for cpu_class in classes:
+        try:
+            cap_for_class(cpu_class)
+        except _ParameterError:
+            continue  # this CPU cannot emulate it: not measured, not listed
+        result = run_in_cpu_class(cpu_class, "birdinfer.precision:measure_variants",
+                                  {"folder": str(folder), "variant": variant, "audio": audio.to_dict(), "hint": "f32"})
+        for model, figures in result.items():
+            out.setdefault(model, {})[figures["cpu_class"]] = figures
+    return out
+
+
+def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
+    ok = {c for c, f in per_class.items() if f["mean_abs_dp"] <= bar}
+    exact_ok = any(c in _EXACT for c in ok)
+    return [c for c in _INT8_CLASSES if c in ok or (c not in per_class and c in _EXACT and exact_ok)]
+
+
+def record_precision(folder: str | Path, *, calibration: str | Path | None = None, int8: bool = False,
+                     measure_bf16: bool = True, progress=print) -> Manifest:
+    """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8``, then
+    every variant's bf16 record (:func:`birdinfer.precision.record_bf16`) on the same calibration audio."""
+    from birdinfer.precision import audio_set, record_bf16
+
+    manifest = Manifest.load(folder)
+    audio = audio_set(calibration, manifest.sample_rate)
+    if int8:
+        add_int8_variants_spec(folder, audio, progress=progress)
+    return record_bf16(folder, audio, progress=progress) if measure_bf16 else Manifest.load(folder)
 
 
 if __name__ == "__main__":

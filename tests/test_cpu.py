@@ -116,39 +116,103 @@ def _manifest(variants: dict) -> Manifest:
     return Manifest(labels=("a", "b"), groups=(group,), models=(entry,))
 
 
+#: every class a plan can meet: (flags, cap) → the effective ISA (fake: no real CPU involved)
+EVERY_CLASS = [(ZEN4, None), (ZEN4, "AVX512_CORE"), (ZEN4, "AVX2"), (ICE_LAKE, None), (SKYLAKE_SP, None),
+               (SAPPHIRE_RAPIDS, None), (SAPPHIRE_RAPIDS, "AVX512_CORE_BF16"), (ALDER_LAKE, None), (BASE, None)]
+
+
+def _isa(flags, cap=None):
+    return effective_isa(flags, environ={} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap})
+
+
+def _bf16(*classes, max_abs_dp=1e-3):
+    return {"cpu_classes": list(classes), "max_abs_dp": max_abs_dp, "windows": 24, "bar": 5e-3,
+            "measured_on": classes[0] if classes else "avx512_vnni_bf16"}
+
+
 TWO_INT8 = {
     "f32": ModelVariant(openvino="m.xml"),
     "int8": ModelVariant(openvino="m.int8.xml", cpu_classes=("amx", "avx512_vnni_bf16", "avx512_vnni", "avx2_vnni")),
     "int8-compat": ModelVariant(openvino="m.int8-compat.xml", cpu_classes=("avx512", "avx2")),
 }
+#: the same, with bf16 measured within the bar on Zen 4's class for every variant
+MEASURED = {k: ModelVariant(openvino=v.openvino, cpu_classes=v.cpu_classes, bf16=_bf16("avx512_vnni_bf16"))
+            for k, v in TWO_INT8.items()}
 
 
-@pytest.mark.parametrize("flags, cap, variant, hint", [
-    (ZEN4, None, "int8", "bf16"),
-    (ICE_LAKE, None, "int8", "f32"),
-    (ZEN4, "AVX512_CORE", "int8-compat", "f32"),  # bf16 masked: f32, never OpenVINO's bf16 guess
-    (ZEN4, "AVX2", "int8-compat", "f32"),
-    (SAPPHIRE_RAPIDS, None, "int8", "bf16"),
-    (BASE | {"sse4_1"}, "SSE41", "f32", "f32"),  # sse41: no INT8 variant valid → auto
+@pytest.mark.parametrize("flags, cap, variant", [
+    (ZEN4, None, "int8"), (ICE_LAKE, None, "int8"), (ZEN4, "AVX512_CORE", "int8-compat"), (ZEN4, "AVX2", "int8-compat"),
+    (SAPPHIRE_RAPIDS, None, "int8"), (BASE | {"sse4_1"}, "SSE41", "f32"),  # sse41: no INT8 variant valid → auto
 ])
-def test_fast_picks_the_variant_valid_for_the_class(flags, cap, variant, hint):
-    isa = effective_isa(flags, environ={} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap})
-    plans, summary = plan_models(_manifest(TWO_INT8), precision="fast", isa=isa)
+@pytest.mark.parametrize("variants", [TWO_INT8, MEASURED], ids=["no-bf16-record", "bf16-on-zen4"])
+def test_fast_picks_the_variant_valid_for_the_class(flags, cap, variant, variants):
+    isa = _isa(flags, cap)
+    plans, summary = plan_models(_manifest(variants), precision="fast", isa=isa)
+    # float layers: bf16 only where this class is recorded within the bar for the chosen variant
+    hint = "bf16" if isa.bf16_native and isa.cpu_class in variants[variant].bf16_classes else "f32"
     assert (plans[0].variant, plans[0].hint) == (variant, hint)
-    assert isa.cpu_class in summary and f"{variant} ×1" in summary
+    assert isa.cpu_class in summary and f"{plans[0].label} ×1" in summary and f"[m {plans[0].label}]" in summary
     if variant == "f32":
         assert "no INT8 variant valid on sse41" in summary
 
 
-@pytest.mark.parametrize("precision, flags, cap, hint", [
-    ("auto", ZEN4, None, "bf16"), ("auto", ZEN4, "AVX512_CORE", "f32"), ("auto", ICE_LAKE, None, "f32"),
-    ("f32", ZEN4, None, "f32"), ("bf16", ZEN4, None, "bf16"), ("int8", ZEN4, "AVX2", "f32"),
-    ("bf16", ICE_LAKE, None, "f32"),  # emulated bf16 would be slower than f32: never run
-])
-def test_every_plan_has_an_explicit_hint(precision, flags, cap, hint):
-    isa = effective_isa(flags, environ={} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap})
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+def test_auto_runs_f32_where_nothing_is_recorded(flags, cap):
+    isa = _isa(flags, cap)
+    plans, summary = plan_models(_manifest(TWO_INT8), precision="auto", isa=isa)
+    assert (plans[0].variant, plans[0].hint, plans[0].label) == ("f32", "f32", "f32")
+    assert "runs f32 ×1 [m f32]" in summary and "float layers" not in summary
+    # where bf16 would be native, the log says once why it does not run; elsewhere there is nothing to say
+    assert ("no bf16 measurement recorded" in summary) is isa.bf16_native
+    assert summary.count("no bf16 measurement recorded") <= 1
+
+
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+@pytest.mark.parametrize("recorded", [("avx512_vnni_bf16",), ("amx",), ("amx", "avx512_vnni_bf16"), ()])
+def test_auto_runs_bf16_only_where_recorded_for_this_class(flags, cap, recorded):
+    isa = _isa(flags, cap)
+    variants = {"f32": ModelVariant(openvino="m.xml", bf16=_bf16(*recorded))}
+    plans, summary = plan_models(_manifest(variants), precision="auto", isa=isa)
+    expected = "bf16" if isa.bf16_native and isa.cpu_class in recorded else "f32"
+    assert plans[0].hint == expected and f"runs {expected} ×1 [m {expected}]" in summary
+    if isa.bf16_native and expected == "f32":
+        assert "bf16" in summary.split("]", 1)[1]  # the reason is given
+
+
+def test_bf16_over_the_bar_or_not_measurable_runs_f32():
+    zen4 = _isa(ZEN4)
+    over = {"f32": ModelVariant(openvino="m.xml", bf16={**_bf16(), "max_abs_dp": 0.15, "measured_on": "avx512_vnni_bf16"})}
+    plans, summary = plan_models(_manifest(over), precision="auto", isa=zen4)
+    assert plans[0].hint == "f32" and "over the bar" in summary
+    never = {"f32": ModelVariant(openvino="m.xml", bf16={"cpu_classes": [], "measured_on": "avx512_vnni",
+                                                          "not_measurable": "bf16 is not native on avx512_vnni"})}
+    plans, summary = plan_models(_manifest(never), precision="auto", isa=zen4)
+    assert plans[0].hint == "f32" and "not native on avx512_vnni" in summary
+
+
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+def test_fast_skips_an_int8_variant_measured_slower_here(flags, cap):
+    isa = _isa(flags, cap)
+    per_class = {"avx512": {"speedup_vs_f32": 0.8}, "avx512_vnni_bf16": {"speedup_vs_f32": 1.4}}
+    everywhere = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2")
+    variants = {"f32": ModelVariant(openvino="m.xml"),
+                "int8": ModelVariant(openvino="m.int8.xml", cpu_classes=everywhere, verification={"per_class": per_class})}
+    plans, summary = plan_models(_manifest(variants), precision="fast", isa=isa)
+    slower = per_class.get(isa.cpu_class, {}).get("speedup_vs_f32", 1.0) < 1.0  # unmeasured classes: no figure, INT8
+    assert plans[0].variant == ("f32" if slower or isa.cpu_class not in everywhere else "int8")
+    assert ("measured slower than f32" in summary) is slower
+    assert plan_models(_manifest(variants), precision="int8", isa=isa)[0][0].variant == "int8"  # explicit: as asked
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+def test_explicit_modes_stay(precision, flags, cap):
+    isa = _isa(flags, cap)
     plans, _ = plan_models(_manifest(TWO_INT8), precision=precision, isa=isa)
-    assert plans[0].hint == hint
+    assert plans[0].hint == ("f32" if precision == "f32" else isa.float_hint)  # bf16 only where native
+    if precision == "int8":
+        valid = [k for k in ("int8", "int8-compat") if isa.cpu_class in TWO_INT8[k].cpu_classes]
+        assert plans[0].variant == (valid or ["int8"])[0]
 
 
 def test_v1_int8_variant_without_classes_keeps_its_old_meaning(caplog):
@@ -219,9 +283,14 @@ def test_every_compile_passes_an_explicit_hint(small_model_folder, monkeypatch):
     for precision in precisions:
         load_models(manifest, precision=precision)
     assert len(configs) == 4
-    # Derived from this process's CPU class: f32 always asks for f32; the other modes ask for the class's
-    # float hint (bf16 only where bf16 is native and not masked by a cap).
-    expected = ["f32" if p == "f32" else effective_isa().float_hint for p in precisions]
+    # Derived from this process's CPU class and the folder's records: f32 always asks for f32; auto and fast
+    # (no INT8 variant here) ask for bf16 only where the export recorded bf16 within the bar for this class;
+    # explicit int8 (no INT8 variant: its f32 variant) asks for the class's float hint.
+    isa, variant = effective_isa(), manifest.models[0].variants["f32"]
+    trusted = "bf16" if isa.bf16_native and isa.cpu_class in variant.bf16_classes else "f32"
+    assert variant.bf16 is not None and variant.bf16["measured_on"] == isa.cpu_class  # export measured it here
+    expected = {"auto": trusted, "f32": "f32", "fast": trusted, "int8": isa.float_hint}
+    expected = [expected[p] for p in precisions]
     assert [c.get("INFERENCE_PRECISION_HINT") for c in configs] == expected, configs
 
 

@@ -1,0 +1,162 @@
+"""Measured precision records at write time (``birdinfer import``): bf16 against f32 per variant on this CPU
+class, INT8 variants for a version 2 spec checked per CPU class, and the runtime running (and logging) only
+what was recorded. Expectations derive from this process's CPU class (``effective_isa``), never from the
+machine the tests were written on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birdinfer.cli import main
+from birdinfer.cpu import effective_isa
+from birdinfer.importer import import_folder
+from birdinfer.manifest import Manifest
+from birdinfer.models import bf16_valid, describe_precisions, plan_models, variant_valid
+from birdinfer.precision import BF16_BAR, audio_set
+
+from conftest import write_ogg
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+from test_import import FRAMES, LABELS, N_MELS, SPEC  # noqa: E402  (after the skips: needs torch)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("precision_src")
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv3_small_050", pretrained=False, in_chans=1, num_classes=len(LABELS)).eval()
+    with torch.no_grad():
+        net.get_classifier().weight.mul_(20.0)
+    torch.onnx.export(net, torch.zeros(2, 1, N_MELS, FRAMES), str(folder / "tiny.onnx"), input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "windows"}, "logits": {0: "windows"}},
+                      opset_version=17, dynamo=False)
+    (folder / "spec.json").write_text(json.dumps(SPEC, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def int8_folder(source, tmp_path_factory) -> Path:
+    pytest.importorskip("nncf")
+    out = tmp_path_factory.mktemp("precision") / "models"
+    calibration = out.parent / "calibration"
+    for seed in range(3):  # two calibrate, one is held out
+        write_ogg(calibration / f"s{seed}.ogg", 20.0, seed=40 + seed)
+    assert main(["import", str(source / "spec.json"), "--out", str(out), "--precision", "int8",
+                 "--calibration", str(calibration)]) == 0
+    return out
+
+
+def test_import_records_bf16_for_this_class(source, tmp_path):
+    isa = effective_isa()
+    manifest = import_folder(source / "spec.json", tmp_path / "m")
+    record = manifest.models[0].variants["f32"].bf16
+    assert record is not None and record["measured_on"] == isa.cpu_class
+    if isa.bf16_native:  # measured: figures, and the class listed only when within the bar
+        assert record["windows"] == 24 and 0 <= record["max_abs_dp"] and record["bar"] == BF16_BAR  # 2 × 60 s synthetic
+        assert record["cpu_classes"] == ([isa.cpu_class] if record["max_abs_dp"] <= BF16_BAR else [])
+        assert record["ran"] == "bf16"
+    else:  # cannot be measured where bf16 is emulated: said, and no class listed
+        assert record["cpu_classes"] == [] and "not native" in record["not_measurable"]
+    again = Manifest.load(tmp_path / "m")  # the record survives loading and saving
+    assert again.models[0].variants["f32"].bf16 == record
+    assert import_folder(source / "spec.json", tmp_path / "n", measure=False).models[0].variants["f32"].bf16 is None
+
+
+def test_int8_import_round_trip(int8_folder):
+    isa = effective_isa()
+    manifest = Manifest.load(int8_folder)
+    manifest.verify_checksums()
+    entry = manifest.models[0]
+    assert set(entry.variants) == {"f32", "int8"} and {"tiny.int8.xml", "tiny.int8.bin"} <= set(manifest.files)
+    int8 = entry.variants["int8"]
+    checks = int8.verification["per_class"]
+    assert isa.cpu_class in checks  # measured here, in a child process under this class
+    bar = int8.verification["bar"]["mean_abs_dp"]
+    for cpu_class, figures in checks.items():  # each measured class is listed exactly when within the bar
+        assert figures["cpu_class"] == cpu_class and figures["windows"] == 4  # the held-out 20 s file
+        assert figures["speedup_vs_f32"] > 0 and figures["ran"] == "int8+f32"
+        assert (cpu_class in int8.cpu_classes) is (figures["mean_abs_dp"] <= bar)
+    assert int8.verification["calibration_windows"] == 8  # two 20 s files, 4 rows each
+    for name in ("f32", "int8"):  # bf16 measured for the float layers of both variants
+        assert entry.variants[name].bf16["measured_on"] == isa.cpu_class
+
+    plans, summary = plan_models(manifest, precision="fast", isa=isa)
+    faster = checks.get(isa.cpu_class, {}).get("speedup_vs_f32", 1.0) >= 1.0  # fast never picks a slower variant
+    want = "int8" if variant_valid(int8, isa) and faster else "f32"
+    assert plans[0].variant == want
+    assert plans[0].hint == ("bf16" if bf16_valid(entry.variants[want], isa) else "f32")
+
+
+def test_fast_runs_int8_and_the_log_says_what_ran(int8_folder, tmp_path, caplog):
+    from birdinfer.pipeline import Predictor
+
+    audio = tmp_path / "audio"
+    write_ogg(audio / "a.ogg", 15.0, seed=7)
+    results = {}
+    for precision in ("f32", "auto", "fast"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="birdinfer"):
+            predictor = Predictor(int8_folder, precision=precision)
+        plans, _ = plan_models(Manifest.load(int8_folder), precision=precision)
+        ran = describe_precisions(predictor.models)
+        assert ran == f"{plans[0].label} ×1"  # what ran, read back from the compiled model, is what was planned
+        assert f"runs {ran} [tiny {plans[0].label}]" in caplog.text  # and what the log says
+        assert "float layers" not in caplog.text
+        results[precision] = (plans[0].label, predictor.predict_file(audio / "a.ogg"))
+        predictor.close()
+    if results["auto"][0] == "f32":  # auto ran what f32 runs: the same numbers
+        np.testing.assert_array_equal(results["auto"][1], results["f32"][1])
+    assert results["f32"][1].shape == (3, len(LABELS)) and np.isfinite(results["fast"][1]).all()
+
+
+def test_spec_with_bad_bf16_record_is_refused(source, tmp_path):
+    bad = copy.deepcopy(SPEC)
+    bad["models"][0]["variants"]["f32"]["bf16"] = {"cpu_classes": "avx512_vnni_bf16"}
+    from birdinfer.errors import ModelFolderError
+    from birdinfer.spec import parse_spec
+
+    with pytest.raises(ModelFolderError, match=r"variants\.f32.*bf16 must be an object with a list 'cpu_classes'"):
+        parse_spec(bad, require_files=False, source="spec.json")
+
+
+def test_audio_set_splits_calibration_and_held_out(tmp_path):
+    synthetic = audio_set(None, 32000)
+    assert synthetic.folder is None and not set(synthetic.calibration) & set(synthetic.held_out)
+    for i in range(6):
+        write_ogg(tmp_path / f"f{i}.ogg", 1.0, seed=i)
+    real = audio_set(tmp_path, 32000)
+    assert real.held_out == ("f5.ogg",) and real.calibration == tuple(f"f{i}.ogg" for i in range(5))
+    assert type(real).from_dict(json.loads(json.dumps(real.to_dict()))) == real
+
+
+def test_export_recipe_of_a_spec_adds_int8_variants(tmp_path):
+    """`birdinfer export --recipe <v2 spec> --precision int8`: the spec's checkpoints exported, INT8 variants
+    added and checked per class, bf16 recorded, as `birdinfer import --precision int8` does."""
+    pytest.importorskip("nncf")
+    from birdinfer_export import export_models
+    from birdinfer_export.solutions import build_solution, save_solution_checkpoint
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    spec_path, modules = build_solution(weights / "birdclef2024_1st.spec.json", tmp_path / "build", n_classes=12,
+                                        arch="tinynet_e", models=["80low_trainnolab_10sec_gr20sec_ep7oo7"])
+    for entry in json.loads(spec_path.read_text())["models"]:
+        save_solution_checkpoint(entry, modules[entry["name"]], tmp_path / "checkpoints")
+    calibration = tmp_path / "calibration"
+    for seed in range(2):
+        write_ogg(calibration / f"s{seed}.ogg", 10.0, seed=50 + seed)
+    manifest = export_models(tmp_path / "checkpoints", tmp_path / "models", recipe=spec_path, precision="int8",
+                             calibration=calibration, progress=False)
+    manifest.verify_checksums()
+    variants = manifest.models[0].variants
+    assert set(variants) == {"f32", "int8"}
+    assert effective_isa().cpu_class in variants["int8"].verification["per_class"]
+    assert variants["int8"].cpu_classes is not None
+    assert all(v.bf16["measured_on"] == effective_isa().cpu_class for v in variants.values())
