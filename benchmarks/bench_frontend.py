@@ -5,7 +5,7 @@ shared machine slows every contender alike):
 
 * ``v1 FrontEnd`` — the version 1 engine's ``birdinfer.features.FrontEnd`` as it was on ``main`` (read with
   ``git show main:birdinfer/features.py`` into a temporary module when this checkout no longer has it);
-* ``spec`` — the same groups as a version 2 spec on the one engine (:class:`birdinfer.upgrade.MelFrontEnd`:
+* ``spec`` — the same groups as a version 2 spec on the one engine (:class:`birdinfer.runtime.mel_frontend.MelFrontEnd`:
   ``stft → resize_time → mel`` prefixes run together, frames shared per ``n_fft``, banded mel);
 * ``spec, ops one by one`` — the same graph without the shared chain (each op on its own);
 * ``librosa+cv2`` with ``--reference`` — the reference (slow).
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from birdinfer.audio import load_audio
-from birdinfer.manifest import MelGroup
-from birdinfer.upgrade import MelFrontEnd
+from birdinfer.io.audio import load_audio
+from birdinfer.spec.manifest import MelGroup
+from birdinfer.runtime.mel_frontend import MelFrontEnd
 
 SR = 32000
 WINDOW = 5 * SR
@@ -126,7 +126,7 @@ def interleaved(contenders: dict, rounds: int) -> tuple[dict[str, list[float]], 
 def without_chains(graph, y: np.ndarray) -> dict:
     """``graph(y)`` with every op on its own (no stft → [resize_time →] mel chain; stft + resize_time, a fused
     pair, still computes only the frames the resize reads)."""
-    import birdinfer.engine as engine
+    import birdinfer.runtime.engine as engine
 
     chains, shared = engine.CHAINS, graph._chains
     engine.CHAINS, graph._chains = (), []
@@ -139,8 +139,8 @@ def without_chains(graph, y: np.ndarray) -> dict:
 
 def shipped_specs(y: np.ndarray, rounds: int) -> None:
     """The shipped specs' ``mel`` feature: chains on (the executor as it runs) against every op on its own."""
-    from birdinfer.engine import FrontEndGraph
-    from birdinfer.spec import parse_spec
+    from birdinfer.runtime.engine import FrontEndGraph
+    from birdinfer.spec.v2 import parse_spec
 
     for name in ("birdclef2025_1st", "birdclef2024_1st"):
         manifest = parse_spec(json.loads((ROOT / "weights" / f"{name}.spec.json").read_text()), require_files=False)

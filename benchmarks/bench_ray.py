@@ -12,7 +12,7 @@ Printed figures:
   machine, per file, processing phase only;
 * ``--overhead``: the bare cost of one actor call (no-op, 1 file = 1 call) and of a Ray Data
   ``map_batches`` pipeline over the same number of no-op items (the numbers behind the actors-vs-Ray-Data
-  choice in ``birdinfer/distributed.py``).
+  choice in ``birdinfer/jobs/distributed.py``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def write_recordings(folder: Path, count: int, seconds: float, sr: int = 32000) 
 
 
 def bench_single(paths, models, precision, out: Path) -> dict:
-    from birdinfer.pipeline import Predictor
-    from birdinfer.predict import predict
+    from birdinfer.runtime.pipeline import Predictor
+    from birdinfer.jobs.predict import predict
 
     load = Predictor(models, precision=precision).load_seconds  # compile cost, measured apart (predict compiles again)
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def bench_single(paths, models, precision, out: Path) -> dict:
 
 
 def bench_ray(paths, models, precision, out: Path, workers: int) -> dict:
-    from birdinfer.distributed import predict_ray
+    from birdinfer.jobs.distributed import predict_ray
 
     t0 = time.perf_counter()
     predict_ray(paths, models, out, precision=precision, progress=False, num_workers=workers, resume=False)

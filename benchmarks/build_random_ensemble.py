@@ -22,7 +22,7 @@ N_CLASSES = 206
 
 
 def main(argv: list[str] | None = None) -> int:
-    from birdinfer.synth import make_dataset
+    from birdinfer.tools.synth import make_dataset
     from birdinfer_export import DEPTHWISE_OPS, export_models, load_recipe, random_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

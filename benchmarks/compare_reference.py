@@ -7,7 +7,7 @@ file; sigmoid, 5 s max, weighted means, smoothing in numpy. Run twice: with
 ``INFERENCE_PRECISION_HINT=f32`` ("reference f32", how it ran on Kaggle's CPUs) and with OpenVINO's default
 ("reference default": bf16 where the CPU has it natively).
 
-birdinfer: :class:`birdinfer.pipeline.Predictor` over the same files (``iter_files``: the path
+birdinfer: :class:`birdinfer.runtime.pipeline.Predictor` over the same files (``iter_files``: the path
 ``make_submission`` takes, front end in a background thread), at ``f32`` and ``fast`` (INT8 where the CPU
 has VNNI, OpenVINO's default elsewhere; f32 where an INT8 model does not compile).
 
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from birdinfer.bench import _gflop_per_file, machine_info, synthetic_soundscapes
-from birdinfer.manifest import Manifest
-from birdinfer.models import _short_type, kernel_families
-from birdinfer.pipeline import Predictor, resolve_inputs
+from birdinfer.tools.bench import _gflop_per_file, machine_info, synthetic_soundscapes
+from birdinfer.spec.manifest import Manifest
+from birdinfer.runtime.models import _short_type, kernel_families
+from birdinfer.jobs.submit import resolve_inputs
+from birdinfer.runtime.pipeline import Predictor
 
 SR = 32000
 
@@ -185,7 +186,7 @@ def measure(models: str, audio: str | None = None, files: int = 4, rounds: int =
     Returns a JSON-able summary (runs in a child process under a CPU class's cap with --cpu-class)."""
     import tempfile
 
-    from birdinfer.cpu import effective_isa
+    from birdinfer.runtime.cpu import effective_isa
 
     modes = list(modes or DEFAULT_MODES)
     manifest = Manifest.load(models, upgrade=False)  # the reference reads the mel groups (version 1)
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
     if not args.cpu_class:
         results = {"this process": measure(**kwargs)}
     else:
-        from birdinfer.cpu import run_in_cpu_class
+        from birdinfer.runtime.cpu import run_in_cpu_class
 
         classes = ["native", "avx512", "avx2"] if "all" in args.cpu_class else list(dict.fromkeys(args.cpu_class))
         results = {}

@@ -51,7 +51,7 @@ def run(cmd, **kwargs) -> subprocess.CompletedProcess:
 _LOAD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from birdinfer.pipeline import Predictor
+from birdinfer.runtime.pipeline import Predictor
 t1 = time.perf_counter()
 p = Predictor(sys.argv[1], precision=sys.argv[2])
 print(json.dumps({"import_s": t1 - t0, "load_s": p.load_seconds, "models": len(p.models), "precision": p.precision,
@@ -60,10 +60,10 @@ print(json.dumps({"import_s": t1 - t0, "load_s": p.load_seconds, "models": len(p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from birdinfer.bundle import build_bundle
-    from birdinfer.manifest import Manifest
-    from birdinfer.models import cpu_capabilities
-    from birdinfer.pipeline import make_submission
+    from birdinfer.tools.bundle import build_bundle
+    from birdinfer.spec.manifest import Manifest
+    from birdinfer.runtime.models import cpu_capabilities
+    from birdinfer.jobs.submit import make_submission
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lean bundle = {figures['lean_over_with_onnx']:.1%} of the bundle with ONNX", flush=True)
 
     # 2) identical submissions
-    from birdinfer.synth import make_dataset
+    from birdinfer.tools.synth import make_dataset
 
     audio = make_dataset(args.out / "audio", species=4, recordings_per_species=1, soundscapes=2 * args.files, seed=7)
     audio = audio / "test_soundscapes"

@@ -3,7 +3,7 @@
 Child processes (so that each peak is its own), each reporting ``resource.getrusage`` ``ru_maxrss``:
 
 1. ``load``: import birdinfer and load the model folder (Predictor) — the floor any run pays;
-2. ``predict 60 s``: :func:`birdinfer.predict.predict` on a 60 s OGG;
+2. ``predict 60 s``: :func:`birdinfer.jobs.predict.predict` on a 60 s OGG;
 3. ``predict 60 min``: the same on a 60-minute OGG (written in 10 s pieces: libsndfile's Vorbis encoder
    crashes on one huge write);
 4. with ``--whole-minutes M``: the old whole-file execution (streaming switched off) on an M-minute OGG, to
@@ -13,7 +13,7 @@ The default folder is a whole-file spec (``block_seconds: null``): the 2024 1st 
 (``weights/birdclef2024_1st.spec.json``: file-scope dB over all windows) with three of its classifiers
 (2 × efficientnet_b0, 1 × regnety_008, all 182 labels) at random weights, built with
 ``birdinfer_export.solutions.build_solution`` (needs torch + timm) and ``birdinfer import``. Such a spec is
-streamed (:mod:`birdinfer.streaming`): a statistics pass, then blocks with the whole-file result, so (3)
+streamed (:mod:`birdinfer.runtime.streaming`): a statistics pass, then blocks with the whole-file result, so (3)
 should stay within a few tens of MB of (2); a whole-file decode of 60 min at 32 kHz alone would be 460 MB
 of float32, and its front end several GB. ``--spec birdclef2025_1st`` / ``birdclef2025_2nd`` build the
 other shipped whole-file specs the same way (small tinynet_e networks); ``--models`` runs any folder.
@@ -43,13 +43,13 @@ import json, resource, sys, time
 mode, models, audio, out = sys.argv[1:5]
 start = time.perf_counter()
 if mode == "whole":  # the old way: no streamed execution, the whole recording at once
-    import birdinfer.streaming
-    birdinfer.streaming.WholeFileStream.for_manifest = classmethod(lambda cls, manifest: None)
+    import birdinfer.runtime.streaming
+    birdinfer.runtime.streaming.WholeFileStream.for_manifest = classmethod(lambda cls, manifest: None)
 if mode == "load":
-    from birdinfer.pipeline import Predictor
+    from birdinfer.runtime.pipeline import Predictor
     Predictor(models, precision="f32")
 else:
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
     predict([audio], models, out, precision="f32", resume=False, progress=False)
 rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 print(json.dumps({"mode": mode, "peak_rss_mb": round(rss_mb, 1), "seconds": round(time.perf_counter() - start, 1)}))
@@ -67,7 +67,7 @@ SPEC_BUILDS = {
 
 def build_spec_folder(root: Path, name: str) -> Path:
     """A shipped whole-file spec with random weights (torch + timm), imported into ``root/<name>/models``."""
-    from birdinfer.importer import import_folder
+    from birdinfer.tools.importer import import_folder
     from birdinfer_export.solutions import build_solution
 
     out = root / name / "models"

@@ -6,9 +6,9 @@
    NNCF options; ``default`` is what ``birdinfer export --precision int8`` ships), calibrated on the dataset's
    *train* soundscapes, which are disjoint from the scored test soundscapes.
 3. For each CPU class (``--cpu-class``: ``native``, ``avx512`` = Kaggle's Skylake-SP class, ``avx2``; a child
-   process with ``ONEDNN_MAX_CPU_ISA`` set before OpenVINO loads, see :mod:`birdinfer.cpu`):
+   process with ``ONEDNN_MAX_CPU_ISA`` set before OpenVINO loads, see :mod:`birdinfer.runtime.cpu`):
    ``make_submission`` on the test soundscapes at each precision (``int8``/``fast`` once per configuration),
-   scored with ``birdinfer.metric.score_files`` against ``test_solution.csv``.
+   scored with ``birdinfer.tools.metric.score_files`` against ``test_solution.csv``.
 
 Printed: per class, macro ROC-AUC per precision / configuration, its difference to f32 under the same class,
 max / mean absolute probability difference, and what OpenVINO actually ran. INT8 without VNNI (``avx512``,
@@ -39,9 +39,9 @@ BAR = 0.002
 
 def score_class(data: str, folders: dict, precisions: list, out: str) -> dict:
     """Child side (runs under the class's cap): one submission per (precision, configuration), scored."""
-    from birdinfer.cpu import effective_isa
-    from birdinfer.metric import score_files
-    from birdinfer.pipeline import make_submission
+    from birdinfer.runtime.cpu import effective_isa
+    from birdinfer.tools.metric import score_files
+    from birdinfer.jobs.submit import make_submission
 
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def _export_configs(paths: dict, out: Path, configs: list, reuse: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    from birdinfer.cpu import run_in_cpu_class
+    from birdinfer.runtime.cpu import run_in_cpu_class
     from birdinfer_train import run_demo
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

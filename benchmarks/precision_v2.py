@@ -5,7 +5,7 @@ model's rows against f32 under the same class.
     python benchmarks/precision_v2.py MODELS [--cpu-class native avx512 avx2] [--rounds 5] [--calibration DIR]
 
 Each class runs in a child process with ``ONEDNN_MAX_CPU_ISA`` set before OpenVINO loads
-(:func:`birdinfer.cpu.run_in_cpu_class`). Timing is single-request model time on the held-out audio's
+(:func:`birdinfer.runtime.cpu.run_in_cpu_class`). Timing is single-request model time on the held-out audio's
 windows (the front end excluded); on a shared machine compare ratios, not seconds.
 """
 
@@ -21,10 +21,10 @@ def measure_class(folder: str, audio: dict, rounds: int) -> dict:
     """Child side: every model under f32, auto and fast as planned here; seconds (median of rounds) and |Δp|."""
     import numpy as np
 
-    from birdinfer.cpu import effective_isa
-    from birdinfer.manifest import Manifest
-    from birdinfer.models import plan_models
-    from birdinfer.precision import AudioSet, ModelRunner, as_spec, compare_rows, file_features, rows_of
+    from birdinfer.runtime.cpu import effective_isa
+    from birdinfer.spec.manifest import Manifest
+    from birdinfer.runtime.models import plan_models
+    from birdinfer.tools.precision import AudioSet, ModelRunner, as_spec, compare_rows, file_features, rows_of
 
     manifest = Manifest.load(folder)
     spec = as_spec(manifest)
@@ -49,9 +49,9 @@ def measure_class(folder: str, audio: dict, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from birdinfer.cpu import run_in_cpu_class
-    from birdinfer.manifest import Manifest
-    from birdinfer.precision import audio_set
+    from birdinfer.runtime.cpu import run_in_cpu_class
+    from birdinfer.spec.manifest import Manifest
+    from birdinfer.tools.precision import audio_set
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path)

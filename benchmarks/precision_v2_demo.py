@@ -16,9 +16,9 @@ from pathlib import Path
 
 def score_class(models: str, data: str, out: str) -> dict:
     import numpy as np, pandas as pd
-    from birdinfer.cpu import effective_isa
-    from birdinfer.metric import score_files
-    from birdinfer.pipeline import make_submission
+    from birdinfer.runtime.cpu import effective_isa
+    from birdinfer.tools.metric import score_files
+    from birdinfer.jobs.submit import make_submission
     data, out = Path(data), Path(out); out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for precision in os.environ.get("MODES", "f32 auto fast").split():
@@ -36,9 +36,9 @@ def score_class(models: str, data: str, out: str) -> dict:
 
 if __name__ == "__main__":
     demo, out = Path(sys.argv[1]), Path(sys.argv[2])
-    from birdinfer.cpu import run_in_cpu_class
-    from birdinfer.importer import import_folder, spec_from_v1
-    from birdinfer.manifest import Manifest
+    from birdinfer.runtime.cpu import run_in_cpu_class
+    from birdinfer.tools.importer import import_folder, spec_from_v1
+    from birdinfer.spec.manifest import Manifest
     models_v1 = demo / "models"
     spec = spec_from_v1(Manifest.load(models_v1)); spec.pop("files")
     (models_v1 / "spec_v2.json").write_text(json.dumps(spec, indent=1))

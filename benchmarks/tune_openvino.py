@@ -13,7 +13,7 @@ once on its group's 6 chunks) and the best and median seconds per file are kept:
   concurrently (OpenVINO releases the GIL)
 
 Also: model load time of the folder without a cache, with CACHE_DIR cold and warm; and, through
-:class:`birdinfer.pipeline.Predictor`, the pipeline with the background front-end thread (``iter_files``)
+:class:`birdinfer.runtime.pipeline.Predictor`, the pipeline with the background front-end thread (``iter_files``)
 against decode → front end → models one after another (``predict_file``), rounds interleaved.
 
     python benchmarks/tune_openvino.py --models MODEL_DIR [--precision f32] [--rounds 3] [--files 3]
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from birdinfer.bench import synthetic_soundscapes
-from birdinfer.upgrade import MelFrontEnd
-from birdinfer.manifest import Manifest
-from birdinfer.pipeline import Predictor
+from birdinfer.tools.bench import synthetic_soundscapes
+from birdinfer.runtime.mel_frontend import MelFrontEnd
+from birdinfer.spec.manifest import Manifest
+from birdinfer.runtime.pipeline import Predictor
 
 
 def _xml(manifest: Manifest, entry, precision: str) -> str:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tune_ov_") as tmp:
         paths = synthetic_soundscapes(Path(tmp) / "audio", args.files + 1, seed=7)
-        from birdinfer.audio import load_audio
+        from birdinfer.io.audio import load_audio
 
         y = load_audio(paths[0])
         features = MelFrontEnd(manifest.used_groups())(y)

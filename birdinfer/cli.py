@@ -51,7 +51,7 @@ def _add_submit(sub) -> None:
 
 
 def _cmd_submit(args) -> int:
-    from .pipeline import make_submission
+    from .jobs.submit import make_submission
 
     make_submission(
         args.audio_dir,
@@ -86,12 +86,12 @@ def _add_predict(sub) -> None:
 
 def _cmd_predict(args) -> int:
     if args.engine == "ray":
-        from .distributed import predict_ray
+        from .jobs.distributed import predict_ray
 
         predict_ray(args.inputs, args.models, args.out, address=args.address, precision=args.precision,
                     backend=args.backend, resume=not args.no_resume)
         return 0
-    from .predict import predict
+    from .jobs.predict import predict
 
     predict(args.inputs, args.models, args.out, format=args.format, threshold=args.threshold,
             precision=args.precision, backend=args.backend, resume=not args.no_resume)
@@ -161,7 +161,7 @@ def _add_import(sub) -> None:
 
 
 def _cmd_import(args) -> int:
-    from .importer import import_folder
+    from .tools.importer import import_folder
 
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     manifest = import_folder(args.spec, args.out, overwrite=args.force, precision=args.precision,
@@ -194,7 +194,7 @@ def _add_bundle(sub) -> None:
 
 
 def _cmd_bundle(args) -> int:
-    from .bundle import build_bundle
+    from .tools.bundle import build_bundle
 
     build_bundle(args.models, args.out, python_version=args.python_version, platform=args.platform,
                  with_onnxruntime=args.with_onnxruntime, with_onnx=args.with_onnx, slug=args.slug, progress=not args.quiet,
@@ -221,7 +221,7 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     if args.cpu_class is not None and args.plot is not None:
         from .errors import ParameterError
@@ -244,7 +244,7 @@ def _add_synth(sub) -> None:
 
 
 def _cmd_synth(args) -> int:
-    from .synth import make_dataset
+    from .tools.synth import make_dataset
 
     make_dataset(args.out_dir, species=args.species, recordings_per_species=args.recordings_per_species,
                  soundscapes=args.soundscapes, seed=args.seed)
@@ -260,7 +260,7 @@ def _add_score(sub) -> None:
 
 
 def _cmd_score(args) -> int:
-    from .metric import score_files
+    from .tools.metric import score_files
 
     print(f"{score_files(args.submission, args.solution):.6f}")
     return 0
@@ -309,7 +309,7 @@ def _add_pseudo(sub) -> None:
 
 
 def _cmd_pseudo(args) -> int:
-    from .pseudo import pseudo_label
+    from .jobs.pseudo import pseudo_label
 
     pseudo_label(args.audio_dir, args.models, args.out, precision=args.precision)
     return 0

@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 
 from birdinfer.errors import CheckpointError
-from birdinfer.manifest import MelGroup
+from birdinfer.spec.manifest import MelGroup
 
 from .network import SEDNet
 
@@ -205,7 +205,7 @@ def _calibration_input(n_mels: int, group: MelGroup | None, *, seed: int, genera
     """Batches ``(b, 1, n_mels, T)`` of dB input to measure batch-norm statistics on."""
     if group is None:
         return [-40.0 + 15.0 * torch.randn(4, 1, n_mels, 256, generator=generator) for _ in range(2)]
-    from birdinfer.upgrade import MelFrontEnd
+    from birdinfer.runtime.mel_frontend import MelFrontEnd
 
     from .verify import synthetic_audio
 

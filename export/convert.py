@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from birdinfer.errors import BirdinferError, CheckpointError, ParameterError
-from birdinfer.manifest import MANIFEST_NAME, VARIANT_PRECISIONS, Manifest, ModelEntry, ModelVariant, sha256_file
+from birdinfer.spec.manifest import MANIFEST_NAME, VARIANT_PRECISIONS, Manifest, ModelEntry, ModelVariant, sha256_file
 
 from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
 from .network import SEDNet
@@ -510,7 +510,7 @@ def _verify_f32(spec: RecipeModel, model: SEDNet, onnx_path: Path, xml_path: Pat
 
 def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, inputs: MelInputs, group: str, chunks: int, *, core,
                  recipe: Int8Recipe = Int8Recipe(), variant: str = "int8") -> ModelVariant:
-    from birdinfer.cpu import effective_isa
+    from birdinfer.runtime.cpu import effective_isa
 
     float_ops = tuple(recipe.float_ops)
     int8_xml = f"{spec.name}.{variant}.xml"

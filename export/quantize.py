@@ -133,12 +133,12 @@ def quantize_ir(core, f32_xml: str | Path, int8_xml: str | Path, calibration_bat
 
 def compile_int8(core, int8_xml: str | Path):
     """Compile an INT8 IR for CPU with the runtime's float hint for this CPU (bf16 where native and not
-    masked, else f32: :attr:`birdinfer.cpu.CpuIsa.float_hint`), then, if that fails, with f32.
+    masked, else f32: :attr:`birdinfer.runtime.cpu.CpuIsa.float_hint`), then, if that fails, with f32.
 
     Returns ``(compiled_model, config, first_error)``: ``config`` is the hint that worked; ``first_error``
     is the first line of the first attempt's error, or None. The second failure, if any, propagates.
     """
-    from birdinfer.cpu import effective_isa
+    from birdinfer.runtime.cpu import effective_isa
 
     first = {"INFERENCE_PRECISION_HINT": effective_isa().float_hint}
     try:

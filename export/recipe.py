@@ -2,7 +2,7 @@
 
 A recipe is a JSON file (layout in ``weights/README.md``). The default one, ``birdclef2025_4th.json``,
 describes the 16-model BirdCLEF 2025 4th-place ensemble of REFERENCE.md sections 2–4. Its groups are
-:class:`birdinfer.manifest.MelGroup` objects, the same type the exported manifest stores.
+:class:`birdinfer.spec.manifest.MelGroup` objects, the same type the exported manifest stores.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import (MelGroup, check_smoothing, check_unique_groups, check_weight, find_group,
+from birdinfer.spec.manifest import (MelGroup, check_smoothing, check_unique_groups, check_weight, find_group,
                                 read_ensemble_fields)
 
 __all__ = ["RECIPE_FORMAT", "RecipeModel", "Recipe", "load_recipe", "default_recipe_path"]

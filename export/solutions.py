@@ -308,7 +308,7 @@ def export_solution(spec: str | Path, checkpoints: str | Path, out: str | Path, 
     ``labels`` (e.g. a taxonomy's primary_label column) replaces the spec's labels (same count). Returns the
     imported folder's manifest.
     """
-    from birdinfer.importer import import_folder
+    from birdinfer.tools.importer import import_folder
 
     spec_path = Path(spec)
     data = json.loads(spec_path.read_text())

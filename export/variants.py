@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import VARIANT_PRECISIONS, Manifest, sha256_file
+from birdinfer.spec.manifest import VARIANT_PRECISIONS, Manifest, sha256_file
 
 from .convert import F32_CONFIG, ExportError, _export_int8, _report
 from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, quantize_ir
@@ -120,14 +120,14 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
                            classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
     """Add an INT8 variant to every model of a model folder (version 2, or version 1 through its spec):
     NNCF with the default export's recipe (:data:`INT8_RECIPES`, overflow fix), calibrated on the folder's
-    own front-end features of ``audio``'s calibration files (:class:`birdinfer.precision.AudioSet`), then
+    own front-end features of ``audio``'s calibration files (:class:`birdinfer.tools.precision.AudioSet`), then
     checked against f32 on the held-out files under each of ``classes`` this CPU can emulate (a child
-    process per class, :func:`birdinfer.cpu.run_in_cpu_class`); ``cpu_classes`` lists the classes within
+    process per class, :func:`birdinfer.runtime.cpu.run_in_cpu_class`); ``cpu_classes`` lists the classes within
     ``mean_dp_bar`` (measured, or sharing a measured class's exact INT8 arithmetic)."""
     import numpy as np
     import openvino as ov
 
-    from birdinfer.precision import as_spec, file_features, update_variants
+    from birdinfer.tools.precision import as_spec, file_features, update_variants
 
     from .verify import batches_of
 
@@ -173,7 +173,7 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
 
 def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) -> dict[str, dict[str, dict]]:
     """``{model: {class: figures}}``: the INT8 check run in a child process per emulable class."""
-    from birdinfer.cpu import cap_for_class, run_in_cpu_class
+    from birdinfer.runtime.cpu import cap_for_class, run_in_cpu_class
     from birdinfer.errors import ParameterError as _ParameterError
 
     out: dict[str, dict[str, dict]] = {}
@@ -182,7 +182,7 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) ->
             cap_for_class(cpu_class)
         except _ParameterError:
             continue  # this CPU cannot emulate it: not measured, not listed
-        result = run_in_cpu_class(cpu_class, "birdinfer.precision:measure_variants",
+        result = run_in_cpu_class(cpu_class, "birdinfer.tools.precision:measure_variants",
                                   {"folder": str(folder), "variant": variant, "audio": audio.to_dict(), "hint": "f32"})
         for model, figures in result.items():
             out.setdefault(model, {})[figures["cpu_class"]] = figures
@@ -198,8 +198,8 @@ def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
 def record_precision(folder: str | Path, *, calibration: str | Path | None = None, int8: bool = False,
                      measure_bf16: bool = True, progress=print) -> Manifest:
     """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8``, then
-    every variant's bf16 record (:func:`birdinfer.precision.record_bf16`) on the same calibration audio."""
-    from birdinfer.precision import audio_set, record_bf16
+    every variant's bf16 record (:func:`birdinfer.tools.precision.record_bf16`) on the same calibration audio."""
+    from birdinfer.tools.precision import audio_set, record_bf16
 
     manifest = Manifest.load(folder)
     audio = audio_set(calibration, manifest.sample_rate)

@@ -1,7 +1,7 @@
 """Inputs and figures that prove an export: mel chunks from the runtime's front end, parity, INT8 deviation.
 
 Every figure is computed on the input the runtime will actually feed: audio (the user's soundscapes, or
-seeded synthetic audio when none is given) through :class:`birdinfer.upgrade.MelFrontEnd`, giving dB mel
+seeded synthetic audio when none is given) through :class:`birdinfer.runtime.mel_frontend.MelFrontEnd`, giving dB mel
 chunks ``(n, 1, n_mels, 2F)`` per group.
 """
 
@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import MelGroup
+from birdinfer.spec.manifest import MelGroup
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -94,7 +94,7 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _mel_of(signals: Sequence[np.ndarray], groups: Sequence[MelGroup], *, sample_rate: int, window_seconds: float) -> dict[str, np.ndarray]:
     """Front-end chunks of every signal, concatenated per group: ``{group: (n, 1, n_mels, 2F)}``."""
-    from birdinfer.upgrade import MelFrontEnd
+    from birdinfer.runtime.mel_frontend import MelFrontEnd
 
     front_end = MelFrontEnd(list(groups), sample_rate=sample_rate, window_seconds=window_seconds)
     per_group: dict[str, list[np.ndarray]] = {g.name: [] for g in groups}
@@ -136,7 +136,7 @@ def prepare_inputs(
             synthetic=True,
         )
 
-    from birdinfer.audio import load_audio
+    from birdinfer.io.audio import load_audio
 
     files = _audio_files(Path(calibration))
     if len(files) >= 2:

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from birdinfer.bundle import wheel_fits
+from birdinfer.tools.bundle import wheel_fits
 
 
 def main(argv: list[str] | None = None) -> int:

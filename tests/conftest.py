@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdinfer.manifest import MelGroup
+from birdinfer.spec.manifest import MelGroup
 
 SR = 32000
 N_CLASSES = 12
@@ -45,7 +45,7 @@ SMALL_RECIPE = {
 def recipe_manifest(recipe: dict, labels=None):
     """A recipe's groups, models and weights as a version 1 manifest (file names only: nothing here loads a
     network), e.g. the 4th place's from REFERENCE_RECIPE."""
-    from birdinfer.manifest import FORMAT, Manifest
+    from birdinfer.spec.manifest import FORMAT, Manifest
 
     groups = {g["name"]: g for g in recipe["groups"]}
     models = []
@@ -63,8 +63,8 @@ def recipe_manifest(recipe: dict, labels=None):
 
 def recipe_spec(recipe: dict, labels=None):
     """The same as a parsed version 2 manifest (its ``spec_from_v1`` spec)."""
-    from birdinfer.importer import spec_from_v1
-    from birdinfer.spec import parse_spec
+    from birdinfer.spec.upgrade import spec_from_v1
+    from birdinfer.spec.v2 import parse_spec
 
     return parse_spec(spec_from_v1(recipe_manifest(recipe, labels)))
 
@@ -133,8 +133,8 @@ def small_v2_folder(small_model_folder, tmp_path_factory) -> Path:
     block, group v3's mel band is 150–14000 Hz, and the ensemble is a three-level tree of other weights."""
     import shutil
 
-    from birdinfer.importer import spec_from_v1
-    from birdinfer.manifest import Manifest
+    from birdinfer.spec.upgrade import spec_from_v1
+    from birdinfer.spec.manifest import Manifest
 
     v1 = Manifest.load(small_model_folder)
     spec = spec_from_v1(v1)

@@ -1,4 +1,4 @@
-"""birdinfer.audio: decoding, mono mixdown, resampling (oracle: librosa.load), NaN/Inf repair, errors."""
+"""birdinfer.io.audio: decoding, mono mixdown, resampling (oracle: librosa.load), NaN/Inf repair, errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdinfer.audio import (
+from birdinfer.io.audio import (
     AUDIO_EXTENSIONS,
     AudioInfo,
     audio_info,

@@ -1,4 +1,4 @@
-"""birdinfer.bench: the report has every figure, positive and consistent; the plot is a PNG. No timing assertions."""
+"""birdinfer.tools.bench: the report has every figure, positive and consistent; the plot is a PNG. No timing assertions."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from birdinfer.bench import ir_gflop, parse_mode, run_bench
+from birdinfer.tools.bench import ir_gflop, parse_mode, run_bench
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import Manifest
+from birdinfer.spec.manifest import Manifest
 
 
 def test_run_bench_report_and_plot(small_model_folder, tmp_path):
@@ -70,8 +70,8 @@ def test_parse_mode():
 def test_run_bench_on_a_version_2_folder(small_v2_folder):
     """A v2 folder (whole-file block, three-level tree, its own mel bands) gets every figure: stages, each
     feature alone, per-model time and GFLOP, the tree weights and what the notebook budget would do."""
-    from birdinfer.bench import format_report
-    from birdinfer.spec_info import effective_weights
+    from birdinfer.tools.bench import format_report
+    from birdinfer.spec.info import effective_weights
 
     manifest = Manifest.load(small_v2_folder)
     assert manifest.format_version == 2
@@ -101,9 +101,9 @@ def test_projection_names_the_models_the_notebook_budget_drops():
     import json
     from types import SimpleNamespace
 
-    from birdinfer.bench_report import budget_verdict
-    from birdinfer.bench_stages import NOTEBOOK_BUDGET_SECONDS, _projection
-    from birdinfer.spec_info import effective_weights
+    from birdinfer.tools.bench_report import budget_verdict
+    from birdinfer.tools.bench_stages import NOTEBOOK_BUDGET_SECONDS, _projection
+    from birdinfer.spec.info import effective_weights
     from conftest import REFERENCE_RECIPE, recipe_spec
 
     spec = recipe_spec(json.loads(REFERENCE_RECIPE.read_text()))

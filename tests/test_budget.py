@@ -1,4 +1,4 @@
-"""birdinfer.budget / birdinfer.spec_info: the time budget weighs a model by its share of the ensemble tree
+"""birdinfer.runtime.budget / birdinfer.spec.info: the time budget weighs a model by its share of the ensemble tree
 (the product of each level's normalised weight from the root down), for version 1 folders and specs alike."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from birdinfer.budget import TimeBudget
-from birdinfer.importer import spec_from_v1
-from birdinfer.manifest import FORMAT, Manifest
-from birdinfer.spec import parse_spec
-from birdinfer.spec_info import as_v2, effective_weights
+from birdinfer.runtime.budget import TimeBudget
+from birdinfer.spec.upgrade import spec_from_v1
+from birdinfer.spec.manifest import FORMAT, Manifest
+from birdinfer.spec.v2 import parse_spec
+from birdinfer.spec.info import as_v2, effective_weights
 
 from conftest import REFERENCE_RECIPE, recipe_manifest
 
@@ -113,7 +113,7 @@ def test_submission_budget_on_a_v2_folder_drops_by_tree_weight(small_v2_folder, 
     first (lite0_v2: 2/3 × 1/4 × 1/2), not the smallest model weight (lite0_v1b's 0.5); every row is kept."""
     import numpy as np
 
-    from birdinfer.submit import make_submission
+    from birdinfer.jobs.submit import make_submission
     from conftest import LABELS, write_ogg
 
     ticks = iter(range(10**9))

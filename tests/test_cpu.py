@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from birdinfer.cpu import (
+from birdinfer.runtime.cpu import (
     class_of,
     cap_for_class,
     effective_isa,
@@ -20,8 +20,8 @@ from birdinfer.cpu import (
     spare_siblings,
 )
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
-from birdinfer.models import plan_models
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from birdinfer.runtime.models import plan_models
 
 BASE = {"sse4_1", "avx", "avx2", "fma"}
 AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
@@ -244,7 +244,7 @@ def test_manifest_cpu_classes_round_trip_and_v1_unchanged():
 # ------------------------------------------------------------------------------------------ real models
 def _load_report(folder: str, precision: str) -> dict:
     """Child side: compile the folder and read back what every compiled model runs."""
-    from birdinfer.models import load_models
+    from birdinfer.runtime.models import load_models
 
     models = load_models(Manifest.load(folder), precision=precision)
     return {"isa": effective_isa().to_dict(), "precisions": [m.precision for m in models],
@@ -268,7 +268,7 @@ def test_cap_acts_in_a_child_process(small_model_folder, cpu_class, family):
 def test_every_compile_passes_an_explicit_hint(small_model_folder, monkeypatch):
     import openvino as ov
 
-    from birdinfer.models import load_models
+    from birdinfer.runtime.models import load_models
 
     configs = []
     original = ov.Core.compile_model
@@ -295,7 +295,7 @@ def test_every_compile_passes_an_explicit_hint(small_model_folder, monkeypatch):
 
 
 def test_bench_cpu_class_report(small_model_folder, tmp_path):
-    from birdinfer.bench_cpu import run_bench_classes
+    from birdinfer.tools.bench_cpu import run_bench_classes
 
     report = run_bench_classes(small_model_folder, "avx512", files=1, compare=["f32"], print_table=False,
                                json_out=tmp_path / "b.json")

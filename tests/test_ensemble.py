@@ -1,5 +1,5 @@
 """Ensemble rules (REFERENCE.md section 4) of a version 1 folder upgraded to a spec and run by the one engine
-(birdinfer.engine.SpecEngine), against direct loop transcriptions: sigmoid and max per 5 s window, weighted
+(birdinfer.runtime.engine.SpecEngine), against direct loop transcriptions: sigmoid and max per 5 s window, weighted
 means of models within a group and of groups (renormalised over the models that ran), smoothing over a file."""
 
 from types import SimpleNamespace
@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from birdinfer.engine import SpecEngine
+from birdinfer.runtime.engine import SpecEngine
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
-from birdinfer.upgrade import upgrade
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from birdinfer.spec.upgrade import upgrade
 
 SR = 32000
 

@@ -24,10 +24,10 @@ ov = pytest.importorskip("openvino")
 import soundfile as sf  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from birdinfer.audio import load_audio  # noqa: E402
+from birdinfer.io.audio import load_audio  # noqa: E402
 from birdinfer.errors import ChecksumError, CheckpointError, ParameterError  # noqa: E402
-from birdinfer.upgrade import MelFrontEnd  # noqa: E402
-from birdinfer.manifest import Manifest, sha256_file  # noqa: E402
+from birdinfer.runtime.mel_frontend import MelFrontEnd  # noqa: E402
+from birdinfer.spec.manifest import Manifest, sha256_file  # noqa: E402
 from birdinfer_export import (  # noqa: E402
     PARITY_TOLERANCE,
     ExportError,
@@ -188,7 +188,7 @@ def test_recorded_openvino_parity_is_recomputed(three_groups):
 
 
 def test_runtime_loads_the_folder_and_matches_torch(three_groups):
-    from birdinfer.models import load_models
+    from birdinfer.runtime.models import load_models
 
     manifest = Manifest.load(three_groups["out"], upgrade=False)
     loaded = load_models(manifest, precision="f32")
@@ -243,7 +243,7 @@ def test_export_without_onnx_and_with_f16_ir_weights(three_groups, tmp_path):
     """``keep_onnx=False``: ONNX verified, then left out; ``ir_weights="f16"``: half-size IR whose torch difference
     is recorded (measured beside the f32 export of the same checkpoint) and bounded only against a broken conversion."""
     from birdinfer.errors import ModelFolderError
-    from birdinfer.pipeline import Predictor
+    from birdinfer.runtime.pipeline import Predictor
 
     name = "lite0_v1_first10"
     with pytest.raises(ParameterError, match="f32 folders only"):
@@ -425,7 +425,7 @@ def test_int8_without_taxonomy_labels_and_warns(int8_export):
 
 
 def test_int8_runs_in_runtime_and_reported_deviation_is_recomputed(int8_export, calibration_dir):
-    from birdinfer.models import load_models
+    from birdinfer.runtime.models import load_models
 
     manifest = int8_export["manifest"]
     entry = manifest.models[0]

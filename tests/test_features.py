@@ -1,11 +1,11 @@
 """The 4th place's mel front end on the one engine against the reference (librosa mel + cv2 resize + per-chunk
-power_to_db): its groups as a version 2 spec (birdinfer.upgrade.MelFrontEnd, run by birdinfer.engine.FrontEndGraph,
+power_to_db): its groups as a version 2 spec (birdinfer.runtime.mel_frontend.MelFrontEnd, run by birdinfer.runtime.engine.FrontEndGraph,
 whose ``stft → resize_time → mel`` prefixes share frames per n_fft: birdinfer.dsp.resized_mel_power), the
 same with every op on its own, and the DSP pieces (birdinfer.dsp).
 
 The reference is written here with the oracles the original system used; the inputs are real OGG files
 written by libsndfile from seeded synthetic signals (chirps, tones, noise, silence) and decoded with
-birdinfer.audio.load_audio, so both sides see the same samples.
+birdinfer.io.audio.load_audio, so both sides see the same samples.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdinfer.audio import load_audio
+from birdinfer.io.audio import load_audio
 from birdinfer.errors import ParameterError
-import birdinfer.engine
+import birdinfer.runtime.engine
 from birdinfer.dsp import (
     SpectrumTarget,
     hann_window,
@@ -27,8 +27,8 @@ from birdinfer.dsp import (
     resized_width,
     stft_frames,
 )
-from birdinfer.manifest import MelGroup
-from birdinfer.upgrade import MelFrontEnd
+from birdinfer.spec.manifest import MelGroup
+from birdinfer.runtime.mel_frontend import MelFrontEnd
 
 from conftest import REFERENCE_GROUPS
 
@@ -167,7 +167,7 @@ def test_groups_share_frames_without_changing_results(signals, outputs):
 def test_shared_chain_equals_the_ops_one_by_one(signals, outputs, seconds, monkeypatch):
     """The executor's fused prefix (shared frames, blocked STFT over the needed bins, interpolation before a
     banded mel) gives the numbers of stft, resize_time and mel run on their own (whole STFT, dense mel)."""
-    monkeypatch.setattr(birdinfer.engine, "FUSED", {})  # not even stft + resize_time together
+    monkeypatch.setattr(birdinfer.runtime.engine, "FUSED", {})  # not even stft + resize_time together
     plain = MelFrontEnd(GROUPS)
     plain._graph._chains = []
     out = plain(signals[seconds])
@@ -303,7 +303,7 @@ def test_runtime_imports_neither_librosa_nor_cv2():
     import subprocess
     import sys
 
-    code = ("import sys, birdinfer.audio, birdinfer.dsp, birdinfer.upgrade, birdinfer.pipeline; "
+    code = ("import sys, birdinfer.io.audio, birdinfer.dsp, birdinfer.spec.upgrade, birdinfer.runtime.pipeline; "
             "bad = [m for m in ('librosa', 'cv2', 'torch', 'timm') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

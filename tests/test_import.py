@@ -13,8 +13,8 @@ import pytest
 
 from birdinfer.cli import main
 from birdinfer.errors import ModelFolderError
-from birdinfer.importer import import_folder
-from birdinfer.manifest import Manifest
+from birdinfer.tools.importer import import_folder
+from birdinfer.spec.manifest import Manifest
 
 from conftest import write_ogg
 
@@ -146,7 +146,7 @@ def test_import_refuses_names_outside_the_spec_folder(exported, tmp_path):
 
 def test_class_count_checked_when_the_models_are_compiled(exported, tmp_path):
     """A hand-edited folder whose outputs declare no shape: the compiled graph is checked, before any audio."""
-    from birdinfer.pipeline import Predictor
+    from birdinfer.runtime.pipeline import Predictor
 
     folder, _ = exported
     models = import_folder(folder / "spec.json", tmp_path / "models").folder
@@ -212,7 +212,7 @@ def test_two_named_outputs_blended(tmp_path, backend):
     manifest = import_folder(tmp_path / "spec.json", tmp_path / "models")
     assert manifest.models[0].outputs[0].shape == (-1, len(LABELS), FRAMES // 25)
     write_ogg(tmp_path / "audio" / "c.ogg", 20.0, seed=7)
-    from birdinfer.pipeline import make_submission
+    from birdinfer.jobs.submit import make_submission
 
     sub = make_submission(tmp_path / "audio", tmp_path / "models", out=None, precision="f32", backend=backend, progress=False)
     with torch.no_grad():

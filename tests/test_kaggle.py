@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from birdinfer.bundle import (
+from birdinfer.tools.bundle import (
     KAGGLE_IMAGE_PACKAGES,
     BundleError,
     build_bundle,
@@ -34,7 +34,7 @@ from birdinfer.bundle import (
     wheel_requirements,
 )
 from birdinfer.errors import ChecksumError, ModelFolderError, ParameterError
-from birdinfer.manifest import Manifest, MelGroup, ModelEntry, ModelVariant, sha256_file
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant, sha256_file
 
 from conftest import LABELS, write_ogg
 
@@ -156,7 +156,7 @@ def _folder_bytes(folder: Path) -> int:
 def test_lean_model_files_keep_only_what_the_runtime_loads(small_model_folder, tmp_path, monkeypatch):
     """The bundle's default model copy: IR only, a manifest naming exactly the files present (checksums pass),
     the same submission as the full folder; ONNX Runtime on it fails before any audio with what to do."""
-    from birdinfer.pipeline import make_submission
+    from birdinfer.jobs.submit import make_submission
 
     source = Manifest.load(small_model_folder)
     assert all(v.onnx for m in source.models for v in m.variants.values())  # the export keeps ONNX
@@ -181,13 +181,13 @@ def test_lean_model_files_keep_only_what_the_runtime_loads(small_model_folder, t
     got = make_submission(audio, tmp_path / "lean", out=None, precision="f32", progress=False)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
-    import birdinfer.pipeline as pipeline
+    import birdinfer.runtime.pipeline as pipeline
 
     def forbidden(*a, **k):
         raise AssertionError("audio was decoded before the backend check")
 
     monkeypatch.setattr(pipeline, "iter_audio_blocks", forbidden)
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     for run in (lambda: make_submission(audio, tmp_path / "lean", out=tmp_path / "s.csv", backend="onnxruntime", progress=False),
                 lambda: predict([audio], tmp_path / "lean", tmp_path / "p.csv", backend="onnxruntime", progress=False)):
@@ -249,7 +249,7 @@ def test_bundle_for_kaggle_python_312_fits_cp312_manylinux(tmp_path, package_ind
     names = {canonicalize_name(parse_wheel_filename(w)[0]) for w in wheels}
     assert {"birdinfer", "openvino", "openvino-telemetry", "onnxruntime", "protobuf", "flatbuffers"} <= names
     assert not names & set(KAGGLE_IMAGE_PACKAGES), "the Kaggle image's own packages must not be bundled"
-    for w in wheels:  # checked again here, independently of birdinfer.bundle's tag logic
+    for w in wheels:  # checked again here, independently of birdinfer.tools.bundle's tag logic
         assert any(_fits_kaggle_cp312(tag) for tag in parse_wheel_filename(w)[3]), w
     assert json.loads((bundle / "dataset-metadata.json").read_text())["id"] == "someone/birdinfer-bundle"
     readme = (bundle / "README.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from birdinfer.errors import ParameterError
-from birdinfer.metric import binary_roc_auc, macro_roc_auc, score_files
+from birdinfer.tools.metric import binary_roc_auc, macro_roc_auc, score_files
 
 
 def _kaggle_reference(solution: pd.DataFrame, submission: pd.DataFrame) -> float:

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from birdinfer.manifest import Manifest
-from birdinfer.pipeline import Predictor, make_submission
-from birdinfer.spec import ManifestV2
+from birdinfer.spec.manifest import Manifest
+from birdinfer.jobs.submit import make_submission
+from birdinfer.runtime.pipeline import Predictor
+from birdinfer.spec.v2 import ManifestV2
 
 from conftest import LABELS, N_CLASSES, SMALL_RECIPE, write_ogg
 import reference

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from birdinfer.cli import main
-from birdinfer.cpu import effective_isa
-from birdinfer.importer import import_folder
-from birdinfer.manifest import Manifest
-from birdinfer.models import bf16_valid, describe_precisions, plan_models, variant_valid
-from birdinfer.precision import BF16_BAR, audio_set
+from birdinfer.runtime.cpu import effective_isa
+from birdinfer.tools.importer import import_folder
+from birdinfer.spec.manifest import Manifest
+from birdinfer.runtime.models import bf16_valid, describe_precisions, plan_models, variant_valid
+from birdinfer.tools.precision import BF16_BAR, audio_set
 
 from conftest import write_ogg
 
@@ -96,7 +96,7 @@ def test_int8_import_round_trip(int8_folder):
 
 
 def test_fast_runs_int8_and_the_log_says_what_ran(int8_folder, tmp_path, caplog):
-    from birdinfer.pipeline import Predictor
+    from birdinfer.runtime.pipeline import Predictor
 
     audio = tmp_path / "audio"
     write_ogg(audio / "a.ogg", 15.0, seed=7)
@@ -121,7 +121,7 @@ def test_spec_with_bad_bf16_record_is_refused(source, tmp_path):
     bad = copy.deepcopy(SPEC)
     bad["models"][0]["variants"]["f32"]["bf16"] = {"cpu_classes": "avx512_vnni_bf16"}
     from birdinfer.errors import ModelFolderError
-    from birdinfer.spec import parse_spec
+    from birdinfer.spec.v2 import parse_spec
 
     with pytest.raises(ModelFolderError, match=r"variants\.f32.*bf16 must be an object with a list 'cpu_classes'"):
         parse_spec(bad, require_files=False, source="spec.json")

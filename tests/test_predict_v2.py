@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from birdinfer import journal
+from birdinfer.jobs import journal
 from birdinfer.errors import OutputError
-from birdinfer.manifest import Manifest
-from birdinfer.spec_info import feature_band, frequency_band
+from birdinfer.spec.manifest import Manifest
+from birdinfer.spec.info import feature_band, frequency_band
 
 from conftest import LABELS, write_ogg
 
@@ -34,8 +34,8 @@ def test_bands_come_from_the_mel_ops(small_v2_folder, small_model_folder):
 
 
 def test_a_feature_without_mel_covers_zero_to_nyquist():
-    from birdinfer.manifest import FORMAT
-    from birdinfer.spec import parse_spec
+    from birdinfer.spec.manifest import FORMAT
+    from birdinfer.spec.v2 import parse_spec
 
     spec = {"format": FORMAT, "format_version": 2, "sample_rate": 16000, "labels": ["a"],
             "rows": {"seconds": 1.0}, "features": {"wave": {"steps": [{"op": "windows", "length_seconds": 1.0, "step_seconds": 1.0}]}},
@@ -46,7 +46,7 @@ def test_a_feature_without_mel_covers_zero_to_nyquist():
 
 
 def test_raven_tables_of_a_v2_folder_carry_the_front_end_band(small_v2_folder, recordings, tmp_path):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     table = pd.read_csv(predict([recordings], small_v2_folder, tmp_path / "w.csv", precision="f32", progress=False))
     probs = table[table.file.str.endswith("a.ogg")][LABELS].to_numpy()
@@ -60,7 +60,7 @@ def test_raven_tables_of_a_v2_folder_carry_the_front_end_band(small_v2_folder, r
 
 
 def test_resume_after_an_engine_upgrade_or_a_spec_edit_is_refused(small_v2_folder, recordings, tmp_path, monkeypatch):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     manifest = Manifest.load(small_v2_folder)
     fingerprint = journal.run_fingerprint(manifest, "f32", "openvino")
@@ -83,8 +83,8 @@ def test_resume_after_an_engine_upgrade_or_a_spec_edit_is_refused(small_v2_folde
 
 
 def test_pseudo_label_on_a_v2_folder_matches_predict(small_v2_folder, recordings, tmp_path):
-    from birdinfer.predict import predict
-    from birdinfer.pseudo import pseudo_label
+    from birdinfer.jobs.predict import predict
+    from birdinfer.jobs.pseudo import pseudo_label
 
     labels = pseudo_label(recordings, small_v2_folder, tmp_path / "pseudo.csv")
     table = pd.read_csv(predict([recordings], small_v2_folder, tmp_path / "p.csv", precision="f32", progress=False))

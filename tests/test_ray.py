@@ -44,7 +44,7 @@ def reference(audio_folder, small_model_folder, tmp_path_factory):
     """Single-machine ``predict`` → (table, failed file names)."""
     import pyarrow.parquet as pq
 
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     out = predict([audio_folder], small_model_folder, tmp_path_factory.mktemp("ref") / "ref.parquet",
                   precision="f32", progress=False)
@@ -69,7 +69,7 @@ def _failed(out_dir: Path) -> list[str]:
 
 
 def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
-    from birdinfer.distributed import predict_ray
+    from birdinfer.jobs.distributed import predict_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"birdinfer\[ray\]"):
@@ -80,7 +80,7 @@ def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
 def test_cli_on_a_cluster_address_equals_single_machine(ray_head, audio_folder, small_model_folder, reference, tmp_path):
     """`birdinfer predict --engine ray --address ADDR` from another process joins the head as a second
     driver; shards read in input order equal the single-machine parquet exactly; the bad file is listed."""
-    from birdinfer.distributed import read_output
+    from birdinfer.jobs.distributed import read_output
 
     table, failed = reference
     assert table.num_rows == sum(max(1, int(s // 5)) for s in SECONDS) and failed == [str(audio_folder / "broken.ogg")]
@@ -102,8 +102,8 @@ def test_cli_on_a_cluster_address_equals_single_machine(ray_head, audio_folder, 
 def test_resume_recomputes_only_what_is_missing(ray_head, audio_folder, small_model_folder, reference, tmp_path):
     """A run cut short (a shard lost, the last done line torn, no _SUCCESS) is finished by a re-run that
     recomputes only the missing recording; the output is identical."""
-    from birdinfer import distributed
-    from birdinfer.distributed import predict_ray, read_output
+    from birdinfer.jobs import distributed
+    from birdinfer.jobs.distributed import predict_ray, read_output
 
     table, _ = reference
     out = predict_ray([audio_folder], small_model_folder, tmp_path / "o", precision="f32", progress=False)
@@ -128,7 +128,7 @@ def test_worker_killed_mid_run_is_retried_and_output_is_identical(ray_head, audi
     import psutil
     from ray._private.state import actors  # the GCS actor table: works without the dashboard, unlike ray.util.state
 
-    from birdinfer.distributed import predict_ray, read_output
+    from birdinfer.jobs.distributed import predict_ray, read_output
 
     table, failed = reference
     out = tmp_path / "fault"
@@ -169,9 +169,9 @@ def test_a_version_2_folder_on_ray_equals_single_machine(ray_head, audio_folder,
     single-machine ``predict`` on Ray too, and its fingerprint records the engine version."""
     import pyarrow.parquet as pq
 
-    from birdinfer.distributed import predict_ray, read_output
-    from birdinfer.journal import ENGINE_VERSION
-    from birdinfer.predict import predict
+    from birdinfer.jobs.distributed import predict_ray, read_output
+    from birdinfer.jobs.journal import ENGINE_VERSION
+    from birdinfer.jobs.predict import predict
 
     single = pq.read_table(predict([audio_folder], small_v2_folder, tmp_path / "single.parquet", precision="f32",
                                    progress=False))

@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from birdinfer import audio as audio_mod
+from birdinfer.io import audio as audio_mod
 from birdinfer.cli import main as cli_main
 from birdinfer.errors import (AudioDecodeError, ChecksumError, MissingDependencyError, ModelFolderError, OutputError,
                               ParameterError)
@@ -159,7 +159,7 @@ def corpus(tmp_path_factory):
 
 def _small_front_end():
     """The front end of the small test folder's three mel groups (its version 2 spec's features)."""
-    from birdinfer.engine import FrontEndGraph
+    from birdinfer.runtime.engine import FrontEndGraph
 
     return FrontEndGraph(recipe_spec(SMALL_RECIPE))
 
@@ -261,7 +261,7 @@ def test_submit_survives_the_corpus(corpus, small_model_folder, clean_predict, t
 # ================================================================================== predict: formats
 def test_predict_parquet_and_raven_match_csv(corpus, small_model_folder, clean_predict, tmp_path):
     pytest.importorskip("pyarrow")
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     files = [corpus / "clean" / "UPPER_CASE.OGG", corpus / "clean" / "long_3min.ogg"]
     listing = tmp_path / "list.txt"
@@ -289,7 +289,7 @@ def test_predict_parquet_and_raven_match_csv(corpus, small_model_folder, clean_p
 
 
 def test_parquet_without_pyarrow_fails_fast(corpus, tmp_path, monkeypatch):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow → ImportError
     with pytest.raises(MissingDependencyError, match="pyarrow"):
@@ -300,7 +300,7 @@ def test_parquet_without_pyarrow_fails_fast(corpus, tmp_path, monkeypatch):
 @pytest.fixture
 def no_audio_work(monkeypatch):
     """Any decoding attempt fails the test: the error must come before audio work."""
-    import birdinfer.pipeline as pipeline
+    import birdinfer.runtime.pipeline as pipeline
 
     def forbidden(*a, **k):
         raise AssertionError("audio was decoded before the fail-fast check")
@@ -309,7 +309,7 @@ def no_audio_work(monkeypatch):
 
 
 def test_fail_fast_model_folder(corpus, tmp_path, no_audio_work, capsys):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     with pytest.raises(ModelFolderError, match="does not exist"):
         predict([corpus / "clean"], tmp_path / "missing", tmp_path / "o.csv")
@@ -336,7 +336,7 @@ def test_fail_fast_checksum_mismatch(corpus, small_model_folder, tmp_path, no_au
     data = bytearray(bins[0].read_bytes())
     data[len(data) // 2] ^= 0xFF
     (models / bins[0].name).write_bytes(bytes(data))
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     with pytest.raises(ChecksumError, match=bins[0].name.replace(".", r"\.") + r".*sha256.*re-export"):
         predict([corpus / "clean"], models, tmp_path / "o.csv", precision="f32", progress=False)
@@ -345,8 +345,8 @@ def test_fail_fast_checksum_mismatch(corpus, small_model_folder, tmp_path, no_au
 
 
 def test_fail_fast_output_and_inputs(corpus, small_model_folder, tmp_path, no_audio_work):
-    from birdinfer.pipeline import make_submission
-    from birdinfer.predict import predict
+    from birdinfer.jobs.submit import make_submission
+    from birdinfer.jobs.predict import predict
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -468,7 +468,7 @@ def _env() -> dict:
 
 
 def test_predict_killed_and_resumed_gives_identical_output(small_model_folder, tmp_path):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     audio = tmp_path / "audio"
     for i in range(8):
@@ -500,7 +500,7 @@ def test_predict_killed_and_resumed_gives_identical_output(small_model_folder, t
 
 
 def test_resume_refuses_parts_from_other_settings(small_model_folder, tmp_path):
-    from birdinfer.predict import predict
+    from birdinfer.jobs.predict import predict
 
     write_ogg(tmp_path / "a.ogg", 5.0, seed=70)
     parts = tmp_path / "o.csv.parts"
@@ -629,7 +629,7 @@ def test_lock_of_a_killed_run_is_taken_over(long_audio, small_model_folder, tmp_
 
 _HOLD_LOCK = r"""
 import sys, time
-from birdinfer.lock import OutputLock
+from birdinfer.io.lock import OutputLock
 lock = OutputLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)
@@ -654,7 +654,7 @@ def test_submit_refuses_an_output_another_process_holds(corpus, small_model_fold
 # ============================================================================ as a user without privileges
 _NO_DECODING = r"""
 import sys
-import birdinfer.pipeline as pipeline
+import birdinfer.runtime.pipeline as pipeline
 def forbidden(*a, **k):
     raise SystemExit("audio was decoded before the fail-fast check")
 pipeline.iter_audio_blocks = forbidden

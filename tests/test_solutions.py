@@ -66,8 +66,8 @@ def reference(name: str, spec: dict, modules: dict, paths):
 
 
 def run_solution(name: str, root: Path, paths, **build) -> tuple[float, dict]:
-    from birdinfer.importer import import_folder
-    from birdinfer.pipeline import make_submission
+    from birdinfer.tools.importer import import_folder
+    from birdinfer.jobs.submit import make_submission
     from birdinfer_export.solutions import build_solution
 
     spec_path, modules = build_solution(WEIGHTS / f"{name}.spec.json", root / "build", **build)
@@ -133,7 +133,7 @@ def test_checkpoints_in_each_solutions_format_load_back(tmp_path):
 def test_birdinfer_export_reads_real_checkpoints_of_a_spec(audio, tmp_path):
     """`birdinfer export --recipe <v2 spec>`: the 2024 1st place's Lightning checkpoints → imported folder →
     the same submission as the transcription."""
-    from birdinfer.pipeline import make_submission
+    from birdinfer.jobs.submit import make_submission
     from birdinfer_export import export_models
     from birdinfer_export.solutions import build_solution, save_solution_checkpoint
 

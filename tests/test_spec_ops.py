@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birdinfer import spectral_ops
-from birdinfer.engine import FrontEndGraph
-from birdinfer.frontend_ops import OPS, Block, Signal, WindowLayout, fit_padding
-from birdinfer.registry import build_params
-from birdinfer.spec import parse_spec
+from birdinfer.ops import spectral as spectral_ops
+from birdinfer.runtime.engine import FrontEndGraph
+from birdinfer.ops import OPS, Block, Signal, WindowLayout
+from birdinfer.ops.frontend import fit_padding
+from birdinfer.ops.registry import build_params
+from birdinfer.spec.v2 import parse_spec
 
 librosa = pytest.importorskip("librosa")
 
@@ -192,9 +193,9 @@ def test_graph_shares_identical_prefixes(monkeypatch, shared_chain):
         real = spectral_ops.resized_mel_power
         monkeypatch.setattr(spectral_ops, "resized_mel_power", lambda *a, **k: calls.append(1) or real(*a, **k))
     else:  # the ops on their own
-        import birdinfer.engine
+        import birdinfer.runtime.engine
 
-        monkeypatch.setattr(birdinfer.engine, "CHAINS", ())
+        monkeypatch.setattr(birdinfer.runtime.engine, "CHAINS", ())
         real = spectral_ops.stft
         monkeypatch.setattr(spectral_ops, "stft", lambda *a, **k: calls.append(1) or real(*a, **k))
     steps = [{"op": "stft", "n_fft": 512, "hop_length": 160}, {"op": "mel", "n_mels": 32}]
@@ -223,7 +224,7 @@ def test_pad_modes_and_wave_normalisations():
 
 
 def test_fused_stft_resize_equals_the_two_ops():
-    from birdinfer.spectral_ops import FUSED
+    from birdinfer.ops.spectral import FUSED
 
     y = signal(12.3, seed=8)
     b = block_for(y)

@@ -8,9 +8,9 @@ import scipy.ndimage
 import scipy.stats
 from scipy.special import expit
 
-from birdinfer.frontend_ops import WindowLayout
-from birdinfer.registry import build_params
-from birdinfer.steps import COMBINE_STEPS, MODEL_STEPS, ROW_STEPS, Outputs
+from birdinfer.ops import WindowLayout
+from birdinfer.ops.registry import build_params
+from birdinfer.ops.steps import COMBINE_STEPS, MODEL_STEPS, ROW_STEPS, Outputs
 
 
 def window_probabilities(logits: np.ndarray, n_windows: int) -> np.ndarray:

@@ -4,7 +4,7 @@ version 1 folder to the torch + librosa + cv2 reference).
 
 Real parts: the session's small model folder (tf_efficientnet_lite0 in the three reference mel groups,
 exported by birdinfer_export), real OGG files, OpenVINO f32. The v2 folder holds the same graph files;
-only the manifest differs (birdinfer.upgrade.spec_from_v1).
+only the manifest differs (birdinfer.spec.upgrade.spec_from_v1).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import shutil
 import numpy as np
 import pytest
 
-from birdinfer.importer import spec_from_v1  # still importable from its old home
-from birdinfer.manifest import Manifest
-from birdinfer.pipeline import Predictor, make_submission
-from birdinfer.spec import ManifestV2
+from birdinfer.spec.upgrade import spec_from_v1
+from birdinfer.spec.manifest import Manifest
+from birdinfer.jobs.submit import make_submission
+from birdinfer.runtime.pipeline import Predictor
+from birdinfer.spec.v2 import ManifestV2
 
 from conftest import write_ogg
 

@@ -1,4 +1,4 @@
-"""Whole-file specs streamed block by block (birdinfer.streaming): the front end of every block, the
+"""Whole-file specs streamed block by block (birdinfer.runtime.streaming): the front end of every block, the
 statistics of every file-scope op and the rows equal the whole-file computation; a recording of one block
 runs whole; a spec that cannot be streamed keeps the whole-file way and says why."""
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birdinfer.audio import load_audio
-from birdinfer.engine import FrontEndGraph
-from birdinfer.spec import parse_spec
-from birdinfer.steps import Outputs
+from birdinfer.io.audio import load_audio
+from birdinfer.runtime.engine import FrontEndGraph
+from birdinfer.spec.v2 import parse_spec
+from birdinfer.ops.steps import Outputs
 from birdinfer.features import resize_plan
-from birdinfer.stream_exec import FileFront, Samples, resize_columns
-from birdinfer import streaming
-from birdinfer.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
-from birdinfer.streaming_rows import RowStream
+from birdinfer.runtime.stream_exec import FileFront, Samples, resize_columns
+from birdinfer.runtime import streaming
+from birdinfer.runtime.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
+from birdinfer.runtime.streaming_rows import RowStream
 
 from conftest import synth_signal, write_ogg
 
@@ -248,12 +248,12 @@ def test_a_spec_that_cannot_be_streamed_keeps_the_whole_file_way(caplog, monkeyp
     """An op without a streamed form (every op has one today: pretend 'log' had none) keeps the old way."""
     manifest = parse_spec(OPS_SPEC)
     monkeypatch.setattr(streaming, "UNWINDOWED_OPS", streaming.UNWINDOWED_OPS - {"log"})
-    with caplog.at_level(logging.INFO, logger="birdinfer.streaming"):
+    with caplog.at_level(logging.INFO, logger="birdinfer.runtime.streaming"):
         assert WholeFileStream.for_manifest(manifest) is None
     assert "features.spec_c: op 'log' before 'windows'" in caplog.text and "processed whole" in caplog.text
     monkeypatch.undo()
     assert WholeFileStream.for_manifest(parse_spec({**OPS_SPEC, "block_seconds": 60.0})) is None  # blocks by the spec
-    with caplog.at_level(logging.INFO, logger="birdinfer.streaming"):
+    with caplog.at_level(logging.INFO, logger="birdinfer.runtime.streaming"):
         assert WholeFileStream.for_manifest(parse_spec(OPS_SPEC)) is not None
     assert "streamed exactly" in caplog.text
 
@@ -308,8 +308,8 @@ def _onnx_models(folder: Path) -> None:
 def test_predictor_streams_a_whole_file_spec_with_the_whole_file_result(tmp_path):
     """Predictor (predict_file and iter_files) on a 97.3 s and a 12.3 s OGG: streamed in 20 s blocks (the long
     file in 5 blocks after 2 statistics passes; the short one whole) equals the whole-file run."""
-    from birdinfer.importer import import_folder
-    from birdinfer.pipeline import Predictor
+    from birdinfer.tools.importer import import_folder
+    from birdinfer.runtime.pipeline import Predictor
 
     spec = spec_of({"wave_a": OPS_SPEC["features"]["wave_a"]["steps"], "spec_c": OPS_SPEC["features"]["spec_c"]["steps"]})
     spec["models"][1].update(outputs=[{"name": "out", "kind": "frame_logits"}], steps=[
@@ -366,8 +366,8 @@ def test_shipped_specs_with_random_weights_streamed_equal_whole_file(name, model
     151.7 s OGG streamed in its automatic 60 s blocks equals the whole-file run, and on a 7.3 s OGG (one block)."""
     pytest.importorskip("torch")
     pytest.importorskip("timm")
-    from birdinfer.importer import import_folder
-    from birdinfer.pipeline import Predictor
+    from birdinfer.tools.importer import import_folder
+    from birdinfer.runtime.pipeline import Predictor
     from birdinfer_export.solutions import build_solution
 
     build = {"arch": "tinynet_e", "n_classes": 12}

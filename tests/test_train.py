@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("timm")
 
-from birdinfer.manifest import MelGroup  # noqa: E402
-from birdinfer.metric import macro_roc_auc  # noqa: E402
-from birdinfer.synth import make_dataset  # noqa: E402
+from birdinfer.spec.manifest import MelGroup  # noqa: E402
+from birdinfer.tools.metric import macro_roc_auc  # noqa: E402
+from birdinfer.tools.synth import make_dataset  # noqa: E402
 from birdinfer_export.checkpoint import load_checkpoint  # noqa: E402
 from birdinfer_train import train  # noqa: E402
 from birdinfer_train.data import SpectrogramCache, crop_db, read_taxonomy, recording_samples  # noqa: E402

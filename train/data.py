@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
-from birdinfer.audio import load_audio
+from birdinfer.io.audio import load_audio
 from birdinfer.errors import ParameterError
 from birdinfer.dsp import (
     hann_window,
@@ -41,8 +41,8 @@ from birdinfer.dsp import (
     resized_width,
     stft_frames,
 )
-from birdinfer.manifest import MelGroup
-from birdinfer.synth import coloured_noise
+from birdinfer.spec.manifest import MelGroup
+from birdinfer.tools.synth import coloured_noise
 
 __all__ = [
     "Sample",

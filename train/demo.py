@@ -2,7 +2,7 @@
 
 ``run_demo(out_dir)`` (the ``birdinfer demo`` command) writes into ``out_dir``::
 
-    data/               synthetic BirdCLEF-format dataset (birdinfer.synth.make_dataset)
+    data/               synthetic BirdCLEF-format dataset (birdinfer.tools.synth.make_dataset)
     checkpoints/*.pth   small SED models trained with the soft AUC loss (reference checkpoint format)
     demo_recipe.json    the ensemble recipe of those models (one small mel group)
     models/             the exported, parity-verified f32 model folder (birdinfer_export.export_models)
@@ -44,11 +44,11 @@ from typing import Any
 import torch
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import MelGroup
-from birdinfer.metric import score_files
-from birdinfer.pipeline import make_submission
-from birdinfer.pseudo import pseudo_label
-from birdinfer.synth import make_dataset
+from birdinfer.spec.manifest import MelGroup
+from birdinfer.tools.metric import score_files
+from birdinfer.jobs.submit import make_submission
+from birdinfer.jobs.pseudo import pseudo_label
+from birdinfer.tools.synth import make_dataset
 from birdinfer_export import export_models
 
 from .losses import LOSSES
@@ -153,13 +153,13 @@ def run_demo(
     """Synthesise, train, export, submit and score in ``out_dir``; return the figures.
 
     ``species``, ``recordings_per_species``, ``soundscapes`` (half test, half train) and
-    ``soundscape_call_gain``: passed to :func:`birdinfer.synth.make_dataset` with ``seed``. Each of
+    ``soundscape_call_gain``: passed to :func:`birdinfer.tools.synth.make_dataset` with ``seed``. Each of
     ``models`` is trained for ``epochs`` on random 10 s crops of the focal recordings with ``loss``
     (``"soft-auc"``, the seed's; ``"auc"`` or ``"bce"`` for comparison) (seed ``seed + seed_offset``), exported in f32 with parity verification and ensembled by the
     runtime. ``frame_loss_weight``, ``noise_negatives``, ``noise_probability``: see
     :func:`birdinfer_train.train` (the defaults were chosen by the seeds 0/1/2 runs in the module doc).
     ``pseudo_rounds``: semi-supervised rounds: the current models are exported, label
-    ``train_soundscapes`` (:func:`birdinfer.pseudo.pseudo_label`, into ``out_dir/pseudo``) and are
+    ``train_soundscapes`` (:func:`birdinfer.jobs.pseudo.pseudo_label`, into ``out_dir/pseudo``) and are
     retrained from scratch with those soft labels added. ``torch_threads``: torch intra-op threads while
     training (restored afterwards; ``None`` leaves torch's setting).
 

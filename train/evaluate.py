@@ -16,11 +16,11 @@ import torch
 
 from scipy.special import expit
 
-from birdinfer.audio import load_audio
-from birdinfer.manifest import MelGroup
-from birdinfer.metric import score_files
-from birdinfer.steps import SmoothParams, smooth
-from birdinfer.upgrade import MelFrontEnd
+from birdinfer.io.audio import load_audio
+from birdinfer.spec.manifest import MelGroup
+from birdinfer.tools.metric import score_files
+from birdinfer.ops.steps import SmoothParams, smooth
+from birdinfer.runtime.mel_frontend import MelFrontEnd
 from birdinfer_export.checkpoint import load_checkpoint
 from birdinfer_export.network import SEDNet
 

@@ -2,7 +2,7 @@
 
 An ensemble of labelling models predicts the unlabelled ``train_soundscapes`` in 5 s windows; the weighted
 mean of their probabilities becomes the soft labels of extra training samples. The runtime writes the
-predictions (:func:`birdinfer.pseudo.pseudo_label`, fast OpenVINO inference); this module combines
+predictions (:func:`birdinfer.jobs.pseudo.pseudo_label`, fast OpenVINO inference); this module combines
 prediction tables and hands them to :func:`birdinfer_train.train` (``pseudo_labels=`` CSV), which turns
 each 10 s chunk of a soundscape into a sample labelled with the max of its two windows' probabilities.
 """
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from birdinfer.pseudo import combine_predictions
+from birdinfer.jobs.pseudo import combine_predictions
 
 __all__ = ["soft_labels_from_predictions"]
 

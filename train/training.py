@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from birdinfer.errors import ParameterError
-from birdinfer.manifest import MelGroup
+from birdinfer.spec.manifest import MelGroup
 from birdinfer_export.network import SEDNet
 
 from .data import (

@@ -1,0 +1,357 @@
+"""``birdinfer predict``: per-5 s-window probabilities for recordings of any length, resumable.
+
+Data flow: inputs (files, folders walked recursively, ``.txt`` file lists) → sorted, de-duplicated list
+of recordings → :meth:`Predictor.iter_files` (decode + front end in a background thread, 60 s blocks) →
+one *part* per finished recording → final assembly of the output in input order.
+
+Resumable: every finished recording's probabilities are written to ``<out>.parts/`` (one ``.npy`` per
+recording, written to a temporary name and renamed, then its key appended to ``done.txt``). A run killed
+at any moment (even SIGKILL) and started again with the same arguments skips the recordings listed in
+``done.txt`` and assembles exactly the bytes an uninterrupted run writes: the output is always built from
+the parts, in input order, into a temporary file that is renamed into place; the parts folder is removed
+afterwards. Parts made with other models, spec, precision or backend, or by an engine version whose outputs
+may differ (:data:`birdinfer.jobs.journal.ENGINE_VERSION`), are refused (``resume=False`` starts over).
+
+Bad recordings (corrupt, truncated, empty, not audio, unreadable) are never fatal: each is logged with
+its error, gets **no rows** (unlike ``submit``, which must fill every row), and is listed in
+``<out>.errors.csv`` (columns ``file, error``; removed when a run has no failures). They are retried
+when the run is started again.
+
+Memory: recordings are decoded and processed in 60 s blocks (at most a few blocks in flight), so peak
+memory does not grow with the recording's length. Measured with ``benchmarks/memory_long_recording.py``
+(4-model test ensemble, f32): peak RSS 364 MB with the models loaded, 796 MB predicting a 60 s OGG,
+866 MB for 20 minutes and 861 MB for 60 minutes — the bound is "a 60 s file's peak + ~70 MB", whereas
+the 60-minute file's decoded samples alone would be 439 MB.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..io.audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
+from ..errors import BirdinferError, OutputError, ParameterError
+from ..spec.manifest import Manifest
+from ..runtime.models import plan_variants
+from .._console import progress_bar, say
+from .journal import ENGINE_VERSION, Journal, run_fingerprint
+from ..io.lock import OutputLock
+from ..io.output import RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, write_window_table
+from ..spec.info import frequency_band
+
+__all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
+           "run_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+#: Output formats of :func:`predict`.
+FORMATS = ("csv", "parquet", "raven")
+_SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_DONE_LIST = "done.txt"
+_RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One input recording: ``path`` to open, ``name`` written in the ``file`` column (the path as the
+    user gave it: a folder argument joined with the path below it), ``relative`` = path below its folder
+    argument (the file name for files given directly; used for Raven table names)."""
+
+    path: Path
+    name: str
+    relative: str
+
+    @property
+    def key(self) -> str:
+        """Stable identifier of the recording's part file (independent of the other inputs)."""
+        return hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _is_audio_name(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _read_file_list(list_path: Path) -> list[Recording]:
+    """A ``.txt`` list: one path per line (blank lines and ``#`` comments skipped); relative paths are
+    relative to the list's folder. Missing entries are kept: they fail (reported) like any bad file."""
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParameterError(f"cannot read the file list {list_path}: {e}") from e
+    out = []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry)
+        if not path.is_absolute():
+            path = list_path.parent / path
+        out.append(Recording(path, path.as_posix(), path.name))
+    return out
+
+
+def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]:
+    """Files, folders (walked recursively; audio extensions of :data:`birdinfer.io.audio.AUDIO_EXTENSIONS`,
+    any case; hidden files skipped) and ``.txt`` file lists → recordings sorted by ``name``, each file once
+    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Recording] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in list_audio_files(path, recursive=True):
+                found.append(Recording(f, f.as_posix(), f.relative_to(path).as_posix()))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            found += _read_file_list(path)
+        elif path.exists() or path.is_symlink():
+            found.append(Recording(path, path.as_posix(), path.name))
+        else:
+            raise ParameterError(f"input {path} does not exist; pass audio files, folders or .txt file lists")
+    seen, unique = set(), []
+    for rec in sorted(found, key=lambda r: r.name):
+        try:
+            identity = str(rec.path.resolve())
+        except OSError:
+            identity = rec.name
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(rec)
+    return unique
+
+
+# ------------------------------------------------------------------------------------------- output
+def _resolve_format(out: Path, format: str | None) -> str:
+    if format is None:
+        format = _SUFFIX_FORMATS.get(out.suffix.lower(), "csv")
+    if format not in FORMATS:
+        raise ParameterError(f"format={format!r} is not one of {FORMATS}")
+    return format
+
+
+def _check_output(out: Path, format: str) -> None:
+    """Fail fast when the output (file, or folder for Raven tables) and its side files cannot be written."""
+    if format == "raven":
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--format raven writes one table per recording into a folder, but {out} is a file; give a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}; choose a writable --out") from e
+        check_writable(out / "probe.selections.txt")
+    else:
+        check_writable(out)
+    check_writable(_side_path(out, ".errors.csv"))
+
+
+def _side_path(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name + suffix)
+
+
+def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
+    """``<out>/<path below its folder argument without suffix>.selections.txt``; clashes get ``-2``, ``-3``."""
+    taken, paths = set(), {}
+    for rec in recordings:
+        stem = Path(rec.relative).with_suffix("").as_posix().lstrip("/")
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.add(candidate.lower())
+        paths[rec.key] = out / f"{candidate}.selections.txt"
+    return paths
+
+
+# -------------------------------------------------------------------------------------------- parts
+class _Parts:
+    """``<out>.parts/``: ``run.json`` (what produced the parts), ``<key>.npy`` per finished recording
+    (float32 ``(n_windows, n_labels)``, written atomically), ``done.txt`` (one JSON line per finished
+    recording, appended after its part is in place); the bookkeeping is :class:`birdinfer.jobs.journal.Journal`."""
+
+    def __init__(self, folder: Path, fingerprint: dict, n_labels: int, *, resume: bool):
+        self.folder = folder
+        self.n_labels = n_labels
+        if folder.exists() and not resume:
+            shutil.rmtree(folder)
+        self.journal = Journal(folder, fingerprint, run_name=_RUN_FILE, done_name=_DONE_LIST)
+        self.journal.claim()
+        self.done: dict[str, dict] = self.journal.read_done(lambda entry: self.load(entry["key"]) is not None)
+
+    def load(self, key: str) -> np.ndarray | None:
+        try:
+            probs = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if probs.ndim != 2 or probs.shape[1] != self.n_labels or probs.dtype != np.float32:
+            return None
+        return probs
+
+    def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> None:
+        atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
+        entry = {"key": rec.key, "file": rec.name, "rows": int(len(probs)), "audio_s": round(audio_seconds, 3)}
+        self.journal.append(entry)
+        self.done[rec.key] = entry
+
+
+def _audio_seconds(path: Path, rows: int, window_seconds: float) -> float:
+    try:
+        return float(audio_info(path).duration_s)
+    except BirdinferError:
+        return rows * window_seconds
+
+
+# ------------------------------------------------------------------------------------------ predict
+def predict(
+    inputs: str | Path | Sequence[str | Path],
+    models: str | Path | Manifest,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    threshold: float = 0.5,
+    precision: str = "auto",
+    backend: str = "openvino",
+    resume: bool = True,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
+
+    Parameters
+    ----------
+    inputs : audio files, folders (walked recursively) and ``.txt`` file lists (one path per line,
+        relative to the list's folder); sorted by path, each file once.
+    models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
+    out : output file (``csv``, ``parquet``) or folder (``raven``).
+    format : ``csv`` | ``parquet`` | ``raven``; default from ``out``'s suffix (``.parquet``/``.pq``), else csv.
+        ``csv``/``parquet``: one row per 5 s window, columns ``file`` (the path as given), ``start_s``,
+        ``end_s``, then one float32 probability column per label in manifest order. Row rule of
+        :mod:`birdinfer.runtime.pipeline`: window k covers ``[5k, 5k + 5)`` s; a trailing remainder under 5 s is
+        dropped; a recording shorter than 5 s gives one row ``0–5`` computed on its zero-padded audio.
+        ``raven``: one Raven Pro selection table ``<out>/<path below the folder argument>.selections.txt``
+        per recording (tab-separated: Selection, View, Channel, Begin Time (s), End Time (s),
+        Low Freq (Hz), High Freq (Hz), Species, Score) with one selection per window × species whose
+        probability is ``>= threshold``; the frequencies are the band the models' front ends see (their
+        ``mel`` ops' ``fmin``–``fmax``; 0 Hz–Nyquist for a feature without a mel op).
+    threshold : Raven detection threshold in [0, 1].
+    precision, backend : as for :func:`birdinfer.jobs.submit.make_submission`.
+    resume : skip recordings finished by an earlier, interrupted run with the same settings (see the
+        module docstring); ``False`` discards earlier partial results.
+    progress : show a progress bar and print a one-line summary on stderr.
+    cache_dir : OpenVINO compiled-model cache folder.
+
+    Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
+    a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
+    parquet without pyarrow, partial results from different settings. Recordings that cannot be decoded
+    get no rows; they are logged and listed in ``<out>.errors.csv``. Peak memory does not grow with the
+    recording's length (60 s blocks): a 60-minute recording peaks within ~70 MB of a 60 s one (module
+    docstring; ``benchmarks/memory_long_recording.py``).
+    """
+    wall_start = time.perf_counter()
+    out = Path(out)
+    format = _resolve_format(out, format)
+    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    if format == "parquet":
+        require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
+    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(
+            f"no audio files found in {', '.join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))} "
+            f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
+        )
+    _check_output(out, format)
+    lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
+    try:
+        parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+        todo = [rec for rec in recordings if rec.key not in parts.done]
+        resumed = len(recordings) - len(todo)
+        if resumed:
+            log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
+
+        errors: dict[str, str] = {}
+        audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
+                                  cache_dir=cache_dir, progress=progress, total=len(recordings)) if todo else 0.0
+
+        _assemble(out, format, recordings, parts, manifest, threshold)
+        _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
+        shutil.rmtree(parts.folder, ignore_errors=True)
+    finally:
+        lock.release()
+
+    wall = time.perf_counter() - wall_start
+    hours = sum(float(parts.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in parts.done) / 3600.0
+    speed = f"{audio_this_run / wall:.0f}× real time" if audio_this_run and wall > 0 else "nothing new to compute"
+    say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
+                   f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
+    return out
+
+
+def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,
+             precision: str, backend: str, cache_dir, progress: bool, total: int) -> float:
+    """Run the models over ``todo``: each finished recording becomes a part, each failure an entry of
+    ``errors``. Returns the seconds of audio computed."""
+    from ..runtime.pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
+
+    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+    say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
+                   f"{backend} precision: {predictor.precision}")
+    bar = progress_bar(progress, total=total, initial=total - len(todo), desc="birdinfer predict")
+    audio_seconds = 0.0
+    try:
+        for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
+            if result.ok:
+                seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
+                parts.add(rec, result.probs, seconds)
+                audio_seconds += seconds
+            else:
+                errors[rec.key] = result.error
+                log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+                            _side_path(out, ".errors.csv"))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        predictor.close()
+    return audio_seconds
+
+
+def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
+              threshold: float) -> None:
+    """Build the final output from the parts, in input order (the same bytes however the run went)."""
+    done = [rec for rec in recordings if rec.key in parts.done]
+    labels = manifest.labels
+    if format == "raven":
+        low, high = frequency_band(manifest)  # the band the models' front ends see (mel fmin–fmax)
+        paths = _raven_paths(out, recordings)
+        for rec in done:
+            text = raven_table(parts.load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
+                               low_hz=low, high_hz=high)
+            atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
+        return
+
+    # one recording's part in memory at a time while writing
+    write_window_table(out, format, ((rec.name, parts.load(rec.key)) for rec in done), labels, manifest.window_seconds)
+
+
+def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "error"])
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8")))

@@ -1,0 +1,21 @@
+"""Registered ops and steps: pure functions named in a manifest, each with frozen parameters and a shape rule.
+
+Registration happens here, in one place: this module imports every op module, so importing
+``birdinfer.ops`` (or anything under it) fills the registries. Op modules import only the base types
+(:mod:`birdinfer.ops.base`, :mod:`birdinfer.ops.registry`), never each other.
+
+    base.py        Signal, Block, Static, WindowLayout and the front-end op registry OPS
+    frontend.py    pad, normalize_wave, windows, normalize
+    spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
+    window.py      channels, neighbours, gain, crop_time
+    steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
+    file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
+"""
+
+from . import frontend, spectral, window  # noqa: F401  (register their ops in OPS)
+from .base import OPS, Block, Scope, Signal, Static, WindowLayout
+from .registry import Entry, Registry
+from .steps import COMBINE_STEPS, MODEL_STEPS, ROW_PRODUCING, ROW_STEPS, Outputs
+
+__all__ = ["OPS", "MODEL_STEPS", "ROW_STEPS", "COMBINE_STEPS", "ROW_PRODUCING", "Block", "Entry", "Outputs",
+           "Registry", "Scope", "Signal", "Static", "WindowLayout"]

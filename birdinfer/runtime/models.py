@@ -1,0 +1,374 @@
+"""Model execution: the exported networks of a model folder, compiled once and reused for every file.
+
+Two backends:
+
+* OpenVINO (default): reads the IR (``.xml`` + ``.bin``), compiles it for the CPU once.
+* ONNX Runtime: reads the ``.onnx`` file (f32 variants only).
+
+Precision is explicit (:data:`PRECISIONS`) and decided from the *effective ISA* (:mod:`birdinfer.runtime.cpu`:
+the CPU's flags capped by ``ONEDNN_MAX_CPU_ISA``), never from OpenVINO's own default guess (which looks
+at the real CPU only: under a cap that masks bf16 it still picks bf16 and runs a slow emulated path).
+Every OpenVINO compile passes ``INFERENCE_PRECISION_HINT``:
+
+``f32``   float32 everywhere: matches the reference up to float error.
+``auto``  the f32 variant; its float layers run bf16 only where the variant records a measured error
+          within the bar (max |Δp| <= 5e-3 against f32, on calibration audio, measured when the folder was
+          written: :attr:`ModelVariant.bf16`) for this CPU class and bf16 is native; else f32. A folder
+          without the record runs f32 (said once in the log).
+``bf16``  bf16 where it is native; elsewhere f32 with a warning (emulated bf16 is slower than f32).
+``int8``  an INT8 variant of the folder: the first of :data:`INT8_VARIANTS` valid for this CPU class
+          (:attr:`ModelVariant.cpu_classes`), else the first present (with a warning), its float layers
+          bf16 where native; a model without one runs its f32 variant (logged). An INT8 IR that does not
+          compile under a bf16 hint is compiled again with f32 (logged).
+``fast``  an INT8 variant only where it records being valid on this class, its float layers bf16 only
+          where recorded within the bar (as ``auto``); else ``auto``. The log says which and why.
+
+Every loaded model reports the precision that actually ran (read back from the compiled model).
+
+Threads (OpenVINO): by default a file's 6 chunks run as one request per physical core at once, each on
+one thread: the model is reshaped to ``chunks / streams`` chunks per request and compiled with
+``PERFORMANCE_HINT=THROUGHPUT`` and ``NUM_STREAMS=streams`` (:func:`physical_cores`). Measured for the 16
+models on 2 cores, f32, rounds interleaved (benchmarks/tune_openvino.py): 5.44 s per file against 6.37 s
+for one 2-thread request per model (``PERFORMANCE_HINT=LATENCY``), 5.65 s for two different 1-thread
+models side by side and 5.65 s for THROUGHPUT with two files in flight (which needs two files' inputs in
+memory). Models whose chunk count does not divide fall back to one LATENCY request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, physical_cores
+from ..errors import BackendError, MissingDependencyError, ModelFolderError
+from ..spec.manifest import Manifest, ModelEntry
+from .plan import (BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
+                   variant_valid)
+
+__all__ = [
+    "PRECISIONS",
+    "BACKENDS",
+    "INT8_VARIANTS",
+    "INT8_FLAGS",
+    "ISA_FLAGS",
+    "LoadedModel",
+    "ModelPlan",
+    "plan_models",
+    "variant_valid",
+    "bf16_valid",
+    "load_models",
+    "plan_variants",
+    "cpu_capabilities",
+    "cpu_flags",
+    "physical_cores",
+    "describe_precisions",
+]
+
+log = logging.getLogger(__name__)
+
+#: Layer types whose OpenVINO kernels (``primitiveType``) are reported: they are nearly all of the work.
+KERNEL_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+
+
+class _Runner(Protocol):
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class LoadedModel:
+    """One compiled network plus what the ensemble needs to know about it."""
+
+    entry: ModelEntry
+    variant: str  # "f32" or "int8": which stored variant was loaded
+    precision: str  # what actually runs, e.g. "f32", "bf16", "int8+bf16", "int8+f32"
+    backend: str
+    runner: _Runner
+    load_seconds: float
+    threads: int | None = None  # threads this model was compiled for (None: the backend's default)
+    streams: int = 1  # requests run at once per call (OpenVINO split-batch streams)
+    kernels: dict[str, int] | None = None  # OpenVINO kernel (primitiveType) → count, over KERNEL_LAYERS
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def run(self, chunks: np.ndarray) -> np.ndarray:
+        """dB mel chunks ``(n, 1, n_mels, 2F)`` float32 → frame logits ``(n, n_labels, frames_per_chunk)``.
+
+        A model exported with a fixed chunk count gets its input padded (with silence-level dB) or split
+        to that count; the padding rows are dropped from the output.
+        """
+        n = chunks.shape[0]
+        fixed = self.entry.batch_chunks
+        if fixed is None or n == fixed:
+            return self.runner(np.ascontiguousarray(chunks, dtype=np.float32))
+        outputs = []
+        for start in range(0, n, fixed):
+            part = chunks[start : start + fixed]
+            if part.shape[0] < fixed:
+                pad = np.full((fixed - part.shape[0],) + part.shape[1:], -100.0, dtype=np.float32)
+                part = np.concatenate([part, pad], axis=0)
+            outputs.append(self.runner(np.ascontiguousarray(part, dtype=np.float32)))
+        return np.concatenate(outputs, axis=0)[:n]
+
+
+def cpu_capabilities() -> dict:
+    """What OpenVINO reports about this CPU: name and optimisation capabilities (FP32, BF16, INT8, ...)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    caps = {"name": core.get_property("CPU", "FULL_DEVICE_NAME")}
+    try:
+        caps["capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # older OpenVINO: property missing; not worth failing over
+        caps["capabilities"] = []
+    return caps
+
+
+
+def load_models(
+    manifest: Manifest,
+    *,
+    precision: str = "auto",
+    backend: str = "openvino",
+    cache_dir: str | Path | None = None,
+    verify_checksums: bool = True,
+    threads: int | None = None,
+    streams: int | None = None,
+    isa: CpuIsa | None = None,
+    plans: Sequence[ModelPlan] | None = None,
+) -> list[LoadedModel]:
+    """Compile every model of ``manifest`` once, as :func:`plan_models` decides (logged). Checksums of the
+    files used are verified first.
+
+    ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
+    lets the backend use every core for each call. ``streams`` (OpenVINO): split each call's chunks over
+    this many single-threaded requests run at once (default: :func:`physical_cores` when ``threads`` is not
+    given, else 1); see the module docstring. ``plans``: from :func:`plan_models` (planned here when None).
+    """
+    if plans is None:
+        plans, summary = plan_models(manifest, precision=precision, backend=backend, isa=isa)
+        log.info("%s", summary)
+    planned = plan_variants(manifest, precision=precision, backend=backend, plans=plans)
+    plans, files = [p for p, _ in planned], [name for _, name in planned]
+    if verify_checksums:
+        names = []
+        for p, name in zip(plans, files):
+            names += [name] + ([p.entry.variants[p.variant].openvino_bin] if backend == "openvino" else [])
+        manifest.verify_checksums(names)
+    if backend == "openvino":
+        if streams is None:
+            streams = physical_cores() if threads is None else 1
+        loader = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(streams))
+    else:
+        loader = _OnnxRuntimeLoader(precision=precision, threads=threads)
+    loaded = []
+    for p, name in zip(plans, files):
+        start = time.perf_counter()
+        runner, ran = loader.load(manifest.path_of(name), p.entry, p.variant, p.hint)
+        used_streams = getattr(runner, "streams", 1)
+        loaded.append(LoadedModel(p.entry, p.variant, ran, backend, runner, time.perf_counter() - start,
+                                  1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None)))
+        log.debug("loaded %s (%s, %s) in %.2f s", p.entry.name, p.variant, ran, loaded[-1].load_seconds)
+    return loaded
+
+
+def kernel_families(compiled) -> dict[str, int]:
+    """``primitiveType`` → count over the :data:`KERNEL_LAYERS` of a compiled OpenVINO model's runtime graph
+    (e.g. ``brgconv_avx512_1x1_I8``): which oneDNN kernels really run, so an ISA cap can be seen to act."""
+    counts: dict[str, int] = {}
+    try:
+        ops = compiled.get_runtime_model().get_ops()
+    except Exception:  # noqa: BLE001 - diagnostics only; an OpenVINO without it must still run
+        return counts
+    for op in ops:
+        rt = op.get_rt_info()
+        if "layerType" not in rt or "primitiveType" not in rt:
+            continue
+        if str(rt["layerType"].value) in KERNEL_LAYERS:
+            kind = str(rt["primitiveType"].value)
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+class _OpenVinoLoader:
+    def __init__(self, *, cache_dir, threads: int | None, streams: int = 1):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise MissingDependencyError(
+                "the OpenVINO backend needs the openvino package: pip install openvino "
+                "(on Kaggle: from the bundle's wheels folder), or use --backend onnxruntime"
+            ) from e
+        self.ov = ov
+        self.core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            self.core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.threads = threads
+        self.streams = max(1, int(streams))
+
+    def _config(self, hint: str | None, streams: int = 1) -> dict:
+        if streams > 1:  # one single-threaded stream per request of the split call
+            config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
+        else:
+            config = {"PERFORMANCE_HINT": "LATENCY"}
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if self.threads and streams == 1:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
+
+    def load(self, xml: Path, entry: ModelEntry, variant: str, hint: str):
+        try:
+            model = self.core.read_model(str(xml))
+        except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
+            raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
+        streams = self.streams
+        fixed = entry.batch_chunks
+        if streams > 1 and fixed is not None and fixed % streams == 0:
+            try:
+                shape = list(entry.input_shape)
+                shape[0] = fixed // streams
+                model.reshape({model.input(0): shape})
+            except Exception as e:  # a graph that cannot be reshaped keeps one request per call
+                log.debug("%s: cannot reshape to %d chunks (%s); one request per call", entry.name, fixed // streams, e)
+                model = self.core.read_model(str(xml))
+                streams = 1
+        else:
+            streams = 1
+        try:
+            compiled = self.core.compile_model(model, "CPU", self._config(hint, streams))
+        except Exception as e:
+            if hint == "f32":
+                raise BackendError(f"{xml}: OpenVINO cannot compile this model in f32: {e}") from e
+            # Seen with INT8 efficientnet_b3 under the bf16 default on AMX CPUs: f32 compiles.
+            log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            try:
+                compiled = self.core.compile_model(model, "CPU", self._config("f32", streams))
+            except Exception as e2:
+                raise BackendError(f"{xml}: OpenVINO cannot compile this model: {e2}") from e2
+        ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
+        precision = f"{variant}+{ran}" if variant != "f32" else ran
+        requests = [compiled.create_infer_request() for _ in range(streams)]
+        named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
+        if named is not None:
+            return _named_openvino_runner(compiled, requests, entry, fixed, streams), precision
+        input_port = compiled.input(0)
+        output_port = compiled.output(0)
+
+        if streams == 1:
+            request = requests[0]
+
+            def run(x: np.ndarray) -> np.ndarray:
+                request.infer({input_port: x})
+                return np.array(request.get_tensor(output_port).data, dtype=np.float32, copy=True)
+        else:
+            step = fixed // streams
+
+            def run(x: np.ndarray) -> np.ndarray:
+                for i, r in enumerate(requests):  # all parts start before any is awaited: they run at once
+                    r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
+                for r in requests:
+                    r.wait()
+                return np.concatenate([np.array(r.get_tensor(output_port).data, dtype=np.float32, copy=True) for r in requests])
+
+        run.streams = streams
+        run.kernels = kernel_families(compiled)
+        return run, precision
+
+
+def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams: int):
+    """Runner returning a list of arrays, one per ``entry.named_outputs`` index (manifest version 2)."""
+    input_port = compiled.input(entry.input_name) if getattr(entry, "input_name", None) else compiled.input(0)
+    ports = [compiled.output(i) for i in entry.named_outputs]
+    for spec, port in zip(entry.outputs, ports):  # before any audio: the class axis must fit the labels
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() > 1 and shape[1].is_static and shape[1].get_length() != entry.n_classes:
+            raise ModelFolderError(f"model {entry.name!r}: output {spec.name!r} has {shape[1].get_length()} classes "
+                                   f"({shape}), the manifest needs {entry.n_classes} (labels after the label map)")
+
+    def collect(r) -> list[np.ndarray]:
+        return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]
+
+    if streams == 1:
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            requests[0].infer({input_port: x})
+            return collect(requests[0])
+    else:
+        step = fixed // streams
+
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            for i, r in enumerate(requests):
+                r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
+            for r in requests:
+                r.wait()
+            parts = [collect(r) for r in requests]
+            return [np.concatenate([p[i] for p in parts]) for i in range(len(ports))]
+
+    run.streams = streams
+    run.kernels = kernel_families(compiled)
+    return run
+
+
+def _short_type(text: str) -> str:
+    low = text.lower()
+    for key, short in (("bfloat16", "bf16"), ("bf16", "bf16"), ("float16", "f16"), ("f16", "f16"), ("float32", "f32"), ("f32", "f32")):
+        if key in low:
+            return short
+    return text
+
+
+class _OnnxRuntimeLoader:
+    def __init__(self, *, precision: str, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise MissingDependencyError(
+                "the ONNX Runtime backend needs the onnxruntime package: pip install 'birdinfer[onnx]' "
+                "(on Kaggle: build the bundle with --with-onnxruntime), or use --backend openvino"
+            ) from e
+        if precision not in ("auto", "f32"):
+            log.warning("ONNX Runtime runs float32 only: precision=%r ignored", precision)
+        self.ort = ort
+        self.threads = threads
+
+    def load(self, path: Path, entry: ModelEntry, variant: str, hint: str | None = None):
+        options = self.ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        try:
+            session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BackendError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
+        input_name = session.get_inputs()[0].name
+        named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
+        if named is not None:
+            input_name = getattr(entry, "input_name", None) or input_name
+
+            def run_named(x: np.ndarray) -> list[np.ndarray]:
+                outs = session.run(None, {input_name: x})
+                return [np.asarray(outs[i], dtype=np.float32) for i in named]
+
+            return run_named, "f32"
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
+
+        return run, "f32"
+
+
+def describe_precisions(models: Sequence[LoadedModel]) -> str:
+    """``"f32 ×16"`` or ``"int8+bf16 ×14, f32 ×2"``: what actually ran, for logs and summaries."""
+    counts: dict[str, int] = {}
+    for m in models:
+        counts[m.precision] = counts.get(m.precision, 0) + 1
+    return ", ".join(f"{p} ×{n}" for p, n in counts.items())

@@ -1,0 +1,325 @@
+"""The whole path over a set of recordings: decode → front end → models → ensemble → output.
+
+:class:`Predictor` holds a model folder's compiled networks and front end. Its users: ``submit``
+(:mod:`birdinfer.jobs.submit`: a folder of soundscapes → ``submission.csv``, within a :mod:`birdinfer.runtime.budget`
+time budget), ``predict`` (:mod:`birdinfer.jobs.predict`), ``pseudo-label`` and ``bench``.
+
+Every folder runs on one engine (:class:`birdinfer.runtime.engine.SpecEngine`): a version 1 folder (the 4th
+place's mel groups) is upgraded to a version 2 spec when it is loaded (:mod:`birdinfer.spec.upgrade`).
+Recordings are processed in blocks of the manifest's ``block_seconds`` (60 s for an upgraded version 1
+folder, each block like one BirdCLEF soundscape, so memory stays bounded and a 60 s file is exactly the
+reference computation; ``null``: the whole file at once). Row rule (:meth:`birdinfer.spec.v2.ManifestV2.n_rows`):
+a block of N samples gives ``N // row`` rows (a trailing remainder shorter than a row is dropped, unless
+``rows.partial`` keeps it), except that a file shorter than a row gives one row computed on its zero-padded
+input. So a 60 s file gives 12 rows of 5 s, a 62 s file 12, a 65 s file 13, a 3 s file 1. The file-scope
+steps (row steps, smoothing, the ensemble tree) run over all rows of a file.
+
+Decoding and the front end of the next block run in a background thread while the models run on the
+current one (numpy, soundfile and OpenVINO release the GIL), so the front end is mostly hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..io.audio import iter_audio_blocks
+from .engine import WHOLE_FILE_SECONDS, SpecEngine
+from .streaming import WholeFileStream
+from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline import TimeBudget` keeps working
+from ..errors import AudioDecodeError, ParameterError
+from ..spec.manifest import Manifest
+from .cpu import effective_isa, spare_siblings
+from .models import LoadedModel, describe_precisions, load_models, plan_models
+from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
+
+__all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
+
+log = logging.getLogger(__name__)
+
+#: Block length of an upgraded version 1 folder (each block is processed like one soundscape).
+BLOCK_SECONDS = V1_BLOCK_SECONDS
+
+
+@dataclass
+class FileResult:
+    """Window probabilities of one recording (or the reason it failed)."""
+
+    path: Path
+    probs: np.ndarray | None  # (n_windows, n_labels), ensembled and smoothed; None when failed
+    error: str | None = None
+    seconds: float = 0.0  # wall time spent on the models for this file
+    models_used: tuple[str, ...] = ()
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Block:
+    file_index: int
+    features: dict | None
+    n_windows: int
+    last: bool
+    error: str | None = None
+    decode_seconds: float = 0.0
+    front_end_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this thread for decode + front end (excludes time preempted by inference)
+
+
+class Predictor:
+    """A model folder, loaded: front end + compiled networks + ensemble rules.
+
+    >>> predictor = Predictor("models/", precision="f32")          # doctest: +SKIP
+    >>> probs = predictor.predict_file("soundscape_123.ogg")        # (12, n_labels) for 60 s  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        models: str | Path | Manifest,
+        *,
+        precision: str = "auto",
+        backend: str = "openvino",
+        cache_dir: str | Path | None = None,
+        verify_checksums: bool = True,
+        model_names: Sequence[str] | None = None,
+        threads: int | None = None,
+        parallel_models: int | None = None,
+        pin_decode_thread: bool = True,
+    ):
+        """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
+        request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
+        models run at once in worker threads (default 1; with more, each model gets one thread). Measured on
+        2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
+        ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
+        logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use."""
+        if parallel_models is None:
+            parallel_models = 1
+        if int(parallel_models) < 1:
+            raise ParameterError(f"parallel_models must be >= 1, got {parallel_models!r}")
+        self.parallel_models = int(parallel_models)
+        if threads is None and self.parallel_models > 1:
+            threads = 1
+        manifest = upgrade(models if isinstance(models, Manifest) else Manifest.load(models))
+        if model_names is not None:
+            manifest = manifest.select(model_names)
+        self.manifest = manifest
+        self.sample_rate = manifest.sample_rate
+        self.window_samples = manifest.window_samples
+        self.block_seconds = manifest.block_seconds or WHOLE_FILE_SECONDS  # None: the whole file at once
+        self.block_samples = int(round(self.block_seconds * manifest.sample_rate))
+        start = time.perf_counter()
+        self.isa = effective_isa()
+        plans, self.plan_summary = plan_models(manifest, precision=precision, backend=backend, isa=self.isa)
+        log.info("%s", self.plan_summary)
+        self.models: list[LoadedModel] = load_models(
+            manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
+            threads=threads, isa=self.isa, plans=plans,
+        )
+        self.decode_cpus = spare_siblings() if pin_decode_thread else []
+        if self.parallel_models > 1 and len(self.models) > 1:
+            self._first_calls()
+        self.load_seconds = time.perf_counter() - start
+        self.precision = describe_precisions(self.models)
+        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models)
+        self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
+        self.backend = backend
+        self.active: list[str] = [m.name for m in self.models]
+        self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
+        self.model_calls: dict[str, int] = {m.name: 0 for m in self.models}
+
+    def _first_calls(self) -> None:
+        """One call per model from this thread before any worker thread touches OpenVINO: a first use of its
+        numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard)."""
+        for model in self.models:
+            shape = tuple(model.entry.input_shape[1:])
+            if any(d <= 0 for d in shape):
+                shape = self.manifest.feature_shapes[model.entry.input].shape() or ()
+            if shape and all(d > 0 for d in shape):
+                model.run(np.full((1,) + tuple(shape), model.entry.pad_value, np.float32))
+
+    def close(self) -> None:
+        """Stop the model worker threads (also done when the predictor is garbage-collected)."""
+        self._engine.close()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
+
+    def drop(self, name: str) -> None:
+        """Stop running model ``name`` (used by the time budget)."""
+        if name in self.active and len(self.active) > 1:
+            self.active.remove(name)
+
+    # ------------------------------------------------------------------ blocks
+    def block_windows(self, n_samples: int, block_index: int) -> int:
+        """Rows of a block (see the module docstring for the rule)."""
+        return self.manifest.n_rows(n_samples, block_index)
+
+    def features(self, block: np.ndarray) -> dict:
+        """One block's model inputs for the active models (``{feature name: Signal}``)."""
+        return self._engine.features(block, self.active)
+
+    def infer_block(self, features: dict, n_windows: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
+        """Run every active model on one block's features → per-model rows ``(n_windows, C)``.
+
+        With ``parallel_models > 1`` the models run side by side in worker threads, longest first; each model
+        is then charged its share of the block's wall time (as read by ``clock``), in proportion to its own
+        run time, so the charges add up to wall time as the time budget assumes."""
+        return self._engine.infer_block(features, n_windows, self.active, self.model_seconds, self.model_calls, clock)
+
+    def finish(self, parts: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """A file's per-block model rows → its ensembled rows ``(n_windows, n_labels)`` (row steps, the
+        ensemble tree and its smoothing run over all rows of the file)."""
+        return self._engine.finish(parts)
+
+    # ------------------------------------------------------------------ one recording
+    def predict_array(self, y: np.ndarray) -> np.ndarray:
+        """Mono float32 samples at the manifest's rate → ``(n_windows, n_labels)`` probabilities."""
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 1:
+            raise ParameterError(f"predict_array needs mono samples of shape (n,), got shape {y.shape}")
+        if y.size == 0:
+            raise ParameterError("predict_array got no samples")
+        parts = []
+        for index, start in enumerate(range(0, y.size, self.block_samples)):
+            block = y[start : start + self.block_samples]
+            n = self.block_windows(block.size, index)
+            if n:
+                parts.append(self.infer_block(self.features(block), n))
+        return self.finish(parts)
+
+    def _file_blocks(self, path) -> Iterator[tuple[int, Callable[[], dict]]]:
+        """``(rows, compute the features)`` per block of one recording: decoded blocks, or the streamed blocks
+        of a whole-file spec (:mod:`birdinfer.runtime.streaming`: its statistics passes run before the first)."""
+        if self._stream is not None:
+            yield from self._stream.blocks(path, self.active, self.features)
+            return
+        for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
+            yield self.block_windows(block.size, index), (lambda block=block: self.features(block))
+
+    def predict_file(self, path: str | Path) -> np.ndarray:
+        """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
+        parts = []
+        for n, compute in self._file_blocks(path):
+            if n:
+                parts.append(self.infer_block(compute(), n))
+        if not parts:
+            raise AudioDecodeError(path, "no samples")
+        return self.finish(parts)
+
+    # ------------------------------------------------------------------ many recordings
+    def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
+        """Background thread: decode and compute features block by block, a bounded queue ahead."""
+        if self.decode_cpus and hasattr(os, "sched_setaffinity"):
+            try:  # Linux: pid 0 is this thread only
+                os.sched_setaffinity(0, self.decode_cpus)
+            except OSError as e:
+                log.debug("cannot pin the decode thread to %s: %s", self.decode_cpus, e)
+        try:
+            for index, path in enumerate(paths):
+                if stop.is_set():
+                    return
+                try:
+                    blocks = self._file_blocks(path)
+                    block_index = 0
+                    pending: _Block | None = None
+                    while True:
+                        t0, c0 = time.perf_counter(), time.thread_time()
+                        block = next(blocks, None)
+                        t1 = time.perf_counter()
+                        if block is None:
+                            break
+                        n, compute = block
+                        features = compute() if n else None
+                        t2, c2 = time.perf_counter(), time.thread_time()
+                        if pending is not None:
+                            out.put(pending)
+                        pending = _Block(index, features, n, False, None, t1 - t0, t2 - t1, c2 - c0)
+                        block_index += 1
+                    if pending is None:
+                        raise AudioDecodeError(path, "no samples")
+                    pending.last = True
+                    out.put(pending)
+                except AudioDecodeError as e:
+                    out.put(_Block(index, None, 0, True, e.reason))
+                except Exception as e:  # noqa: BLE001 - one bad file must not cost the run; reported per file
+                    log.debug("unexpected error on %s", path, exc_info=True)
+                    out.put(_Block(index, None, 0, True, f"{type(e).__name__}: {e}"))
+        finally:
+            out.put(None)
+
+    def iter_files(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        prefetch: int = 2,
+        on_file_start: Callable[[int], bool] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        stats: dict | None = None,
+    ) -> Iterator[FileResult]:
+        """Yield one :class:`FileResult` per path, in order. Decoding and the front end of upcoming blocks
+        run in a background thread (``prefetch`` blocks ahead). ``on_file_start(i)`` is called before file
+        ``i``'s models run; returning False skips the rest (they are yielded as failed with reason
+        "skipped")."""
+        paths = [Path(p) for p in paths]
+        blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(paths, blocks, stop), name="birdinfer-decode", daemon=True)
+        worker.start()
+        stats = stats if stats is not None else {}
+        stats.setdefault("decode_seconds", 0.0)
+        stats.setdefault("front_end_seconds", 0.0)
+        stats.setdefault("front_end_cpu_seconds", 0.0)
+        stats.setdefault("wait_seconds", 0.0)
+        try:
+            current, parts, file_start, started = -1, [], 0.0, set()
+            skipping = False
+            while True:
+                t_wait = time.perf_counter()
+                item = blocks.get()
+                stats["wait_seconds"] += time.perf_counter() - t_wait
+                if item is None:
+                    break
+                stats["decode_seconds"] += item.decode_seconds
+                stats["front_end_seconds"] += item.front_end_seconds
+                stats["front_end_cpu_seconds"] += item.cpu_seconds
+                if item.file_index != current:
+                    current, parts, file_start = item.file_index, [], clock()
+                    if on_file_start is not None and item.file_index not in started:
+                        started.add(item.file_index)
+                        skipping = not on_file_start(item.file_index)
+                path = paths[item.file_index]
+                if skipping:
+                    if item.last:
+                        yield FileResult(path, None, "skipped: time budget exhausted", 0.0)
+                    continue
+                if item.error is not None:
+                    yield FileResult(path, None, item.error, clock() - file_start)
+                    continue
+                if item.n_windows:
+                    parts.append(self.infer_block(item.features, item.n_windows, clock))
+                if item.last:
+                    yield FileResult(path, self.finish(parts), None, clock() - file_start, tuple(self.active))
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock the producer if it waits on a full queue
+                try:
+                    blocks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            worker.join()

@@ -1,0 +1,517 @@
+"""The self-describing model folder: ``manifest.json`` and the dataclasses it maps to.
+
+A model folder holds exported networks (OpenVINO IR and/or ONNX) and one ``manifest.json`` that says
+everything the runtime needs: the sample rate, the mel groups with their front-end parameters and
+weights, every model's group, weight, input shape, files and checksums, the class labels in output
+order, and how each model was exported and verified. The runtime never guesses any of these.
+
+Layout of ``manifest.json`` (format_version 1)::
+
+    {
+      "format": "birdinfer-model-folder", "format_version": 1,
+      "sample_rate": 32000, "window_seconds": 5.0, "chunk_seconds": 10.0,
+      "labels": ["1139490", ...],                      # model output order
+      "smoothing": 0.15,                               # temporal smoothing factor (0 disables)
+      "groups": [{"name": "v1", "n_fft": 2048, "hop_length": 64, "n_mels": 256, "fmin": 60.0,
+                  "fmax": 16000.0, "frames_per_window": 256, "weight": 2.5, "top_db": 80.0}, ...],
+      "models": [{"name": "efficientnet_b2_v1_first10", "arch": "efficientnet_b2", "group": "v1",
+                  "weight": 1.5, "input_shape": [6, 1, 256, 512], "frames_per_chunk": 16,
+                  "input_name": "mel", "output_name": "logits",
+                  "variants": {"f32": {"openvino": "efficientnet_b2_v1_first10.xml",
+                                        "onnx": "efficientnet_b2_v1_first10.onnx",
+                                        "verification": {...}},
+                               "int8": {"openvino": "efficientnet_b2_v1_first10.int8.xml",
+                                        "verification": {...}}},
+                  "export": {"checkpoint": "...", "checkpoint_sha256": "...", "versions": {...}}}, ...],
+      "files": {"efficientnet_b2_v1_first10.xml": "<sha256>", "efficientnet_b2_v1_first10.bin": "...", ...}
+    }
+
+Format version 2 (any front end, windows, outputs, post-processing and ensemble, stated as registered ops
+and steps: ``docs/manifest_v2.md``) is parsed by :mod:`birdinfer.spec.v2`. :meth:`Manifest.load` returns a
+:class:`birdinfer.spec.v2.ManifestV2` (a subclass) for every folder: a version 1 manifest is upgraded in memory
+(:mod:`birdinfer.spec.upgrade`), so one engine runs them all; ``Manifest.load(folder, upgrade=False)`` reads it
+as written.
+
+An input chunk is ``chunk_seconds`` of audio: ``(chunks, 1, n_mels, 2 * frames_per_window)`` dB values.
+A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s window is half a chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..errors import ChecksumError, ModelFolderError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MelGroup",
+    "ModelVariant",
+    "ModelEntry",
+    "Manifest",
+    "sha256_file",
+    "read_json_object",
+    "safe_join",
+    "check_unique_groups",
+    "find_group",
+    "read_ensemble_fields",
+    "check_weight",
+    "check_smoothing",
+]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "birdinfer-model-folder"
+FORMAT_VERSION = 1
+#: Stored variants of a model: float32, and INT8 forms (``int8``: the default export; ``int8-compat``: a
+#: second INT8 form for CPU classes where ``int8`` does not meet the accuracy bar, e.g. 7-bit weights).
+VARIANT_PRECISIONS = ("f32", "int8", "int8-compat")
+# The formats above this module register here when birdinfer.spec is imported (its __init__ imports them):
+# READERS[2] parses a version 2 manifest (spec/v2.py), UPGRADES[1] turns a version 1 manifest into the
+# version 2 spec the engine runs (spec/upgrade.py). This module reads files and version 1; it imports no later format.
+READERS: dict[int, Callable[..., "Manifest"]] = {}
+UPGRADES: dict[int, Callable[["Manifest"], "Manifest"]] = {}
+
+
+@dataclass(frozen=True)
+class MelGroup:
+    """Front-end parameters shared by every model of one group (REFERENCE.md section 2)."""
+
+    name: str
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
+    frames_per_window: int  # resized time columns per 5 s window ("F")
+    weight: float = 1.0  # group weight in the final ensemble
+    top_db: float = 80.0
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Input time columns per 10 s chunk (2F)."""
+        return 2 * self.frames_per_window
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "manifest") -> "MelGroup":
+        try:
+            group = cls(
+                name=str(data["name"]),
+                n_fft=int(data["n_fft"]),
+                hop_length=int(data["hop_length"]),
+                n_mels=int(data["n_mels"]),
+                fmin=float(data["fmin"]),
+                fmax=float(data["fmax"]),
+                frames_per_window=int(data["frames_per_window"]),
+                weight=float(data.get("weight", 1.0)),
+                top_db=float(data.get("top_db", 80.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFolderError(f"{where}: bad mel group {dict(data)!r}: {e!r}") from e
+        group.validate(where=where)
+        return group
+
+    def validate(self, *, where: str = "manifest") -> None:
+        problems = []
+        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0 or self.frames_per_window <= 0:
+            problems.append("n_fft, hop_length, n_mels and frames_per_window must be positive")
+        if not 0 <= self.fmin < self.fmax:
+            problems.append(f"need 0 <= fmin < fmax, got fmin={self.fmin}, fmax={self.fmax}")
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            problems.append(f"weight must be a finite number >= 0, got {self.weight}")
+        if problems:
+            raise ModelFolderError(f"{where}: mel group {self.name!r}: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -------------------------------------------------- parsing shared with export recipes (birdinfer_export.recipe)
+def check_unique_groups(groups: Iterable[MelGroup], *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    """Group names must be unique (``error`` names the file ``where``)."""
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise error(f"{where}: duplicate group names {names}")
+
+
+def find_group(groups: Iterable[MelGroup], name: str, *, where: str, error: type[Exception] = ModelFolderError) -> MelGroup:
+    groups = tuple(groups)
+    for g in groups:
+        if g.name == name:
+            return g
+    raise error(f"{where}: no mel group named {name!r} (groups: {[g.name for g in groups]})")
+
+
+def read_ensemble_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``sample_rate``, ``window_seconds`` and ``smoothing`` with their defaults (manifests and recipes)."""
+    return {
+        "sample_rate": int(data.get("sample_rate", 32000)),
+        "window_seconds": float(data.get("window_seconds", 5.0)),
+        "smoothing": float(data.get("smoothing", 0.15)),
+    }
+
+
+def check_weight(model: str, weight: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise error(f"{where}: model {model!r}: weight must be finite and >= 0, got {weight}")
+
+
+def check_smoothing(smoothing: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
+    if not 0 <= smoothing < 0.5:
+        raise error(f"{where}: smoothing must be in [0, 0.5), got {smoothing}")
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One stored form of a model (f32 or int8): its files and how it was verified.
+
+    ``cpu_classes``: the CPU classes (:data:`birdinfer.runtime.cpu.CPU_CLASSES`) this variant is valid on, i.e.
+    meets the accuracy bar; ``None`` (a folder written before the field existed) means what it always
+    meant: an INT8 variant counts as valid where the CPU has exact INT8 dot products (VNNI / AMX).
+
+    ``bf16``: what running this variant's float layers in bf16 was measured to do, when the folder was
+    written (:mod:`birdinfer.tools.precision`): ``{"cpu_classes": [classes where max |Δp| <= bar], "max_abs_dp",
+    "mean_abs_dp", "windows", "bar", "measured_on", "audio"}``, or ``{"cpu_classes": [], "measured_on",
+    "not_measurable": why}`` where bf16 was not native. ``None``: never measured (older folders), so
+    ``auto`` / ``fast`` run this variant's float layers in f32.
+    """
+
+    openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
+    onnx: str | None = None
+    verification: Mapping[str, Any] = field(default_factory=dict)
+    cpu_classes: tuple[str, ...] | None = None
+    bf16: Mapping[str, Any] | None = None
+
+    @property
+    def bf16_classes(self) -> tuple[str, ...]:
+        """Classes where this variant's bf16 float layers were measured within the bar (empty: none / not measured)."""
+        return tuple((self.bf16 or {}).get("cpu_classes", ()))
+
+    @property
+    def openvino_bin(self) -> str | None:
+        return None if self.openvino is None else self.openvino[: -len(".xml")] + ".bin"
+
+    def file_names(self) -> list[str]:
+        names = []
+        if self.openvino:
+            names += [self.openvino, self.openvino_bin]
+        if self.onnx:
+            names.append(self.onnx)
+        return names
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {}
+        if self.openvino:
+            out["openvino"] = self.openvino
+        if self.onnx:
+            out["onnx"] = self.onnx
+        out["verification"] = dict(self.verification)
+        if self.cpu_classes is not None:
+            out["cpu_classes"] = list(self.cpu_classes)
+        if self.bf16 is not None:
+            out["bf16"] = dict(self.bf16)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "variant") -> "ModelVariant":
+        """One variant of a manifest (version 1 or 2); :class:`ValueError` naming ``name`` for a bad field."""
+        classes = data.get("cpu_classes")
+        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"variant {name!r}: cpu_classes must be a list of class names, got {classes!r}")
+        bf16 = data.get("bf16")
+        if bf16 is not None:
+            bf16_classes = bf16.get("cpu_classes") if isinstance(bf16, Mapping) else None
+            if (not isinstance(bf16, Mapping) or isinstance(bf16_classes, str) or not isinstance(bf16_classes, list)
+                    or not all(isinstance(c, str) for c in bf16_classes)):
+                raise ValueError(f"variant {name!r}: bf16 must be an object with a list 'cpu_classes' (classes where "
+                                 f"bf16 was measured within the bar), got {bf16!r}; re-import or re-export to measure it")
+        return cls(openvino=data.get("openvino"), onnx=data.get("onnx"), verification=dict(data.get("verification", {})),
+                   cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One network of the ensemble."""
+
+    name: str
+    arch: str
+    group: str
+    weight: float
+    input_shape: tuple[int, ...]  # (chunks, 1, n_mels, 2F); chunks may be -1 for a dynamic axis
+    frames_per_chunk: int  # output frames per 10 s chunk (T')
+    variants: Mapping[str, ModelVariant]
+    input_name: str = "mel"
+    output_name: str = "logits"
+    export: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_chunks(self) -> int | None:
+        """Fixed chunk count of the model input, or None when the chunk axis is dynamic."""
+        n = self.input_shape[0]
+        return None if n is None or n <= 0 else int(n)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "group": self.group,
+            "weight": self.weight,
+            "input_shape": list(self.input_shape),
+            "frames_per_chunk": self.frames_per_chunk,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "variants": {k: v.to_dict() for k, v in self.variants.items()},
+            "export": dict(self.export),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "manifest") -> "ModelEntry":
+        try:
+            variants = {}
+            for precision, v in dict(data["variants"]).items():
+                if precision not in VARIANT_PRECISIONS:
+                    raise ValueError(f"unknown variant precision {precision!r} (known: {VARIANT_PRECISIONS})")
+                variants[precision] = ModelVariant.from_dict(v, name=precision)
+            entry = cls(
+                name=str(data["name"]),
+                arch=str(data["arch"]),
+                group=str(data["group"]),
+                weight=float(data["weight"]),
+                input_shape=tuple(int(x) for x in data["input_shape"]),
+                frames_per_chunk=int(data["frames_per_chunk"]),
+                variants=variants,
+                input_name=str(data.get("input_name", "mel")),
+                output_name=str(data.get("output_name", "logits")),
+                export=dict(data.get("export", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            name = data.get("name", "?") if isinstance(data, Mapping) else "?"
+            raise ModelFolderError(f"{where}: bad model entry {name!r}: {e!r}") from e
+        if not entry.variants:
+            raise ModelFolderError(f"{where}: model {entry.name!r} has no variants (f32/int8 files)")
+        for precision, v in entry.variants.items():
+            if not v.openvino and not v.onnx:
+                raise ModelFolderError(f"{where}: model {entry.name!r} variant {precision!r} names no file")
+            if v.openvino and not v.openvino.endswith(".xml"):
+                raise ModelFolderError(f"{where}: model {entry.name!r}: OpenVINO file must end in .xml, got {v.openvino!r}")
+        if len(entry.input_shape) != 4 or entry.input_shape[1] != 1:
+            raise ModelFolderError(f"{where}: model {entry.name!r}: input_shape must be (chunks, 1, n_mels, 2F), got {entry.input_shape}")
+        check_weight(entry.name, entry.weight, where=where)
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime knows about a model folder."""
+
+    labels: tuple[str, ...]
+    groups: tuple[MelGroup, ...]
+    models: tuple[ModelEntry, ...]
+    sample_rate: int = 32000
+    window_seconds: float = 5.0
+    chunk_seconds: float = 10.0
+    smoothing: float = 0.15
+    files: Mapping[str, str] = field(default_factory=dict)  # file name -> sha256
+    folder: Path | None = None  # where it was read from (not serialised)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # free-form provenance (not interpreted)
+
+    format_version = FORMAT_VERSION  # class attribute; birdinfer.spec.v2.ManifestV2 says 2
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_seconds))
+
+    def group(self, name: str) -> MelGroup:
+        return find_group(self.groups, name, where=self._where)
+
+    def models_of(self, group: str) -> list[ModelEntry]:
+        return [m for m in self.models if m.group == group]
+
+    def used_groups(self) -> list[MelGroup]:
+        """Groups that have at least one model, in manifest order."""
+        used = {m.group for m in self.models}
+        return [g for g in self.groups if g.name in used]
+
+    def select(self, names: Iterable[str]) -> "Manifest":
+        """A manifest restricted to the named models (order of the manifest kept)."""
+        wanted = list(names)
+        known = {m.name for m in self.models}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise ModelFolderError(f"{self._where}: unknown model name(s) {unknown}; known: {sorted(known)}")
+        return _replace(self, models=tuple(m for m in self.models if m.name in set(wanted)))
+
+    @property
+    def _where(self) -> str:
+        return str(self.folder / MANIFEST_NAME) if self.folder else "manifest"
+
+    # ------------------------------------------------------------------- files
+    def path_of(self, file_name: str) -> Path:
+        """Absolute path of a file named by the manifest; never outside the model folder."""
+        if self.folder is None:
+            raise ModelFolderError("manifest has no folder; load it with Manifest.load(folder)")
+        return safe_join(self.folder, file_name, where=self._where)
+
+    def verify_checksums(self, file_names: Iterable[str] | None = None) -> None:
+        """Check the sha256 of the given files (default: every file of every model) against the manifest."""
+        names = list(file_names) if file_names is not None else sorted(
+            {f for m in self.models for v in m.variants.values() for f in v.file_names()}
+        )
+        for name in names:
+            expected = self.files.get(name)
+            if expected is None:
+                raise ChecksumError(f"{self._where}: file {name!r} has no sha256 in the manifest's 'files'; re-export the model folder")
+            path = self.path_of(name)
+            if not path.is_file():
+                raise ModelFolderError(f"{path}: file named by the manifest is missing; copy the whole model folder")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ChecksumError(
+                    f"{path}: sha256 {actual} differs from the manifest's {expected}; the file is corrupt or was "
+                    "changed after export: copy it again or re-export"
+                )
+
+    # ---------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "sample_rate": self.sample_rate,
+            "window_seconds": self.window_seconds,
+            "chunk_seconds": self.chunk_seconds,
+            "smoothing": self.smoothing,
+            "labels": list(self.labels),
+            "groups": [g.to_dict() for g in self.groups],
+            "models": [m.to_dict() for m in self.models],
+            "files": dict(sorted(self.files.items())),
+            **({"extra": dict(self.extra)} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, folder: Path | None = None) -> "Manifest":
+        where = str(Path(folder) / MANIFEST_NAME) if folder else "manifest"
+        if data.get("format") != FORMAT:
+            raise ModelFolderError(f"{where}: not a birdinfer model folder manifest (format={data.get('format')!r})")
+        if cls is Manifest and data.get("format_version") in READERS:  # a later format (birdinfer.spec.v2)
+            return READERS[data["format_version"]](data, folder=folder)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{where}: format_version {data.get('format_version')!r} is not supported by this birdinfer "
+                f"(supports {FORMAT_VERSION} and 2); upgrade birdinfer or re-export"
+            )
+        try:
+            manifest = cls(
+                labels=tuple(str(x) for x in data["labels"]),
+                groups=tuple(MelGroup.from_dict(g, where=where) for g in data["groups"]),
+                models=tuple(ModelEntry.from_dict(m, where=where) for m in data["models"]),
+                chunk_seconds=float(data.get("chunk_seconds", 10.0)),
+                **read_ensemble_fields(data),
+                files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
+                folder=Path(folder) if folder else None,
+                extra=dict(data.get("extra", {})),
+            )
+        except KeyError as e:
+            raise ModelFolderError(f"{where}: missing key {e.args[0]!r}") from e
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        where = self._where
+        if not self.labels:
+            raise ModelFolderError(f"{where}: 'labels' is empty")
+        if len(set(self.labels)) != len(self.labels):
+            raise ModelFolderError(f"{where}: 'labels' has duplicates")
+        check_unique_groups(self.groups, where=where)
+        model_names = [m.name for m in self.models]
+        if len(set(model_names)) != len(model_names):
+            raise ModelFolderError(f"{where}: duplicate model names")
+        if abs(self.chunk_seconds - 2 * self.window_seconds) > 1e-9:
+            raise ModelFolderError(f"{where}: chunk_seconds must be twice window_seconds")
+        check_smoothing(self.smoothing, where=where)
+        for m in self.models:
+            g = self.group(m.group)
+            expected = (g.n_mels, g.frames_per_chunk)
+            if tuple(m.input_shape[2:]) != expected:
+                raise ModelFolderError(
+                    f"{where}: model {m.name!r} input_shape {m.input_shape} does not fit group {g.name!r} "
+                    f"(needs (chunks, 1, {expected[0]}, {expected[1]}))"
+                )
+            if m.frames_per_chunk <= 0 or m.frames_per_chunk % 2:
+                raise ModelFolderError(f"{where}: model {m.name!r}: frames_per_chunk must be even and positive")
+
+    @classmethod
+    def load(cls, folder: str | Path, *, upgrade: bool = True) -> "Manifest":
+        """The folder's manifest, as the engine runs it: a :class:`birdinfer.spec.v2.ManifestV2` for every folder (a
+        version 1 folder's manifest is upgraded in memory, :func:`birdinfer.spec.upgrade.upgrade`). ``upgrade=False``:
+        as written (a version 1 :class:`Manifest` for a version 1 folder), for the writers that rewrite it."""
+        folder = Path(folder)
+        if not folder.exists():
+            raise ModelFolderError(f"model folder {folder} does not exist; pass the folder written by `birdinfer export`")
+        if not folder.is_dir():
+            raise ModelFolderError(f"{folder} is not a folder; pass the model folder written by `birdinfer export`")
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise ModelFolderError(f"{path} not found: {folder} is not a birdinfer model folder (run `birdinfer export`)")
+        data = read_json_object(path, what="the manifest")
+        manifest = Manifest.from_dict(data, folder=folder)
+        if not manifest.models:
+            raise ModelFolderError(f"{path}: the manifest lists no models")
+        if upgrade and manifest.format_version in UPGRADES:  # version 1 → its spec (birdinfer.spec.upgrade)
+            manifest = UPGRADES[manifest.format_version](manifest)
+        return manifest
+
+    def save(self, folder: str | Path | None = None) -> Path:
+        folder = Path(folder) if folder is not None else self.folder
+        if folder is None:
+            raise ModelFolderError("Manifest.save needs a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def read_json_object(path: str | Path, *, what: str) -> dict:
+    """A JSON file that must hold one object (a manifest, a spec); errors name the file and ``what`` it is."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: cannot read {what}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: {what} must be a JSON object")
+    return data
+
+
+def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_join(folder: str | Path, name: str, *, where: str = "manifest") -> Path:
+    """``folder / name``, refusing names that are absolute or escape ``folder`` (``..``, symlinks)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ModelFolderError(f"{where}: bad file name {name!r}")
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise ModelFolderError(f"{where}: file name {name!r} must be a plain name inside the model folder")
+    root = Path(folder).resolve()
+    path = (root / candidate).resolve()
+    if path != root and root not in path.parents:
+        raise ModelFolderError(f"{where}: file name {name!r} resolves outside the model folder {root}")
+    return path
