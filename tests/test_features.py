@@ -297,28 +297,3 @@ def test_silence_is_the_floor(front_end):
     assert floor == pytest.approx(-100.0, abs=1e-4)
     for a in out.values():
         np.testing.assert_array_equal(a, np.full_like(a, floor))
-
-
-def test_runtime_imports_neither_librosa_nor_cv2():
-    import subprocess
-    import sys
-
-    code = ("import sys, birdinfer.io.audio, birdinfer.dsp, birdinfer.spec.upgrade, birdinfer.runtime.pipeline; "
-            "bad = [m for m in ('librosa', 'cv2', 'torch', 'timm') if m in sys.modules]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_dsp_imports_nothing_from_birdinfer():
-    """The kernels are plain numpy (a future stand-alone ``dsp`` package): no birdinfer import inside."""
-    import ast
-    from pathlib import Path
-
-    import birdinfer.dsp
-
-    for path in Path(birdinfer.dsp.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.level <= 1 and not (node.module or "").startswith("birdinfer"), (path.name, node.module)
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("birdinfer") for a in node.names), path.name
