@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from .base import OPS, Block, Scope, Signal, Static, _axes_of_scope, _infer_scope, _need
+from .base import OPS, Block, Scope, Signal, Static, WindowLayout, _axes_of_scope, _infer_scope, _need
 
 __all__ = ["fit_padding", "pad", "normalize_wave", "windows", "normalize"]
 
