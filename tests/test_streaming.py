@@ -15,7 +15,7 @@ from birdinfer.io.audio import load_audio
 from birdinfer.runtime.engine import FrontEndGraph
 from birdinfer.spec.v2 import parse_spec
 from birdinfer.ops.steps import Outputs
-from birdinfer.features import resize_plan
+from birdinfer.dsp import resize_plan
 from birdinfer.runtime.stream_exec import FileFront, Samples, resize_columns
 from birdinfer.runtime import streaming
 from birdinfer.runtime.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
