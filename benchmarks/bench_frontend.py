@@ -140,7 +140,7 @@ def without_chains(graph, y: np.ndarray) -> dict:
 def shipped_specs(y: np.ndarray, rounds: int) -> None:
     """The shipped specs' ``mel`` feature: chains on (the executor as it runs) against every op on its own."""
     from birdinfer.runtime.engine import FrontEndGraph
-    from birdinfer.spec.v2 import parse_spec
+    from birdinfer.spec.parse import parse_spec
 
     for name in ("birdclef2025_1st", "birdclef2024_1st"):
         manifest = parse_spec(json.loads((ROOT / "weights" / f"{name}.spec.json").read_text()), require_files=False)

@@ -46,7 +46,7 @@ SECOND_MEL_STEPS = [
 
 def _frontend(spec: dict, feature: str):
     from birdinfer.runtime.engine import FrontEndGraph
-    from birdinfer.spec.v2 import parse_spec
+    from birdinfer.spec.parse import parse_spec
 
     manifest = parse_spec(spec, require_files=False, source="bench spec")
     graph = FrontEndGraph(manifest, [feature])

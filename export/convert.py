@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from birdinfer.errors import BirdinferError, CheckpointError, ParameterError
-from birdinfer.spec.manifest import MANIFEST_NAME, VARIANT_PRECISIONS, Manifest, ModelEntry, ModelVariant, sha256_file
+from birdinfer.spec.manifest import Manifest, ModelEntry
+from birdinfer.spec.files import MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, sha256_file
 
 from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
 from .network import SEDNet

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from birdinfer.errors import ParameterError
-from birdinfer.spec.manifest import VARIANT_PRECISIONS, Manifest, sha256_file
+from birdinfer.spec.manifest import Manifest
+from birdinfer.spec.files import VARIANT_PRECISIONS, sha256_file
 
 from .convert import F32_CONFIG, ExportError, _export_int8, _report
 from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, quantize_ir

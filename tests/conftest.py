@@ -45,7 +45,8 @@ SMALL_RECIPE = {
 def recipe_manifest(recipe: dict, labels=None):
     """A recipe's groups, models and weights as a version 1 manifest (file names only: nothing here loads a
     network), e.g. the 4th place's from REFERENCE_RECIPE."""
-    from birdinfer.spec.manifest import FORMAT, Manifest
+    from birdinfer.spec.manifest import Manifest
+    from birdinfer.spec.files import FORMAT
 
     groups = {g["name"]: g for g in recipe["groups"]}
     models = []
@@ -64,7 +65,7 @@ def recipe_manifest(recipe: dict, labels=None):
 def recipe_spec(recipe: dict, labels=None):
     """The same as a parsed version 2 manifest (its ``spec_from_v1`` spec)."""
     from birdinfer.spec.upgrade import spec_from_v1
-    from birdinfer.spec.v2 import parse_spec
+    from birdinfer.spec.parse import parse_spec
 
     return parse_spec(spec_from_v1(recipe_manifest(recipe, labels)))
 

@@ -10,8 +10,9 @@ import pytest
 
 from birdinfer.runtime.budget import TimeBudget
 from birdinfer.spec.upgrade import spec_from_v1
-from birdinfer.spec.manifest import FORMAT, Manifest
-from birdinfer.spec.v2 import parse_spec
+from birdinfer.spec.manifest import Manifest
+from birdinfer.spec.files import FORMAT
+from birdinfer.spec.parse import parse_spec
 from birdinfer.spec.info import as_v2, effective_weights
 
 from conftest import REFERENCE_RECIPE, recipe_manifest

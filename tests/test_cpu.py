@@ -20,7 +20,8 @@ from birdinfer.runtime.cpu import (
     spare_siblings,
 )
 from birdinfer.errors import ParameterError
-from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry
+from birdinfer.spec.files import ModelVariant
 from birdinfer.runtime.models import plan_models
 
 BASE = {"sse4_1", "avx", "avx2", "fma"}

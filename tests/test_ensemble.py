@@ -9,7 +9,8 @@ import pytest
 
 from birdinfer.runtime.engine import SpecEngine
 from birdinfer.errors import ParameterError
-from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry
+from birdinfer.spec.files import ModelVariant
 from birdinfer.spec.upgrade import upgrade
 
 SR = 32000

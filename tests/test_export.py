@@ -27,7 +27,8 @@ from scipy.stats import spearmanr  # noqa: E402
 from birdinfer.io.audio import load_audio  # noqa: E402
 from birdinfer.errors import ChecksumError, CheckpointError, ParameterError  # noqa: E402
 from birdinfer.runtime.mel_frontend import MelFrontEnd  # noqa: E402
-from birdinfer.spec.manifest import Manifest, sha256_file  # noqa: E402
+from birdinfer.spec.manifest import Manifest
+from birdinfer.spec.files import sha256_file  # noqa: E402
 from birdinfer_export import (  # noqa: E402
     PARITY_TOLERANCE,
     ExportError,

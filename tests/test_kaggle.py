@@ -34,7 +34,8 @@ from birdinfer.tools.bundle import (
     wheel_requirements,
 )
 from birdinfer.errors import ChecksumError, ModelFolderError, ParameterError
-from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant, sha256_file
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry
+from birdinfer.spec.files import ModelVariant, sha256_file
 
 from conftest import LABELS, write_ogg
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from birdinfer.errors import ChecksumError, ModelFolderError
-from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant, safe_join, sha256_file
+from birdinfer.spec.manifest import Manifest, MelGroup, ModelEntry
+from birdinfer.spec.files import ModelVariant, safe_join, sha256_file
 
 
 def _write_folder(tmp_path, xml_name="m.xml"):

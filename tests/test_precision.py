@@ -121,7 +121,7 @@ def test_spec_with_bad_bf16_record_is_refused(source, tmp_path):
     bad = copy.deepcopy(SPEC)
     bad["models"][0]["variants"]["f32"]["bf16"] = {"cpu_classes": "avx512_vnni_bf16"}
     from birdinfer.errors import ModelFolderError
-    from birdinfer.spec.v2 import parse_spec
+    from birdinfer.spec.parse import parse_spec
 
     with pytest.raises(ModelFolderError, match=r"variants\.f32.*bf16 must be an object with a list 'cpu_classes'"):
         parse_spec(bad, require_files=False, source="spec.json")

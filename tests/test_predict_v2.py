@@ -34,8 +34,8 @@ def test_bands_come_from_the_mel_ops(small_v2_folder, small_model_folder):
 
 
 def test_a_feature_without_mel_covers_zero_to_nyquist():
-    from birdinfer.spec.manifest import FORMAT
-    from birdinfer.spec.v2 import parse_spec
+    from birdinfer.spec.files import FORMAT
+    from birdinfer.spec.parse import parse_spec
 
     spec = {"format": FORMAT, "format_version": 2, "sample_rate": 16000, "labels": ["a"],
             "rows": {"seconds": 1.0}, "features": {"wave": {"steps": [{"op": "windows", "length_seconds": 1.0, "step_seconds": 1.0}]}},

@@ -119,7 +119,8 @@ def test_names_cannot_escape_the_folder(tmp_path):
 def test_version_1_manifests_load_upgraded_and_as_written(tmp_path):
     from conftest import REFERENCE_GROUPS
 
-    from birdinfer.spec.manifest import ModelEntry, ModelVariant
+    from birdinfer.spec.manifest import ModelEntry
+    from birdinfer.spec.files import ModelVariant
 
     entry = ModelEntry("x", "tf_efficientnet_lite0", "v1", 1.0, (6, 1, 256, 512), 16, {"f32": ModelVariant(openvino="x.xml")})
     v1 = Manifest(labels=("a", "b"), groups=REFERENCE_GROUPS, models=(entry,), files={"x.xml": "0", "x.bin": "0"})

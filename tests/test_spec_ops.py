@@ -10,7 +10,7 @@ from birdinfer.runtime.engine import FrontEndGraph
 from birdinfer.ops import OPS, Block, Signal, WindowLayout
 from birdinfer.ops.frontend import fit_padding
 from birdinfer.ops.registry import build_params
-from birdinfer.spec.v2 import parse_spec
+from birdinfer.spec.parse import parse_spec
 
 librosa = pytest.importorskip("librosa")
 

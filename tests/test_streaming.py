@@ -13,7 +13,7 @@ import pytest
 
 from birdinfer.io.audio import load_audio
 from birdinfer.runtime.engine import FrontEndGraph
-from birdinfer.spec.v2 import parse_spec
+from birdinfer.spec.parse import parse_spec
 from birdinfer.ops.steps import Outputs
 from birdinfer.dsp import resize_plan
 from birdinfer.runtime.stream_exec import FileFront, Samples, resize_columns

@@ -7,7 +7,8 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import ParameterError
-from ..spec.manifest import Manifest, MelGroup, ModelEntry, ModelVariant
+from ..spec.manifest import Manifest, MelGroup, ModelEntry
+from ..spec.files import ModelVariant
 from ..spec.upgrade import upgrade
 from .engine import FrontEndGraph
 

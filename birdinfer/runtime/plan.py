@@ -1,6 +1,6 @@
 """The precision plan: which stored variant of each model runs, and the OpenVINO precision hint of its float
 layers, for a ``--precision`` mode on a CPU class (:mod:`birdinfer.runtime.cpu`), from what the folder records
-(:attr:`birdinfer.spec.manifest.ModelVariant.cpu_classes` and ``bf16``). Nothing is loaded here; the modes are
+(:attr:`birdinfer.spec.files.ModelVariant.cpu_classes` and ``bf16``). Nothing is loaded here; the modes are
 described in :mod:`birdinfer.runtime.models` and docs/manifest_v2.md ("Precision").
 """
 
@@ -12,7 +12,8 @@ from typing import Sequence
 
 from .cpu import CpuIsa, effective_isa
 from ..errors import ModelFolderError, ParameterError
-from ..spec.manifest import Manifest, ModelEntry, ModelVariant
+from ..spec.manifest import Manifest, ModelEntry
+from ..spec.files import ModelVariant
 
 __all__ = ["PRECISIONS", "BACKENDS", "INT8_VARIANTS", "ModelPlan", "variant_valid", "bf16_valid", "plan_models",
            "plan_variants"]

@@ -13,7 +13,8 @@ from typing import Iterable
 
 from .upgrade import spec_from_v1
 from .manifest import Manifest
-from .v2 import GroupSpec, ManifestV2, MemberRef, parse_spec
+from .v2 import GroupSpec, ManifestV2, MemberRef
+from .parse import parse_spec
 
 __all__ = ["as_v2", "effective_weights", "feature_band", "frequency_band", "features_of"]
 

@@ -38,7 +38,6 @@ A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -46,18 +45,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ChecksumError, ModelFolderError
+from .files import FORMAT, MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, read_json_object, safe_join, sha256_file
 
 __all__ = [
-    "MANIFEST_NAME",
-    "FORMAT",
     "FORMAT_VERSION",
     "MelGroup",
-    "ModelVariant",
     "ModelEntry",
     "Manifest",
-    "sha256_file",
-    "read_json_object",
-    "safe_join",
     "check_unique_groups",
     "find_group",
     "read_ensemble_fields",
@@ -65,14 +59,9 @@ __all__ = [
     "check_smoothing",
 ]
 
-MANIFEST_NAME = "manifest.json"
-FORMAT = "birdinfer-model-folder"
 FORMAT_VERSION = 1
-#: Stored variants of a model: float32, and INT8 forms (``int8``: the default export; ``int8-compat``: a
-#: second INT8 form for CPU classes where ``int8`` does not meet the accuracy bar, e.g. 7-bit weights).
-VARIANT_PRECISIONS = ("f32", "int8", "int8-compat")
 # The formats above this module register here when birdinfer.spec is imported (its __init__ imports them):
-# READERS[2] parses a version 2 manifest (spec/v2.py), UPGRADES[1] turns a version 1 manifest into the
+# READERS[2] parses a version 2 manifest (spec/parse.py), UPGRADES[1] turns a version 1 manifest into the
 # version 2 spec the engine runs (spec/upgrade.py). This module reads files and version 1; it imports no later format.
 READERS: dict[int, Callable[..., "Manifest"]] = {}
 UPGRADES: dict[int, Callable[["Manifest"], "Manifest"]] = {}
@@ -164,74 +153,6 @@ def check_weight(model: str, weight: float, *, where: str, error: type[Exception
 def check_smoothing(smoothing: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
     if not 0 <= smoothing < 0.5:
         raise error(f"{where}: smoothing must be in [0, 0.5), got {smoothing}")
-
-
-@dataclass(frozen=True)
-class ModelVariant:
-    """One stored form of a model (f32 or int8): its files and how it was verified.
-
-    ``cpu_classes``: the CPU classes (:data:`birdinfer.runtime.cpu.CPU_CLASSES`) this variant is valid on, i.e.
-    meets the accuracy bar; ``None`` (a folder written before the field existed) means what it always
-    meant: an INT8 variant counts as valid where the CPU has exact INT8 dot products (VNNI / AMX).
-
-    ``bf16``: what running this variant's float layers in bf16 was measured to do, when the folder was
-    written (:mod:`birdinfer.tools.precision`): ``{"cpu_classes": [classes where max |Δp| <= bar], "max_abs_dp",
-    "mean_abs_dp", "windows", "bar", "measured_on", "audio"}``, or ``{"cpu_classes": [], "measured_on",
-    "not_measurable": why}`` where bf16 was not native. ``None``: never measured (older folders), so
-    ``auto`` / ``fast`` run this variant's float layers in f32.
-    """
-
-    openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
-    onnx: str | None = None
-    verification: Mapping[str, Any] = field(default_factory=dict)
-    cpu_classes: tuple[str, ...] | None = None
-    bf16: Mapping[str, Any] | None = None
-
-    @property
-    def bf16_classes(self) -> tuple[str, ...]:
-        """Classes where this variant's bf16 float layers were measured within the bar (empty: none / not measured)."""
-        return tuple((self.bf16 or {}).get("cpu_classes", ()))
-
-    @property
-    def openvino_bin(self) -> str | None:
-        return None if self.openvino is None else self.openvino[: -len(".xml")] + ".bin"
-
-    def file_names(self) -> list[str]:
-        names = []
-        if self.openvino:
-            names += [self.openvino, self.openvino_bin]
-        if self.onnx:
-            names.append(self.onnx)
-        return names
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {}
-        if self.openvino:
-            out["openvino"] = self.openvino
-        if self.onnx:
-            out["onnx"] = self.onnx
-        out["verification"] = dict(self.verification)
-        if self.cpu_classes is not None:
-            out["cpu_classes"] = list(self.cpu_classes)
-        if self.bf16 is not None:
-            out["bf16"] = dict(self.bf16)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, name: str = "variant") -> "ModelVariant":
-        """One variant of a manifest (version 1 or 2); :class:`ValueError` naming ``name`` for a bad field."""
-        classes = data.get("cpu_classes")
-        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
-            raise ValueError(f"variant {name!r}: cpu_classes must be a list of class names, got {classes!r}")
-        bf16 = data.get("bf16")
-        if bf16 is not None:
-            bf16_classes = bf16.get("cpu_classes") if isinstance(bf16, Mapping) else None
-            if (not isinstance(bf16, Mapping) or isinstance(bf16_classes, str) or not isinstance(bf16_classes, list)
-                    or not all(isinstance(c, str) for c in bf16_classes)):
-                raise ValueError(f"variant {name!r}: bf16 must be an object with a list 'cpu_classes' (classes where "
-                                 f"bf16 was measured within the bar), got {bf16!r}; re-import or re-export to measure it")
-        return cls(openvino=data.get("openvino"), onnx=data.get("onnx"), verification=dict(data.get("verification", {})),
-                   cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16))
 
 
 @dataclass(frozen=True)
@@ -482,36 +403,3 @@ def _replace(obj, **changes):
     from dataclasses import replace
 
     return replace(obj, **changes)
-
-
-def read_json_object(path: str | Path, *, what: str) -> dict:
-    """A JSON file that must hold one object (a manifest, a spec); errors name the file and ``what`` it is."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFolderError(f"{path}: cannot read {what}: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: {what} must be a JSON object")
-    return data
-
-
-def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def safe_join(folder: str | Path, name: str, *, where: str = "manifest") -> Path:
-    """``folder / name``, refusing names that are absolute or escape ``folder`` (``..``, symlinks)."""
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise ModelFolderError(f"{where}: bad file name {name!r}")
-    candidate = Path(name)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise ModelFolderError(f"{where}: file name {name!r} must be a plain name inside the model folder")
-    root = Path(folder).resolve()
-    path = (root / candidate).resolve()
-    if path != root and root not in path.parents:
-        raise ModelFolderError(f"{where}: file name {name!r} resolves outside the model folder {root}")
-    return path

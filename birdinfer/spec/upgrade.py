@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ..errors import ModelFolderError
-from .manifest import FORMAT, FORMAT_VERSION, UPGRADES, Manifest, MelGroup
-from .v2 import ManifestV2, parse_spec
+from .manifest import FORMAT_VERSION, UPGRADES, Manifest, MelGroup
+from .files import FORMAT
+from .v2 import ManifestV2
+from .parse import parse_spec
 
 __all__ = ["spec_from_v1", "upgrade", "group_feature", "V1_BLOCK_SECONDS"]
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ParameterError
-from ..spec.manifest import Manifest, safe_join, sha256_file
+from ..spec.manifest import Manifest
+from ..spec.files import safe_join, sha256_file
 from .wheels import (BundleError, build_birdinfer_wheel, check_closure, check_wheel_tags, find_project_root, installed_version,
                      parse_python_version, resolve_wheels, supported_tags, target_platforms, wheel_fits, wheel_requirements)
 

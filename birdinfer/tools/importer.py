@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import MissingDependencyError, ModelFolderError, ParameterError
-from ..spec.manifest import FORMAT, MANIFEST_NAME, Manifest, read_json_object, safe_join, sha256_file
-from ..spec.v2 import OUTPUT_KINDS, parse_spec
+from ..spec.manifest import Manifest
+from ..spec.files import FORMAT, MANIFEST_NAME, read_json_object, safe_join, sha256_file
+from ..spec.parse import OUTPUT_KINDS, parse_spec
 
 __all__ = ["import_folder"]
 

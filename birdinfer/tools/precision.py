@@ -7,7 +7,7 @@ seeded synthetic soundscapes, :func:`birdinfer.tools.synth.synthetic_soundscape`
 on those rows, against the same model compiled with ``INFERENCE_PRECISION_HINT=f32`` under the same CPU
 class: ``max |Δp|`` over every row and label.
 
-``bf16`` record of a variant (:attr:`birdinfer.spec.manifest.ModelVariant.bf16`)::
+``bf16`` record of a variant (:attr:`birdinfer.spec.files.ModelVariant.bf16`)::
 
     {"cpu_classes": ["avx512_vnni_bf16"], "max_abs_dp": 0.0012, "mean_abs_dp": 4e-05, "windows": 48,
      "bar": 0.005, "measured_on": "avx512_vnni_bf16", "reference": "...", "audio": "..."}
@@ -30,7 +30,8 @@ import numpy as np
 
 from ..runtime.cpu import effective_isa
 from ..errors import BirdinferError, ParameterError
-from ..spec.manifest import MANIFEST_NAME, Manifest
+from ..spec.manifest import Manifest
+from ..spec.files import MANIFEST_NAME
 
 __all__ = ["BF16_BAR", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "as_spec", "file_features", "ModelRunner",
            "rows_of", "compare_rows", "measure_bf16", "measure_variants", "update_variants", "record_bf16"]

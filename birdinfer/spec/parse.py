@@ -1,0 +1,283 @@
+"""Parsing and validating a version 2 manifest (``docs/manifest_v2.md``) into a :class:`birdinfer.spec.v2.ManifestV2`:
+op/step names and parameters against the registries (:mod:`birdinfer.ops`), each front end's shape against each
+model's input, output class counts against the labels, window padding, file names. Errors name the manifest file
+and the field, before any audio is read. Registered as ``READERS[2]`` (``Manifest.load`` dispatches here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ModelFolderError
+from ..ops import COMBINE_STEPS, MODEL_STEPS, OPS, ROW_PRODUCING, ROW_STEPS, Static
+from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
+from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
+
+__all__ = ["parse_spec", "OUTPUT_KINDS"]
+
+OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_logits": "clip", "probabilities": "clip"}
+_TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
+             "ensemble", "files", "extra"}
+_MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
+               "variants", "export", "arch"}
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _err(where: str, message: str) -> ModelFolderError:
+    return ModelFolderError(f"{where}: {message}")
+
+
+def _steps(items: Any, registry, *, where: str, field_name: str) -> list[Step]:
+    if not isinstance(items, list):
+        raise _err(where, f"{field_name} must be a list of {registry.kind}s")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{field_name}[{i}]"
+        entry, params = registry.parse(item, where=f"{where}: {at}")
+        out.append(Step(entry, params, at))
+    return out
+
+
+def _feature(name: str, data: Any, *, where: str, sample_rate: int, row_seconds: float) -> tuple[tuple[Step, ...], Static]:
+    if not isinstance(data, Mapping) or set(data) - {"steps"}:
+        raise _err(where, f"features.{name} must be an object with one key, 'steps'")
+    steps = _steps(data.get("steps"), OPS, where=where, field_name=f"features.{name}.steps")
+    static = Static(sample_rate=sample_rate, row_seconds=row_seconds)
+    for step in steps:
+        try:
+            static = step.entry.extras["infer"](static, step.params)
+        except ValueError as e:
+            raise _err(where, f"{step.where} (op {step.name!r}): {e}") from None
+    return tuple(steps), static
+
+
+def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: Mapping[str, Static], folder) -> ModelSpec:
+    if not isinstance(data, Mapping):
+        raise _err(where, "each entry of 'models' must be an object")
+    name = str(data.get("name", ""))
+    at = f"models[{name!r}]"
+    unknown = sorted(set(data) - _MODEL_KEYS)
+    if unknown:
+        raise _err(where, f"{at}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_MODEL_KEYS))})")
+    for key in ("name", "input", "input_shape", "outputs", "steps", "variants"):
+        if key not in data:
+            raise _err(where, f"{at}: missing field {key!r}")
+    feature = data["input"]
+    if feature not in statics:
+        raise _err(where, f"{at}.input: no feature named {feature!r} (features: {', '.join(statics)})")
+    try:
+        shape = tuple(int(x) for x in data["input_shape"])
+        weight = float(data.get("weight", 1.0))
+        pad_value = float(data.get("pad_value", 0.0))
+    except (TypeError, ValueError) as e:
+        raise _err(where, f"{at}: input_shape, weight and pad_value must be numbers: {e}") from None
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise _err(where, f"{at}.weight must be finite and >= 0, got {weight}")
+    expected = statics[feature].shape()
+    if not statics[feature].windowed:
+        raise _err(where, f"features.{feature}: a model input needs a windows op")
+    if expected is not None and (len(shape) != len(expected) + 1 or any(s > 0 and s != e for s, e in zip(shape[1:], expected))):
+        raise _err(where, f"{at}.input_shape {list(shape)} does not fit feature {feature!r}, which gives windows of shape "
+                          f"{list(expected)} (needs [-1, {', '.join(map(str, expected))}])")
+    outputs = []
+    for i, o in enumerate(data["outputs"] if isinstance(data["outputs"], list) else []):
+        if not isinstance(o, Mapping) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str):
+            raise _err(where, f"{at}.outputs[{i}]: needs 'name' and 'kind' (one of {', '.join(OUTPUT_KINDS)}), got {o!r}")
+        try:
+            o_shape = tuple(int(x) for x in o["shape"]) if o.get("shape") is not None else None
+            outputs.append(OutputSpec(o["name"], o["kind"], int(o.get("index", i)), o_shape))
+        except (TypeError, ValueError) as e:
+            raise _err(where, f"{at}.outputs[{i}]: 'index' and 'shape' must be whole numbers: {e}") from None
+    if len({o.name for o in outputs}) != len(outputs):
+        raise _err(where, f"{at}.outputs: names must be unique")
+    if not outputs:
+        raise _err(where, f"{at}.outputs: list at least one graph output")
+    label_map = None
+    if data.get("label_map") is not None:
+        lm = data["label_map"]
+        if not isinstance(lm, Mapping) or not isinstance(lm.get("labels"), list) or set(lm) - {"labels", "fill"}:
+            raise _err(where, f"{at}.label_map must be {{\"labels\": [...], \"fill\": 0.0}}")
+        try:
+            label_map = LabelMap(tuple(str(x) for x in lm["labels"]), float(lm.get("fill", 0.0)))
+        except (TypeError, ValueError) as e:
+            raise _err(where, f"{at}.label_map.fill must be a number: {e}") from None
+        if len(set(label_map.labels)) != len(label_map.labels):
+            raise _err(where, f"{at}.label_map.labels has duplicates")
+        if not set(label_map.labels) & set(manifest_labels):
+            raise _err(where, f"{at}.label_map.labels shares no label with 'labels'")
+    n_classes = len(label_map.labels) if label_map else len(manifest_labels)
+    for i, o in enumerate(outputs):
+        rank = 3 if OUTPUT_KINDS[o.kind] == "frame" else 2
+        if o.shape is not None and (len(o.shape) != rank or o.shape[1] != n_classes):
+            raise _err(where, f"{at}.outputs[{i}].shape {list(o.shape)}: a {o.kind} output must be "
+                              f"{'(W, C, T)' if rank == 3 else '(W, C)'} with C = {n_classes} classes "
+                              f"({'the label map' if label_map else 'the labels'})")
+    block_steps, row_steps = _model_steps(data["steps"], outputs, where=where, at=at)
+    variants = _variants(data["variants"], where=where, at=at, folder=folder)
+    return ModelSpec(name=name, input=feature, weight=weight, input_shape=shape, outputs=tuple(outputs),
+                     block_steps=tuple(block_steps), row_steps=tuple(row_steps), variants=variants,
+                     input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
+                     export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes)
+
+
+def _model_steps(items: Any, outputs: list[OutputSpec], *, where: str, at: str) -> tuple[list[Step], list[Step]]:
+    if not isinstance(items, list):
+        raise _err(where, f"{at}.steps must be a list")
+    known = {o.name: OUTPUT_KINDS[o.kind] for o in outputs}
+    block, rows, have_rows = [], [], False
+    for i, item in enumerate(items):
+        field_name = f"{at}.steps[{i}]"
+        registry = ROW_STEPS if have_rows else MODEL_STEPS
+        if have_rows and isinstance(item, Mapping) and item.get("step") in MODEL_STEPS:
+            raise _err(where, f"{field_name}: model step {item.get('step')!r} after the row step "
+                              f"({'/'.join(ROW_PRODUCING)}); only row steps may follow it")
+        if not have_rows and isinstance(item, Mapping) and item.get("step") in ROW_STEPS:
+            raise _err(where, f"{field_name}: row step {item.get('step')!r} before a row step ({'/'.join(ROW_PRODUCING)})")
+        (step,) = _steps([item], registry, where=where, field_name=field_name.rsplit("[", 1)[0])
+        step = replace(step, where=field_name)
+        if have_rows:
+            rows.append(step)
+            continue
+        if getattr(step.params, "output", None) == "":
+            step = replace(step, params=replace(step.params, output=outputs[0].name))
+        try:
+            known = step.entry.extras["names"](known, step.params)
+        except ValueError as e:
+            raise _err(where, f"{field_name} (step {step.name!r}): {e}") from None
+        block.append(step)
+        have_rows = step.name in ROW_PRODUCING
+    if not have_rows:
+        raise _err(where, f"{at}.steps: no row step; add {{\"step\": \"timeline_rows\"}} (frame outputs) or "
+                          f"{{\"step\": \"clip_rows\"}} (clip outputs)")
+    return block, rows
+
+
+def _variants(data: Any, *, where: str, at: str, folder) -> dict[str, ModelVariant]:
+    if not isinstance(data, Mapping) or not data:
+        raise _err(where, f"{at}.variants must name at least one variant (f32)")
+    out = {}
+    for precision, v in data.items():
+        if precision not in VARIANT_PRECISIONS or not isinstance(v, Mapping):
+            raise _err(where, f"{at}.variants.{precision}: unknown precision (known: {', '.join(VARIANT_PRECISIONS)})")
+        try:
+            variant = ModelVariant.from_dict(v, name=precision)
+        except ValueError as e:
+            raise _err(where, f"{at}.variants.{precision}: {e}") from None
+        if not variant.openvino and not variant.onnx:
+            raise _err(where, f"{at}.variants.{precision} names no file")
+        if variant.openvino and not variant.openvino.endswith(".xml"):
+            raise _err(where, f"{at}.variants.{precision}.openvino must end in .xml, got {variant.openvino!r}")
+        for name in variant.file_names():
+            safe_join(folder if folder is not None else ".", name, where=f"{where}: {at}.variants.{precision}")
+        out[precision] = variant
+    return out
+
+
+def _weight(value: Any, where: str, at: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise _err(where, f"{at}.weight must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, name: str = "ensemble",
+           weight: float = 1.0) -> GroupSpec:
+    if not isinstance(data, Mapping) or set(data) - {"members", "steps", "name", "weight"}:
+        raise _err(where, f"{at} must be an object with 'members' (optional) and 'steps'")
+    items = data.get("members")
+    if items is None:
+        members: list = [MemberRef(m.name, m.weight) for m in models.values()]
+    elif not isinstance(items, list) or not items:
+        raise _err(where, f"{at}.members must be a non-empty list")
+    else:
+        members = []
+        for i, item in enumerate(items):
+            m_at = f"{at}.members[{i}]"
+            if not isinstance(item, Mapping):
+                raise _err(where, f"{m_at} must be an object")
+            if "model" in item:
+                if set(item) - {"model", "weight"} or item["model"] not in models:
+                    raise _err(where, f"{m_at}: needs 'model' naming a model (known: {', '.join(models)}) and optional 'weight'")
+                members.append(MemberRef(item["model"], _weight(item.get("weight", models[item["model"]].weight), where, m_at)))
+            else:
+                members.append(_group(item, models, where=where, at=m_at, name=str(item.get("name", f"group{i}")),
+                                      weight=_weight(item.get("weight", 1.0), where, m_at)))
+    raw_steps = data.get("steps", [{"step": "weighted_mean"}])
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise _err(where, f"{at}.steps must start with a combine step ({', '.join(COMBINE_STEPS.names())})")
+    entry, params = COMBINE_STEPS.parse(raw_steps[0], where=f"{where}: {at}.steps[0]")
+    combine = Step(entry, params, f"{at}.steps[0]")
+    rest = []
+    for i, item in enumerate(raw_steps[1:], 1):
+        entry, params = ROW_STEPS.parse(item, where=f"{where}: {at}.steps[{i}]")
+        rest.append(Step(entry, params, f"{at}.steps[{i}]"))
+    return GroupSpec(name, weight, tuple(members), combine, tuple(rest))
+
+
+def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_files: bool = True,
+               source: str | None = None) -> ManifestV2:
+    """Parse and validate a version 2 manifest (``require_files=False``: a spec for ``birdinfer import``;
+    ``source``: the name errors give the spec, default the folder's manifest.json)."""
+    where = source or (str(Path(folder) / MANIFEST_NAME) if folder else "manifest")
+    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION_2:
+        raise _err(where, f"not a format_version 2 birdinfer manifest (format={data.get('format')!r}, "
+                          f"format_version={data.get('format_version')!r})")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise _err(where, f"unknown field {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("labels", "features", "models", "ensemble"):
+        if key not in data:
+            raise _err(where, f"missing field {key!r}")
+    labels = tuple(str(x) for x in data["labels"])
+    if not labels or len(set(labels)) != len(labels):
+        raise _err(where, "'labels' must be a non-empty list without duplicates")
+    sample_rate = data.get("sample_rate", 32000)
+    rows = data.get("rows", {"seconds": 5.0})
+    if not isinstance(rows, Mapping) or "seconds" not in rows or set(rows) - {"seconds", "partial"}:
+        raise _err(where, "'rows' must be {\"seconds\": 5.0, \"partial\": \"drop\"}")
+    partial = rows.get("partial", "drop")
+    if partial not in ("drop", "pad_left", "pad_right"):
+        raise _err(where, f"rows.partial must be 'drop', 'pad_left' or 'pad_right', got {partial!r}")
+    row_seconds = float(rows["seconds"])
+    if not isinstance(sample_rate, int) or sample_rate <= 0 or row_seconds <= 0 or not float(row_seconds * sample_rate).is_integer():
+        raise _err(where, f"rows.seconds × sample_rate must be a whole number of samples, got {row_seconds} × {sample_rate}")
+    block = data.get("block_seconds")
+    if block is not None and (not isinstance(block, (int, float)) or block <= 0 or abs(block / row_seconds - round(block / row_seconds)) > 1e-9):
+        raise _err(where, f"block_seconds must be null or a positive multiple of rows.seconds ({row_seconds}), got {block!r}")
+    if not isinstance(data["features"], Mapping) or not data["features"]:
+        raise _err(where, "'features' must map names to front-end pipelines")
+    features, statics = {}, {}
+    for name, spec in data["features"].items():
+        features[name], statics[name] = _feature(name, spec, where=where, sample_rate=sample_rate, row_seconds=row_seconds)
+    if not isinstance(data["models"], list) or not data["models"]:
+        raise _err(where, "'models' must be a non-empty list")
+    models = [_model(m, where=where, manifest_labels=labels, statics=statics, folder=folder) for m in data["models"]]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names) or not all(names):
+        raise _err(where, f"model names must be unique and non-empty, got {names}")
+    by_name = {m.name: m for m in models}
+    ensemble = _group(data["ensemble"], by_name, where=where, at="ensemble")
+    used = ensemble.model_names()
+    if sorted(used) != sorted(names):
+        missing = sorted(set(names) - set(used)) or sorted({n for n in used if used.count(n) > 1})
+        raise _err(where, f"ensemble: every model must be a member exactly once (check {missing})")
+    files = data.get("files", {})
+    if not isinstance(files, Mapping):
+        raise _err(where, "'files' must map file names to sha256")
+    for name in files:
+        safe_join(folder if folder is not None else ".", name, where=f"{where}: files")
+    if require_files and folder is not None:
+        for m in models:
+            for precision, v in m.variants.items():
+                for f in v.file_names():
+                    if f not in files:
+                        raise _err(where, f"models[{m.name!r}].variants.{precision}: file {f!r} has no sha256 in 'files'")
+    return ManifestV2(labels=labels, groups=(), models=tuple(models), sample_rate=sample_rate, window_seconds=row_seconds,
+                      chunk_seconds=2 * row_seconds, smoothing=0.0, files=dict(files), folder=Path(folder) if folder else None,
+                      extra=dict(data.get("extra", {})), features=features, feature_shapes=statics, ensemble=ensemble,
+                      block_seconds=float(block) if block is not None else None, row_partial=partial, raw=dict(data))
+
+
+READERS[FORMAT_VERSION_2] = parse_spec  # Manifest.from_dict / Manifest.load read version 2 through this
