@@ -109,17 +109,7 @@ def make_submission(
             paths = paths[: max(0, int(limit))]
         info: dict = {"files": len(paths), "precision_requested": precision, "backend": backend}
         if not paths:
-            msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
-                   "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
-            log.warning(msg)
-            print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
-            frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
-            if out is not None:
-                write_csv_atomic(frame, out)
-            info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
-            frame.attrs["birdinfer"] = info
-            _write_report(report, info)
-            return frame
+            return _empty_submission(audio_dir, manifest, columns, out, report, info, wall_start)
 
         predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
         say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
@@ -129,73 +119,17 @@ def make_submission(
         budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
         if budget is not None:
             budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
-
         results: list[FileResult] = []
         stats: dict = {}
-
-        def on_file_start(index: int) -> bool:
-            if budget is None:
-                return True
-            elapsed = clock() - start
-            done = len(results)
-            if elapsed >= budget.budget_s - budget.reserve_s:
-                return False  # out of time: remaining files get fallback rows
-            if done:
-                model_total = sum(predictor.model_seconds.values())
-                overhead = max(0.0, (elapsed - model_total) / done)
-                for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=len(paths) - index,
-                                        overhead_per_file=overhead):
-                    predictor.drop(name)
-            return True
-
-        bar = progress_bar(progress, total=len(paths), desc="birdinfer")
-        try:
-            for result in predictor.iter_files(paths, on_file_start=on_file_start, clock=clock, stats=stats):
-                results.append(result)
-                if len(results) == 1 and len(paths) > 1 and result.ok:
-                    info["projection"] = _projection(time.perf_counter() - wall_start, predictor.load_seconds, len(paths),
-                                                     time_budget_s)
-                    say(progress, f"birdinfer: after the first file: {info['projection']['text']}")
-                if not result.ok:
-                    log.warning("%s: %s; its rows get the fallback", result.path, result.error)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-
-        good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
-        fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
-        ids, rows = [], []
-        for r in results:
-            if r.ok:
-                probs = r.probs
-            else:
-                probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
-            ids += row_ids(r.stem, len(probs), manifest.window_seconds)
-            rows.append(probs)
-        frame = submission_frame(ids, np.concatenate(rows).astype(np.float32), columns)
+        gate = _budget_gate(budget, predictor, clock, start, results, len(paths))
+        _score_files(predictor, paths, gate, results, stats, info, clock=clock, progress=progress,
+                     wall_start=wall_start, time_budget_s=time_budget_s)
+        frame = submission_frame(*_rows_with_fallback(results, manifest), columns)
         if out is not None:
             write_csv_atomic(frame, out)
-        wall = time.perf_counter() - wall_start
-        failed = [{"file": str(r.path), "error": r.error} for r in results if not r.ok]
-        info.update(
-            rows=len(frame),
-            seconds=round(wall, 3),
-            seconds_per_file=round(wall / len(paths), 4),
-            precision=predictor.precision,
-            load_seconds=round(predictor.load_seconds, 3),
-            parallel_models=predictor.parallel_models,
-            failed=failed,
-            dropped=budget.events if budget else [],
-            model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
-            decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
-            front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
-            waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
-            out=str(out) if out is not None else None,
-        )
-        frame.attrs["birdinfer"] = info
+        _record_run(info, frame, results, predictor, budget, stats, paths=paths, out=out, wall_start=wall_start)
         _write_report(report, info)
+        wall, failed = info["seconds"], info["failed"]
         dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
         say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
                        f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
@@ -204,6 +138,101 @@ def make_submission(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _empty_submission(audio_dir, manifest: Manifest, columns, out, report, info: dict, wall_start: float):
+    """No recordings: a header-only submission (on Kaggle the hidden test set appears only when submitted)."""
+    msg = (f"NO AUDIO FILES in {audio_dir} (extensions {', '.join(AUDIO_EXTENSIONS)}): writing a header-only "
+           "submission. On Kaggle the hidden test set appears only when the notebook is submitted.")
+    log.warning(msg)
+    print(f"birdinfer: WARNING: {msg}", file=sys.stderr)
+    frame = submission_frame([], np.zeros((0, len(manifest.labels)), np.float32), columns)
+    if out is not None:
+        write_csv_atomic(frame, out)
+    info.update(rows=0, seconds=round(time.perf_counter() - wall_start, 3), failed=[], dropped=[])
+    frame.attrs["birdinfer"] = info
+    _write_report(report, info)
+    return frame
+
+
+def _budget_gate(budget: TimeBudget | None, predictor: Predictor, clock, start: float, results: list,
+                 n_files: int) -> Callable[[int], bool]:
+    """``on_file_start(index)``: False once the budget is spent (the rest get fallback rows); before each file,
+    drop the models the budget plan says cannot fit."""
+
+    def on_file_start(index: int) -> bool:
+        if budget is None:
+            return True
+        elapsed = clock() - start
+        done = len(results)
+        if elapsed >= budget.budget_s - budget.reserve_s:
+            return False  # out of time: remaining files get fallback rows
+        if done:
+            model_total = sum(predictor.model_seconds.values())
+            overhead = max(0.0, (elapsed - model_total) / done)
+            for name in budget.plan(predictor, elapsed=elapsed, files_done=done, files_left=n_files - index,
+                                    overhead_per_file=overhead):
+                predictor.drop(name)
+        return True
+
+    return on_file_start
+
+
+def _score_files(predictor: Predictor, paths: list[Path], gate, results: list, stats: dict, info: dict, *, clock,
+                 progress: bool, wall_start: float, time_budget_s: float | None) -> None:
+    """Every file through the predictor into ``results``; the projection after the first file goes in ``info``."""
+    bar = progress_bar(progress, total=len(paths), desc="birdinfer")
+    try:
+        for result in predictor.iter_files(paths, on_file_start=gate, clock=clock, stats=stats):
+            results.append(result)
+            if len(results) == 1 and len(paths) > 1 and result.ok:
+                info["projection"] = _projection(time.perf_counter() - wall_start, predictor.load_seconds, len(paths),
+                                                 time_budget_s)
+                say(progress, f"birdinfer: after the first file: {info['projection']['text']}")
+            if not result.ok:
+                log.warning("%s: %s; its rows get the fallback", result.path, result.error)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _rows_with_fallback(results: list[FileResult], manifest: Manifest) -> tuple[list[str], np.ndarray]:
+    """Row ids and probabilities; a failed or skipped file gets the mean of the good files' rows (0.0 if none)."""
+    good = [r.probs for r in results if r.ok and r.probs is not None and len(r.probs)]
+    fallback = np.concatenate(good).mean(axis=0) if good else np.zeros(len(manifest.labels), np.float32)
+    ids, rows = [], []
+    for r in results:
+        if r.ok:
+            probs = r.probs
+        else:
+            probs = np.repeat(fallback[None, :], _fallback_windows(r.path, manifest.window_seconds), axis=0)
+        ids += row_ids(r.stem, len(probs), manifest.window_seconds)
+        rows.append(probs)
+    return ids, np.concatenate(rows).astype(np.float32)
+
+
+def _record_run(info: dict, frame, results: list[FileResult], predictor: Predictor, budget: TimeBudget | None,
+                stats: dict, *, paths: list[Path], out, wall_start: float) -> None:
+    """The run report (``frame.attrs["birdinfer"]``): timings, precision, failed files, dropped models."""
+    wall = time.perf_counter() - wall_start
+    info.update(
+        rows=len(frame),
+        seconds=round(wall, 3),
+        seconds_per_file=round(wall / len(paths), 4),
+        precision=predictor.precision,
+        load_seconds=round(predictor.load_seconds, 3),
+        parallel_models=predictor.parallel_models,
+        failed=[{"file": str(r.path), "error": r.error} for r in results if not r.ok],
+        dropped=budget.events if budget else [],
+        model_seconds={k: round(v, 4) for k, v in predictor.model_seconds.items()},
+        decode_seconds=round(stats.get("decode_seconds", 0.0), 3),
+        front_end_seconds=round(stats.get("front_end_seconds", 0.0), 3),
+        waited_for_front_end_seconds=round(stats.get("wait_seconds", 0.0), 3),
+        out=str(out) if out is not None else None,
+    )
+    frame.attrs["birdinfer"] = info
 
 
 def _projection(elapsed: float, load_seconds: float, files: int, budget: float | None) -> dict:

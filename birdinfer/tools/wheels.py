@@ -204,7 +204,7 @@ def _download_wheel(spec: str, dest: Path, python_version: str, platform: str) -
 def find_project_root(project_root: str | Path | None = None) -> Path:
     """The birdinfer source tree (folder with setup.cfg/pyproject.toml) to build the wheel from."""
     if project_root is None:
-        project_root = Path(__file__).resolve().parent.parent
+        project_root = Path(__file__).resolve().parents[2]  # birdinfer/tools/wheels.py → the checkout
     root = Path(project_root)
     if not (root / "pyproject.toml").is_file() and not (root / "setup.py").is_file():
         raise ParameterError(
