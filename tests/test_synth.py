@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from birdinfer.errors import ParameterError
-from birdinfer.tools.synth import CALL_RMS, CALL_TYPES, make_dataset, make_species, render_call
+from birdinfer.tools.synth import make_dataset
+from birdinfer.tools.synth_calls import CALL_RMS, CALL_TYPES, make_species, render_call
 
 
 @pytest.fixture(scope="module")

@@ -30,165 +30,22 @@ Runtime side: numpy and soundfile only. Audio is OGG Vorbis, mono, 32 kHz.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 
 from ..errors import ParameterError
+from .synth_calls import SpeciesCall, _render_bout, make_species
 
-__all__ = ["CALL_TYPES", "SpeciesCall", "make_species", "render_call", "coloured_noise", "make_dataset", "SOUNDSCAPE_SECONDS",
-           "synthetic_soundscape"]
+__all__ = ["coloured_noise", "make_dataset", "SOUNDSCAPE_SECONDS", "synthetic_soundscape"]
 
 SOUNDSCAPE_SECONDS = 60
 WINDOW_SECONDS = 5
 #: Minimum overlap of a bout with a 5 s window for the window to be positive (capped at half the bout).
 MIN_OVERLAP_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class SpeciesCall:
-    """How one synthetic species sounds."""
-
-    label: str  # primary_label, e.g. "sp01"
-    call_type: str  # one of CALL_TYPES
-    pitch_hz: float  # characteristic frequency of the call
-    call_seconds: float  # typical length of one call
-    calls_per_bout: int
-    call_gap_seconds: float  # silence between calls of a bout
-    bout_gap_seconds: float  # typical silence between bouts in a focal recording
-
-
-# ------------------------------------------------------------------------------------------- call shapes
-def _envelope(n: int, attack: float = 0.1) -> np.ndarray:
-    """Raised-cosine attack and release over ``attack`` of the length each: shape ``(n,)``."""
-    ramp = max(1, int(n * attack))
-    env = np.ones(n)
-    rise = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, ramp))
-    env[:ramp] = rise
-    env[n - ramp:] = rise[::-1]
-    return env
-
-
-def _tone(freq_hz: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Sinusoid following an instantaneous frequency track ``(n,)``."""
-    return np.sin(2 * np.pi * np.cumsum(freq_hz) / sample_rate)
-
-
-def _upsweep(t, f, rng, sr):
-    return _tone(np.geomspace(f * 0.6, f * 1.5, len(t)), sr)
-
-
-def _downsweep(t, f, rng, sr):
-    return _tone(np.geomspace(f * 1.5, f * 0.6, len(t)), sr)
-
-
-def _harmonic_stack(t, f, rng, sr):
-    track = f * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))  # slight vibrato
-    return sum((0.7 ** k) * _tone(track * (k + 1), sr) for k in range(4) if f * (k + 1) < sr / 2 - 500)
-
-
-def _trill(t, f, rng, sr):
-    rate = 30.0 * rng.uniform(0.9, 1.1)  # pulses per second
-    return _tone(np.full(len(t), f), sr) * (0.5 - 0.5 * np.cos(2 * np.pi * rate * t)) ** 2
-
-
-def _warble(t, f, rng, sr):
-    return _tone(f * (1 + 0.18 * np.sin(2 * np.pi * 9.0 * t + rng.uniform(0, np.pi))), sr)
-
-
-def _click_train(t, f, rng, sr):
-    out = np.zeros(len(t))
-    click = int(0.004 * sr)
-    shape = np.hanning(click) * np.sin(2 * np.pi * f * np.arange(click) / sr)
-    for start in range(0, len(t) - click, int(0.035 * sr)):
-        out[start:start + click] += shape
-    return out
-
-
-def _two_note(t, f, rng, sr):
-    track = np.where(t < t[-1] / 2, f, f * 0.75)
-    return _tone(track, sr)
-
-
-def _chevron(t, f, rng, sr):
-    rise = 1 - np.abs(2 * t / max(t[-1], 1e-9) - 1)  # 0 → 1 → 0
-    return _tone(f * (0.7 + 0.6 * rise), sr)
-
-
-#: Call shape name → synthesiser ``(t (n,) seconds, pitch Hz, rng, sample_rate) -> (n,)``.
-CALL_TYPES: dict[str, Callable] = {
-    "upsweep": _upsweep,
-    "downsweep": _downsweep,
-    "harmonic_stack": _harmonic_stack,
-    "trill": _trill,
-    "warble": _warble,
-    "click_train": _click_train,
-    "two_note": _two_note,
-    "chevron": _chevron,
-}
-_TYPICAL_CALL_SECONDS = {"upsweep": 0.35, "downsweep": 0.3, "harmonic_stack": 0.45, "trill": 0.8, "warble": 0.6,
-                         "click_train": 0.5, "two_note": 0.35, "chevron": 0.25}
-
-
-def make_species(n_species: int, rng: np.random.Generator) -> list[SpeciesCall]:
-    """``n_species`` distinct species: call shapes in turn, pitches spread over 1.2-9 kHz (log scale).
-
-    Species sharing a call shape (beyond the 8 shapes) get pitches far apart.
-    """
-    types = list(CALL_TYPES)
-    pitches = np.geomspace(1200.0, 9000.0, n_species)
-    # Interleave so that neighbours in pitch have different shapes and same shapes are far apart in pitch.
-    pitch_order = rng.permutation(n_species)
-    species = []
-    for i in range(n_species):
-        call_type = types[i % len(types)]
-        species.append(
-            SpeciesCall(
-                label=f"sp{i + 1:02d}",
-                call_type=call_type,
-                pitch_hz=float(pitches[pitch_order[i]]),
-                call_seconds=float(_TYPICAL_CALL_SECONDS[call_type] * rng.uniform(0.85, 1.15)),
-                calls_per_bout=int(rng.integers(1, 5)),
-                call_gap_seconds=float(rng.uniform(0.08, 0.4)),
-                bout_gap_seconds=float(rng.uniform(0.8, 3.0)),
-            )
-        )
-    return species
-
-
-#: RMS of every rendered call: calls are equally loud at the same gain, whatever their shape.
-CALL_RMS = 0.5
-
-
-def render_call(species: SpeciesCall, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
-    """One call of ``species`` with per-call variation (pitch ±6 %, length ±15 %): float64 ``(n,)``, RMS
-    :data:`CALL_RMS`.
-
-    Normalised by RMS, not by peak: a peak-normalised click train (4 ms clicks every 35 ms) carried 1/5 the
-    RMS of a tonal call (13.5 dB less; a trill 5.6 dB less), so at the same soundscape gain it sank under
-    the background and the species was not recognisable. Peaks may exceed 1 (a click train's is ~3.6);
-    the OGG writer scales a whole file down when its peak passes 0.95.
-    """
-    seconds = species.call_seconds * rng.uniform(0.85, 1.15)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    pitch = species.pitch_hz * rng.uniform(0.94, 1.06)
-    wave = CALL_TYPES[species.call_type](t, pitch, rng, sample_rate) * _envelope(len(t))
-    return wave * (CALL_RMS / (np.sqrt(np.mean(wave ** 2)) + 1e-12))
-
-
-def _render_bout(species: SpeciesCall, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
-    """A bout: ``calls_per_bout`` calls (±1) separated by the species' gap (±25 %)."""
-    n_calls = max(1, species.calls_per_bout + int(rng.integers(-1, 2)))
-    pieces = []
-    for k in range(n_calls):
-        if k:
-            pieces.append(np.zeros(int(species.call_gap_seconds * rng.uniform(0.75, 1.25) * sample_rate)))
-        pieces.append(render_call(species, rng, sample_rate))
-    return np.concatenate(pieces)
 
 
 # ---------------------------------------------------------------------------------------------- noise
@@ -348,6 +205,36 @@ def make_dataset(
     recordings, as real ones are). ``soundscape_noise``: range of the soundscapes' background RMS (focal
     recordings: 0.005-0.03).
     """
+    _check_dataset_args(species, recordings_per_species, soundscapes, train_seconds, soundscape_call_gain,
+                        soundscape_noise)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    calls = make_species(species, rng)
+    taxonomy = _write_taxonomy(out, calls)
+    bank = _noise_bank(rng)
+    _write_focal_recordings(out, calls, taxonomy, rng, bank, per_species=recordings_per_species,
+                            seconds=train_seconds, sample_rate=sample_rate, secondary_fraction=secondary_fraction)
+    n_test = _write_soundscapes(out, calls, rng, count=soundscapes, seed=seed, sample_rate=sample_rate,
+                                gain=soundscape_call_gain, noise=soundscape_noise)
+    meta = {
+        "generator": "birdinfer.tools.synth.make_dataset",
+        "seed": seed,
+        "sample_rate": sample_rate,
+        "recordings_per_species": recordings_per_species,
+        "soundscapes": {"test": n_test, "train": soundscapes - n_test},
+        "train_seconds": list(train_seconds),
+        "soundscape_call_gain": list(soundscape_call_gain),
+        "soundscape_noise": list(soundscape_noise),
+        "window_rule": f"positive when a bout overlaps the 5 s window by >= min({MIN_OVERLAP_SECONDS} s, half the bout)",
+        "species": [asdict(c) for c in calls],
+    }
+    (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _check_dataset_args(species, recordings_per_species, soundscapes, train_seconds, soundscape_call_gain,
+                        soundscape_noise) -> None:
     if species < 2:
         raise ParameterError(f"species must be >= 2, got {species}")
     if recordings_per_species < 1:
@@ -363,33 +250,35 @@ def make_dataset(
     noise_low, noise_high = soundscape_noise
     if not 0 <= noise_low <= noise_high:
         raise ParameterError(f"soundscape_noise must be (low, high) with 0 <= low <= high, got {soundscape_noise}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    calls = make_species(species, rng)
-    labels = [c.label for c in calls]
 
+
+def _write_taxonomy(out: Path, calls: list[SpeciesCall]) -> pd.DataFrame:
     taxonomy = pd.DataFrame({
-        "primary_label": labels,
-        "inat_taxon_id": [900000 + i for i in range(species)],
+        "primary_label": [c.label for c in calls],
+        "inat_taxon_id": [900000 + i for i in range(len(calls))],
         "scientific_name": [f"Synthetica {c.call_type.replace('_', '')} {c.label}" for c in calls],
         "common_name": [f"Synthetic {c.call_type.replace('_', ' ')} bird {c.label[2:]}" for c in calls],
         "class_name": "Aves",
     })
     taxonomy.to_csv(out / "taxonomy.csv", index=False)
+    return taxonomy
 
-    bank = _noise_bank(rng)
+
+def _write_focal_recordings(out: Path, calls: list[SpeciesCall], taxonomy: pd.DataFrame, rng: np.random.Generator,
+                            bank: dict, *, per_species: int, seconds: tuple[float, float], sample_rate: int,
+                            secondary_fraction: float) -> None:
+    """``train_audio/<label>/XC####.ogg`` and ``train.csv``; a fraction also hold a quieter second species."""
     rows = []
     number = 0
     for index, call in enumerate(calls):
-        for _ in range(recordings_per_species):
+        for _ in range(per_species):
             number += 1
             secondary = None
             if rng.random() < secondary_fraction:
-                secondary = calls[int(rng.choice([j for j in range(species) if j != index]))]
-            seconds = float(rng.uniform(low, high))
+                secondary = calls[int(rng.choice([j for j in range(len(calls)) if j != index]))]
+            length = float(rng.uniform(*seconds))
             filename = f"{call.label}/XC{number:04d}.ogg"
-            _write_ogg(out / "train_audio" / filename, _focal_recording(call, secondary, seconds, sample_rate, rng, bank), sample_rate)
+            _write_ogg(out / "train_audio" / filename, _focal_recording(call, secondary, length, sample_rate, rng, bank), sample_rate)
             rows.append({
                 "primary_label": call.label,
                 "secondary_labels": str([secondary.label] if secondary else []),
@@ -406,15 +295,21 @@ def make_dataset(
             })
     pd.DataFrame(rows).to_csv(out / "train.csv", index=False)
 
-    n_test = (soundscapes + 1) // 2
+
+def _write_soundscapes(out: Path, calls: list[SpeciesCall], rng: np.random.Generator, *, count: int, seed: int,
+                       sample_rate: int, gain: tuple[float, float], noise: tuple[float, float]) -> int:
+    """Half test soundscapes (labelled by ``test_solution.csv``), half train; returns the number of test ones."""
+    labels = [c.label for c in calls]
+    species = len(calls)
+    n_test = (count + 1) // 2
     tables = {"test": [], "train": []}
-    for k in range(soundscapes):
+    for k in range(count):
         split = "test" if k < n_test else "train"
         stem = f"soundscape_{seed * 100000 + 10000 + k:06d}"
         # Rotate through the species so each test species appears somewhere, plus a random few.
         n_present = int(rng.integers(2, min(5, species) + 1))
         present = {k % species} | {int(j) for j in rng.choice(species, size=n_present - 1, replace=False)}
-        audio, window_labels = _soundscape(sorted(present), calls, sample_rate, rng, (gain_low, gain_high), (noise_low, noise_high))
+        audio, window_labels = _soundscape(sorted(present), calls, sample_rate, rng, tuple(gain), tuple(noise))
         _write_ogg(out / f"{split}_soundscapes" / f"{stem}.ogg", audio, sample_rate)
         table = pd.DataFrame(window_labels.astype(int), columns=labels)
         table.insert(0, "row_id", _window_rows(stem))
@@ -427,18 +322,4 @@ def make_dataset(
     if tables["train"]:
         pd.concat(tables["train"], ignore_index=True).to_csv(out / "train_soundscapes_solution.csv", index=False)
     (out / "train_soundscapes").mkdir(exist_ok=True)
-
-    meta = {
-        "generator": "birdinfer.tools.synth.make_dataset",
-        "seed": seed,
-        "sample_rate": sample_rate,
-        "recordings_per_species": recordings_per_species,
-        "soundscapes": {"test": n_test, "train": soundscapes - n_test},
-        "train_seconds": [low, high],
-        "soundscape_call_gain": [gain_low, gain_high],
-        "soundscape_noise": [noise_low, noise_high],
-        "window_rule": f"positive when a bout overlaps the 5 s window by >= min({MIN_OVERLAP_SECONDS} s, half the bout)",
-        "species": [asdict(c) for c in calls],
-    }
-    (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return out
+    return n_test
