@@ -23,23 +23,15 @@ from .audio import iter_audio_blocks
 from .errors import AudioDecodeError
 from .file_stats import Accumulator, needs_file_stats
 from .frontend_ops import Block, Signal, fit_padding
+from .dsp import resize_plan
 from .spectral_ops import _interpolate, _width as _resized_width, n_stft_frames, stft_op
 
 __all__ = ["Chain", "chain_of", "Samples", "SamplesEnded", "FileFront", "resize_columns"]
 
 
 def resize_columns(src: int, dst: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Columns ``[a, b)`` of :func:`birdinfer.features.resize_plan` ``(src, dst)``: the same float64 arithmetic
-    per column, without the plan of the whole file."""
-    scale = 1.0 / (float(dst) / float(src))
-    pos = (np.arange(a, b, dtype=np.float64) + 0.5) * scale - 0.5
-    i0 = np.floor(pos).astype(np.int64)
-    frac = (pos - i0).astype(np.float32)
-    left = i0 < 0
-    i0[left], frac[left] = 0, 0.0
-    right = i0 >= src - 1
-    i0[right], frac[right] = src - 1, 0.0
-    return i0, np.minimum(i0 + 1, src - 1), frac
+    """Columns ``[a, b)`` of :func:`birdinfer.dsp.resize_plan` ``(src, dst)``, without the plan of the whole file."""
+    return resize_plan(src, dst, a, b)
 
 
 @dataclass(frozen=True)
