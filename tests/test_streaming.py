@@ -15,7 +15,7 @@ from birdinfer.audio import load_audio
 from birdinfer.engine import FrontEndGraph
 from birdinfer.spec import parse_spec
 from birdinfer.steps import Outputs
-from birdinfer.features import resize_plan
+from birdinfer.dsp import resize_plan
 from birdinfer.stream_exec import FileFront, Samples, resize_columns
 from birdinfer import streaming
 from birdinfer.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
