@@ -40,8 +40,10 @@ def resized_width(n_samples: int, frames_per_window: int, window_samples: int) -
     return max(1, (int(n_samples) * int(frames_per_window)) // int(window_samples))
 
 
-def resize_plan(src_width: int, dst_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cv2 ``INTER_LINEAR`` along one axis: for each output column its two source columns and weights.
+def resize_plan(src_width: int, dst_width: int, start: int = 0, stop: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cv2 ``INTER_LINEAR`` along one axis: for each output column its two source columns and weights
+    (output columns ``[start, stop)``, default all: a streamed block asks for its own columns only).
 
     Returns ``(i0, i1, frac)``: int64 ``(dst_width,)``, int64 ``(dst_width,)``, float32 ``(dst_width,)``;
     ``out[x] = a[i0[x]] * (1 - frac[x]) + a[i1[x]] * frac[x]``. As OpenCV (4.x) computes it for float
@@ -52,7 +54,8 @@ def resize_plan(src_width: int, dst_width: int) -> tuple[np.ndarray, np.ndarray,
     if src_width <= 0 or dst_width <= 0:
         raise ValueError(f"resize widths must be positive, got src={src_width}, dst={dst_width}")
     scale = 1.0 / (float(dst_width) / float(src_width))  # cv2: scale_x = 1. / inv_scale_x
-    pos = (np.arange(dst_width, dtype=np.float64) + 0.5) * scale - 0.5
+    stop = dst_width if stop is None else stop
+    pos = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
     i0 = np.floor(pos).astype(np.int64)
     frac = (pos - i0).astype(np.float32)
     left = i0 < 0

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..io.audio import iter_audio_blocks
+from ..dsp import resize_plan
 from ..errors import AudioDecodeError
+from ..io.audio import iter_audio_blocks
 from ..ops.file_stats import Accumulator, needs_file_stats
 from ..ops.base import Block, Signal
 from ..ops.frontend import fit_padding
@@ -30,17 +31,8 @@ __all__ = ["Chain", "chain_of", "Samples", "SamplesEnded", "FileFront", "resize_
 
 
 def resize_columns(src: int, dst: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Columns ``[a, b)`` of :func:`birdinfer.features.resize_plan` ``(src, dst)``: the same float64 arithmetic
-    per column, without the plan of the whole file."""
-    scale = 1.0 / (float(dst) / float(src))
-    pos = (np.arange(a, b, dtype=np.float64) + 0.5) * scale - 0.5
-    i0 = np.floor(pos).astype(np.int64)
-    frac = (pos - i0).astype(np.float32)
-    left = i0 < 0
-    i0[left], frac[left] = 0, 0.0
-    right = i0 >= src - 1
-    i0[right], frac[right] = src - 1, 0.0
-    return i0, np.minimum(i0 + 1, src - 1), frac
+    """Columns ``[a, b)`` of :func:`birdinfer.dsp.resize_plan` ``(src, dst)``, without the plan of the whole file."""
+    return resize_plan(src, dst, a, b)
 
 
 @dataclass(frozen=True)
