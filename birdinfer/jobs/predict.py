@@ -258,20 +258,8 @@ def predict(
     """
     wall_start = time.perf_counter()
     out = Path(out)
-    format = _resolve_format(out, format)
-    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
-        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
-    if format == "parquet":
-        require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
-    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
-    recordings = collect_inputs(inputs)
-    if not recordings:
-        raise ParameterError(
-            f"no audio files found in {', '.join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))} "
-            f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
-        )
-    _check_output(out, format)
+    format, manifest, recordings = _checked_run(inputs, models, out, format=format, threshold=threshold,
+                                                precision=precision, backend=backend)
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
         parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
@@ -296,6 +284,26 @@ def predict(
     say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
     return out
+
+
+def _checked_run(inputs, models, out: Path, *, format: str | None, threshold, precision: str,
+                 backend: str) -> tuple[str, Manifest, list[Recording]]:
+    """Everything :func:`predict` refuses before any audio work: ``(format, manifest, recordings)``."""
+    format = _resolve_format(out, format)
+    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    if format == "parquet":
+        require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
+    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(
+            f"no audio files found in {', '.join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))} "
+            f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
+        )
+    _check_output(out, format)
+    return format, manifest, recordings
 
 
 def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,

@@ -114,23 +114,9 @@ def build_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shared
     try:
-        wheels_dir = staging / "wheels"
-        wheels_dir.mkdir()
-        say("birdinfer bundle: building the birdinfer wheel")
-        own = build_birdinfer_wheel(wheels_dir, project_root=project_root)
-        roots: list[Path | str] = [own]
-        if with_onnxruntime:
-            version = installed_version("onnxruntime")
-            roots.append(f"onnxruntime=={version}" if version else "onnxruntime")
-        skip = () if include_image_packages else KAGGLE_IMAGE_PACKAGES
-        say(f"birdinfer bundle: fetching wheels for CPython {python_version} {platform}")
-        have, left_to_image = resolve_wheels(roots, wheels_dir, python_version=python_version, platform=platform,
-                                              skip=skip, say=say)
-        check_closure(have, python_version, platform, skip)
-        stray = sorted(set(wheels_dir.glob("*.whl")) - set(have.values()))
-        for path in stray:  # e.g. a second download of the same name; only the resolved set ships
-            path.unlink()
-        check_wheel_tags(wheels_dir, python_version, platform)
+        have, left_to_image = _fetch_wheels(staging / "wheels", python_version, platform, say=say,
+                                            project_root=project_root, with_onnxruntime=with_onnxruntime,
+                                            include_image_packages=include_image_packages)
 
         with_onnx = with_onnx or with_onnxruntime
         say(f"birdinfer bundle: copying the model files ({'IR + ONNX' if with_onnx else 'OpenVINO IR only'})")
@@ -139,13 +125,7 @@ def build_bundle(
         report = BundleReport(python_version=python_version, platform=platform,
                               wheels={n: p.name for n, p in sorted(have.items())},
                               assumed_from_image={n: _combined_specifier(reqs) for n, reqs in sorted(left_to_image.items())})
-        username = kaggle_username or os.environ.get("KAGGLE_USERNAME") or "INSERT_KAGGLE_USERNAME"
-        (staging / "dataset-metadata.json").write_text(json.dumps({
-            "title": "birdinfer offline bundle",
-            "id": f"{username}/{slug}",
-            "licenses": [{"name": "other"}],
-            "subtitle": "birdinfer + OpenVINO wheels and an exported BirdCLEF model folder",
-        }, indent=2) + "\n", encoding="utf-8")
+        _write_dataset_metadata(staging, slug, kaggle_username)
         (staging / "README.md").write_text(_readme(report, slug, manifest, with_onnxruntime, include_image_packages, with_onnx),
                                            encoding="utf-8")
         report.size_bytes = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
@@ -160,6 +140,39 @@ def build_bundle(
         raise
     say(f"birdinfer bundle: wrote {out} ({report.size_bytes / 1e6:.1f} MB, {len(have)} wheels) in {report.seconds:.0f} s")
     return out
+
+
+def _fetch_wheels(wheels_dir: Path, python_version: str, platform: str, *, say, project_root, with_onnxruntime: bool,
+                  include_image_packages: bool) -> tuple[dict, dict]:
+    """The birdinfer wheel and the closure of its dependencies for the target into ``wheels_dir``: ``(wheels by
+    name, requirements left to Kaggle's image)``; checked for tags and completeness."""
+    wheels_dir.mkdir()
+    say("birdinfer bundle: building the birdinfer wheel")
+    own = build_birdinfer_wheel(wheels_dir, project_root=project_root)
+    roots: list[Path | str] = [own]
+    if with_onnxruntime:
+        version = installed_version("onnxruntime")
+        roots.append(f"onnxruntime=={version}" if version else "onnxruntime")
+    skip = () if include_image_packages else KAGGLE_IMAGE_PACKAGES
+    say(f"birdinfer bundle: fetching wheels for CPython {python_version} {platform}")
+    have, left_to_image = resolve_wheels(roots, wheels_dir, python_version=python_version, platform=platform,
+                                          skip=skip, say=say)
+    check_closure(have, python_version, platform, skip)
+    stray = sorted(set(wheels_dir.glob("*.whl")) - set(have.values()))
+    for path in stray:  # e.g. a second download of the same name; only the resolved set ships
+        path.unlink()
+    check_wheel_tags(wheels_dir, python_version, platform)
+    return have, left_to_image
+
+
+def _write_dataset_metadata(staging: Path, slug: str, kaggle_username: str | None) -> None:
+    username = kaggle_username or os.environ.get("KAGGLE_USERNAME") or "INSERT_KAGGLE_USERNAME"
+    (staging / "dataset-metadata.json").write_text(json.dumps({
+        "title": "birdinfer offline bundle",
+        "id": f"{username}/{slug}",
+        "licenses": [{"name": "other"}],
+        "subtitle": "birdinfer + OpenVINO wheels and an exported BirdCLEF model folder",
+    }, indent=2) + "\n", encoding="utf-8")
 
 
 def copy_model_files(manifest: Manifest, dest: str | Path, *, with_onnx: bool = False) -> Manifest:
