@@ -113,27 +113,8 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     for m_index, entry in enumerate(data["models"]):
         at = f"{where}: models[{entry['name']!r}]"
         n_classes = len(entry["label_map"]["labels"]) if entry.get("label_map") else len(data["labels"])
-        for precision, variant in entry["variants"].items():
-            v_at = f"{at}.variants.{precision}"
-            written = {}
-            if variant.get("openvino"):
-                xml = safe_join(source_dir, variant["openvino"], where=f"{v_at}.openvino")
-                model = _read(core, xml, v_at)
-                written["openvino"] = xml.name
-                _copy(xml, claim(xml.name, xml, f"{v_at}.openvino"))
-                _copy(xml.with_suffix(".bin"), claim(xml.with_suffix(".bin").name, xml.with_suffix(".bin"), f"{v_at}.openvino"))
-            if variant.get("onnx"):
-                onnx = safe_join(source_dir, variant["onnx"], where=f"{v_at}.onnx")
-                model = _read(core, onnx, v_at)
-                written["onnx"] = onnx.name
-                _copy(onnx, claim(onnx.name, onnx, f"{v_at}.onnx"))
-                if "openvino" not in written:  # convert: the OpenVINO backend reads IR
-                    xml_name = f"{onnx.stem}.xml"
-                    claim(f"{onnx.stem}.bin", onnx, f"{v_at}.onnx")
-                    ov.save_model(model, str(claim(xml_name, onnx, f"{v_at}.onnx")), compress_to_fp16=False)
-                    written["openvino"] = xml_name
-            if not written:
-                raise ModelFolderError(f"{v_at}: names no onnx or openvino file")
+        for variant_name, variant in entry["variants"].items():
+            written, model = _copy_variant(ov, core, variant, source_dir, claim, f"{at}.variants.{variant_name}")
             shapes = _check_graph(model, entry, n_classes, where=at)
             for o, dims in zip(entry["outputs"], shapes):
                 o["shape"] = dims
@@ -152,6 +133,31 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / MANIFEST_NAME)
     return _record_precision(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
+
+
+def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim, v_at: str) -> tuple[dict, Any]:
+    """One variant's graph files copied into the folder (an ONNX-only variant also converted to IR):
+    ``({"openvino": name, "onnx": name}, the graph as OpenVINO read it)``."""
+    written, model = {}, None
+    if variant.get("openvino"):
+        xml = safe_join(source_dir, variant["openvino"], where=f"{v_at}.openvino")
+        model = _read(core, xml, v_at)
+        written["openvino"] = xml.name
+        _copy(xml, claim(xml.name, xml, f"{v_at}.openvino"))
+        _copy(xml.with_suffix(".bin"), claim(xml.with_suffix(".bin").name, xml.with_suffix(".bin"), f"{v_at}.openvino"))
+    if variant.get("onnx"):
+        onnx = safe_join(source_dir, variant["onnx"], where=f"{v_at}.onnx")
+        model = _read(core, onnx, v_at)
+        written["onnx"] = onnx.name
+        _copy(onnx, claim(onnx.name, onnx, f"{v_at}.onnx"))
+        if "openvino" not in written:  # convert: the OpenVINO backend reads IR
+            xml_name = f"{onnx.stem}.xml"
+            claim(f"{onnx.stem}.bin", onnx, f"{v_at}.onnx")
+            ov.save_model(model, str(claim(xml_name, onnx, f"{v_at}.onnx")), compress_to_fp16=False)
+            written["openvino"] = xml_name
+    if not written:
+        raise ModelFolderError(f"{v_at}: names no onnx or openvino file")
+    return written, model
 
 
 def _record_precision(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
