@@ -62,7 +62,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError  # noqa: F401
 from ..spec.manifest import Manifest
@@ -183,14 +183,9 @@ def predict_ray(
     require_shard_pyarrow()
     out_dir = Path(out_dir)
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    recordings = collect_inputs(inputs)
-    if not recordings:
-        raise ParameterError(f"no audio files found in {inputs!r} (folders are walked recursively)")
-    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), resume=resume)
-    todo = [rec for rec in recordings if rec.key not in folder.done]
+    recordings, folder, todo = _open_output(inputs, manifest, out_dir, precision=precision, backend=backend,
+                                            resume=resume)
     resumed = len(recordings) - len(todo)
-    if resumed:
-        log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), out_dir)
 
     errors: dict[str, str] = {}
     run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
@@ -217,6 +212,19 @@ def predict_ray(
     say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out_dir}")
     return out_dir
+
+
+def _open_output(inputs, manifest: Manifest, out_dir: Path, *, precision: str, backend: str,
+                 resume: bool) -> tuple[list[Recording], OutputFolder, list[Recording]]:
+    """``(every recording, the output folder, the recordings not done by an earlier run with these settings)``."""
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(f"no audio files found in {inputs!r} (folders are walked recursively)")
+    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), resume=resume)
+    todo = [rec for rec in recordings if rec.key not in folder.done]
+    if len(todo) < len(recordings):
+        log.info("resuming: %d of %d recordings already done in %s", len(recordings) - len(todo), len(recordings), out_dir)
+    return recordings, folder, todo
 
 
 def _check_counts(files_per_task, num_workers) -> None:
@@ -258,19 +266,16 @@ def _record(batch: list[Recording], results: list[dict], folder: OutputFolder, e
     return audio
 
 
-def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *, manifest: Manifest,
-              models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
-              files_per_task: int, progress: bool, resumed: int, total: int) -> dict:
-    """Run ``todo`` on a pool of actors; write shards as results arrive. Returns run figures: ``workers``,
-    ``threads_per_worker``, ``load_seconds`` (actors created and models compiled), ``processing_seconds``
-    (from then to the last result), ``audio_seconds`` done, ``workers_replaced``."""
-    from ray.exceptions import RayActorError, RayError, RayTaskError
+def _start_actors(ray, models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
+                  n_batches: int) -> tuple[list[_Slot], Callable[[], Any], int, list[dict]]:
+    """The pool: ``(slots, new_actor, threads per actor, what each actor loaded)``; each actor reserves ``C/N`` of
+    the cluster's ``C`` CPUs (default N: one per CPU, never more than there are calls)."""
+    from ray.exceptions import RayError
 
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
     if num_workers is None:
         num_workers = max(1, int(cluster_cpus))
-    batches = deque([todo[i : i + files_per_task] for i in range(0, len(todo), files_per_task)])
-    num_workers = max(1, min(num_workers, len(batches)))
+    num_workers = max(1, min(num_workers, n_batches))
     cpus_per_worker = cluster_cpus / num_workers
     threads = max(1, int(cpus_per_worker))
     actor_class = ray.remote(_Worker).options(
@@ -280,7 +285,6 @@ def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str
     def new_actor():
         return actor_class.remote(models, precision, backend, threads, cache_dir)
 
-    load_start = time.perf_counter()
     slots = [_Slot(new_actor()) for _ in range(num_workers)]
     try:
         described = ray.get([slot.actor.describe.remote() for slot in slots])
@@ -288,6 +292,22 @@ def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str
         raise BackendError(f"Ray workers could not load the models of {models}: {e}") from e
     log.info("ray: %d workers × %d threads, precision %s, models loaded in %.1f s", num_workers, threads,
              described[0]["precision"], max(d["load_seconds"] for d in described))
+    return slots, new_actor, threads, described
+
+
+def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *, manifest: Manifest,
+              models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
+              files_per_task: int, progress: bool, resumed: int, total: int) -> dict:
+    """Run ``todo`` on a pool of actors; write shards as results arrive. Returns run figures: ``workers``,
+    ``threads_per_worker``, ``load_seconds`` (actors created and models compiled), ``processing_seconds``
+    (from then to the last result), ``audio_seconds`` done, ``workers_replaced``."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    batches = deque([todo[i : i + files_per_task] for i in range(0, len(todo), files_per_task)])
+    load_start = time.perf_counter()
+    slots, new_actor, threads, described = _start_actors(ray, models, precision, backend, cache_dir, num_workers,
+                                                         len(batches))
+    num_workers = len(slots)
 
     bar = progress_bar(progress, total=total, initial=resumed, desc="birdinfer predict (ray)")
     in_flight: dict[Any, tuple[int, Any, list[Recording]]] = {}  # call → (slot, actor, its recordings)
