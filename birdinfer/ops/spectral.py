@@ -1,6 +1,6 @@
 """Spectral front-end ops of manifest version 2: ``stft``, ``resize_time``, ``mel``, ``db``, ``log``.
 
-Registered in :data:`birdinfer.ops.frontend.OPS` (see that module and ``docs/manifest_v2.md``). The
+Registered in :data:`birdinfer.ops.base.OPS` (see :mod:`birdinfer.ops.frontend` and ``docs/manifest_v2.md``). The
 numbers follow librosa (Slaney mel, ``power_to_db``) and torchaudio (``MelSpectrogram`` with HTK mel,
 ``normalized=True``, ``AmplitudeToDB``) as documented there; the tests compare them one by one.
 """

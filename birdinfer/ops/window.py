@@ -1,6 +1,6 @@
 """Batch front-end ops of manifest version 2: ``channels``, ``neighbours``, ``crop_time``, ``gain``.
 
-Registered in :data:`birdinfer.ops.frontend.OPS` (see that module and ``docs/manifest_v2.md``).
+Registered in :data:`birdinfer.ops.base.OPS` (see :mod:`birdinfer.ops.frontend` and ``docs/manifest_v2.md``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ frequency band the front ends see, and which features the models use.
 
 Used by the time budget (:mod:`birdinfer.runtime.budget`), Raven tables (:mod:`birdinfer.jobs.predict`) and ``bench``
 (:mod:`birdinfer.tools.bench`). Everything here reads a :class:`birdinfer.spec.v2.ManifestV2`; :func:`as_v2` gives
-one for any loaded folder (a version 1 manifest is written as its :func:`birdinfer.tools.importer.spec_from_v1`
+one for any loaded folder (a version 1 manifest is written as its :func:`birdinfer.spec.upgrade.spec_from_v1`
 spec, the same upgrade ``Manifest.load`` makes).
 """
 

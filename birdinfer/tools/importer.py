@@ -1,6 +1,5 @@
-"""Ways into manifest version 2: ``birdinfer import`` (a user's ONNX / OpenVINO IR + a spec → a model folder)
-and :func:`spec_from_v1` (a version 1 folder's inference written as a version 2 spec; it lives in
-:mod:`birdinfer.spec.upgrade`).
+"""``birdinfer import``: a user's ONNX / OpenVINO IR + a version 2 spec → a model folder (a version 1 folder's
+inference written as a spec: :func:`birdinfer.spec.upgrade.spec_from_v1`).
 
 :func:`import_folder` validates the spec first (every op/step and parameter, before touching any graph),
 then reads each graph with OpenVINO and checks it against the spec — input rank and fixed dimensions,
