@@ -178,6 +178,9 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) ->
     from birdinfer.errors import ParameterError as _ParameterError
 
     out: dict[str, dict[str, dict]] = {}
+    here = _effective_class()
+    if here is not None and here not in classes:  # this process runs under a cap: its class is checked too
+        classes = (*classes, here)
     for cpu_class in classes:
         try:
             cap_for_class(cpu_class)
@@ -188,6 +191,14 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) ->
         for model, figures in result.items():
             out.setdefault(model, {})[figures["cpu_class"]] = figures
     return out
+
+
+def _effective_class() -> str | None:
+    """This process's CPU class when a cap masks the real CPU (``native`` in a child is the unmasked CPU)."""
+    from birdinfer.cpu import effective_isa
+
+    isa = effective_isa()
+    return isa.cpu_class if isa.masked else None
 
 
 def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
