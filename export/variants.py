@@ -195,7 +195,7 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) ->
 
 def _effective_class() -> str | None:
     """This process's CPU class when a cap masks the real CPU (``native`` in a child is the unmasked CPU)."""
-    from birdinfer.cpu import effective_isa
+    from birdinfer.runtime.cpu import effective_isa
 
     isa = effective_isa()
     return isa.cpu_class if isa.masked else None
