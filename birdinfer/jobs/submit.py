@@ -116,9 +116,7 @@ def make_submission(
                        f"{backend} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
         info["cpu_class"] = predictor.isa.to_dict()
         info["precision_plan"] = predictor.plan_summary
-        budget = TimeBudget(time_budget_s) if time_budget_s is not None else None
-        if budget is not None:
-            budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
+        budget = _make_budget(time_budget_s)
         results: list[FileResult] = []
         stats: dict = {}
         gate = _budget_gate(budget, predictor, clock, start, results, len(paths))
@@ -129,15 +127,28 @@ def make_submission(
             write_csv_atomic(frame, out)
         _record_run(info, frame, results, predictor, budget, stats, paths=paths, out=out, wall_start=wall_start)
         _write_report(report, info)
-        wall, failed = info["seconds"], info["failed"]
-        dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
-        say(progress, f"birdinfer: {len(paths)} files, {len(frame)} rows, {wall:.1f} s ({wall / len(paths):.2f} s/file), "
-                       f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
-                       + (f" → {out}" if out is not None else ""))
+        say(progress, _summary_line(info, frame, predictor, len(paths), out))
         return frame
     finally:
         if lock is not None:
             lock.release()
+
+
+def _make_budget(time_budget_s: float | None) -> TimeBudget | None:
+    """The run's time budget (None: no budget); its reserve is at most 5 % of the budget."""
+    if time_budget_s is None:
+        return None
+    budget = TimeBudget(time_budget_s)
+    budget.reserve_s = min(budget.reserve_s, 0.05 * time_budget_s)
+    return budget
+
+
+def _summary_line(info: dict, frame, predictor: Predictor, n_files: int, out) -> str:
+    wall, failed = info["seconds"], info["failed"]
+    dropped = ", ".join(e["model"] for e in info["dropped"]) or "none"
+    return (f"birdinfer: {n_files} files, {len(frame)} rows, {wall:.1f} s ({wall / n_files:.2f} s/file), "
+            f"precision {predictor.precision}, {len(failed)} failed, models dropped: {dropped}"
+            + (f" → {out}" if out is not None else ""))
 
 
 def _empty_submission(audio_dir, manifest: Manifest, columns, out, report, info: dict, wall_start: float):
