@@ -24,10 +24,11 @@ def measure_class(folder: str, audio: dict, rounds: int) -> dict:
     from birdinfer.runtime.cpu import effective_isa
     from birdinfer.spec.manifest import Manifest
     from birdinfer.runtime.models import plan_models
-    from birdinfer.tools.precision import AudioSet, ModelRunner, as_spec, compare_rows, file_features, rows_of
+    from birdinfer.spec.upgrade import upgrade
+    from birdinfer.tools.precision import AudioSet, ModelRunner, compare_rows, file_features, rows_of
 
     manifest = Manifest.load(folder)
-    spec = as_spec(manifest)
+    spec = upgrade(manifest)
     features = [file_features(spec, y) for y in AudioSet.from_dict(audio).signals("held_out")]
     plans = {mode: {p.entry.name: p for p in plan_models(manifest, precision=mode)[0]} for mode in ("f32", "auto", "fast")}
     out = {"isa": effective_isa().label(), "models": {}}

@@ -128,13 +128,14 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
     import numpy as np
     import openvino as ov
 
-    from birdinfer.tools.precision import as_spec, file_features, update_variants
+    from birdinfer.spec.upgrade import upgrade
+    from birdinfer.tools.precision import file_features, update_variants
 
     from .verify import batches_of
 
     folder = Path(folder)
     recipe = INT8_RECIPES[variant]
-    spec = as_spec(Manifest.load(folder))
+    spec = upgrade(Manifest.load(folder))
     calibration = [file_features(spec, y) for y in audio.signals("calibration")]
     core = ov.Core()
     files, updates = {}, {}

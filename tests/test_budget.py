@@ -13,7 +13,8 @@ from birdinfer.spec.upgrade import spec_from_v1
 from birdinfer.spec.manifest import Manifest
 from birdinfer.spec.files import FORMAT
 from birdinfer.spec.parse import parse_spec
-from birdinfer.spec.info import as_v2, effective_weights
+from birdinfer.spec.info import effective_weights
+from birdinfer.spec.upgrade import upgrade
 
 from conftest import REFERENCE_RECIPE, recipe_manifest
 
@@ -106,7 +107,7 @@ def test_nested_tree_weights_and_active_members():
     assert set(without_b) == {"a", "c", "d"}
     assert without_b["d"] == pytest.approx(3 / 4 * 3 / 4)
     assert sum(without_b.values()) == pytest.approx(1.0)
-    assert as_v2(spec) is spec
+    assert upgrade(spec) is spec
 
 
 def test_submission_budget_on_a_v2_folder_drops_by_tree_weight(small_v2_folder, tmp_path):

@@ -20,7 +20,7 @@ from typing import Callable
 from ..errors import OutputError
 from ..spec.manifest import Manifest
 from ..io.output import atomic_write
-from ..spec.info import as_v2
+from ..spec.upgrade import upgrade
 
 __all__ = ["ENGINE_VERSION", "Journal", "run_fingerprint"]
 
@@ -32,7 +32,7 @@ _PARTS_VERSION = 1
 
 def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
     """What decides the rows of a run: compared before resuming one."""
-    spec = as_v2(manifest).to_dict()
+    spec = upgrade(manifest).to_dict()
     spec.pop("files", None)
     spec.pop("extra", None)
     return {

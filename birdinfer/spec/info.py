@@ -2,28 +2,19 @@
 frequency band the front ends see, and which features the models use.
 
 Used by the time budget (:mod:`birdinfer.runtime.budget`), Raven tables (:mod:`birdinfer.jobs.predict`) and ``bench``
-(:mod:`birdinfer.tools.bench`). Everything here reads a :class:`birdinfer.spec.v2.ManifestV2`; :func:`as_v2` gives
-one for any loaded folder (a version 1 manifest is written as its :func:`birdinfer.spec.upgrade.spec_from_v1`
-spec, the same upgrade ``Manifest.load`` makes).
+(:mod:`birdinfer.tools.bench`). Everything here reads a :class:`birdinfer.spec.v2.ManifestV2`; any loaded folder
+becomes one through :func:`birdinfer.spec.upgrade.upgrade`, the upgrade ``Manifest.load`` makes.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from .upgrade import spec_from_v1
+from .upgrade import upgrade
 from .manifest import Manifest
-from .v2 import GroupSpec, ManifestV2, MemberRef
-from .parse import parse_spec
+from .v2 import GroupSpec, MemberRef
 
-__all__ = ["as_v2", "effective_weights", "feature_band", "frequency_band", "features_of"]
-
-
-def as_v2(manifest: Manifest) -> ManifestV2:
-    """``manifest`` as a :class:`ManifestV2` (itself when it is one already)."""
-    if isinstance(manifest, ManifestV2):
-        return manifest
-    return parse_spec(spec_from_v1(manifest), folder=manifest.folder)
+__all__ = ["effective_weights", "feature_band", "frequency_band", "features_of"]
 
 
 def effective_weights(manifest: Manifest, active: Iterable[str] | None = None) -> dict[str, float]:
@@ -31,7 +22,7 @@ def effective_weights(manifest: Manifest, active: Iterable[str] | None = None) -
     to the model, of each level's weight divided by the sum of its siblings' weights (only the members in
     ``active`` count, as the engine combines only the members that ran). Sums to 1 over the models that
     ran (when every weight is positive)."""
-    manifest = as_v2(manifest)
+    manifest = upgrade(manifest)
     names = None if active is None else set(active)
     out: dict[str, float] = {}
     _walk(manifest.ensemble, 1.0, names, out)
@@ -57,7 +48,7 @@ def _walk(group: GroupSpec, share: float, names: set[str] | None, out: dict[str,
 
 def features_of(manifest: Manifest, models: Iterable[str] | None = None) -> list[str]:
     """The feature names the ``models`` (default all) take as input, in manifest order of the models."""
-    manifest = as_v2(manifest)
+    manifest = upgrade(manifest)
     names = None if models is None else set(models)
     return list(dict.fromkeys(m.input for m in manifest.models if names is None or m.name in names))
 
@@ -65,7 +56,7 @@ def features_of(manifest: Manifest, models: Iterable[str] | None = None) -> list
 def feature_band(manifest: Manifest, feature: str) -> tuple[float, float]:
     """``(low Hz, high Hz)`` of one feature: its ``mel`` op's ``fmin`` and ``fmax`` (``fmax`` null = Nyquist);
     with several mel ops the widest range; a feature without one covers 0 Hz to Nyquist."""
-    manifest = as_v2(manifest)
+    manifest = upgrade(manifest)
     nyquist = manifest.sample_rate / 2.0
     bands = [(float(s.params.fmin), float(s.params.fmax) if s.params.fmax is not None else nyquist)
              for s in manifest.features[feature] if s.name == "mel"]

@@ -40,7 +40,7 @@ from .bench_stages import (KAGGLE_BUDGET_SECONDS, KAGGLE_FILE_SECONDS, KAGGLE_FI
                            bench_mode, gflop_per_file, ir_gflop, machine_info, matmul_peak_gflops, parse_mode)
 from ..errors import BirdinferError, ParameterError
 from ..spec.manifest import Manifest
-from ..spec.info import as_v2
+from ..spec.upgrade import upgrade
 from ..jobs.submit import resolve_inputs
 
 __all__ = [
@@ -154,7 +154,7 @@ def run_bench(
     modes = list(dict.fromkeys([precision] + list(compare or [])))
     for mode in modes:
         parse_mode(mode)  # fail early on a typo
-    manifest = as_v2(models if isinstance(models, Manifest) else Manifest.load(models))
+    manifest = upgrade(models if isinstance(models, Manifest) else Manifest.load(models))
     if plot is not None:
         require_pyplot()  # fail before the long part
 

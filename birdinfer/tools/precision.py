@@ -31,9 +31,10 @@ import numpy as np
 from ..runtime.cpu import effective_isa
 from ..errors import BirdinferError, ParameterError
 from ..spec.manifest import Manifest
+from ..spec.upgrade import upgrade
 from ..spec.files import MANIFEST_NAME
 
-__all__ = ["BF16_BAR", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "as_spec", "file_features", "ModelRunner",
+__all__ = ["BF16_BAR", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "file_features", "ModelRunner",
            "rows_of", "compare_rows", "measure_bf16", "measure_variants", "update_variants", "record_bf16"]
 
 #: bf16 bar: max |Δp| of a model's rows against f32 (the bar ``auto`` promises).
@@ -100,13 +101,6 @@ def audio_set(calibration: str | Path | None, sample_rate: int) -> AudioSet:
                     sample_rate)
 
 
-def as_spec(manifest: Manifest):
-    """The folder as a version 2 spec (a version 1 folder through its upgrade; same files)."""
-    from ..spec import ManifestV2, upgrade
-
-    return manifest if isinstance(manifest, ManifestV2) else upgrade(manifest)
-
-
 def file_features(spec, y: np.ndarray) -> tuple[dict, int]:
     """One recording (as one block) through the spec's front end → ``({feature: Signal}, n_rows)``."""
     from ..runtime.engine import FrontEndGraph
@@ -156,7 +150,7 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
     on ``audio``'s held-out files under this process's CPU class (see the module docstring)."""
     isa = effective_isa()
     manifest = Manifest.load(folder)
-    spec = as_spec(manifest)
+    spec = upgrade(manifest)
     records: dict[str, dict[str, dict]] = {}
     if not isa.bf16_native:
         why = (f"bf16 is not native on {isa.cpu_class} (OpenVINO would emulate it): not measurable here; "
@@ -201,7 +195,7 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     (all, or ``models``) compiled with ``hint`` against its f32 variant compiled with f32, both under this
     process's class, on the held-out audio. Returns ``{model: figures + class + what ran + speedup_vs_f32}``
     (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps)."""
-    spec = as_spec(Manifest.load(folder))
+    spec = upgrade(Manifest.load(folder))
     features = [file_features(spec, y) for y in AudioSet.from_dict(audio).signals("held_out")]
     out, rows = {}, {}
     for entry in spec.models:
