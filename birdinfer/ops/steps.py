@@ -27,7 +27,7 @@ from ..errors import ParameterError
 from .base import WindowLayout
 from .registry import Registry
 
-__all__ = ["MODEL_STEPS", "ROW_STEPS", "COMBINE_STEPS", "Outputs", "ROW_PRODUCING"]
+__all__ = ["MODEL_STEPS", "ROW_STEPS", "COMBINE_STEPS", "Outputs", "ROW_PRODUCING", "block_rows"]
 
 MODEL_STEPS = Registry("model step", "step")
 ROW_STEPS = Registry("row step", "step")
@@ -51,6 +51,14 @@ class Outputs:
 
     def with_array(self, name: str, value: np.ndarray) -> "Outputs":
         return replace(self, arrays={**self.arrays, name: value})
+
+
+def block_rows(steps, arrays: Mapping[str, np.ndarray], layout: WindowLayout, n_rows: int) -> np.ndarray:
+    """A model's outputs on one block's windows through its block steps (up to its row step) → rows."""
+    state = Outputs(arrays, layout, n_rows)
+    for step in steps:
+        state = step(state)
+    return state.rows
 
 
 def _need_names(known: dict, *names: str, kind: str | None = None) -> None:

@@ -22,7 +22,7 @@ from ..errors import ParameterError
 from ..ops.base import Block, Signal
 from ..ops.spectral import FUSED, frame_sharing_key, stft_resize_mel
 from ..spec.v2 import GroupSpec, ManifestV2, MemberRef, ModelSpec
-from ..ops.steps import Outputs
+from ..ops.steps import block_rows
 
 __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
 
@@ -211,10 +211,7 @@ class SpecEngine:
             if rows_of is not None:
                 out[model.name] = rows_of(model.entry, arrays[model.name], signal)
                 continue
-            state = Outputs(arrays[model.name], signal.windows, n_rows)
-            for step in model.entry.block_steps:
-                state = step(state)
-            out[model.name] = state.rows
+            out[model.name] = block_rows(model.entry.block_steps, arrays[model.name], signal.windows, n_rows)
         return out
 
     def _run_parallel(self, models: list, features: Mapping[str, Signal], seconds: dict, calls: dict,

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from ..ops.base import WindowLayout
-from ..ops.steps import Outputs
+from ..ops.steps import block_rows
 
 __all__ = ["RowStream", "context_rows"]
 
@@ -65,10 +65,8 @@ class RowStream:
         begin = max(held.start, (first - ctx) // step)  # first window of this run
         n = stop - begin * step + (0 if last else 1)  # one row more: the last emitted row is not the run's edge
         batch = {k: v[begin - held.start :] for k, v in held.arrays.items()}
-        state = Outputs(batch, replace(layout, count=w1 - begin), n)
-        for s in entry.block_steps:
-            state = s(state)
-        rows = state.rows[first - begin * step : stop - begin * step]
+        rows = block_rows(entry.block_steps, batch, replace(layout, count=w1 - begin), n)
+        rows = rows[first - begin * step : stop - begin * step]
         keep = max(held.start, (stop - ctx) // step)
         held.arrays = {k: v[keep - held.start :] for k, v in held.arrays.items()}
         held.start, held.emitted = keep, stop
