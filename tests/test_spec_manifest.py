@@ -134,7 +134,7 @@ def test_version_1_manifests_load_upgraded_and_as_written(tmp_path):
 
 
 def test_bad_values_in_outputs_label_map_and_members(tmp_path):
-    broken(tmp_path, lambda d: d["models"][0]["outputs"][0].update(index="first"), r"outputs\[0\]: 'index' and 'shape' must be whole numbers")
+    broken(tmp_path, lambda d: d["models"][0]["outputs"][0].update(index="first"), r"outputs\[0\]\.index='first': must be a whole number in \[0, 1000\]")
     broken(tmp_path, lambda d: d["models"][0]["label_map"].update(labels=["a", "a"]), r"label_map\.labels has duplicates")
-    broken(tmp_path, lambda d: d["ensemble"]["members"][0].update(weight=-1), r"ensemble\.members\[0\]\.weight must be a finite number >= 0")
+    broken(tmp_path, lambda d: d["ensemble"]["members"][0].update(weight=-1), r"ensemble\.members\[0\]\.weight=-1: must be a finite number in \[0, 1000000\]")
     broken(tmp_path, lambda d: d["models"][0]["outputs"][0].update(kind="logits"), r"outputs\[0\]: needs 'name' and 'kind'")

@@ -10,11 +10,18 @@ window ops: :mod:`birdinfer.ops.window`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout, _axes_of_scope, _infer_scope, _need
+from .registry import VALUE, Range
+
+#: Seconds of padding (one hour at most); frames of a window (a million at most).
+Seconds = Annotated[float, Range(0, 3600)]
+Frames = Annotated[int, Range(1, 10**6)]
+#: An epsilon added to a divisor: 0 allowed (exact min-max scaling, as some solutions do it).
+Eps = Annotated[float, Range(0, 1e3)]
 
 __all__ = ["fit_padding", "pad", "normalize_wave", "windows", "normalize"]
 
@@ -22,22 +29,18 @@ __all__ = ["fit_padding", "pad", "normalize_wave", "windows", "normalize"]
 # ----------------------------------------------------------------------------------------------- pad
 @dataclass(frozen=True)
 class PadParams:
-    left_seconds: float = 0.0
-    right_seconds: float = 0.0
+    left_seconds: Seconds = 0.0
+    right_seconds: Seconds = 0.0
     mode: Literal["constant", "reflect", "edge"] = "constant"
-    value: float = 0.0
-    fit: dict[str, int] | None = None  # {"hop_length", "length_frames", "step_frames", "step_rows" (1)}
+    value: Annotated[float, VALUE] = 0.0
+    fit: dict[str, Frames] | None = None  # {"hop_length", "length_frames", "step_frames", "step_rows" (1)}
 
     def __post_init__(self):
-        if self.left_seconds < 0 or self.right_seconds < 0:
-            raise ValueError("left_seconds and right_seconds must be >= 0")
         if self.fit is not None:
             need = {"hop_length", "length_frames", "step_frames"}
             keys = set(self.fit)
             if not need <= keys or not keys <= need | {"step_rows"}:
                 raise ValueError(f"fit needs exactly hop_length, length_frames, step_frames (and optional step_rows), got {sorted(keys)}")
-            if min(self.fit.values()) <= 0:
-                raise ValueError("fit values must be positive")
             if self.left_seconds or self.right_seconds:
                 raise ValueError("give either fit or left_seconds/right_seconds")
 
@@ -75,7 +78,7 @@ def pad(x: Signal, p: PadParams, block: Block) -> Signal:
 @dataclass(frozen=True)
 class WaveNormParams:
     method: Literal["peak", "zscore", "rms"] = "peak"
-    eps: float = 1e-8
+    eps: Eps = 1e-8
 
 
 def _infer_wave_norm(s: Static, p: WaveNormParams) -> Static:
@@ -107,26 +110,24 @@ def normalize_wave(x: Signal, p: WaveNormParams, block: Block) -> Signal:
 # ------------------------------------------------------------------------------------------- windows
 @dataclass(frozen=True)
 class WindowsParams:
-    length_seconds: float | None = None
-    step_seconds: float | None = None
-    lead_seconds: float | Literal["centre"] = 0.0
-    length_frames: int | None = None
-    step_frames: int | None = None
-    lead_frames: float | Literal["centre"] = 0.0
-    frames_per_row: float | None = None
-    fill: float = 0.0
+    length_seconds: Annotated[float, Range(0, 3600, low_open=True)] | None = None
+    step_seconds: Annotated[float, Range(0, 3600, low_open=True)] | None = None
+    lead_seconds: Annotated[float, Range(-3600, 3600)] | Literal["centre"] = 0.0
+    length_frames: Frames | None = None
+    step_frames: Frames | None = None
+    lead_frames: Annotated[float, Range(-10**6, 10**6)] | Literal["centre"] = 0.0
+    frames_per_row: Annotated[float, Range(0, 100000, low_open=True)] | None = None
+    fill: Annotated[float, VALUE] = 0.0
 
     def __post_init__(self):
         seconds = self.length_seconds is not None or self.step_seconds is not None
         frames = self.length_frames is not None or self.step_frames is not None
         if seconds == frames:
             raise ValueError("give length_seconds and step_seconds (waveform) or length_frames and step_frames (spectrum)")
-        if seconds and (self.length_seconds is None or self.step_seconds is None or min(self.length_seconds, self.step_seconds) <= 0):
-            raise ValueError("length_seconds and step_seconds must both be positive")
-        if frames and (self.length_frames is None or self.step_frames is None or min(self.length_frames, self.step_frames) <= 0):
-            raise ValueError("length_frames and step_frames must both be positive")
-        if self.frames_per_row is not None and self.frames_per_row <= 0:
-            raise ValueError("frames_per_row must be positive")
+        if seconds and (self.length_seconds is None or self.step_seconds is None):
+            raise ValueError("give both length_seconds and step_seconds")
+        if frames and (self.length_frames is None or self.step_frames is None):
+            raise ValueError("give both length_frames and step_frames")
 
 
 def _step_rows(step: float, row: float, what: str) -> int:
@@ -211,18 +212,16 @@ def windows(x: Signal, p: WindowsParams, block: Block) -> Signal:
 @dataclass(frozen=True)
 class NormParams:
     method: Literal["none", "zscore", "minmax", "zscore_minmax", "affine", "clamp"]
-    eps: float = 1e-6
-    ddof: int = 1
-    scale: float = 1.0
-    offset: float = 0.0
-    clip: tuple[float, float] | None = None
+    eps: Eps = 1e-6
+    ddof: Annotated[int, Range(0, 1)] = 1
+    scale: Annotated[float, VALUE] = 1.0
+    offset: Annotated[float, VALUE] = 0.0
+    clip: tuple[Annotated[float, VALUE], Annotated[float, VALUE]] | None = None
     scope: Scope = "auto"
 
     def __post_init__(self):
         if self.clip is not None and self.clip[0] > self.clip[1]:
             raise ValueError("clip must be [low, high] with low <= high")
-        if self.ddof not in (0, 1):
-            raise ValueError("ddof must be 0 or 1")
 
 
 @OPS.register("normalize", NormParams, infer=_infer_scope("normalize"))

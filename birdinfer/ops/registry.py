@@ -4,7 +4,13 @@ An operation is a small pure function registered under a name together with a fr
 dataclass (as timm registers its models). A manifest entry ``{"op": "db", "top_db": 80}`` is parsed by
 :meth:`Registry.parse`: unknown names, unknown or missing parameters and values of the wrong type or out
 of range raise :class:`birdinfer.errors.ModelFolderError` naming the manifest path and field.
-Parameter dataclasses check their own ranges in ``__post_init__`` (raising ``ValueError``).
+
+Every number a parameter holds (alone, or inside a list or object) is declared with its allowed range, here
+and nowhere else: ``n_fft: Annotated[int, Range(2, 65536)]``. :func:`coerce` refuses NaN, infinities and values
+outside the range with a sentence giving the range (``tests/test_faults_folder.py`` checks that every numeric
+parameter of every registered op and step declares one). What relates two parameters (``win_length <= n_fft``,
+``fmin < fmax``) is checked by the dataclass's ``__post_init__`` (raising ``ValueError``), what relates a
+parameter to the signal (``fmax`` against the Nyquist frequency) by the op's shape rule.
 """
 
 from __future__ import annotations
@@ -14,11 +20,34 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from ..errors import ModelFolderError
 
-__all__ = ["Registry", "Entry", "coerce"]
+__all__ = ["Registry", "Entry", "Range", "coerce", "build_params", "shown", "VALUE"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric parameter: ``low <= x <= high`` (``low_open``: ``low < x``)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        return (self.low < x if self.low_open else self.low <= x) and x <= self.high
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}]"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) <= 1e7 else f"{x:g}"
+
+
+#: A value written into the data (a fill, an offset, a clip bound): any finite number of sane magnitude.
+VALUE = Range(-1e9, 1e9)
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,12 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def check_param(self, name: str, param: str, value: Any) -> Any:
+        """``value`` as parameter ``param`` of the registered ``name`` takes it (type and range; a
+        :class:`ValueError` or :class:`TypeError` says what is allowed): for formats that state an op's
+        parameters under other names (version 1 mel groups)."""
+        return coerce(value, typing.get_type_hints(self[name].params, include_extras=True)[param])
+
     def parse(self, data: Any, *, where: str) -> tuple[Entry, Any]:
         """``{"<key>": name, **params}`` → (entry, params instance); errors name ``where``."""
         if not isinstance(data, Mapping):
@@ -77,14 +112,14 @@ def build_params(cls: type, values: Mapping[str, Any], *, where: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ModelFolderError(f"{where}: unknown parameter {unknown[0]!r} (known: {', '.join(fields) or 'none'})")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, f in fields.items():
         if name in values:
             try:
                 kwargs[name] = coerce(values[name], hints[name])
-            except (TypeError, ValueError) as e:
-                raise ModelFolderError(f"{where}: parameter {name!r}={values[name]!r}: {e}") from None
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ModelFolderError(f"{where}: parameter {name!r}={shown(values[name])}: {e}") from None
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ModelFolderError(f"{where}: missing parameter {name!r}")
     try:
@@ -94,11 +129,22 @@ def build_params(cls: type, values: Mapping[str, Any], *, where: str):
 
 
 def coerce(value: Any, hint: Any) -> Any:
-    """A JSON value → the annotated type (int, float, str, bool, Literal, Optional, Union, tuple, dict)."""
+    """A JSON value → the annotated type (int, float, str, bool, Literal, Optional, Union, tuple, dict); a number
+    annotated with a :class:`Range` (``Annotated[float, Range(0, 1000)]``) must be finite and inside it."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
         return value
+    if origin is Annotated:
+        allowed = next((a for a in hint.__metadata__ if isinstance(a, Range)), None)
+        what = "a whole number" if args[0] is int else "a finite number"
+        try:
+            number = coerce(value, args[0])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"must be {what} in {allowed}" if allowed is not None else str(e)) from None
+        if allowed is not None and number not in allowed:
+            raise ValueError(f"must be {what} in {allowed}")
+        return number
     if origin is Literal:
         if value not in args:
             raise ValueError(f"must be one of {', '.join(repr(a) for a in args)}")
@@ -114,7 +160,8 @@ def coerce(value: Any, hint: Any) -> Any:
                 return coerce(value, option)
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
-        raise ValueError("; ".join(errors) or "bad value")
+        optional = " (or null)" if type(None) in args else ""
+        raise ValueError(("; ".join(errors) or "bad value") + optional)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError("must be a list")
@@ -134,11 +181,12 @@ def coerce(value: Any, hint: Any) -> Any:
             raise TypeError("must be true or false")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
             raise TypeError("must be a whole number")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value)):
             raise TypeError("must be a finite number")
         return float(value)
     if hint is str:
@@ -146,3 +194,16 @@ def coerce(value: Any, hint: Any) -> Any:
             raise TypeError("must be a string")
         return value
     raise TypeError(f"unsupported parameter type {hint!r}")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 400-digit number in a message helps nobody)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond float range
+        return math.inf

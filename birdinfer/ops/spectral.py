@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.fft
@@ -18,6 +18,7 @@ import scipy.fft
 from ..dsp import SpectrumTarget, mel_bands, resize_plan, resized_mel_power
 from ..dsp.mel import hz_to_mel_slaney as _hz_to_mel_slaney, mel_filterbank, mel_to_hz_slaney as _mel_to_hz_slaney
 from .base import OPS, Block, Scope, Signal, Static, _axes_of_scope, _infer_scope, _need
+from .registry import Range
 
 __all__ = ["StftParams", "MelParams", "DbParams", "stft", "analysis_window", "mel_basis"]
 
@@ -25,20 +26,18 @@ __all__ = ["StftParams", "MelParams", "DbParams", "stft", "analysis_window", "me
 # ---------------------------------------------------------------------------------------------- stft
 @dataclass(frozen=True)
 class StftParams:
-    n_fft: int
-    hop_length: int
-    win_length: int | None = None
+    n_fft: Annotated[int, Range(2, 65536)]
+    hop_length: Annotated[int, Range(1, 65536)]
+    win_length: Annotated[int, Range(1, 65536)] | None = None
     window: Literal["hann", "hann_symmetric", "hamming", "ones"] = "hann"
     center: bool = True
     pad_mode: Literal["constant", "reflect"] = "constant"
     normalized: bool = False
-    power: float = 2.0
+    power: Annotated[float, Range(1.0, 2.0)] = 2.0
 
     def __post_init__(self):
-        if self.n_fft < 2 or self.hop_length < 1:
-            raise ValueError("n_fft must be >= 2 and hop_length >= 1")
-        if self.win_length is not None and not 1 <= self.win_length <= self.n_fft:
-            raise ValueError("win_length must be in [1, n_fft]")
+        if self.win_length is not None and self.win_length > self.n_fft:
+            raise ValueError(f"win_length={self.win_length} must be <= n_fft={self.n_fft}")
         if self.power not in (1.0, 2.0):
             raise ValueError("power must be 1.0 (magnitude) or 2.0 (power)")
 
@@ -140,11 +139,7 @@ def n_stft_frames(n_samples: int, p: StftParams) -> int:
 # ------------------------------------------------------------------------------------------- resize
 @dataclass(frozen=True)
 class ResizeParams:
-    frames_per_row: int
-
-    def __post_init__(self):
-        if self.frames_per_row <= 0:
-            raise ValueError("frames_per_row must be positive")
+    frames_per_row: Annotated[int, Range(1, 100000)]
 
 
 def _infer_resize(s: Static, p: ResizeParams) -> Static:
@@ -187,15 +182,15 @@ FUSED = {("stft", "resize_time"): stft_then_resize}
 # ---------------------------------------------------------------------------------------------- mel
 @dataclass(frozen=True)
 class MelParams:
-    n_mels: int
-    fmin: float = 0.0
-    fmax: float | None = None
+    n_mels: Annotated[int, Range(1, 4096)]
+    fmin: Annotated[float, Range(0, 1e6)] = 0.0
+    fmax: Annotated[float, Range(0, 1e6, low_open=True)] | None = None
     scale: Literal["slaney", "htk"] = "slaney"
     norm: Literal["slaney"] | None = "slaney"
 
     def __post_init__(self):
-        if self.n_mels <= 0 or self.fmin < 0 or (self.fmax is not None and self.fmax <= self.fmin):
-            raise ValueError("need n_mels > 0 and 0 <= fmin < fmax")
+        if self.fmax is not None and self.fmax <= self.fmin:
+            raise ValueError(f"need fmin < fmax, got fmin={self.fmin:g}, fmax={self.fmax:g}")
 
 
 def mel_basis(sample_rate: int, n_fft: int, p: MelParams) -> np.ndarray:
@@ -223,7 +218,10 @@ def _infer_mel(s: Static, p: MelParams) -> Static:
     if s.n_fft is None:
         raise ValueError("mel needs an stft before it")
     if p.fmax is not None and p.fmax > s.sample_rate / 2 + 1e-6:
-        raise ValueError(f"fmax={p.fmax} is above the Nyquist frequency {s.sample_rate / 2}")
+        raise ValueError(f"fmax={p.fmax:g} is above the Nyquist frequency {s.sample_rate / 2:g} Hz (sample_rate / 2)")
+    if p.fmax is None and p.fmin >= s.sample_rate / 2:
+        raise ValueError(f"fmin={p.fmin:g} must be below fmax, which defaults to the Nyquist frequency "
+                         f"{s.sample_rate / 2:g} Hz")
     return replace(s, freq=p.n_mels)
 
 
@@ -290,15 +288,11 @@ def stft_resize_mel(x: Signal, chains: list[Chain], block: Block) -> list[Signal
 # ----------------------------------------------------------------------------------------- db / log
 @dataclass(frozen=True)
 class DbParams:
-    top_db: float | None = 80.0
-    ref: float | Literal["max"] = 1.0
-    amin: float = 1e-10
-    multiplier: float = 10.0
+    top_db: Annotated[float, Range(0, 1000)] | None = 80.0
+    ref: Annotated[float, Range(0, 1e30, low_open=True)] | Literal["max"] = 1.0
+    amin: Annotated[float, Range(0, 1e6, low_open=True)] = 1e-10
+    multiplier: Annotated[float, Range(0, 1000, low_open=True)] = 10.0
     scope: Scope = "auto"
-
-    def __post_init__(self):
-        if self.amin <= 0 or (self.top_db is not None and self.top_db < 0):
-            raise ValueError("amin must be > 0 and top_db >= 0")
 
 
 @OPS.register("db", DbParams, infer=_infer_scope("db", "spec"))
@@ -325,9 +319,9 @@ def db(x: Signal, p: DbParams, block: Block) -> Signal:
 
 @dataclass(frozen=True)
 class LogParams:
-    eps: float = 1e-6
+    eps: Annotated[float, Range(0, 1e6, low_open=True)] = 1e-6
     base: Literal["e", "10"] = "e"
-    multiplier: float = 1.0
+    multiplier: Annotated[float, Range(-1e6, 1e6)] = 1.0
 
 
 @OPS.register("log", LogParams, infer=lambda s, p: s)

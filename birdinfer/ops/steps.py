@@ -16,7 +16,7 @@ used when a manifest is loaded, so a step naming an output that does not exist f
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 import numpy as np
 import scipy.ndimage
@@ -25,7 +25,10 @@ from scipy.special import expit
 
 from ..errors import ParameterError
 from .base import WindowLayout
-from .registry import Registry
+from .registry import VALUE, Range, Registry
+
+#: A weight of a blend, a shift or a kernel tap.
+Weight = Annotated[float, Range(-1e6, 1e6)]
 
 __all__ = ["MODEL_STEPS", "ROW_STEPS", "COMBINE_STEPS", "Outputs", "ROW_PRODUCING", "block_rows"]
 
@@ -88,7 +91,7 @@ def sigmoid(o: Outputs, p: OutputParams) -> Outputs:
 @dataclass(frozen=True)
 class SoftmaxParams:
     output: str = ""
-    axis: int = 1
+    axis: Annotated[int, Range(-3, 2)] = 1
 
 
 @MODEL_STEPS.register("softmax", SoftmaxParams, names=_names_same)
@@ -118,7 +121,7 @@ def reduce_frames(o: Outputs, p: ReduceFramesParams) -> Outputs:
 
 @dataclass(frozen=True)
 class BlendParams:
-    weights: dict[str, float]
+    weights: dict[str, Weight]
     into: str
 
     def __post_init__(self):
@@ -149,7 +152,7 @@ class TimelineParams:
     output: str = ""
     overlap: Literal["mean", "max"] = "mean"
     reduce: Literal["max", "mean"] = "max"
-    shifts: tuple[dict[str, float], ...] = ()
+    shifts: tuple[dict[str, Weight], ...] = ()
     accumulate: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self):
@@ -241,13 +244,14 @@ def clip_rows(o: Outputs, p: OutputParams) -> Outputs:
 # ------------------------------------------------------------------------------------ row steps
 @dataclass(frozen=True)
 class SmoothParams:
-    kernel: tuple[float, ...]
+    kernel: tuple[Weight, ...]
     mode: Literal["nearest", "reflect", "mirror", "constant", "wrap"] = "nearest"
-    cval: float = 0.0
+    cval: Annotated[float, VALUE] = 0.0
 
     def __post_init__(self):
-        if not self.kernel:
-            raise ValueError("kernel needs at least one value")
+        if not 1 <= len(self.kernel) <= 10001:
+            raise ValueError(f"kernel needs 1 to 10001 values, got {len(self.kernel)}" if self.kernel else
+                             "kernel needs at least one value")
 
 
 @ROW_STEPS.register("smooth", SmoothParams)
@@ -257,13 +261,9 @@ def smooth(p_rows: np.ndarray, p: SmoothParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GaussianParams:
-    sigma: float
+    sigma: Annotated[float, Range(0, 1e4, low_open=True)]
     mode: Literal["nearest", "reflect", "mirror", "constant", "wrap"] = "nearest"
-    truncate: float = 4.0
-
-    def __post_init__(self):
-        if self.sigma <= 0:
-            raise ValueError("sigma must be > 0")
+    truncate: Annotated[float, Range(0, 100, low_open=True)] = 4.0
 
 
 @ROW_STEPS.register("gaussian_smooth", GaussianParams)
@@ -273,12 +273,12 @@ def gaussian_smooth(rows: np.ndarray, p: GaussianParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BoxParams:
-    size: int = 5
+    size: Annotated[int, Range(1, 10001)] = 5
     edge: Literal["valid_mean", "nearest", "constant"] = "valid_mean"
 
     def __post_init__(self):
-        if self.size < 1 or self.size % 2 == 0:
-            raise ValueError("size must be an odd number >= 1")
+        if self.size % 2 == 0:
+            raise ValueError(f"size must be odd, got {self.size}")
 
 
 @ROW_STEPS.register("box_mean", BoxParams)
@@ -295,12 +295,8 @@ def box_mean(rows: np.ndarray, p: BoxParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FileScaleParams:
-    top_k: int = 1
-    power: float = 1.0
-
-    def __post_init__(self):
-        if self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
+    top_k: Annotated[int, Range(1, 10**6)] = 1
+    power: Annotated[float, Range(0, 100)] = 1.0
 
 
 @ROW_STEPS.register("file_scale", FileScaleParams)
@@ -314,11 +310,7 @@ def file_scale(rows: np.ndarray, p: FileScaleParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FileMaxParams:
-    weight: float
-
-    def __post_init__(self):
-        if not 0 <= self.weight <= 1:
-            raise ValueError("weight must be in [0, 1]")
+    weight: Annotated[float, Range(0, 1)]
 
 
 @ROW_STEPS.register("file_max_blend", FileMaxParams)
@@ -329,7 +321,7 @@ def file_max_blend(rows: np.ndarray, p: FileMaxParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PowerParams:
-    exponent: float
+    exponent: Annotated[float, Range(0, 100, low_open=True)]
 
 
 @ROW_STEPS.register("power", PowerParams)
@@ -339,8 +331,12 @@ def power(rows: np.ndarray, p: PowerParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClipParams:
-    min: float = 0.0
-    max: float = 1.0
+    min: Annotated[float, VALUE] = 0.0
+    max: Annotated[float, VALUE] = 1.0
+
+    def __post_init__(self):
+        if self.min > self.max:
+            raise ValueError(f"need min <= max, got min={self.min:g}, max={self.max:g}")
 
 
 @ROW_STEPS.register("clip_values", ClipParams)

@@ -6,11 +6,12 @@ Registered in :data:`birdinfer.ops.base.OPS` (see :mod:`birdinfer.ops.frontend` 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
 from .base import OPS, Block, Signal, Static, _need
+from .registry import VALUE, Range
 
 __all__ = ["ChannelsParams", "NeighboursParams", "CropParams", "GainParams"]
 
@@ -19,14 +20,14 @@ __all__ = ["ChannelsParams", "NeighboursParams", "CropParams", "GainParams"]
 @dataclass(frozen=True)
 class ChannelsParams:
     layout: tuple[Literal["x", "ramp"], ...] = ("x",)
-    repeat: int | None = None
-    ramp: tuple[float, float] = (0.0, 1.0)
+    repeat: Annotated[int, Range(1, 64)] | None = None
+    ramp: tuple[Annotated[float, VALUE], Annotated[float, VALUE]] = (0.0, 1.0)
 
     def __post_init__(self):
-        if self.repeat is not None and (self.repeat < 1 or self.layout != ("x",)):
-            raise ValueError("repeat must be >= 1 and cannot be combined with layout")
-        if not self.layout:
-            raise ValueError("layout needs at least one channel")
+        if self.repeat is not None and self.layout != ("x",):
+            raise ValueError("repeat cannot be combined with layout")
+        if not 1 <= len(self.layout) <= 64:
+            raise ValueError(f"layout needs 1 to 64 channels, got {len(self.layout)}")
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -58,14 +59,10 @@ def channels(x: Signal, p: ChannelsParams, block: Block) -> Signal:
 # ---------------------------------------------------------------------------------------- neighbours
 @dataclass(frozen=True)
 class NeighboursParams:
-    before: int = 1
-    after: int = 1
-    crop_frames: int | None = None
+    before: Annotated[int, Range(0, 64)] = 1
+    after: Annotated[int, Range(0, 64)] = 1
+    crop_frames: Annotated[int, Range(1, 10**6)] | None = None
     edge: Literal["zeros", "repeat"] = "zeros"
-
-    def __post_init__(self):
-        if self.before < 0 or self.after < 0 or (self.crop_frames is not None and self.crop_frames <= 0):
-            raise ValueError("before/after must be >= 0 and crop_frames > 0")
 
 
 def _infer_neighbours(s: Static, p: NeighboursParams) -> Static:
@@ -109,7 +106,7 @@ def neighbours(x: Signal, p: NeighboursParams, block: Block) -> Signal:
 # ------------------------------------------------------------------------------------- gain / crop
 @dataclass(frozen=True)
 class GainParams:
-    factor: float
+    factor: Annotated[float, VALUE]
 
 
 @OPS.register("gain", GainParams, infer=lambda s, p: s)
@@ -119,12 +116,8 @@ def gain(x: Signal, p: GainParams, block: Block) -> Signal:
 
 @dataclass(frozen=True)
 class CropParams:
-    length: int
-    start: int = 0
-
-    def __post_init__(self):
-        if self.start < 0 or self.length <= 0:
-            raise ValueError("start must be >= 0 and length > 0")
+    length: Annotated[int, Range(1, 10**6)]
+    start: Annotated[int, Range(0, 10**6)] = 0
 
 
 def _infer_crop(s: Static, p: CropParams) -> Static:

@@ -1,6 +1,7 @@
 """The model folder format, bottom up:
 
     files.py      manifest.json, checksums, safe file names, ModelVariant (a stored form of a model)
+    groups.py     version 1 mel groups (ranges: those of the ops they run as) and fields shared with recipes
     manifest.py   the version 1 manifest (mel groups, models) and ``Manifest.load(folder)``
     v2.py         the version 2 types: a whole inference as data (ManifestV2, ModelSpec, GroupSpec, ...)
     parse.py      version 2 parsing, validated against the registered ops (birdinfer.ops)

@@ -39,12 +39,14 @@ A model emits frame-wise logits ``(chunks, n_labels, frames_per_chunk)``; a 5 s 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ChecksumError, ModelFolderError
+from ..ops.registry import shown
+from .groups import (MelGroup, check_smoothing, check_unique_groups, check_weight, find_group,  # noqa: F401
+                     read_ensemble_fields)
 from .files import FORMAT, MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, read_json_object, safe_join, sha256_file
 
 __all__ = [
@@ -65,94 +67,6 @@ FORMAT_VERSION = 1
 # version 2 spec the engine runs (spec/upgrade.py). This module reads files and version 1; it imports no later format.
 READERS: dict[int, Callable[..., "Manifest"]] = {}
 UPGRADES: dict[int, Callable[["Manifest"], "Manifest"]] = {}
-
-
-@dataclass(frozen=True)
-class MelGroup:
-    """Front-end parameters shared by every model of one group (REFERENCE.md section 2)."""
-
-    name: str
-    n_fft: int
-    hop_length: int
-    n_mels: int
-    fmin: float
-    fmax: float
-    frames_per_window: int  # resized time columns per 5 s window ("F")
-    weight: float = 1.0  # group weight in the final ensemble
-    top_db: float = 80.0
-
-    @property
-    def frames_per_chunk(self) -> int:
-        """Input time columns per 10 s chunk (2F)."""
-        return 2 * self.frames_per_window
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "manifest") -> "MelGroup":
-        try:
-            group = cls(
-                name=str(data["name"]),
-                n_fft=int(data["n_fft"]),
-                hop_length=int(data["hop_length"]),
-                n_mels=int(data["n_mels"]),
-                fmin=float(data["fmin"]),
-                fmax=float(data["fmax"]),
-                frames_per_window=int(data["frames_per_window"]),
-                weight=float(data.get("weight", 1.0)),
-                top_db=float(data.get("top_db", 80.0)),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFolderError(f"{where}: bad mel group {dict(data)!r}: {e!r}") from e
-        group.validate(where=where)
-        return group
-
-    def validate(self, *, where: str = "manifest") -> None:
-        problems = []
-        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0 or self.frames_per_window <= 0:
-            problems.append("n_fft, hop_length, n_mels and frames_per_window must be positive")
-        if not 0 <= self.fmin < self.fmax:
-            problems.append(f"need 0 <= fmin < fmax, got fmin={self.fmin}, fmax={self.fmax}")
-        if not (self.weight >= 0 and math.isfinite(self.weight)):
-            problems.append(f"weight must be a finite number >= 0, got {self.weight}")
-        if problems:
-            raise ModelFolderError(f"{where}: mel group {self.name!r}: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# -------------------------------------------------- parsing shared with export recipes (birdinfer_export.recipe)
-def check_unique_groups(groups: Iterable[MelGroup], *, where: str, error: type[Exception] = ModelFolderError) -> None:
-    """Group names must be unique (``error`` names the file ``where``)."""
-    names = [g.name for g in groups]
-    if len(set(names)) != len(names):
-        raise error(f"{where}: duplicate group names {names}")
-
-
-def find_group(groups: Iterable[MelGroup], name: str, *, where: str, error: type[Exception] = ModelFolderError) -> MelGroup:
-    groups = tuple(groups)
-    for g in groups:
-        if g.name == name:
-            return g
-    raise error(f"{where}: no mel group named {name!r} (groups: {[g.name for g in groups]})")
-
-
-def read_ensemble_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``sample_rate``, ``window_seconds`` and ``smoothing`` with their defaults (manifests and recipes)."""
-    return {
-        "sample_rate": int(data.get("sample_rate", 32000)),
-        "window_seconds": float(data.get("window_seconds", 5.0)),
-        "smoothing": float(data.get("smoothing", 0.15)),
-    }
-
-
-def check_weight(model: str, weight: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
-    if not (weight >= 0 and math.isfinite(weight)):
-        raise error(f"{where}: model {model!r}: weight must be finite and >= 0, got {weight}")
-
-
-def check_smoothing(smoothing: float, *, where: str, error: type[Exception] = ModelFolderError) -> None:
-    if not 0 <= smoothing < 0.5:
-        raise error(f"{where}: smoothing must be in [0, 0.5), got {smoothing}")
 
 
 @dataclass(frozen=True)
@@ -326,6 +240,8 @@ class Manifest:
                 f"{where}: format_version {data.get('format_version')!r} is not supported by this birdinfer "
                 f"(supports {FORMAT_VERSION} and 2); upgrade birdinfer or re-export"
             )
+        if not isinstance(data.get("labels", []), list):
+            raise ModelFolderError(f"{where}: 'labels' must be a list of class names, got {shown(data['labels'])}")
         try:
             manifest = cls(
                 labels=tuple(str(x) for x in data["labels"]),
@@ -339,6 +255,8 @@ class Manifest:
             )
         except KeyError as e:
             raise ModelFolderError(f"{where}: missing key {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise ModelFolderError(f"{where}: {e}") from None
         manifest.validate()
         return manifest
 

@@ -6,13 +6,13 @@ and the field, before any audio is read. Registered as ``READERS[2]`` (``Manifes
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 from ..errors import ModelFolderError
 from ..ops import COMBINE_STEPS, MODEL_STEPS, OPS, ROW_PRODUCING, ROW_STEPS, Static
+from ..ops.registry import VALUE, Range, coerce, shown
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
@@ -23,11 +23,27 @@ _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block
              "ensemble", "files", "extra"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
                "variants", "export", "arch"}
+# The ranges of the manifest's own numbers (the ops' and steps' parameters declare theirs: birdinfer.ops.registry).
+_SAMPLE_RATE = Annotated[int, Range(1, 10**6)]
+_ROW_SECONDS = Annotated[float, Range(0, 3600, low_open=True)]
+_BLOCK_SECONDS = Annotated[float, Range(0, 10**6, low_open=True)]
+_DIM = Annotated[int, Range(-1, 10**7)]  # a tensor dimension; -1 (or 0): any size
+_INDEX = Annotated[int, Range(0, 1000)]
+_VALUE = Annotated[float, VALUE]
+_WEIGHT = Annotated[float, Range(0, 10**6)]
 
 
 # ------------------------------------------------------------------------------------------ parsing
 def _err(where: str, message: str) -> ModelFolderError:
     return ModelFolderError(f"{where}: {message}")
+
+
+def _number(value: Any, hint: Any, *, where: str, at: str):
+    """``value`` as ``hint`` (a ranged int or float, :func:`birdinfer.ops.registry.coerce`), or an error naming ``at``."""
+    try:
+        return coerce(value, hint)
+    except (TypeError, ValueError) as e:
+        raise _err(where, f"{at}={shown(value)}: {e}") from None
 
 
 def _steps(items: Any, registry, *, where: str, field_name: str) -> list[Step]:
@@ -68,14 +84,11 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     feature = data["input"]
     if feature not in statics:
         raise _err(where, f"{at}.input: no feature named {feature!r} (features: {', '.join(statics)})")
-    try:
-        shape = tuple(int(x) for x in data["input_shape"])
-        weight = float(data.get("weight", 1.0))
-        pad_value = float(data.get("pad_value", 0.0))
-    except (TypeError, ValueError) as e:
-        raise _err(where, f"{at}: input_shape, weight and pad_value must be numbers: {e}") from None
-    if not (weight >= 0 and math.isfinite(weight)):
-        raise _err(where, f"{at}.weight must be finite and >= 0, got {weight}")
+    if not isinstance(data["input_shape"], list) or not data["input_shape"]:
+        raise _err(where, f"{at}.input_shape must be a list of dimensions, got {shown(data['input_shape'])}")
+    shape = tuple(_number(x, _DIM, where=where, at=f"{at}.input_shape[{i}]") for i, x in enumerate(data["input_shape"]))
+    weight = _weight(data.get("weight", 1.0), where, at)
+    pad_value = _number(data.get("pad_value", 0.0), _VALUE, where=where, at=f"{at}.pad_value")
     expected = statics[feature].shape()
     if not statics[feature].windowed:
         raise _err(where, f"features.{feature}: a model input needs a windows op")
@@ -86,11 +99,13 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     for i, o in enumerate(data["outputs"] if isinstance(data["outputs"], list) else []):
         if not isinstance(o, Mapping) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str):
             raise _err(where, f"{at}.outputs[{i}]: needs 'name' and 'kind' (one of {', '.join(OUTPUT_KINDS)}), got {o!r}")
-        try:
-            o_shape = tuple(int(x) for x in o["shape"]) if o.get("shape") is not None else None
-            outputs.append(OutputSpec(o["name"], o["kind"], int(o.get("index", i)), o_shape))
-        except (TypeError, ValueError) as e:
-            raise _err(where, f"{at}.outputs[{i}]: 'index' and 'shape' must be whole numbers: {e}") from None
+        o_at = f"{at}.outputs[{i}]"
+        if o.get("shape") is not None and not isinstance(o["shape"], list):
+            raise _err(where, f"{o_at}.shape must be a list of dimensions, got {shown(o['shape'])}")
+        o_shape = (tuple(_number(x, _DIM, where=where, at=f"{o_at}.shape[{j}]") for j, x in enumerate(o["shape"]))
+                   if o.get("shape") is not None else None)
+        outputs.append(OutputSpec(o["name"], o["kind"], _number(o.get("index", i), _INDEX, where=where, at=f"{o_at}.index"),
+                                  o_shape))
     if len({o.name for o in outputs}) != len(outputs):
         raise _err(where, f"{at}.outputs: names must be unique")
     if not outputs:
@@ -100,10 +115,8 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         lm = data["label_map"]
         if not isinstance(lm, Mapping) or not isinstance(lm.get("labels"), list) or set(lm) - {"labels", "fill"}:
             raise _err(where, f"{at}.label_map must be {{\"labels\": [...], \"fill\": 0.0}}")
-        try:
-            label_map = LabelMap(tuple(str(x) for x in lm["labels"]), float(lm.get("fill", 0.0)))
-        except (TypeError, ValueError) as e:
-            raise _err(where, f"{at}.label_map.fill must be a number: {e}") from None
+        label_map = LabelMap(tuple(str(x) for x in lm["labels"]),
+                             _number(lm.get("fill", 0.0), _VALUE, where=where, at=f"{at}.label_map.fill"))
         if len(set(label_map.labels)) != len(label_map.labels):
             raise _err(where, f"{at}.label_map.labels has duplicates")
         if not set(label_map.labels) & set(manifest_labels):
@@ -177,9 +190,7 @@ def _variants(data: Any, *, where: str, at: str, folder) -> dict[str, ModelVaria
 
 
 def _weight(value: Any, where: str, at: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise _err(where, f"{at}.weight must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return _number(value, _WEIGHT, where=where, at=f"{at}.weight")
 
 
 def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, name: str = "ensemble",
@@ -230,21 +241,25 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     for key in ("labels", "features", "models", "ensemble"):
         if key not in data:
             raise _err(where, f"missing field {key!r}")
+    if not isinstance(data["labels"], list):
+        raise _err(where, f"'labels' must be a list of class names, got {shown(data['labels'])}")
     labels = tuple(str(x) for x in data["labels"])
     if not labels or len(set(labels)) != len(labels):
         raise _err(where, "'labels' must be a non-empty list without duplicates")
-    sample_rate = data.get("sample_rate", 32000)
+    sample_rate = _number(data.get("sample_rate", 32000), _SAMPLE_RATE, where=where, at="sample_rate")
     rows = data.get("rows", {"seconds": 5.0})
     if not isinstance(rows, Mapping) or "seconds" not in rows or set(rows) - {"seconds", "partial"}:
         raise _err(where, "'rows' must be {\"seconds\": 5.0, \"partial\": \"drop\"}")
     partial = rows.get("partial", "drop")
     if partial not in ("drop", "pad_left", "pad_right"):
         raise _err(where, f"rows.partial must be 'drop', 'pad_left' or 'pad_right', got {partial!r}")
-    row_seconds = float(rows["seconds"])
-    if not isinstance(sample_rate, int) or sample_rate <= 0 or row_seconds <= 0 or not float(row_seconds * sample_rate).is_integer():
+    row_seconds = _number(rows["seconds"], _ROW_SECONDS, where=where, at="rows.seconds")
+    if not float(row_seconds * sample_rate).is_integer():
         raise _err(where, f"rows.seconds × sample_rate must be a whole number of samples, got {row_seconds} × {sample_rate}")
     block = data.get("block_seconds")
-    if block is not None and (not isinstance(block, (int, float)) or block <= 0 or abs(block / row_seconds - round(block / row_seconds)) > 1e-9):
+    if block is not None:
+        block = _number(block, _BLOCK_SECONDS, where=where, at="block_seconds")
+    if block is not None and abs(block / row_seconds - round(block / row_seconds)) > 1e-9:
         raise _err(where, f"block_seconds must be null or a positive multiple of rows.seconds ({row_seconds}), got {block!r}")
     if not isinstance(data["features"], Mapping) or not data["features"]:
         raise _err(where, "'features' must map names to front-end pipelines")
