@@ -1,5 +1,10 @@
 """The files of a model folder: ``manifest.json``'s name, reading it, checksums, file names that stay inside the
-folder, and :class:`ModelVariant` (one stored form of a model: its files and how it was verified)."""
+folder, and :class:`ModelVariant` (one stored form of a model: its files and how it was verified).
+
+A file name in a manifest is a plain relative name (no absolute path, no ``..``): a variant with any other name
+is refused when it is parsed (:meth:`ModelVariant.from_dict`), whatever the backend that would read it, and
+:func:`check_folder_names` resolves every name a manifest holds against its folder (symbolic links included)
+when the folder is loaded."""
 
 from __future__ import annotations
 
@@ -7,12 +12,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import ModelFolderError
 
 __all__ = ["MANIFEST_NAME", "FORMAT", "VARIANT_PRECISIONS", "ModelVariant", "read_json_object", "sha256_file",
-           "safe_join"]
+           "safe_join", "check_folder_names"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "birdinfer-model-folder"
@@ -75,6 +80,10 @@ class ModelVariant:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, name: str = "variant") -> "ModelVariant":
         """One variant of a manifest (version 1 or 2); :class:`ValueError` naming ``name`` for a bad field."""
+        for key in ("openvino", "onnx"):
+            problem = _name_problem(data.get(key)) if data.get(key) is not None else None
+            if problem:
+                raise ValueError(f"file name {data[key]!r} {problem} ({key} file of variant {name!r})")
         classes = data.get("cpu_classes")
         if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
             raise ValueError(f"variant {name!r}: cpu_classes must be a list of class names, got {classes!r}")
@@ -108,15 +117,30 @@ def sha256_file(path: str | Path, *, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def safe_join(folder: str | Path, name: str, *, where: str = "manifest") -> Path:
-    """``folder / name``, refusing names that are absolute or escape ``folder`` (``..``, symlinks)."""
+def _name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a plain relative file name, or None."""
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise ModelFolderError(f"{where}: bad file name {name!r}")
+        return "is not a file name"
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise ModelFolderError(f"{where}: file name {name!r} must be a plain name inside the model folder")
+        return "must be a plain name inside the model folder"
+    return None
+
+
+def safe_join(folder: str | Path, name: str, *, where: str = "manifest") -> Path:
+    """``folder / name``, refusing names that are absolute or escape ``folder`` (``..``, symlinks)."""
+    problem = _name_problem(name)
+    if problem:
+        raise ModelFolderError(f"{where}: file name {name!r} {problem}")
     root = Path(folder).resolve()
-    path = (root / candidate).resolve()
+    path = (root / name).resolve()
     if path != root and root not in path.parents:
         raise ModelFolderError(f"{where}: file name {name!r} resolves outside the model folder {root}")
     return path
+
+
+def check_folder_names(folder: str | Path, names: Iterable[str], *, where: str) -> None:
+    """Every file name a manifest holds (its variants' files and its ``files``) stays inside ``folder`` once
+    resolved, whether or not the file exists and whichever backend would read it (:func:`safe_join`)."""
+    for name in names:
+        safe_join(folder, name, where=where)

@@ -47,7 +47,8 @@ from ..errors import ChecksumError, ModelFolderError
 from ..ops.registry import shown
 from .groups import (MelGroup, check_smoothing, check_unique_groups, check_weight, find_group,  # noqa: F401
                      read_ensemble_fields)
-from .files import FORMAT, MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, read_json_object, safe_join, sha256_file
+from .files import (FORMAT, MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, check_folder_names, read_json_object,
+                    safe_join, sha256_file)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -126,7 +127,8 @@ class ModelEntry:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             name = data.get("name", "?") if isinstance(data, Mapping) else "?"
-            raise ModelFolderError(f"{where}: bad model entry {name!r}: {e!r}") from e
+            detail = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+            raise ModelFolderError(f"{where}: bad model entry {name!r}: {detail}") from e
         if not entry.variants:
             raise ModelFolderError(f"{where}: model {entry.name!r} has no variants (f32/int8 files)")
         for precision, v in entry.variants.items():
@@ -187,6 +189,11 @@ class Manifest:
         return str(self.folder / MANIFEST_NAME) if self.folder else "manifest"
 
     # ------------------------------------------------------------------- files
+    def named_files(self) -> list[str]:
+        """Every file name the manifest holds: each variant's files and the keys of ``files``."""
+        names = {f for m in self.models for v in m.variants.values() for f in v.file_names()}
+        return sorted(names | set(self.files))
+
     def path_of(self, file_name: str) -> Path:
         """Absolute path of a file named by the manifest; never outside the model folder."""
         if self.folder is None:
@@ -301,6 +308,7 @@ class Manifest:
         manifest = Manifest.from_dict(data, folder=folder)
         if not manifest.models:
             raise ModelFolderError(f"{path}: the manifest lists no models")
+        check_folder_names(folder, manifest.named_files(), where=str(path))  # for every backend, used or not
         if upgrade and manifest.format_version in UPGRADES:  # version 1 → its spec (birdinfer.spec.upgrade)
             manifest = UPGRADES[manifest.format_version](manifest)
         return manifest
