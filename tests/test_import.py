@@ -154,7 +154,7 @@ def test_class_count_checked_when_the_models_are_compiled(exported, tmp_path):
     data["labels"] = LABELS + ["extra"]
     data["models"][0]["outputs"][0].pop("shape")
     (models / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ModelFolderError, match=r"model 'tiny': output 'logits' has 4 classes .* needs 5"):
+    with pytest.raises(ModelFolderError, match=r"models: model 'tiny' \(tiny\.xml\): output 'logits' gives 4 classes .* lists 5 labels"):
         Predictor(models, precision="f32")
 
 

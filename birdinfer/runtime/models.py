@@ -39,14 +39,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, physical_cores
-from ..errors import BackendError, MissingDependencyError, ModelFolderError
+from ..errors import BackendError, MissingDependencyError
 from ..spec.manifest import Manifest, ModelEntry
+from .graphs import GraphPorts, check_graph, onnxruntime_ports, openvino_ports
 from .plan import (BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
                    variant_valid)
 
@@ -146,7 +148,8 @@ def load_models(
     plans: Sequence[ModelPlan] | None = None,
 ) -> list[LoadedModel]:
     """Compile every model of ``manifest`` once, as :func:`plan_models` decides (logged). Checksums of the
-    files used are verified first.
+    files used are verified first; each graph, once read, is checked against the manifest before it is
+    compiled (:func:`birdinfer.runtime.graphs.check_graph`: input shape, outputs, class count).
 
     ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
     lets the backend use every core for each call. ``streams`` (OpenVINO): split each call's chunks over
@@ -172,7 +175,8 @@ def load_models(
     loaded = []
     for p, name in zip(plans, files):
         start = time.perf_counter()
-        runner, ran = loader.load(manifest.path_of(name), p.entry, p.variant, p.hint)
+        path = manifest.path_of(name)
+        runner, ran = loader.load(path, p.entry, p.variant, p.hint, check=partial(check_graph, manifest, p.entry, path))
         used_streams = getattr(runner, "streams", 1)
         loaded.append(LoadedModel(p.entry, p.variant, ran, backend, runner, time.perf_counter() - start,
                                   1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None)))
@@ -226,11 +230,15 @@ class _OpenVinoLoader:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return config
 
-    def load(self, xml: Path, entry: ModelEntry, variant: str, hint: str):
+    def load(self, xml: Path, entry: ModelEntry, variant: str, hint: str,
+             check: Callable[[GraphPorts], None] | None = None):
+        """Read, check (``check``: called with the graph's ports before compiling) and compile one IR."""
         try:
             model = self.core.read_model(str(xml))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
             raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
+        if check is not None:
+            check(openvino_ports(model))
         streams = self.streams
         fixed = entry.batch_chunks
         if streams > 1 and fixed is not None and fixed % streams == 0:
@@ -289,12 +297,7 @@ class _OpenVinoLoader:
 def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams: int):
     """Runner returning a list of arrays, one per ``entry.named_outputs`` index (manifest version 2)."""
     input_port = compiled.input(entry.input_name) if getattr(entry, "input_name", None) else compiled.input(0)
-    ports = [compiled.output(i) for i in entry.named_outputs]
-    for spec, port in zip(entry.outputs, ports):  # before any audio: the class axis must fit the labels
-        shape = port.get_partial_shape()
-        if shape.rank.is_static and shape.rank.get_length() > 1 and shape[1].is_static and shape[1].get_length() != entry.n_classes:
-            raise ModelFolderError(f"model {entry.name!r}: output {spec.name!r} has {shape[1].get_length()} classes "
-                                   f"({shape}), the manifest needs {entry.n_classes} (labels after the label map)")
+    ports = [compiled.output(i) for i in entry.named_outputs]  # checked against the manifest when read (graphs.py)
 
     def collect(r) -> list[np.ndarray]:
         return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]
@@ -341,7 +344,9 @@ class _OnnxRuntimeLoader:
         self.ort = ort
         self.threads = threads
 
-    def load(self, path: Path, entry: ModelEntry, variant: str, hint: str | None = None):
+    def load(self, path: Path, entry: ModelEntry, variant: str, hint: str | None = None,
+             check: Callable[[GraphPorts], None] | None = None):
+        """Open one ONNX file in a session and check it (``check``: called with the graph's ports)."""
         options = self.ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
@@ -349,6 +354,8 @@ class _OnnxRuntimeLoader:
             session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
+        if check is not None:
+            check(onnxruntime_ports(session))
         input_name = session.get_inputs()[0].name
         named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
         if named is not None:
