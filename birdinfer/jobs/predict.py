@@ -103,7 +103,9 @@ def _read_file_list(list_path: Path) -> list[Recording]:
 def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]:
     """Files, folders (walked recursively; audio extensions of :data:`birdinfer.io.audio.AUDIO_EXTENSIONS`,
     any case; hidden files skipped) and ``.txt`` file lists → recordings sorted by ``name``, each file once
-    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist."""
+    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist. Entries
+    that are not regular files (FIFOs, sockets, devices, link loops, dangling links) are kept: reading refuses
+    them with a reason, so they are listed in the errors, never opened (:mod:`birdinfer.io.paths`)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     found: list[Recording] = []
@@ -122,7 +124,7 @@ def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]
     for rec in sorted(found, key=lambda r: r.name):
         try:
             identity = str(rec.path.resolve())
-        except OSError:
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError up to Python 3.12)
             identity = rec.name
         if identity not in seen:
             seen.add(identity)

@@ -30,17 +30,20 @@ __all__ = ["FALLBACK_SECONDS", "make_submission", "resolve_inputs"]
 
 log = logging.getLogger(__name__)
 
-#: Rows assumed for a file that cannot be decoded and whose header gives no duration (a Kaggle soundscape).
+#: Rows assumed for a file that cannot be decoded and whose header gives no duration, or one refused as
+#: corrupt (a rate under 1 kHz, more frames than its size can hold: birdinfer.io.audio): a Kaggle soundscape.
 FALLBACK_SECONDS = 60.0
 
 
 def resolve_inputs(audio: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder (its audio files, sorted by name, not recursive) or an explicit list of files."""
+    """A folder (its audio files, sorted by name, not recursive), one file or an explicit list of files. Entries
+    that are not regular files (FIFOs, link loops, ...) are kept: decoding refuses them with a reason and they
+    get fallback rows like any bad file."""
     if isinstance(audio, (str, Path)):
         folder = Path(audio)
-        if not folder.exists():
+        if not folder.exists():  # a dangling link or a link loop here too: most likely a broken folder link
             raise ParameterError(f"audio folder {folder} does not exist")
-        if folder.is_file():
+        if not folder.is_dir():
             return [folder]
         return list_audio_files(folder)
     return [Path(p) for p in audio]
@@ -89,7 +92,8 @@ def make_submission(
     Returns
     -------
     pandas.DataFrame : ``row_id`` + one column per species, probabilities; ``.attrs["birdinfer"]`` holds
-    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s)
+    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s: a
+    header refused as corrupt by :mod:`birdinfer.io.audio` counts as none)
     filled with the mean probabilities of the files that succeeded (0.0 if none), and a warning; so do
     files skipped because the time budget ran out.
     """
