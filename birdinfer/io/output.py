@@ -1,5 +1,10 @@
 """Output tables: submission rows, column alignment to ``sample_submission.csv``, per-window tables (CSV,
-parquet, Raven selection tables) of ``predict``, atomic writes."""
+parquet, Raven selection tables) of ``predict``, atomic writes.
+
+File names that are not valid UTF-8 (held by Python as surrogates, see :mod:`birdinfer.io.paths`) are written
+byte-exact into the CSV tables and the errors list (``surrogateescape``). Parquet strings must be valid
+UTF-8: there such a name's undecodable bytes are written as ``\\xNN`` escapes (:func:`utf8_name`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import pandas as pd
 from ..errors import MissingDependencyError, OutputError, ParameterError
 
 __all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable",
-           "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema", "window_table", "write_window_table"]
+           "utf8_name", "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema", "window_table",
+           "write_window_table"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +89,19 @@ def submission_frame(ids: Sequence[str], probs: np.ndarray, plan: ColumnPlan) ->
     """``row_id`` + one float column per output species."""
     values = plan.apply(probs) if len(ids) else np.zeros((0, len(plan.columns)), dtype=np.float32)
     frame = pd.DataFrame(values, columns=list(plan.columns))
-    frame.insert(0, "row_id", list(ids))
+    frame.insert(0, "row_id", _text_column(ids, len(values)))
     return frame
+
+
+def _text_column(values: Sequence[str], n: int):
+    """A column of names for a table written as CSV: as given (pandas' string dtype), or of object dtype when
+    a name holds surrogates (bytes that are not UTF-8), which pandas' arrow-backed strings refuse."""
+    try:
+        for value in set(values):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        return pd.Series(list(values), index=pd.RangeIndex(n), dtype=object)
+    return list(values)
 
 
 def check_writable(path: str | Path) -> Path:
@@ -104,14 +121,15 @@ def check_writable(path: str | Path) -> Path:
 
 
 def atomic_write(path: str | Path, write, *, text: bool = False) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path`` (binary, or UTF-8 text with ``text=True``),
-    fsync, and rename it into place, so a run killed while writing never leaves a half-written file
-    (readers see the old or the new one)."""
+    """Call ``write(file)`` on a temporary file next to ``path`` (binary, or UTF-8 text with ``text=True``;
+    names held as surrogates are written as their bytes), fsync, and rename it into place, so a run killed
+    while writing never leaves a half-written file (readers see the old or the new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with (os.fdopen(fd, "w", newline="", encoding="utf-8") if text else os.fdopen(fd, "wb")) as f:
+        with (os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") if text
+              else os.fdopen(fd, "wb")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -155,13 +173,23 @@ def window_schema(labels: Sequence[str]):
     return pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
 
 
+def utf8_name(name: str) -> str:
+    """``name`` as valid UTF-8 text for parquet: a name held with surrogates (bytes that are not UTF-8, see
+    :mod:`birdinfer.io.paths`) gets those bytes as ``\\xNN`` escapes (``caf\\xe9.ogg``); others unchanged."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def window_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float):
     """One recording's rows as a ``pyarrow.Table``: ``probs`` ``(n_windows, n_labels)`` → window k covers
-    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row."""
+    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row (:func:`utf8_name`)."""
     import pyarrow as pa
 
     start, end = _window_times(len(probs), window_seconds)
-    columns = [pa.array([name] * len(probs), pa.string()), pa.array(start), pa.array(end)]
+    columns = [pa.array([utf8_name(name)] * len(probs), pa.string()), pa.array(start), pa.array(end)]
     columns += [pa.array(np.ascontiguousarray(probs[:, j], dtype=np.float32)) for j in range(probs.shape[1])]
     return pa.Table.from_arrays(columns, schema=window_schema(labels))
 
@@ -171,8 +199,8 @@ def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seco
     frame = pd.DataFrame(probs, columns=list(labels))
     frame.insert(0, "end_s", end)
     frame.insert(0, "start_s", start)
-    frame.insert(0, "file", name)
-    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
+    frame.insert(0, "file", _text_column([name] * len(probs), len(probs)))
+    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8", "surrogateescape")
 
 
 def write_window_table(out: Path, format: str, items: Iterable[tuple[str, np.ndarray]], labels: Sequence[str],
