@@ -23,7 +23,7 @@ from ..errors import BirdinferError, ParameterError
 from ..io.lock import OutputLock
 from ..spec.manifest import Manifest
 from ..runtime.models import plan_variants
-from ..io.output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
+from ..io.output import atomic_write, check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 from ..runtime.pipeline import FileResult, Predictor
 
 __all__ = ["FALLBACK_SECONDS", "make_submission", "resolve_inputs"]
@@ -102,7 +102,7 @@ def make_submission(
     if out is not None:
         check_writable(out)
     if report is not None:
-        check_writable(report)
+        check_writable(report, option="--report", example="report.json")
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     lock = OutputLock(out).acquire() if out is not None else None  # a second run on `out` fails here
@@ -262,6 +262,8 @@ def _projection(elapsed: float, load_seconds: float, files: int, budget: float |
 
 
 def _write_report(path, info: dict) -> None:
+    """The JSON report, written atomically (a fault leaves the previous report or none, never a cut one)."""
     if path is None:
         return
-    Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(info, indent=2, default=str) + "\n"  # ASCII: names held as surrogates come out as \udcXX
+    atomic_write(path, lambda f: f.write(text.encode("ascii")), option="--report")
