@@ -367,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     except BirdinferError as e:
         print(f"birdinfer {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a fault no job turned into a sentence itself (a lock, a journal line): one sentence too
+        from .io.output import os_fault
+
+        print(f"birdinfer {args.command}: error: {os_fault(e, beside=getattr(args, 'out', None))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"birdinfer {args.command}: interrupted", file=sys.stderr)
         return 130

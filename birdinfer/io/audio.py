@@ -17,6 +17,12 @@ without librosa:
 
 Every failure is an :class:`~birdinfer.errors.AudioDecodeError` naming the file and a reason a user can
 act on (missing file, not an audio file, no samples, truncated or corrupt data).
+
+What the file system hands over is checked before anything is opened (:mod:`birdinfer.io.paths`: only
+regular files are read; FIFOs, sockets, devices, link loops and dangling links are refused with what they
+are; names that are not valid UTF-8 are used as bytes). A header is checked before any of its
+numbers is used: a sample rate under :data:`MIN_SAMPLE_RATE` or more frames than a file of its size can
+hold (:data:`MAX_FRAMES_PER_BYTE`) is a corrupt header, so nothing is ever sized from a lying header.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ import numpy as np
 import soundfile as sf
 
 from ..errors import AudioDecodeError, ParameterError
+from .paths import AUDIO_EXTENSIONS, checked_file, list_audio_files, native_name
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MAX_FRAMES_PER_BYTE",
+    "MIN_SAMPLE_RATE",
     "AudioInfo",
     "audio_info",
     "load_audio",
@@ -42,11 +51,19 @@ __all__ = [
     "repair_non_finite",
 ]
 
-#: File name suffixes treated as audio when listing a folder (lower case; matching ignores case).
-AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".wav", ".flac", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
-
 #: soxr quality used for resampling (= librosa.load's default res_type "soxr_hq").
 _SOXR_QUALITY = "HQ"
+
+#: The lowest native sample rate accepted (Hz). A header claiming less (say 1 Hz) is corrupt: no bird sound
+#: survives under a 500 Hz Nyquist limit, and resampling it to the model rate would multiply every decoded
+#: sample by the rate ratio (32 000 for 1 Hz: libsoxr crashes the process).
+MIN_SAMPLE_RATE = 1000
+
+#: The most frames per byte of file a header may declare. The densest real encodings stay far below: FLAC
+#: silence in 65 535-frame blocks is about 5 500 frames per byte (libsndfile's FLAC writer 326, Vorbis 445,
+#: Opus 209, MP3 8, 16-bit PCM 0.5); a header declaring more is corrupt and is refused before anything is
+#: sized from it (a FLAC STREAMINFO can claim 2^36 - 1 frames).
+MAX_FRAMES_PER_BYTE = 1 << 14
 
 # Frames read per libsndfile call when streaming (about 2 s at 32 kHz): small enough to bound memory,
 # large enough that the per-call overhead does not matter.
@@ -73,18 +90,6 @@ def _check_rate(sample_rate) -> int:
     return int(sample_rate)
 
 
-def _check_path(path) -> Path:
-    try:
-        p = Path(os.fspath(path))
-    except TypeError as e:
-        raise ParameterError(f"path must be a file path (str or os.PathLike), got {path!r}") from e
-    if not p.exists():
-        raise AudioDecodeError(p, "file not found; check the path")
-    if p.is_dir():
-        raise AudioDecodeError(p, "is a folder, not an audio file")
-    return p
-
-
 def _explain(error: Exception) -> str:
     """A user-facing reason for a libsndfile failure (the library's own words kept at the end)."""
     text = str(error)
@@ -100,11 +105,32 @@ def _explain(error: Exception) -> str:
 
 def _open(path: Path) -> sf.SoundFile:
     try:
-        return sf.SoundFile(str(path))
+        sound_file = sf.SoundFile(native_name(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as e:
         if isinstance(e, PermissionError) or not os.access(path, os.R_OK):
             raise AudioDecodeError(path, f"permission denied ({e})") from e
         raise AudioDecodeError(path, _explain(e)) from e
+    try:
+        _check_header(path, sound_file)
+    except AudioDecodeError:
+        sound_file.close()
+        raise
+    return sound_file
+
+
+def _check_header(path: Path, sound_file: sf.SoundFile) -> None:
+    """Refuse a header whose numbers no real recording of this file's size has (before any is used)."""
+    rate, frames = int(sound_file.samplerate), int(sound_file.frames)
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioDecodeError(path, f"the header declares a sample rate of {rate} Hz (below {MIN_SAMPLE_RATE} Hz): "
+                                     "a corrupt header; convert or download the file again")
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise AudioDecodeError(path, f"the file went away while it was opened ({e.strerror or e})") from e
+    if frames > size * MAX_FRAMES_PER_BYTE:
+        raise AudioDecodeError(path, f"the header declares {frames} frames ({frames / rate:.0f} s), more than a file of "
+                                     f"{size} bytes can hold: a corrupt header; download or copy the file again")
 
 
 def _ogg_end_of_stream_missing(path: Path) -> bool:
@@ -186,7 +212,7 @@ def _fixed_length(n_in: int, in_rate: int, out_rate: int) -> int:
 # ---------------------------------------------------------------------------------------- public API
 def audio_info(path) -> AudioInfo:
     """Header facts of an audio file without decoding it (raises :class:`AudioDecodeError`)."""
-    p = _check_path(path)
+    p = checked_file(path)
     with _open(p) as f:
         return AudioInfo(
             sample_rate=int(f.samplerate),
@@ -206,7 +232,7 @@ def load_audio(path, *, sample_rate: int = 32000) -> np.ndarray:
     Raises :class:`AudioDecodeError` (missing, not audio, no samples, truncated or corrupt file).
     """
     sample_rate = _check_rate(sample_rate)
-    p = _check_path(path)
+    p = checked_file(path)
     with _open(p) as f:
         native_rate, declared = int(f.samplerate), int(f.frames)
         _check_ogg_complete(p, f)
@@ -273,7 +299,7 @@ def iter_audio_blocks(path, *, block_seconds: float = 60.0, sample_rate: int = 3
     block = int(round(block_seconds * sample_rate))
     if block < 1:
         raise ParameterError(f"block_seconds={block_seconds} gives less than one sample at {sample_rate} Hz")
-    p = _check_path(path)
+    p = checked_file(path)
     with _open(p) as f:
         native_rate, declared = int(f.samplerate), int(f.frames)
         if declared == 0:
@@ -337,21 +363,3 @@ def _blocks_resampled(p, f, block, in_rate, out_rate, declared) -> Iterator[np.n
     tail = _fix_length(tail, max(0, _fixed_length(n_in, in_rate, out_rate) - n_out))
     for start in range(0, len(tail), block):
         yield np.ascontiguousarray(tail[start : start + block], dtype=np.float32)
-
-
-def list_audio_files(folder, *, recursive: bool = False) -> list[Path]:
-    """Audio files (suffix in :data:`AUDIO_EXTENSIONS`, any case) in ``folder``, sorted by name.
-
-    With ``recursive=True`` sub-folders are walked too and the list is sorted by path relative to
-    ``folder``. Hidden files (name starting with ".") are skipped. Raises :class:`ParameterError` when
-    ``folder`` is not an existing folder.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ParameterError(f"{root} is not a folder; pass the folder that holds the audio files")
-    candidates = root.rglob("*") if recursive else root.iterdir()
-    found = [
-        q for q in candidates
-        if q.suffix.lower() in AUDIO_EXTENSIONS and not q.name.startswith(".") and q.is_file()
-    ]
-    return sorted(found, key=lambda q: (q.relative_to(root).as_posix() if recursive else q.name))

@@ -1,8 +1,20 @@
 """Output tables: submission rows, column alignment to ``sample_submission.csv``, per-window tables (CSV,
-parquet, Raven selection tables) of ``predict``, atomic writes."""
+parquet, Raven selection tables) of ``predict``, atomic writes.
+
+Every write goes through :func:`atomic_write`: a temporary file beside the target, renamed into place, so a
+fault or a kill leaves the previous file or none (never a partial one). Its file mode follows the umask
+(as ``open`` would give), not ``mkstemp``'s 0600. An operating-system fault (disk full, read-only file
+system, permission denied, a folder in the way, ...) becomes an :class:`OutputError` of one sentence naming
+the file and what to do (:func:`os_fault`), the temporary file removed.
+
+File names that are not valid UTF-8 (held by Python as surrogates, see :mod:`birdinfer.io.paths`) are written
+byte-exact into the CSV tables and the errors list (``surrogateescape``). Parquet strings must be valid
+UTF-8: there such a name's undecodable bytes are written as ``\\xNN`` escapes (:func:`utf8_name`).
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -16,7 +28,8 @@ import pandas as pd
 from ..errors import MissingDependencyError, OutputError, ParameterError
 
 __all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable",
-           "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema", "window_table", "write_window_table"]
+           "os_fault", "utf8_name", "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema",
+           "window_table", "write_window_table"]
 
 log = logging.getLogger(__name__)
 
@@ -83,51 +96,123 @@ def submission_frame(ids: Sequence[str], probs: np.ndarray, plan: ColumnPlan) ->
     """``row_id`` + one float column per output species."""
     values = plan.apply(probs) if len(ids) else np.zeros((0, len(plan.columns)), dtype=np.float32)
     frame = pd.DataFrame(values, columns=list(plan.columns))
-    frame.insert(0, "row_id", list(ids))
+    frame.insert(0, "row_id", _text_column(ids, len(values)))
     return frame
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail fast (before minutes of work) when ``path`` cannot be written."""
+def _text_column(values: Sequence[str], n: int):
+    """A column of names for a table written as CSV: as given (pandas' string dtype), or of object dtype when
+    a name holds surrogates (bytes that are not UTF-8), which pandas' arrow-backed strings refuse."""
+    try:
+        for value in set(values):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        return pd.Series(list(values), index=pd.RangeIndex(n), dtype=object)
+    return list(values)
+
+
+# What to do about an operating-system fault while writing, by errno ({option}: the option naming the path).
+_ADVICE = {
+    errno.ENOSPC: "free space on that disk or choose {option} on another one",
+    errno.EDQUOT: "free space within the quota or choose {option} elsewhere",
+    errno.EFBIG: "raise the file size limit (ulimit -f) or choose {option} on another file system",
+    errno.EROFS: "choose {option} on a writable file system",
+    errno.EACCES: "choose a writable {option} or change the folder's permissions",
+    errno.EPERM: "choose a writable {option} or change the folder's permissions",
+    errno.EISDIR: "remove that folder or choose another {option}",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another {option}",
+    errno.EIO: "check the disk (failing, or a lost network drive) or choose {option} elsewhere",
+}
+
+
+def os_fault(error: OSError, path: str | Path | None = None, *, option: str = "--out", beside: str | Path | None = None
+             ) -> OutputError:
+    """One sentence for an operating-system fault while writing ``path`` (default: the file the error names,
+    else "``beside`` or a file beside it"): the file, what happened and what to do about it (``option``: the
+    argument that chose the path)."""
+    verb, target = ("cannot write to", path) if path is not None else ("cannot use", error.filename or None)
+    if target is None and beside is not None:
+        verb, target = "cannot write to", f"{beside} (or a file beside it)"
+    name = errno.errorcode.get(error.errno or 0, "")
+    what = f"{error.strerror or error}" + (f" ({name})" if name else "")
+    advice = _ADVICE.get(error.errno, "choose another {option}").format(option=option)
+    where = f"{verb} {target}" if target is not None else "an operating-system fault"
+    return OutputError(f"{where}: {what}; {advice}")
+
+
+def check_writable(path: str | Path, *, option: str = "--out", example: str = "submission.csv") -> Path:
+    """Fail fast (before minutes of work) when ``path`` cannot be written; ``option`` and ``example`` name the
+    argument and a file name in the message."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise OutputError(f"output path {path} is a folder; give a file name such as {path / 'submission.csv'}")
+        raise OutputError(f"{option} {path} is a folder; give a file name such as {path / example}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"cannot write to {path}: {e.strerror or e}; choose a writable --out") from e
+        raise os_fault(e, path, option=option) from e
     return path
 
 
-def atomic_write(path: str | Path, write, *, text: bool = False) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path`` (binary, or UTF-8 text with ``text=True``),
-    fsync, and rename it into place, so a run killed while writing never leaves a half-written file
-    (readers see the old or the new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    """The process umask (read without changing it where Linux shows it; else set and restored at once)."""
     try:
-        with (os.fdopen(fd, "w", newline="", encoding="utf-8") if text else os.fdopen(fd, "wb")) as f:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(fd: int) -> None:
+    """Give the temporary file (``mkstemp``: 0600) the mode ``open`` would have given the target."""
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError as e:  # a file system without modes (vfat, some network drives): keep what it has
+        log.debug("cannot set the mode of a new output file: %s", e)
+
+
+def atomic_write(path: str | Path, write, *, text: bool = False, option: str = "--out") -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path`` (binary, or UTF-8 text with ``text=True``;
+    names held as surrogates are written as their bytes), fsync, and rename it into place, so a run killed
+    while writing never leaves a half-written file (readers see the old or the new one). The file gets the
+    mode ``open`` would give (0666 less the umask). An operating-system fault becomes an
+    :class:`OutputError` naming ``path`` and what to do (``option``: the argument that chose it)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise os_fault(e, path, option=option) from e
+    try:
+        with (os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") if text
+              else os.fdopen(fd, "wb")) as f:
             write(f)
             f.flush()
+            _follow_umask(f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise os_fault(e, path, option=option) from e
         raise
     return path
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+def write_csv_atomic(frame: pd.DataFrame, path: str | Path, *, option: str = "--out") -> Path:
     """Write a CSV atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True)
+    return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True, option=option)
 
 
 # ------------------------------------------------------------------------------- per-window tables (predict)
@@ -155,13 +240,23 @@ def window_schema(labels: Sequence[str]):
     return pa.schema(fields + [pa.field(str(label), pa.float32()) for label in labels])
 
 
+def utf8_name(name: str) -> str:
+    """``name`` as valid UTF-8 text for parquet: a name held with surrogates (bytes that are not UTF-8, see
+    :mod:`birdinfer.io.paths`) gets those bytes as ``\\xNN`` escapes (``caf\\xe9.ogg``); others unchanged."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def window_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float):
     """One recording's rows as a ``pyarrow.Table``: ``probs`` ``(n_windows, n_labels)`` → window k covers
-    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row."""
+    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row (:func:`utf8_name`)."""
     import pyarrow as pa
 
     start, end = _window_times(len(probs), window_seconds)
-    columns = [pa.array([name] * len(probs), pa.string()), pa.array(start), pa.array(end)]
+    columns = [pa.array([utf8_name(name)] * len(probs), pa.string()), pa.array(start), pa.array(end)]
     columns += [pa.array(np.ascontiguousarray(probs[:, j], dtype=np.float32)) for j in range(probs.shape[1])]
     return pa.Table.from_arrays(columns, schema=window_schema(labels))
 
@@ -171,8 +266,8 @@ def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seco
     frame = pd.DataFrame(probs, columns=list(labels))
     frame.insert(0, "end_s", end)
     frame.insert(0, "start_s", start)
-    frame.insert(0, "file", name)
-    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
+    frame.insert(0, "file", _text_column([name] * len(probs), len(probs)))
+    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8", "surrogateescape")
 
 
 def write_window_table(out: Path, format: str, items: Iterable[tuple[str, np.ndarray]], labels: Sequence[str],

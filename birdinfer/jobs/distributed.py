@@ -219,7 +219,7 @@ def _open_output(inputs, manifest: Manifest, out_dir: Path, *, precision: str, b
     """``(every recording, the output folder, the recordings not done by an earlier run with these settings)``."""
     recordings = collect_inputs(inputs)
     if not recordings:
-        raise ParameterError(f"no audio files found in {inputs!r} (folders are walked recursively)")
+        raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} (folders are walked recursively)")
     folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), resume=resume)
     todo = [rec for rec in recordings if rec.key not in folder.done]
     if len(todo) < len(recordings):

@@ -73,7 +73,7 @@ class Recording:
     @property
     def key(self) -> str:
         """Stable identifier of the recording's part file (independent of the other inputs)."""
-        return hashlib.sha1(self.name.encode("utf-8")).hexdigest()[:20]
+        return hashlib.sha1(self.name.encode("utf-8", "surrogateescape")).hexdigest()[:20]  # names' bytes as on disk
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -83,10 +83,11 @@ def _is_audio_name(path: Path) -> bool:
 
 def _read_file_list(list_path: Path) -> list[Recording]:
     """A ``.txt`` list: one path per line (blank lines and ``#`` comments skipped); relative paths are
-    relative to the list's folder. Missing entries are kept: they fail (reported) like any bad file."""
+    relative to the list's folder. Missing entries are kept: they fail (reported) like any bad file. Bytes
+    that are not UTF-8 are kept as such (a name of the file system, byte-exact in the outputs)."""
     try:
-        lines = list_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        lines = list_path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as e:
         raise ParameterError(f"cannot read the file list {list_path}: {e}") from e
     out = []
     for line in lines:
@@ -103,7 +104,9 @@ def _read_file_list(list_path: Path) -> list[Recording]:
 def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]:
     """Files, folders (walked recursively; audio extensions of :data:`birdinfer.io.audio.AUDIO_EXTENSIONS`,
     any case; hidden files skipped) and ``.txt`` file lists → recordings sorted by ``name``, each file once
-    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist."""
+    (de-duplicated by resolved path). Raises :class:`ParameterError` for an input that does not exist. Entries
+    that are not regular files (FIFOs, sockets, devices, link loops, dangling links) are kept: reading refuses
+    them with a reason, so they are listed in the errors, never opened (:mod:`birdinfer.io.paths`)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     found: list[Recording] = []
@@ -122,7 +125,7 @@ def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Recording]
     for rec in sorted(found, key=lambda r: r.name):
         try:
             identity = str(rec.path.resolve())
-        except OSError:
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError up to Python 3.12)
             identity = rec.name
         if identity not in seen:
             seen.add(identity)
@@ -233,7 +236,8 @@ def predict(
     models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
     out : output file (``csv``, ``parquet``) or folder (``raven``).
     format : ``csv`` | ``parquet`` | ``raven``; default from ``out``'s suffix (``.parquet``/``.pq``), else csv.
-        ``csv``/``parquet``: one row per 5 s window, columns ``file`` (the path as given), ``start_s``,
+        ``csv``/``parquet``: one row per 5 s window, columns ``file`` (the path as given; a name that is not
+        UTF-8 keeps its bytes in csv, its undecodable bytes become ``\\xNN`` text in parquet), ``start_s``,
         ``end_s``, then one float32 probability column per label in manifest order. Row rule of
         :mod:`birdinfer.runtime.pipeline`: window k covers ``[5k, 5k + 5)`` s; a trailing remainder under 5 s is
         dropped; a recording shorter than 5 s gives one row ``0–5`` computed on its zero-padded audio.
@@ -362,4 +366,4 @@ def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "error"])
     writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8")))
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode("utf-8", "surrogateescape")))  # names byte-exact

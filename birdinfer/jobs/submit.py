@@ -23,24 +23,27 @@ from ..errors import BirdinferError, ParameterError
 from ..io.lock import OutputLock
 from ..spec.manifest import Manifest
 from ..runtime.models import plan_variants
-from ..io.output import check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
+from ..io.output import atomic_write, check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
 from ..runtime.pipeline import FileResult, Predictor
 
 __all__ = ["FALLBACK_SECONDS", "make_submission", "resolve_inputs"]
 
 log = logging.getLogger(__name__)
 
-#: Rows assumed for a file that cannot be decoded and whose header gives no duration (a Kaggle soundscape).
+#: Rows assumed for a file that cannot be decoded and whose header gives no duration, or one refused as
+#: corrupt (a rate under 1 kHz, more frames than its size can hold: birdinfer.io.audio): a Kaggle soundscape.
 FALLBACK_SECONDS = 60.0
 
 
 def resolve_inputs(audio: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder (its audio files, sorted by name, not recursive) or an explicit list of files."""
+    """A folder (its audio files, sorted by name, not recursive), one file or an explicit list of files. Entries
+    that are not regular files (FIFOs, link loops, ...) are kept: decoding refuses them with a reason and they
+    get fallback rows like any bad file."""
     if isinstance(audio, (str, Path)):
         folder = Path(audio)
-        if not folder.exists():
+        if not folder.exists():  # a dangling link or a link loop here too: most likely a broken folder link
             raise ParameterError(f"audio folder {folder} does not exist")
-        if folder.is_file():
+        if not folder.is_dir():
             return [folder]
         return list_audio_files(folder)
     return [Path(p) for p in audio]
@@ -89,7 +92,8 @@ def make_submission(
     Returns
     -------
     pandas.DataFrame : ``row_id`` + one column per species, probabilities; ``.attrs["birdinfer"]`` holds
-    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s)
+    the run report. A file that cannot be decoded gets its rows (from its header's duration, else 60 s: a
+    header refused as corrupt by :mod:`birdinfer.io.audio` counts as none)
     filled with the mean probabilities of the files that succeeded (0.0 if none), and a warning; so do
     files skipped because the time budget ran out.
     """
@@ -98,7 +102,7 @@ def make_submission(
     if out is not None:
         check_writable(out)
     if report is not None:
-        check_writable(report)
+        check_writable(report, option="--report", example="report.json")
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     lock = OutputLock(out).acquire() if out is not None else None  # a second run on `out` fails here
@@ -258,6 +262,8 @@ def _projection(elapsed: float, load_seconds: float, files: int, budget: float |
 
 
 def _write_report(path, info: dict) -> None:
+    """The JSON report, written atomically (a fault leaves the previous report or none, never a cut one)."""
     if path is None:
         return
-    Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(info, indent=2, default=str) + "\n"  # ASCII: names held as surrogates come out as \udcXX
+    atomic_write(path, lambda f: f.write(text.encode("ascii")), option="--report")
