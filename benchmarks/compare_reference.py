@@ -10,6 +10,9 @@ file; sigmoid, 5 s max, weighted means, smoothing in numpy. Run twice: with
 birdinfer: :class:`birdinfer.runtime.pipeline.Predictor` over the same files (``iter_files``: the path
 ``make_submission`` takes, front end in a background thread), at ``f32`` and ``fast`` (INT8 where the CPU
 has VNNI, OpenVINO's default elsewhere; f32 where an INT8 model does not compile).
+``fast`` runs INT8 only where the folder's measurement at write time found it within the bar on the class;
+random weights (``build_random_ensemble.py``) fail that bar, so there ``fast`` runs f32 and ``int8``
+(INT8 forced, float layers at the class's float hint) times the INT8 path.
 
 All modes are loaded at once (load time reported apart) and warmed up on one file (librosa's first call
 alone costs seconds); then ``--rounds`` rounds over the same files alternate between the modes (the shared
@@ -263,7 +266,7 @@ def measure(models: str, audio: str | None = None, files: int = 4, rounds: int =
 
 
 DEFAULT_MODES = ["ref_f32", "ref_default", "birdinfer_f32", "birdinfer_fast"]
-CLASS_MODES = ["ref_f32", "birdinfer_f32", "birdinfer_auto", "birdinfer_fast"]
+CLASS_MODES = ["ref_f32", "birdinfer_f32", "birdinfer_auto", "birdinfer_fast", "birdinfer_int8"]
 
 
 def print_summary(result: dict) -> list:

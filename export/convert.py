@@ -213,9 +213,10 @@ def export_models(
       and bounded by :data:`FP16_WEIGHTS_RELATIVE_TOLERANCE` x max|logit|, not by the f32 contract. f32 only.
     - ``int8_overflow_fix``: NNCF's ``OverflowFix`` for the INT8 variant (``quantize.OVERFLOW_FIXES``).
       Giving this or ``int8_float_ops`` writes one custom ``int8`` variant with those options and no
-      ``cpu_classes`` (not measured: the runtime treats it as valid on VNNI/AMX classes only).
+      recipe evidence; like every INT8 variant, where it is valid is measured per CPU class on ``calibration``'s
+      held-out files when the folder is written (:func:`birdinfer_export.variants.measure_int8`).
     - ``int8_variants``: variant name → :class:`quantize.Int8Recipe`, the INT8 variants to write; default
-      :data:`quantize.INT8_RECIPES` (the measured default set, each with the CPU classes it is valid on).
+      :data:`quantize.INT8_RECIPES` (the default set).
 
     Raises :class:`CheckpointError` for missing or bad checkpoints, :class:`ExportError` when an exported
     model differs from torch by more than :func:`parity_tolerance` (max abs logit) or a step fails.
@@ -324,7 +325,8 @@ def export_models(
     manifest.save(out)
     from .variants import record_precision  # bf16 vs f32 per variant on this CPU class, recorded
 
-    record_precision(out, calibration=calibration, measure_bf16=measure_precision, progress=bar.write if progress else None)
+    record_precision(out, calibration=calibration, measure_int8_variants=list(recipes), measure_bf16=measure_precision,
+                     progress=bar.write if progress else None)
     return Manifest.load(out, upgrade=False)  # as written (version 1); Manifest.load(out) is the spec it runs as
 
 
@@ -554,9 +556,10 @@ def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, input
         "overflow_fix": recipe.overflow_fix,
         **({"int8_config": recipe.config} if recipe.config else {}),
         "verified_on_cpu_class": effective_isa().cpu_class,
-        **({"cpu_classes_evidence": recipe.evidence} if recipe.evidence else {}),
+        **({"recipe_evidence": recipe.evidence} if recipe.evidence else {}),
     }
-    return ModelVariant(openvino=int8_xml, verification=verification, cpu_classes=recipe.cpu_classes)
+    # Valid on no class until measured per class (variants.measure_int8, run by export_models / add_int8_variants).
+    return ModelVariant(openvino=int8_xml, verification=verification, cpu_classes=())
 
 
 def _precision_name(element_type) -> str:

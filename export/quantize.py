@@ -43,15 +43,12 @@ OVERFLOW_FIXES = ("first_layer", "enable", "disable")
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How one INT8 variant is made (NNCF options) and the CPU classes it meets the accuracy bar on.
-
-    ``cpu_classes`` is written into the manifest (``ModelVariant.cpu_classes``); ``None`` means "not
-    measured" (the runtime then treats the variant as valid on VNNI/AMX classes only, as for older folders).
-    """
+    """How one INT8 variant is made (NNCF options). Where it meets the accuracy bar is not a property of the
+    recipe: it is measured on each folder's own models when the folder is written
+    (:func:`birdinfer_export.variants.measure_int8`). ``evidence`` says why the recipe was chosen."""
 
     overflow_fix: str = "first_layer"
     float_ops: tuple[str, ...] = ()
-    cpu_classes: tuple[str, ...] | None = None
     evidence: str = ""
     config: str = ""  # name in INT8_CONFIGS, for the record
 
@@ -70,10 +67,10 @@ INT8_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def recipe_of(config: str, cpu_classes: tuple[str, ...] | None = None, evidence: str = "") -> Int8Recipe:
+def recipe_of(config: str, evidence: str = "") -> Int8Recipe:
     """The :class:`Int8Recipe` of a named configuration of :data:`INT8_CONFIGS`."""
     overflow_fix, float_ops = INT8_CONFIGS[config]
-    return Int8Recipe(overflow_fix=overflow_fix, float_ops=float_ops, cpu_classes=cpu_classes, evidence=evidence, config=config)
+    return Int8Recipe(overflow_fix=overflow_fix, float_ops=float_ops, evidence=evidence, config=config)
 
 
 #: The INT8 variants a default ``export --precision int8`` writes (variant name → recipe), chosen by
@@ -98,8 +95,7 @@ def recipe_of(config: str, cpu_classes: tuple[str, ...] | None = None, evidence:
 INT8_RECIPES: dict[str, Int8Recipe] = {
     "int8": recipe_of(
         "overflow-fix",
-        ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2"),
-        "precision_accuracy.py --cpu-class all, demo seed 0, 384 windows: ΔAUC -0.0013 (avx512_vnni), -0.0013 "
+        "chosen by precision_accuracy.py --cpu-class all, demo seed 0, 384 windows: ΔAUC -0.0013 (avx512_vnni), -0.0013 "
         "(avx512), -0.0016 (avx2); vnni/amx classes by equal INT8 arithmetic",
     ),
 }

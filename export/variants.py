@@ -6,6 +6,7 @@ its f32 IRs with NNCF into the named variants, verifies each against f32 on held
 the export does, and rewrites the manifest (atomically, after every file exists).
 
     python -m birdinfer_export.variants MODELS --calibration SOUNDSCAPES [--variants int8 int8-compat]
+    python -m birdinfer_export.variants MODELS --calibration SOUNDSCAPES --measure   # re-measure validity per class
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from .convert import F32_CONFIG, ExportError, _export_int8, _report
 from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, quantize_ir
 from .verify import prepare_inputs
 
-__all__ = ["add_int8_variants", "record_cpu_classes", "add_int8_variants_spec", "record_precision", "INT8_MEAN_DP_BAR",
-           "INT8_CHECK_CLASSES"]
+__all__ = ["add_int8_variants", "record_cpu_classes", "add_int8_variants_spec", "measure_int8", "record_precision",
+           "INT8_MEAN_DP_BAR", "INT8_CHECK_CLASSES"]
 
 #: Label-free INT8 bar of a spec folder's per-class check: mean |Δp| of a model's rows against f32 under the
 #: same class. Set from the demo's trained models (benchmarks/precision_accuracy.py): the shipped recipe's
@@ -82,7 +83,8 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
                       extra={**dict(manifest.extra), "precision": "int8", "int8_variants_added": sorted(recipes)})
     updated.validate()
     updated.save(folder)
-    record_precision(folder, calibration=calibration, progress=print if progress else None)
+    record_precision(folder, calibration=calibration, measure_int8_variants=list(recipes),
+                     progress=print if progress else None)
     return Manifest.load(folder, upgrade=False)
 
 
@@ -111,7 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", type=Path)
     parser.add_argument("--calibration", type=Path, default=None, help="soundscapes for calibration / held-out checks")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_INT8_VARIANTS), choices=sorted(INT8_RECIPES))
+    parser.add_argument("--measure", action="store_true",
+                        help="quantize nothing: measure the folder's INT8 variants per CPU class and record where "
+                        "each is valid (for folders written before INT8 was measured)")
     args = parser.parse_args(argv)
+    if args.measure:
+        from birdinfer.tools.precision import audio_set
+
+        manifest = Manifest.load(args.models)
+        names = sorted({k for m in manifest.models for k, v in m.variants.items() if k != "f32" and v.openvino})
+        if not names:
+            raise ParameterError(f"{args.models}: no INT8 variant to measure; add them with --variants")
+        measure_int8(args.models, names, audio_set(args.calibration, manifest.sample_rate))
+        return 0
     add_int8_variants(args.models, calibration=args.calibration, variants=args.variants)
     return 0
 
@@ -157,19 +171,36 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
             "int8_config": recipe.config, "quantized_ops": quantized, "calibration": audio.describe("calibration"),
             "calibration_windows": int(len(windows)), "held_out": audio.describe("held_out")}}}
     update_variants(folder, updates, files)
-    checks = _check_classes(folder, variant, audio, classes)
-    for name, per_class in checks.items():
-        valid = _valid_classes(per_class, mean_dp_bar)
-        record = updates[name][variant]
-        record["cpu_classes"] = valid
-        record["verification"].update({"per_class": per_class, "bar": {"mean_abs_dp": mean_dp_bar},
-                                       "cpu_classes_evidence": "measured per class at write time (mean |Δp| of "
-                                       "the model's rows vs f32 under the same class; exact-INT8 classes share "
-                                       "the measured exact class's arithmetic)"})
-        if progress:
-            figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f} ×{f['speedup_vs_f32']:.2f} "
-                                "speed" for c, f in per_class.items())
-            progress(f"{name} ({variant}): {figures}; valid on {', '.join(valid) or 'no class'} (bar mean|Δp| <= {mean_dp_bar:g})")
+    return measure_int8(folder, [variant], audio, mean_dp_bar=mean_dp_bar, classes=classes, progress=progress)
+
+
+def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_bar: float = INT8_MEAN_DP_BAR,
+                 classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
+    """The one INT8 validity rule, for every folder (an export's, an import's, an older folder re-measured):
+    each named INT8 variant of every model checked against the model's f32 variant on ``audio``'s held-out
+    files through the folder's own front end, under each of ``classes`` this CPU can emulate (a child process
+    per class); ``cpu_classes`` lists the classes within ``mean_dp_bar`` (measured, or sharing a measured
+    class's exact INT8 arithmetic), and nothing else. The figures per class are recorded beside it."""
+    from birdinfer.tools.precision import update_variants
+
+    folder = Path(folder)
+    updates: dict[str, dict[str, dict]] = {}
+    for variant in variants:
+        checks = _check_classes(folder, variant, audio, classes)
+        entries = {m.name: m for m in Manifest.load(folder).models}
+        for name, per_class in checks.items():
+            valid = _valid_classes(per_class, mean_dp_bar)
+            stored = entries[name].variants[variant]
+            verification = {**dict(stored.verification), "per_class": per_class, "bar": {"mean_abs_dp": mean_dp_bar},
+                            "held_out": audio.describe("held_out"),
+                            "cpu_classes_evidence": "measured per class at write time (mean |Δp| of the model's rows vs "
+                            "f32 under the same class; exact-INT8 classes share the measured exact class's arithmetic)"}
+            updates.setdefault(name, {})[variant] = {"cpu_classes": valid, "verification": verification}
+            if progress:
+                figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f} ×{f['speedup_vs_f32']:.2f} "
+                                    "speed" for c, f in per_class.items())
+                progress(f"{name} ({variant}): {figures}; valid on {', '.join(valid) or 'no class'} "
+                         f"(bar mean|Δp| <= {mean_dp_bar:g})")
     return update_variants(folder, updates)
 
 
@@ -209,15 +240,18 @@ def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
 
 
 def record_precision(folder: str | Path, *, calibration: str | Path | None = None, int8: bool = False,
-                     measure_bf16: bool = True, progress=print) -> Manifest:
-    """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8``, then
-    every variant's bf16 record (:func:`birdinfer.tools.precision.record_bf16`) on the same calibration audio."""
+                     measure_int8_variants: Sequence[str] = (), measure_bf16: bool = True, progress=print) -> Manifest:
+    """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8`` (or,
+    for INT8 variants already written, ``measure_int8_variants``: their classes measured by :func:`measure_int8`),
+    then every variant's bf16 record (:func:`birdinfer.tools.precision.record_bf16`) on the same calibration audio."""
     from birdinfer.tools.precision import audio_set, record_bf16
 
     manifest = Manifest.load(folder)
     audio = audio_set(calibration, manifest.sample_rate)
     if int8:
         add_int8_variants_spec(folder, audio, progress=progress)
+    if measure_int8_variants:
+        measure_int8(folder, list(measure_int8_variants), audio, progress=progress)
     return record_bf16(folder, audio, progress=progress) if measure_bf16 else Manifest.load(folder)
 
 

@@ -216,17 +216,20 @@ def test_explicit_modes_stay(precision, flags, cap):
         assert plans[0].variant == (valid or ["int8"])[0]
 
 
-def test_v1_int8_variant_without_classes_keeps_its_old_meaning(caplog):
-    """A folder written before cpu_classes existed: INT8 counts as valid where VNNI/AMX make it exact."""
+@pytest.mark.parametrize("flags, cap", EVERY_CLASS)
+def test_int8_variant_without_measured_classes_never_runs_under_fast(flags, cap, caplog):
+    """A folder written before INT8 was measured per class: ``fast`` runs f32 on every class (never an
+    unmeasured INT8, not even where VNNI makes the arithmetic exact) and says how to measure it."""
     legacy = {"f32": ModelVariant(openvino="m.xml"), "int8": ModelVariant(openvino="m.int8.xml")}
     manifest = _manifest(legacy)
-    assert plan_models(manifest, precision="fast", isa=effective_isa(ICE_LAKE, environ={}))[0][0].variant == "int8"
-    kaggle = effective_isa(ZEN4, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
-    assert plan_models(manifest, precision="fast", isa=kaggle)[0][0].variant == "f32"
+    isa = _isa(flags, cap)
+    plans, summary = plan_models(manifest, precision="fast", isa=isa)
+    assert plans[0].variant == "f32"
     with caplog.at_level(logging.WARNING):
-        plans, summary = plan_models(manifest, precision="int8", isa=kaggle)  # asked for: runs, with a warning
-    assert plans[0].variant == "int8" and "not validated on avx512" in caplog.text and "not validated" in summary
-    assert plan_models(manifest, precision="fast", backend="onnxruntime", isa=kaggle)[0][0].hint is None
+        plans, summary = plan_models(manifest, precision="int8", isa=isa)  # asked for: runs, with a warning
+    assert plans[0].variant == "int8" and f"not validated on {isa.cpu_class}" in caplog.text
+    assert "not measured" in summary and "--measure" in summary
+    assert plan_models(manifest, precision="fast", backend="onnxruntime", isa=isa)[0][0].hint is None
 
 
 def test_manifest_cpu_classes_round_trip_and_v1_unchanged():

@@ -43,11 +43,10 @@ class ModelPlan:
 
 
 def variant_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
-    """Does ``variant`` meet the accuracy bar on ``isa``'s class? A variant without ``cpu_classes`` (older
-    folders) counts as valid where INT8 dot products are exact (VNNI / AMX), as before the field existed."""
-    if variant.cpu_classes is None:
-        return isa.int8_exact
-    return isa.cpu_class in variant.cpu_classes
+    """Does ``variant`` meet the accuracy bar on ``isa``'s class, as measured when its folder was written? A
+    variant without ``cpu_classes`` (a folder written before INT8 was measured per class) is valid nowhere:
+    ``fast`` runs f32 for it (``--precision int8`` still runs it, as asked)."""
+    return variant.cpu_classes is not None and isa.cpu_class in variant.cpu_classes
 
 
 def bf16_valid(variant: ModelVariant, isa: CpuIsa) -> bool:
@@ -145,7 +144,10 @@ def _validity(entry: ModelEntry, names: Sequence[str]) -> str:
     parts = []
     for k in names:
         classes = entry.variants[k].cpu_classes
-        parts.append(f"{k} valid on {', '.join(classes) if classes is not None else 'VNNI/AMX classes (no cpu_classes recorded)'}")
+        where = ", ".join(classes or ()) or "no class"
+        if classes is None:
+            where += " (not measured: python -m birdinfer_export.variants FOLDER --measure)"
+        parts.append(f"{k} valid on {where}")
     return "; ".join(parts)
 
 
