@@ -320,7 +320,7 @@ def test_file_names_escaping_the_folder_are_refused_at_load_for_every_backend(fo
     }
     for name, change in escapes.items():
         models = edited(folder, tmp_path / name, change)
-        for upgrade in (True, False):  # as it runs and as written (bundle, INT8 writers)
+        for upgrade in (True, False):  # as it runs and as written (the INT8 variant writers, export)
             with pytest.raises(ModelFolderError, match="must be a plain name inside the model folder"):
                 Manifest.load(models, upgrade=upgrade)
     linked = edited(folder, tmp_path / "linked", lambda d: d["models"][0]["variants"]["f32"].update(onnx="link.onnx"))
