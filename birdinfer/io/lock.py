@@ -107,17 +107,20 @@ class OutputLock:
 
     def _open(self) -> tuple[int, bool]:
         """``(descriptor of the lock file, whether this call created it)``."""
+        not_a_file = OutputError(f"the lock file {self.path} is not a regular file; remove it (birdinfer keeps "
+                                 "nothing there) or choose another --out")
         try:
             try:
                 return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
             except FileExistsError:
                 fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        except IsADirectoryError:
+            raise not_a_file from None
         except OSError as e:
             raise OutputError(f"cannot create the lock file {self.path}: {e.strerror or e}; choose a writable --out") from e
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise OutputError(f"the lock file {self.path} is not a regular file; remove it (nothing of birdinfer's is "
-                              "kept there) or choose another --out")
+            raise not_a_file
         return fd, False
 
     def acquire(self) -> "OutputLock":
