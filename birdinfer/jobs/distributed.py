@@ -169,8 +169,8 @@ def predict_ray(
         connected to Ray, use that; otherwise start a local instance with ``os.cpu_count()`` CPUs, shut
         down at the end.
     precision, backend, cache_dir : as for :func:`birdinfer.jobs.predict.predict`.
-    resume : skip recordings listed in ``_done.jsonl`` by an earlier run with the same settings;
-        ``False`` deletes earlier results first.
+    resume : skip recordings listed in ``_done.jsonl`` by an earlier run with the same settings whose
+        shard and input still verify (the others are computed again); ``False`` deletes earlier results first.
     progress : progress bar on stderr (files done, hours of audio per hour of wall time, failures).
     num_workers : actors, each holding one compiled copy of the models (mind memory with large
         ensembles on many-core nodes). Default: one per CPU of the cluster, each with one inference
