@@ -4,10 +4,12 @@ uninterrupted run.
 Writes ``--files`` synthetic recordings (OGG, 3-20 s, seeded; plus one broken file, listed in the errors
 file), runs ``birdinfer predict`` once uninterrupted (the reference: its wall time ``T`` sets the kill window),
 then ``--kills`` trials. Each trial starts on a fresh output, sends ``--signal`` (default SIGKILL) to the run at
-a uniformly random moment in ``[0, T)`` (model loading, computing, writing parts, assembling the output are
-all hit), runs the same command again to completion, and compares the output and ``<out>.errors.csv`` byte
-for byte with the reference; it also checks that no temporary file, lock or parts folder is left. Prints one
-line per trial (when the signal came, how many recordings were done then, what the run left) and the tally.
+a uniformly random moment in ``[0, T)`` (so it may come while models load, recordings are computed, parts
+are written or the output is assembled), runs the same command again to completion, and compares the output
+and ``<out>.errors.csv`` byte for byte with the reference; it also checks that no temporary file, lock or
+parts folder is left. A run that ends before its signal (the machine was faster than for the reference) is not
+counted: that trial is drawn again. Prints one line per trial (when the signal came, how many recordings were
+done then, what the run left) and the tally.
 
 Usage::
 
@@ -69,30 +71,39 @@ def leftovers(out: Path) -> list[str]:
 
 
 def trial(i: int, cmd: list[str], out: Path, reference: tuple[bytes, bytes], window: float, sig: int,
-          rng: random.Random) -> bool:
+          rng: random.Random) -> bool | None:
+    """One signal and one re-run: True when the re-run's output is the reference's, None when the run ended
+    before the signal came (nothing was tested: the caller draws again)."""
     errors = out.with_name(out.name + ".errors.csv")
     done_list = out.with_name(out.name + ".parts") / "done.txt"
     at = rng.uniform(0.0, window)
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=at)
-        ended = f"finished before the signal (exit {proc.returncode})"
+        print(f"         signal at {at:6.1f} s: the run had finished (exit {proc.returncode}); not counted, drawn again")
+        return None
     except subprocess.TimeoutExpired:
         proc.send_signal(sig)
         proc.wait()
-        ended = f"exit {proc.returncode}"
-    proc.stderr.close()
     done = done_list.read_text(errors="replace").count("\n") if done_list.is_file() else 0
     left = leftovers(out)
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     same = (again.returncode == 0 and out.is_file() and out.read_bytes() == reference[0]
             and (errors.read_bytes() if errors.is_file() else b"") == reference[1] and not leftovers(out))
-    print(f"trial {i + 1:2d}: signal at {at:6.1f} s ({ended}; {done} recordings done, left: "
+    print(f"trial {i + 1:2d}: signal at {at:6.1f} s (exit {proc.returncode}; {done} recordings done, left: "
           f"{', '.join(left) or 'nothing'}) → re-run exit {again.returncode}, "
           f"{'byte-identical' if same else 'DIFFERENT'}", flush=True)
     if not same:
         print(again.stderr[-2000:], file=sys.stderr)
     return same
+
+
+def fresh(out: Path) -> None:
+    """Remove everything a run on ``out`` may have left, for the next trial."""
+    for stale in [out, out.with_name(out.name + ".errors.csv"), out.with_name(out.name + ".lock"),
+                  *out.parent.glob(f".{out.name}*.tmp")]:
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     sig = getattr(signal, f"SIG{args.signal}")
     out = args.work / "k.csv"
-    identical = 0
-    for i in range(args.kills):
-        for stale in [out, out.with_name(out.name + ".errors.csv"), out.with_name(out.name + ".lock"),
-                      *out.parent.glob(f".{out.name}*.tmp")]:
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-        identical += trial(i, command(audio, args.models, out, args.precision), out, reference, window, sig, rng)
+    identical = i = 0
+    while i < args.kills:
+        fresh(out)
+        result = trial(i, command(audio, args.models, out, args.precision), out, reference, window, sig, rng)
+        if result is not None:
+            identical += result
+            i += 1
     print(f"kill-and-resume: {identical}/{args.kills} byte-identical (SIG{args.signal}, {args.files + 1} files)")
     return 0 if identical == args.kills else 1
 
