@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import BirdinferError
@@ -358,10 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C: a stopped predict or submit removes its temporary file and
+    releases its lock on the way out (a BaseException, so no ``except Exception`` swallows it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main and args.command in ("predict", "submit") else None
     try:
         return int(args.func(args) or 0)
     except BirdinferError as e:
@@ -375,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"birdinfer {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"birdinfer {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,7 +109,7 @@ def test_resume_recomputes_only_what_is_missing(ray_head, audio_folder, small_mo
     out = predict_ray([audio_folder], small_model_folder, tmp_path / "o", precision="f32", progress=False)
     lines = (out / "_done.jsonl").read_text().splitlines()
     lost = json.loads(lines[0])
-    (out / lost["shard"]).unlink()
+    (out / lost["part"]).unlink()
     (out / "_done.jsonl").write_text("\n".join(lines[1:-1] + [lines[-1][:10]]) + "\n")
     (out / "_SUCCESS").unlink()
     torn = json.loads(lines[-1])
@@ -120,7 +120,7 @@ def test_resume_recomputes_only_what_is_missing(ray_head, audio_folder, small_mo
     predict_ray([audio_folder], small_model_folder, out, precision="f32", progress=False)
     assert read_output(out).equals(table)
     redone = {p.name for p in (out / "shards").glob("*.parquet") if kept.get(p.name) != p.stat().st_mtime_ns}
-    assert redone == {Path(lost["shard"]).name, Path(torn["shard"]).name}
+    assert redone == {Path(lost["part"]).name, Path(torn["part"]).name}
 
 
 @needs_ray

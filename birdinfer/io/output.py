@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ import pandas as pd
 from ..errors import MissingDependencyError, OutputError, ParameterError
 
 __all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable",
-           "os_fault", "utf8_name", "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "window_schema",
-           "window_table", "write_window_table"]
+           "os_fault", "utf8_name", "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "sweep_temporaries",
+           "temporaries_of", "temporary_files", "window_schema", "window_table", "write_window_table"]
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,49 @@ def atomic_write(path: str | Path, write, *, text: bool = False, option: str = "
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path, *, option: str = "--out") -> Path:
     """Write a CSV atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: frame.to_csv(f, index=False), text=True, option=option)
+
+
+#: What :func:`atomic_write` appends to ``.<name>``: ``tempfile.mkstemp``'s 8 random characters and ``.tmp``.
+_TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"
+
+
+def temporary_files(folder: str | Path, name: str = r".+", *, recursive: bool = False) -> list[Path]:
+    """The temporary files :func:`atomic_write` left in ``folder`` (a run killed while writing): regular files
+    named ``.<name>.XXXXXXXX.tmp`` whose ``<name>`` matches the regular expression ``name`` (default: any), in
+    ``folder`` or, with ``recursive``, below it (symlinked folders are not entered). Sorted; nothing else."""
+    pattern = re.compile(r"\." + f"(?:{name})" + _TEMP_TAIL)
+    found = []
+    for root, dirs, files in os.walk(folder):
+        found += [Path(root, f) for f in files if pattern.fullmatch(f) and Path(root, f).is_file()
+                  and not Path(root, f).is_symlink()]
+        if not recursive:
+            break
+    return sorted(found)
+
+
+def temporaries_of(path: str | Path) -> list[Path]:
+    """The temporary files :func:`atomic_write` left beside ``path`` when killed while writing it."""
+    path = Path(path)
+    return temporary_files(path.parent if str(path.parent) else Path("."), re.escape(path.name))
+
+
+def sweep_temporaries(found: Iterable[Path], owner: str | Path) -> list[Path]:
+    """Remove ``found`` (from :func:`temporary_files`), with one log line naming them and ``owner`` (the output
+    they were left for). Call it only while holding ``owner``'s lock: another run's temporaries are never seen."""
+    removed = []
+    for path in found:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("cannot remove the temporary file %s: %s", path, e.strerror or e)
+            continue
+        removed.append(path)
+    if removed:
+        log.warning("removed %d temporary file%s left by an interrupted run on %s: %s", len(removed),
+                    "" if len(removed) == 1 else "s", owner, ", ".join(str(p) for p in removed))
+    return removed
 
 
 # ------------------------------------------------------------------------------- per-window tables (predict)

@@ -37,16 +37,23 @@ Output folder (``OUT_DIR``)
     engine version: :func:`birdinfer.jobs.journal.run_fingerprint`); a re-run with other settings, or after an
     upgrade that may change the outputs, is refused unless ``resume=False``.
 ``_done.jsonl``
-    One JSON line per finished recording (``key, file, shard, rows, audio_s``), appended after its shard
-    is in place: a run killed at any moment and started again skips these.
+    One JSON line per finished recording (``key, file, part, sha256, bytes, shape, rows, audio_s, input``),
+    appended after its shard is in place: a run killed at any moment and started again checks these (the
+    shard's bytes and shape, the input's size and content: the journal of single-machine ``predict``,
+    :mod:`birdinfer.jobs.journal`), computes again the ones that fail (one log line each) and skips the rest.
 ``_errors.csv``
     ``file, error`` of the recordings that failed in the last run (absent when none). Failed recordings
     get no rows and are retried by the next run.
 ``_SUCCESS``
-    Written last: the index of the complete output in input order (JSON: ``labels``, ``files``, ``failed``,
-    and ``run``: workers, threads per worker, model load seconds, wall and processing seconds, seconds of
-    audio computed by this run). :func:`read_output` reads the shards in that order; the table equals the
-    single-machine ``predict`` output for the same inputs.
+    Written last: the index of the complete output in input order (JSON: ``labels``, ``files`` with each
+    shard's sha256, ``failed``, and ``run``: workers, threads per worker, model load seconds, wall and
+    processing seconds, seconds of audio computed by this run); it lists only shards that exist and verify
+    when it is written. :func:`read_output` reads the shards in that order (checking their sha256); the table
+    equals the single-machine ``predict`` output for the same inputs.
+
+One run per output folder: a run holds ``<OUT_DIR>.lock`` (:mod:`birdinfer.io.lock`, the lock of
+single-machine ``predict``) from before Ray starts until the end; a second run on the same folder stops at
+once with a sentence naming the holder's PID.
 
 Audio is read by path on the workers: the workers must see the input files and the model folder at
 the same paths as the driver (a shared file system, or identical copies). Only paths go out and only
@@ -67,6 +74,7 @@ from typing import Any, Callable, Sequence
 from ..errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError  # noqa: F401
 from ..spec.manifest import Manifest
 from .._console import progress_bar, say
+from ..io.lock import OutputLock
 from .predict import Recording, collect_inputs
 from .shards import (ERRORS_FILE, SHARDS_FOLDER, OutputFolder, require_shard_pyarrow, fingerprint, output_schema, read_output,
                      shard_table)
@@ -161,8 +169,8 @@ def predict_ray(
         connected to Ray, use that; otherwise start a local instance with ``os.cpu_count()`` CPUs, shut
         down at the end.
     precision, backend, cache_dir : as for :func:`birdinfer.jobs.predict.predict`.
-    resume : skip recordings listed in ``_done.jsonl`` by an earlier run with the same settings;
-        ``False`` deletes earlier results first.
+    resume : skip recordings listed in ``_done.jsonl`` by an earlier run with the same settings whose
+        shard and input still verify (the others are computed again); ``False`` deletes earlier results first.
     progress : progress bar on stderr (files done, hours of audio per hour of wall time, failures).
     num_workers : actors, each holding one compiled copy of the models (mind memory with large
         ensembles on many-core nodes). Default: one per CPU of the cluster, each with one inference
@@ -173,8 +181,8 @@ def predict_ray(
 
     Each actor reserves ``C/N`` of the cluster's ``C`` CPUs and runs OpenVINO with that many threads.
     Returns ``out_dir``. Fails before any audio work (:class:`BirdinferError`) on: no input files, a
-    missing or invalid model folder, an output folder that cannot be written, results from other
-    settings, Ray or pyarrow missing, workers that cannot load the models. Recordings that cannot be
+    missing or invalid model folder, an output folder that cannot be written or that another run is
+    writing (``<out_dir>.lock``), results from other settings, Ray or pyarrow missing, workers that cannot load the models. Recordings that cannot be
     decoded, or whose worker crashed on every retry, get no rows and are listed in ``_errors.csv``.
     """
     wall_start = time.perf_counter()
@@ -183,28 +191,25 @@ def predict_ray(
     require_shard_pyarrow()
     out_dir = Path(out_dir)
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
-    recordings, folder, todo = _open_output(inputs, manifest, out_dir, precision=precision, backend=backend,
-                                            resume=resume)
-    resumed = len(recordings) - len(todo)
-
-    errors: dict[str, str] = {}
-    run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
-    if todo:
-        started_here = _connect(ray, address)
-        try:
-            run |= _run_pool(
-                ray, todo, folder, errors, manifest=manifest,
-                models=models if isinstance(models, Manifest) else str(Path(models).resolve()),
-                precision=precision, backend=backend, cache_dir=None if cache_dir is None else str(cache_dir),
-                num_workers=num_workers, files_per_task=files_per_task, progress=progress, resumed=resumed,
-                total=len(recordings),
-            )
-        finally:
-            if started_here:
-                ray.shutdown()
-    wall = time.perf_counter() - wall_start
-    run["wall_seconds"] = round(wall, 3)
-    folder.finish(recordings, errors, manifest.labels, run)
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} "
+                             "(folders are walked recursively)")
+    lock = OutputLock(out_dir).acquire()  # the same lock as single-machine predict: a second run fails here
+    try:
+        folder, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend, resume=resume)
+        resumed = len(recordings) - len(todo)
+        errors: dict[str, str] = {}
+        run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
+        if todo:
+            run |= _compute(ray, address, todo, folder, errors, manifest=manifest, models=models, precision=precision,
+                            backend=backend, cache_dir=cache_dir, num_workers=num_workers, files_per_task=files_per_task,
+                            progress=progress, resumed=resumed, total=len(recordings))
+        wall = time.perf_counter() - wall_start
+        run["wall_seconds"] = round(wall, 3)
+        folder.finish(recordings, errors, manifest.labels, run)
+    finally:
+        lock.release()
     audio_this_run = run["audio_seconds"]
 
     hours = sum(float(folder.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in folder.done) / 3600.0
@@ -214,17 +219,32 @@ def predict_ray(
     return out_dir
 
 
-def _open_output(inputs, manifest: Manifest, out_dir: Path, *, precision: str, backend: str,
-                 resume: bool) -> tuple[list[Recording], OutputFolder, list[Recording]]:
-    """``(every recording, the output folder, the recordings not done by an earlier run with these settings)``."""
-    recordings = collect_inputs(inputs)
-    if not recordings:
-        raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} (folders are walked recursively)")
-    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), resume=resume)
-    todo = [rec for rec in recordings if rec.key not in folder.done]
+def _compute(ray, address: str | None, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *,
+             manifest: Manifest, models, precision: str, backend: str, cache_dir, **pool) -> dict:
+    """Connect to Ray (starting a local instance unless ``address``/a connection is given), run ``todo`` on the
+    pool, disconnect when this call connected; returns the run figures of :func:`_run_pool`."""
+    started_here = _connect(ray, address)
+    try:
+        return _run_pool(
+            ray, todo, folder, errors, manifest=manifest,
+            models=models if isinstance(models, Manifest) else str(Path(models).resolve()),
+            precision=precision, backend=backend, cache_dir=None if cache_dir is None else str(cache_dir), **pool,
+        )
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _open_output(recordings: list[Recording], manifest: Manifest, out_dir: Path, *, precision: str, backend: str,
+                 resume: bool) -> tuple[OutputFolder, list[Recording]]:
+    """``(the output folder, the recordings not done and verified by an earlier run with these settings)``."""
+    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), manifest.labels, resume=resume)
+    done = folder.journal.verified(recordings)  # a shard that fails a check is logged and computed again
+    todo = [rec for rec in recordings if rec.key not in done]
+    folder.journal.watch(todo)
     if len(todo) < len(recordings):
         log.info("resuming: %d of %d recordings already done in %s", len(recordings) - len(todo), len(recordings), out_dir)
-    return recordings, folder, todo
+    return folder, todo
 
 
 def _check_counts(files_per_task, num_workers) -> None:
@@ -257,12 +277,13 @@ def _record(batch: list[Recording], results: list[dict], folder: OutputFolder, e
     """Write the shards of one call's results (or note their errors); returns the seconds of audio done."""
     audio = 0.0
     for rec, result in zip(batch, results):
-        if result["error"] is None:
-            folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds)
-            audio += result["audio_s"]
-        else:
-            errors[rec.key] = result["error"]
-            log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result["error"], folder.folder / ERRORS_FILE)
+        error = result["error"]
+        if error is None:
+            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds)
+            audio += result["audio_s"] if error is None else 0.0
+        if error is not None:
+            errors[rec.key] = error
+            log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, error, folder.folder / ERRORS_FILE)
     return audio
 
 

@@ -5,12 +5,15 @@ of recordings → :meth:`Predictor.iter_files` (decode + front end in a backgrou
 one *part* per finished recording → final assembly of the output in input order.
 
 Resumable: every finished recording's probabilities are written to ``<out>.parts/`` (one ``.npy`` per
-recording, written to a temporary name and renamed, then its key appended to ``done.txt``). A run killed
-at any moment (even SIGKILL) and started again with the same arguments skips the recordings listed in
-``done.txt`` and assembles exactly the bytes an uninterrupted run writes: the output is always built from
-the parts, in input order, into a temporary file that is renamed into place; the parts folder is removed
-afterwards. Parts made with other models, spec, precision or backend, or by an engine version whose outputs
-may differ (:data:`birdinfer.jobs.journal.ENGINE_VERSION`), are refused (``resume=False`` starts over).
+recording, written to a temporary name and renamed, then an entry with its sha256 and its input's size and
+sha256 appended to ``done.txt``: :mod:`birdinfer.jobs.journal`). A run killed at any moment (even SIGKILL)
+and started again with the same arguments checks each finished part (its bytes, its shape, its input's
+content), computes again the ones that fail (one log line each), skips the others and assembles exactly the
+bytes an uninterrupted run writes: the output is always built from the parts, in input order, into a
+temporary file that is renamed into place (temporary files of a run killed while writing are removed by the
+next run on the same output); the parts folder is removed afterwards. Parts made with other models, spec,
+precision or backend, or by an engine version whose outputs may differ
+(:data:`birdinfer.jobs.journal.ENGINE_VERSION`), are refused (``resume=False`` starts over).
 
 Bad recordings (corrupt, truncated, empty, not audio, unreadable) are never fatal: each is logged with
 its error, gets **no rows** (unlike ``submit``, which must fill every row), and is listed in
@@ -27,6 +30,7 @@ the 60-minute file's decoded samples alone would be 439 MB.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import logging
@@ -45,7 +49,8 @@ from ..runtime.models import plan_variants
 from .._console import progress_bar, say
 from .journal import ENGINE_VERSION, Journal, run_fingerprint
 from ..io.lock import OutputLock
-from ..io.output import RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, write_window_table
+from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, sweep_temporaries,
+                         temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 
 __all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
@@ -177,33 +182,41 @@ def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
 
 # -------------------------------------------------------------------------------------------- parts
 class _Parts:
-    """``<out>.parts/``: ``run.json`` (what produced the parts), ``<key>.npy`` per finished recording
-    (float32 ``(n_windows, n_labels)``, written atomically), ``done.txt`` (one JSON line per finished
-    recording, appended after its part is in place); the bookkeeping is :class:`birdinfer.jobs.journal.Journal`."""
+    """``<out>.parts/``, the run's :class:`birdinfer.jobs.journal.Journal`: ``run.json`` (what produced the parts),
+    ``<key>.npy`` per finished recording (float32 ``(n_windows, n_labels)``), ``done.txt`` (one JSON line per
+    finished recording with the sha256 of its part and its input's identity, verified on resume)."""
 
     def __init__(self, folder: Path, fingerprint: dict, n_labels: int, *, resume: bool):
         self.folder = folder
-        self.n_labels = n_labels
-        if folder.exists() and not resume:
-            shutil.rmtree(folder)
-        self.journal = Journal(folder, fingerprint, run_name=_RUN_FILE, done_name=_DONE_LIST)
-        self.journal.claim()
-        self.done: dict[str, dict] = self.journal.read_done(lambda entry: self.load(entry["key"]) is not None)
+        self.journal = Journal(folder, fingerprint, run_name=_RUN_FILE, done_name=_DONE_LIST, suffix=".npy",
+                               inspect=functools.partial(_npy_shape, n_labels=n_labels)).open(resume=resume)
 
-    def load(self, key: str) -> np.ndarray | None:
-        try:
-            probs = np.load(self.folder / f"{key}.npy", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        if probs.ndim != 2 or probs.shape[1] != self.n_labels or probs.dtype != np.float32:
-            return None
-        return probs
+    @property
+    def done(self) -> dict[str, dict]:
+        return self.journal.done
 
-    def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> None:
-        atomic_write(self.folder / f"{rec.key}.npy", lambda f: np.save(f, np.ascontiguousarray(probs, np.float32)))
-        entry = {"key": rec.key, "file": rec.name, "rows": int(len(probs)), "audio_s": round(audio_seconds, 3)}
-        self.journal.append(entry)
-        self.done[rec.key] = entry
+    def load(self, key: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.journal.read_part(key)), allow_pickle=False)
+
+    def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float) -> str | None:
+        """Store a finished recording's rows; None, or why they were not stored (see :meth:`Journal.add`)."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(probs, np.float32))
+        return self.journal.add(rec, buffer.getvalue(), probs.shape, audio_seconds)
+
+
+def _npy_shape(data: bytes, n_labels: int) -> tuple[int, int]:
+    probs = np.load(io.BytesIO(data), allow_pickle=False)
+    if probs.ndim != 2 or probs.shape[1] != n_labels or probs.dtype != np.float32:
+        raise ValueError(f"a {probs.dtype} array of shape {probs.shape}, not float32 (rows, {n_labels})")
+    return probs.shape
+
+
+def _sweep_outputs(out: Path, format: str) -> None:
+    """Remove the temporary files a run killed while writing this output left (called holding its lock)."""
+    found = temporaries_of(_side_path(out, ".errors.csv"))
+    found += temporary_files(out, r".+\.selections\.txt", recursive=True) if format == "raven" else temporaries_of(out)
+    sweep_temporaries(found, out)
 
 
 def _audio_seconds(path: Path, rows: int, window_seconds: float) -> float:
@@ -266,8 +279,11 @@ def predict(
                                                 precision=precision, backend=backend)
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
+        _sweep_outputs(out, format)
         parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+        parts.journal.verified(recordings)  # a part that fails a check is logged and computed again
         todo = [rec for rec in recordings if rec.key not in parts.done]
+        parts.journal.watch(todo)
         resumed = len(recordings) - len(todo)
         if resumed:
             log.info("resuming: %d of %d recordings already done in %s", resumed, len(recordings), parts.folder)
@@ -323,13 +339,12 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
     audio_seconds = 0.0
     try:
         for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
-            if result.ok:
-                seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds)
-                parts.add(rec, result.probs, seconds)
-                audio_seconds += seconds
-            else:
-                errors[rec.key] = result.error
-                log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, result.error,
+            seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds) if result.ok else 0.0
+            error = parts.add(rec, result.probs, seconds) if result.ok else result.error
+            audio_seconds += seconds if error is None else 0.0
+            if error is not None:
+                errors[rec.key] = error
+                log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, error,
                             _side_path(out, ".errors.csv"))
             if bar is not None:
                 bar.update(1)

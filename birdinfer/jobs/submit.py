@@ -23,7 +23,8 @@ from ..errors import BirdinferError, ParameterError
 from ..io.lock import OutputLock
 from ..spec.manifest import Manifest
 from ..runtime.models import plan_variants
-from ..io.output import atomic_write, check_writable, plan_columns, row_ids, submission_frame, write_csv_atomic
+from ..io.output import (atomic_write, check_writable, plan_columns, row_ids, submission_frame, sweep_temporaries,
+                         temporaries_of, write_csv_atomic)
 from ..runtime.pipeline import FileResult, Predictor
 
 __all__ = ["FALLBACK_SECONDS", "make_submission", "resolve_inputs"]
@@ -107,6 +108,8 @@ def make_submission(
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     lock = OutputLock(out).acquire() if out is not None else None  # a second run on `out` fails here
     try:
+        if out is not None:
+            sweep_temporaries(temporaries_of(out), out)  # left by a run killed while writing `out`
         columns = plan_columns(manifest.labels, sample_submission)
         paths = resolve_inputs(audio_dir)
         if limit is not None:
