@@ -105,10 +105,11 @@ def build_label_map(p: LabelMapParams, source: TableSource) -> LabelMapPlan:
             targets.append(j)
     if not targets:
         examples = [scientific.get(label, f"{label} (not in {p.taxonomy})") for label in source.labels[:3]]
+        genus = " nor shares a genus with one" if p.genus else ""
         raise ValueError(f"{p.labels} and {p.taxonomy} map nothing: no {p.name_field} of the folder's "
                          f"{len(source.labels)} labels (e.g. {', '.join(examples)}) is a class of {p.labels} "
-                         f"({len(names)} classes, e.g. {', '.join(names[:3])})" + (" nor shares a genus with one" if p.genus else "")
-                         + "; check label_column, label_field, name_field and the files")
+                         f"({len(names)} classes, e.g. {', '.join(names[:3])}){genus}; check label_column, "
+                         "label_field, name_field and the files")
     return LabelMapPlan(p, len(names), len(source.labels), np.asarray(gather, np.int64), np.asarray(starts, np.int64),
                         np.asarray(targets, np.int64), tuple(direct), tuple(by_genus), tuple(missing))
 

@@ -110,7 +110,7 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         if not set(label_map.labels) & set(manifest_labels):
             raise _err(where, f"{at}.label_map.labels shares no label with 'labels'")
     n_classes = len(label_map.labels) if label_map else len(manifest_labels)
-    if any(isinstance(s, Mapping) and s.get("step") == "label_map" for s in data["steps"] or ()):
+    if isinstance(data["steps"], list) and any(isinstance(s, Mapping) and s.get("step") == "label_map" for s in data["steps"]):
         n_classes = 0  # the label_map step's file gives it (birdinfer.spec.step_files)
     for i, o in enumerate(outputs):
         rank = 3 if OUTPUT_KINDS[o.kind] == "frame" else 2
