@@ -561,3 +561,28 @@ def test_member_rows_of_a_spec_without_submission_steps(recipe_source, tmp_path,
     assert list(cnn.row_id) == list(sub.row_id) == list(perch.row_id)
     np.testing.assert_allclose(sub[LABELS].to_numpy(), 0.75 * cnn[LABELS].to_numpy() + 0.25 * perch[LABELS].to_numpy(),
                                atol=1e-6)
+
+
+def test_time_budget_drops_a_model_before_the_rank_fusion(recipe_folder, soundscapes, tmp_path):
+    """A budget on a fake clock drops perch (the smallest share of the tree) after some files: its ranks are over
+    the files it ran on, and the later files are fused from the finetuned group alone (transcription on the
+    member rows written)."""
+    from birdinfer.jobs.submit import make_submission
+
+    ticks = iter(range(10**9))
+    paths = sorted(soundscapes.iterdir())
+    frame = make_submission(paths, recipe_folder, out=None, precision="f32", progress=False, time_budget_s=30.0,
+                            clock=lambda: float(next(ticks)), member_rows=tmp_path / "rows")
+    assert [e["model"] for e in frame.attrs["birdinfer"]["dropped"]] == ["perch"]
+    tables = {m: pd.read_csv(tmp_path / "rows" / f"{m}.csv") for m in ("finetuned", "perch")}
+    members: dict[str, list] = {"finetuned": [], "perch": []}
+    for path in paths:
+        for name, table in tables.items():
+            rows = table[table.row_id.str.rsplit("_", n=1).str[0] == path.stem][LABELS].to_numpy(np.float64)
+            members[name].append(rows if len(rows) else None)
+    ran = [v is not None for v in members["perch"]]
+    assert ran[0] and not ran[-1]  # dropped part-way
+    ranked = rank_fusion_reference([members["finetuned"], members["perch"]], [0.8, 0.2])
+    smoothed = np.concatenate([smooth_reference(r) for r in ranked])
+    want = (smoothed - smoothed.min(axis=0)) / (smoothed.max(axis=0) - smoothed.min(axis=0))
+    np.testing.assert_allclose(frame[LABELS].to_numpy(), want, rtol=0, atol=1e-6)
