@@ -84,7 +84,7 @@ class TemperatureParams:
         _check_eps(self.eps)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class TemperaturePlan:
     params: TemperatureParams
     per_column: np.ndarray  # (C,) temperature of each column
@@ -152,7 +152,7 @@ def _fields(compiled: re.Pattern, keys, name: str) -> tuple[str, ...] | None:
     return None if match is None else tuple(_key(match.group(k) or "") for k in keys)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class PriorPlan:
     params: PriorParams
     compiled: re.Pattern

@@ -45,7 +45,7 @@ class LabelMapParams:
             raise ValueError("labels and taxonomy must name CSV files of the model folder")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class LabelMapPlan:
     """A bound ``label_map``: output class ``targets[i]`` = max over model classes ``gather[starts[i]:starts[i+1]]``;
     the other classes get ``params.fill``."""

@@ -172,6 +172,7 @@ class SpecEngine:
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
         self.held = is_held(manifest.ensemble)  # steps over the whole submission: rows held until every file is done
+        self._held_said = False
         self._pool = (ThreadPoolExecutor(parallel_models, thread_name_prefix="birdinfer-model")
                       if parallel_models > 1 and len(self.models) > 1 else None)
 
@@ -268,6 +269,10 @@ class SpecEngine:
         if not parts:
             return np.zeros((0, n_labels), np.float32)
         rows = self.file_rows(parts, name)
+        if self.held and not self._held_said:
+            self._held_said = True
+            log.warning("the ensemble has steps over the whole submission: a file scored alone is fused as a submission "
+                        "of its own (birdinfer submit / predict fuse all files)")
         result = fuse(self.manifest.ensemble, [rows])[0] if self.held else rows.final
         for note in rows.notes:
             log.warning("%s", note)
