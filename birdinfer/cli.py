@@ -49,6 +49,8 @@ def _add_submit(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N files (sorted by name)")
     p.add_argument("--cache-dir", type=Path, default=None, help="OpenVINO compiled-model cache folder (faster second start)")
     p.add_argument("--report", type=Path, default=None, help="write a JSON run report (timings, dropped models, failed files)")
+    p.add_argument("--member-rows", type=Path, default=None, metavar="DIR",
+                   help="also write every member's rows before fusion into DIR, one CSV per model and group (row_id + columns)")
     p.set_defaults(func=_cmd_submit)
 
 
@@ -66,6 +68,7 @@ def _cmd_submit(args) -> int:
         limit=args.limit,
         cache_dir=args.cache_dir,
         report=args.report,
+        member_rows=args.member_rows,
     )
     return 0
 

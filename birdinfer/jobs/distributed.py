@@ -140,6 +140,17 @@ class _Slot:
 
 
 # ------------------------------------------------------------------------------------------- predict
+def _refuse_held(manifest: Manifest) -> Manifest:
+    """Shards are written per recording; a spec fused over all recordings cannot be (before any audio work)."""
+    from ..runtime.fusion import is_held
+    from ..spec.upgrade import upgrade
+
+    if is_held(upgrade(manifest).ensemble):
+        raise ParameterError(f"{manifest.folder or 'the model folder'}: its ensemble has steps over the whole submission "
+                             "(scope 'submission'), which --engine ray cannot run shard by shard; use --engine local")
+    return manifest
+
+
 def predict_ray(
     inputs: str | Path | Sequence[str | Path],
     models: str | Path | Manifest,
@@ -190,7 +201,7 @@ def predict_ray(
     ray = _require_ray()
     require_shard_pyarrow()
     out_dir = Path(out_dir)
-    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    manifest = _refuse_held(models if isinstance(models, Manifest) else Manifest.load(models))
     recordings = collect_inputs(inputs)
     if not recordings:
         raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} "

@@ -20,6 +20,12 @@ its error, gets **no rows** (unlike ``submit``, which must fill every row), and 
 ``<out>.errors.csv`` (columns ``file, error``; removed when a run has no failures). They are retried
 when the run is started again.
 
+A spec with steps over the whole submission (``rank_mean`` / ``column_normalize`` with ``scope: "submission"``)
+keeps each recording's rows before fusion as its part (every member the fusion reads, float32) and fuses them
+when every recording is done: that step holds all recordings' rows at once (rows only, never audio:
+``recordings × rows × members × labels × 4`` bytes, e.g. 10,000 one-hour recordings × 720 rows × 2 members ×
+234 labels ≈ 13.5 GB), and the output is written from them.
+
 Memory: recordings are decoded and processed in 60 s blocks (at most a few blocks in flight), so peak
 memory does not grow with the recording's length. Measured with ``benchmarks/memory_long_recording.py``
 (4-model test ensemble, f32): peak RSS 364 MB with the models loaded, 796 MB predicting a 60 s OGG,
@@ -52,6 +58,9 @@ from ..io.lock import OutputLock
 from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, sweep_temporaries,
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
+from ..spec.upgrade import upgrade
+from ..runtime.fusion import is_held
+from .members import HeldParts
 
 __all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
            "run_fingerprint"]
@@ -280,7 +289,9 @@ def predict(
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
         _sweep_outputs(out, format)
-        parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend), len(manifest.labels), resume=resume)
+        held = _held(manifest)  # a spec fused over all recordings: parts hold the rows before fusion
+        parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend),
+                       held.width if held else len(manifest.labels), resume=resume)
         parts.journal.verified(recordings)  # a part that fails a check is logged and computed again
         todo = [rec for rec in recordings if rec.key not in parts.done]
         parts.journal.watch(todo)
@@ -290,9 +301,9 @@ def predict(
 
         errors: dict[str, str] = {}
         audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
-                                  cache_dir=cache_dir, progress=progress, total=len(recordings)) if todo else 0.0
+                                  cache_dir=cache_dir, progress=progress, total=len(recordings), held=held) if todo else 0.0
 
-        _assemble(out, format, recordings, parts, manifest, threshold)
+        _assemble(out, format, recordings, parts, manifest, threshold, held)
         _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
         shutil.rmtree(parts.folder, ignore_errors=True)
     finally:
@@ -326,8 +337,13 @@ def _checked_run(inputs, models, out: Path, *, format: str | None, threshold, pr
     return format, manifest, recordings
 
 
+def _held(manifest: Manifest) -> HeldParts | None:
+    spec = upgrade(manifest)
+    return HeldParts(spec) if is_held(spec.ensemble) else None
+
+
 def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,
-             precision: str, backend: str, cache_dir, progress: bool, total: int) -> float:
+             precision: str, backend: str, cache_dir, progress: bool, total: int, held: HeldParts | None = None) -> float:
     """Run the models over ``todo``: each finished recording becomes a part, each failure an entry of
     ``errors``. Returns the seconds of audio computed."""
     from ..runtime.pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
@@ -339,9 +355,15 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
     audio_seconds = 0.0
     try:
         for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
-            seconds = _audio_seconds(rec.path, len(result.probs), manifest.window_seconds) if result.ok else 0.0
-            error = parts.add(rec, result.probs, seconds) if result.ok else result.error
-            audio_seconds += seconds if error is None else 0.0
+            if result.ok:
+                probs = result.probs if held is None else held.stack(result.members)
+                seconds = _audio_seconds(rec.path, len(probs), manifest.window_seconds)
+                error = parts.add(rec, probs, seconds)
+                audio_seconds += seconds if error is None else 0.0
+                for note in result.notes:
+                    log.warning("%s: %s", rec.name, note)
+            else:
+                error = result.error
             if error is not None:
                 errors[rec.key] = error
                 log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, error,
@@ -356,21 +378,25 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
 
 
 def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
-              threshold: float) -> None:
-    """Build the final output from the parts, in input order (the same bytes however the run went)."""
+              threshold: float, held: HeldParts | None = None) -> None:
+    """Build the final output from the parts, in input order (the same bytes however the run went); a held spec's
+    parts are fused first, all at once."""
     done = [rec for rec in recordings if rec.key in parts.done]
     labels = manifest.labels
+    load = parts.load
+    if held is not None:
+        load = dict(zip([r.key for r in done], held.fused([r.path.name for r in done], [parts.load(r.key) for r in done]))).get
     if format == "raven":
         low, high = frequency_band(manifest)  # the band the models' front ends see (mel fmin–fmax)
         paths = _raven_paths(out, recordings)
         for rec in done:
-            text = raven_table(parts.load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
+            text = raven_table(load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
                                low_hz=low, high_hz=high)
             atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
         return
 
     # one recording's part in memory at a time while writing
-    write_window_table(out, format, ((rec.name, parts.load(rec.key)) for rec in done), labels, manifest.window_seconds)
+    write_window_table(out, format, ((rec.name, load(rec.key)) for rec in done), labels, manifest.window_seconds)
 
 
 def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -26,6 +26,7 @@ from ..runtime.models import plan_variants
 from ..io.output import (atomic_write, check_writable, plan_columns, row_ids, submission_frame, sweep_temporaries,
                          temporaries_of, write_csv_atomic)
 from ..runtime.pipeline import FileResult, Predictor
+from .members import check_file_names, notes_of, plan_report, prepare_member_dir, write_member_rows
 
 __all__ = ["FALLBACK_SECONDS", "make_submission", "resolve_inputs"]
 
@@ -74,6 +75,7 @@ def make_submission(
     report: str | Path | None = None,
     progress: bool = True,
     clock: Callable[[], float] = time.perf_counter,
+    member_rows: str | Path | None = None,
 ):
     """Score every soundscape of ``audio_dir`` with the model folder ``models`` and write ``out``.
 
@@ -89,6 +91,7 @@ def make_submission(
     limit : only the first ``limit`` files.
     report : write a JSON run report here (timings, precision, failed files, dropped models).
     clock : time source for the budget (tests pass a fake clock).
+    member_rows : folder for every member's rows before fusion, one CSV per model / group (:mod:`birdinfer.jobs.members`).
 
     Returns
     -------
@@ -104,6 +107,7 @@ def make_submission(
         check_writable(out)
     if report is not None:
         check_writable(report, option="--report", example="report.json")
+    member_dir = prepare_member_dir(member_rows) if member_rows is not None else None
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     lock = OutputLock(out).acquire() if out is not None else None  # a second run on `out` fails here
@@ -121,14 +125,15 @@ def make_submission(
         predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
         say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
                        f"{backend} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
-        info["cpu_class"] = predictor.isa.to_dict()
-        info["precision_plan"] = predictor.plan_summary
+        info.update(cpu_class=predictor.isa.to_dict(), precision_plan=predictor.plan_summary,
+                    **_before_audio(predictor.manifest, paths))
         budget = _make_budget(time_budget_s)
         results: list[FileResult] = []
         stats: dict = {}
         gate = _budget_gate(budget, predictor, clock, start, results, len(paths))
         _score_files(predictor, paths, gate, results, stats, info, clock=clock, progress=progress,
-                     wall_start=wall_start, time_budget_s=time_budget_s)
+                     wall_start=wall_start, time_budget_s=time_budget_s, members=member_dir is not None)
+        _fuse(predictor, results, info, member_dir, columns)
         frame = submission_frame(*_rows_with_fallback(results, manifest), columns)
         if out is not None:
             write_csv_atomic(frame, out)
@@ -139,6 +144,28 @@ def make_submission(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _before_audio(manifest, paths: list[Path]) -> dict:
+    """What the report says before any audio is read: the file-reading steps' plans (label maps: direct / by
+    genus / missing) and the file names a ``file_prior`` pattern does not match (their prior is skipped)."""
+    out = {}
+    if steps := plan_report(manifest):
+        out["steps"] = steps
+    if priors := check_file_names(manifest, [p.name for p in paths]):
+        out["file_prior"] = priors
+    return out
+
+
+def _fuse(predictor: Predictor, results: list[FileResult], info: dict, member_dir: Path | None, columns) -> None:
+    """Every file's rows of a spec with steps over the whole submission (:meth:`Predictor.fuse`, once every file is
+    done; the time budget dropped models before this: a dropped model's files are fused without it); the notes its
+    steps left and, with ``member_dir``, every member's rows before fusion (:func:`birdinfer.jobs.members.write_member_rows`)."""
+    predictor.fuse(results)
+    if notes := notes_of(results):
+        info["notes"] = notes
+    if member_dir is not None:
+        info["member_rows"] = write_member_rows(member_dir, predictor.manifest, results, columns)
 
 
 def _make_budget(time_budget_s: float | None) -> TimeBudget | None:
@@ -197,11 +224,11 @@ def _budget_gate(budget: TimeBudget | None, predictor: Predictor, clock, start: 
 
 
 def _score_files(predictor: Predictor, paths: list[Path], gate, results: list, stats: dict, info: dict, *, clock,
-                 progress: bool, wall_start: float, time_budget_s: float | None) -> None:
+                 progress: bool, wall_start: float, time_budget_s: float | None, members: bool = False) -> None:
     """Every file through the predictor into ``results``; the projection after the first file goes in ``info``."""
     bar = progress_bar(progress, total=len(paths), desc="birdinfer")
     try:
-        for result in predictor.iter_files(paths, on_file_start=gate, clock=clock, stats=stats):
+        for result in predictor.iter_files(paths, on_file_start=gate, clock=clock, stats=stats, members=members):
             results.append(result)
             if len(results) == 1 and len(paths) > 1 and result.ok:
                 info["projection"] = _projection(time.perf_counter() - wall_start, predictor.load_seconds, len(paths),

@@ -376,7 +376,7 @@ def mean(members: list[np.ndarray], weights: list[float], p: NoParams) -> np.nda
 
 @dataclass(frozen=True)
 class RankParams:
-    scope: Literal["file"] = "file"
+    scope: Literal["file", "submission"] = "file"  # "submission": birdinfer.ops.submission.rank_fuse
 
 
 @COMBINE_STEPS.register("rank_mean", RankParams)

@@ -5,12 +5,13 @@ STFT / mel per distinct parameters; windows of a whole-block spectrum are stride
 :class:`SpecEngine` is what :class:`birdinfer.runtime.pipeline.Predictor` runs for every folder (a version 1
 folder is upgraded to a version 2 spec when it is loaded, :mod:`birdinfer.spec.upgrade`): ``features``
 (background thread), ``infer_block`` (models + model steps up to the rows, per block; models side by side
-with ``parallel_models``) and ``finish`` (per file: the model row steps, label maps, then the ensemble
-group tree).
+with ``parallel_models``) and ``file_rows`` / ``finish`` (per file: the model row steps, label maps, then the
+ensemble group tree, :mod:`birdinfer.runtime.fusion`, which also fuses the files of a submission).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,10 @@ import numpy as np
 from ..errors import ParameterError
 from ..ops.base import Block, Signal
 from ..ops.spectral import FUSED, frame_sharing_key, stft_resize_mel
-from ..spec.v2 import GroupSpec, ManifestV2, MemberRef, ModelSpec
+from ..spec.v2 import ManifestV2, ModelSpec
+from ..ops.file_steps import run_row_steps
 from ..ops.steps import block_rows
+from .fusion import FileRows, file_rows, fuse, is_held
 
 __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
 
@@ -34,6 +37,8 @@ MAX_ABS_SAMPLE = 1e12
 
 #: Block length used for ``block_seconds: null`` (the whole file is one block).
 WHOLE_FILE_SECONDS = 1e7
+
+log = logging.getLogger(__name__)
 
 
 class FrontEndGraph:
@@ -166,6 +171,8 @@ class SpecEngine:
         self.models = list(models)
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
+        self.held = is_held(manifest.ensemble)  # steps over the whole submission: rows held until every file is done
+        self._held_said = False
         self._pool = (ThreadPoolExecutor(parallel_models, thread_name_prefix="birdinfer-model")
                       if parallel_models > 1 and len(self.models) > 1 else None)
 
@@ -241,21 +248,34 @@ class SpecEngine:
         return {name: result for name, (result, _) in results.items()}
 
     # -------------------------------------------------------------------------------- per file
-    def finish(self, parts: list[Mapping[str, np.ndarray]]) -> np.ndarray:
-        """A file's per-block model rows → the ensembled rows ``(R, n_labels)`` float32."""
+    def file_rows(self, parts: list[Mapping[str, np.ndarray]], name: str | None = None) -> FileRows:
+        """A file's per-block model rows → its rows before fusion (:mod:`birdinfer.runtime.fusion`): every model's
+        rows after its row steps and label map, every ensemble group that does not wait for the submission.
+        ``name``: the recording's file name (read by steps such as ``file_prior``)."""
+        rows = FileRows(name)
+        for model in self.models:
+            if not parts or model.name not in parts[0]:
+                continue
+            values = np.concatenate([p[model.name] for p in parts], axis=0)
+            values = run_row_steps(model.entry.row_steps, values, rows.context())
+            rows.models[model.name] = self._to_labels(model.entry, values)
+        file_rows(self.manifest.ensemble, rows.models, rows)
+        return rows
+
+    def finish(self, parts: list[Mapping[str, np.ndarray]], name: str | None = None) -> np.ndarray:
+        """A file's per-block model rows → the ensembled rows ``(R, n_labels)`` float32. A spec with steps over the
+        whole submission fuses this file as a submission of its own (``submit`` and ``predict`` fuse all files)."""
         n_labels = len(self.manifest.labels)
         if not parts:
             return np.zeros((0, n_labels), np.float32)
-        names = [n for n in parts[0]]
-        per_model = {}
-        for model in self.models:
-            if model.name not in names:
-                continue
-            rows = np.concatenate([p[model.name] for p in parts], axis=0)
-            for step in model.entry.row_steps:
-                rows = step(rows)
-            per_model[model.name] = self._to_labels(model.entry, rows)
-        result = self._group(self.manifest.ensemble, per_model)
+        rows = self.file_rows(parts, name)
+        if self.held and not self._held_said:
+            self._held_said = True
+            log.warning("the ensemble has steps over the whole submission: a file scored alone is fused as a submission "
+                        "of its own (birdinfer submit / predict fuse all files)")
+        result = fuse(self.manifest.ensemble, [rows])[0] if self.held else rows.final
+        for note in rows.notes:
+            log.warning("%s", note)
         if result is None:
             raise ParameterError("no model of the ensemble ran")
         return np.asarray(result, dtype=np.float32)
@@ -271,23 +291,3 @@ class SpecEngine:
         have = plan >= 0
         out[:, have] = rows[:, plan[have]]
         return out
-
-    def _group(self, group: GroupSpec, per_model: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        """A group's prediction from the members that ran (None when none did)."""
-        values, weights = [], []
-        for member in group.members:
-            if isinstance(member, MemberRef):
-                if member.model in per_model:
-                    values.append(per_model[member.model])
-                    weights.append(member.weight)
-            else:
-                value = self._group(member, per_model)
-                if value is not None:
-                    values.append(value)
-                    weights.append(member.weight)
-        if not values:
-            return None
-        rows = group.combine(values, weights)
-        for step in group.steps:
-            rows = step(rows)
-        return rows

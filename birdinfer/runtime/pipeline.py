@@ -33,6 +33,7 @@ import numpy as np
 
 from ..io.audio import iter_audio_blocks
 from .engine import WHOLE_FILE_SECONDS, SpecEngine
+from .fusion import FileRows, fuse
 from .streaming import WholeFileStream
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline import TimeBudget` keeps working
 from ..errors import AudioDecodeError, ParameterError
@@ -54,10 +55,12 @@ class FileResult:
     """Window probabilities of one recording (or the reason it failed)."""
 
     path: Path
-    probs: np.ndarray | None  # (n_windows, n_labels), ensembled and smoothed; None when failed
+    probs: np.ndarray | None  # (n_windows, n_labels), ensembled and smoothed; None when failed or held (below)
     error: str | None = None
     seconds: float = 0.0  # wall time spent on the models for this file
     models_used: tuple[str, ...] = ()
+    members: FileRows | None = None  # rows before fusion (iter_files(members=True), or a spec held for the submission)
+    notes: tuple[str, ...] = ()  # what its steps skipped (e.g. a file name the prior's pattern does not match)
 
     @property
     def stem(self) -> str:
@@ -182,10 +185,28 @@ class Predictor:
         run time, so the charges add up to wall time as the time budget assumes."""
         return self._engine.infer_block(features, n_windows, self.active, self.model_seconds, self.model_calls, clock)
 
-    def finish(self, parts: list[dict[str, np.ndarray]]) -> np.ndarray:
+    def finish(self, parts: list[dict[str, np.ndarray]], name: str | None = None) -> np.ndarray:
         """A file's per-block model rows → its ensembled rows ``(n_windows, n_labels)`` (row steps, the
-        ensemble tree and its smoothing run over all rows of the file)."""
-        return self._engine.finish(parts)
+        ensemble tree and its smoothing run over all rows of the file; ``name``: its file name, for steps that
+        read it). A spec with steps over the whole submission (:attr:`held`) fuses this file alone."""
+        return self._engine.finish(parts, name)
+
+    @property
+    def held(self) -> bool:
+        """Whether the ensemble has steps over the whole submission: :meth:`iter_files` then yields each file's
+        rows before fusion (``FileResult.members``, ``probs`` None) and :meth:`fuse` computes every file's rows."""
+        return self._engine.held
+
+    def fuse(self, results: Sequence[FileResult]) -> None:
+        """Set ``probs`` (and add the notes) of every successful result of a held spec from the rows before fusion
+        of all of them (:func:`birdinfer.runtime.fusion.fuse`); nothing to do for other specs."""
+        good = [r for r in results if r.ok and r.members is not None and r.probs is None]
+        if not self.held or not good:
+            return
+        for r, rows in zip(good, fuse(self.manifest.ensemble, [r.members for r in good])):
+            if rows is None:
+                raise ParameterError(f"{r.path}: no model of the ensemble ran")
+            r.probs, r.notes = np.asarray(rows, dtype=np.float32), tuple(r.members.notes)
 
     # ------------------------------------------------------------------ one recording
     def predict_array(self, y: np.ndarray) -> np.ndarray:
@@ -220,7 +241,7 @@ class Predictor:
                 parts.append(self.infer_block(compute(), n))
         if not parts:
             raise AudioDecodeError(path, "no samples")
-        return self.finish(parts)
+        return self.finish(parts, Path(path).name)
 
     # ------------------------------------------------------------------ many recordings
     def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
@@ -271,11 +292,13 @@ class Predictor:
         on_file_start: Callable[[int], bool] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         stats: dict | None = None,
+        members: bool = False,
     ) -> Iterator[FileResult]:
         """Yield one :class:`FileResult` per path, in order. Decoding and the front end of upcoming blocks
         run in a background thread (``prefetch`` blocks ahead). ``on_file_start(i)`` is called before file
         ``i``'s models run; returning False skips the rest (they are yielded as failed with reason
-        "skipped")."""
+        "skipped"). ``members``: keep each file's rows before fusion (always kept for a :attr:`held` spec,
+        whose ``probs`` are set by :meth:`fuse` once every file is done)."""
         paths = [Path(p) for p in paths]
         blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         stop = threading.Event()
@@ -314,7 +337,7 @@ class Predictor:
                 if item.n_windows:
                     parts.append(self.infer_block(item.features, item.n_windows, clock))
                 if item.last:
-                    yield FileResult(path, self.finish(parts), None, clock() - file_start, tuple(self.active))
+                    yield self._result(path, parts, clock() - file_start, members)
         finally:
             stop.set()
             while worker.is_alive():  # unblock the producer if it waits on a full queue
@@ -323,3 +346,14 @@ class Predictor:
                 except queue.Empty:
                     pass
             worker.join()
+
+    def _result(self, path: Path, parts: list, seconds: float, members: bool) -> FileResult:
+        if not parts:  # no block gave a row
+            return FileResult(path, np.zeros((0, len(self.labels)), np.float32), None, seconds, tuple(self.active))
+        rows = self._engine.file_rows(parts, path.name)
+        if self.held:
+            return FileResult(path, None, None, seconds, tuple(self.active), rows, tuple(rows.notes))
+        if rows.final is None:
+            raise ParameterError("no model of the ensemble ran")
+        probs = np.asarray(rows.final, dtype=np.float32)
+        return FileResult(path, probs, None, seconds, tuple(self.active), rows if members else None, tuple(rows.notes))

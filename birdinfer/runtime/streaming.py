@@ -55,7 +55,7 @@ UNWINDOWED_OPS = frozenset({"pad", "stft", "resize_time", "gain", "log", "mel", 
 WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time",
                           "neighbours"})
 #: Model steps up to the rows that work on any run of consecutive windows.
-BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows"})
+BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows", "label_map"})
 #: Automatic block length: this long (the models then see the batch of a 60 s file), or shorter when the
 #: block's front end would need more than this many bytes.
 BLOCK_SECONDS = 60.0

@@ -14,6 +14,7 @@ from ..errors import ModelFolderError
 from ..ops import COMBINE_STEPS, MODEL_STEPS, OPS, ROW_PRODUCING, ROW_STEPS, Static
 from ..ops.registry import VALUE, Range, coerce, shown
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
+from .step_files import bind_step_files
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
 __all__ = ["parse_spec", "OUTPUT_KINDS"]
@@ -122,9 +123,11 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         if not set(label_map.labels) & set(manifest_labels):
             raise _err(where, f"{at}.label_map.labels shares no label with 'labels'")
     n_classes = len(label_map.labels) if label_map else len(manifest_labels)
+    if isinstance(data["steps"], list) and any(isinstance(s, Mapping) and s.get("step") == "label_map" for s in data["steps"]):
+        n_classes = 0  # the label_map step's file gives it (birdinfer.spec.step_files)
     for i, o in enumerate(outputs):
         rank = 3 if OUTPUT_KINDS[o.kind] == "frame" else 2
-        if o.shape is not None and (len(o.shape) != rank or o.shape[1] != n_classes):
+        if o.shape is not None and (len(o.shape) != rank or (n_classes and o.shape[1] != n_classes)):
             raise _err(where, f"{at}.outputs[{i}].shape {list(o.shape)}: a {o.kind} output must be "
                               f"{'(W, C, T)' if rank == 3 else '(W, C)'} with C = {n_classes} classes "
                               f"({'the label map' if label_map else 'the labels'})")
@@ -228,9 +231,10 @@ def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, n
 
 
 def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_files: bool = True,
-               source: str | None = None) -> ManifestV2:
+               source: str | None = None, files_dir: Path | None = None) -> ManifestV2:
     """Parse and validate a version 2 manifest (``require_files=False``: a spec for ``birdinfer import``;
-    ``source``: the name errors give the spec, default the folder's manifest.json)."""
+    ``source``: the name errors give the spec, default the folder's manifest.json; ``files_dir``: where the files
+    steps name are read, default ``folder``; with neither, such steps stay unbound)."""
     where = source or (str(Path(folder) / MANIFEST_NAME) if folder else "manifest")
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION_2:
         raise _err(where, f"not a format_version 2 birdinfer manifest (format={data.get('format')!r}, "
@@ -289,6 +293,8 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
                 for f in v.file_names():
                     if f not in files:
                         raise _err(where, f"models[{m.name!r}].variants.{precision}: file {f!r} has no sha256 in 'files'")
+    models, ensemble = bind_step_files(models, ensemble, labels=labels, where=where, folder=files_dir or folder,
+                                       files=files, verify=require_files and folder is not None and files_dir is None)
     return ManifestV2(labels=labels, groups=(), models=tuple(models), sample_rate=sample_rate, window_seconds=row_seconds,
                       chunk_seconds=2 * row_seconds, smoothing=0.0, files=dict(files), folder=Path(folder) if folder else None,
                       extra=dict(data.get("extra", {})), features=features, feature_shapes=statics, ensemble=ensemble,

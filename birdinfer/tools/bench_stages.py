@@ -219,7 +219,7 @@ def _one_file(predictor: Predictor, alone: dict[str, FrontEndGraph], path: Path,
         for name in model_s:
             model_s[name] += predictor.model_seconds[name] - before[name]
     t = clock()
-    probs = predictor.finish(parts)
+    probs = predictor.finish(parts, path.name)
     submission_frame(row_ids(path.stem, len(probs), manifest.window_seconds), probs, columns)
     seconds["ensemble_output"] = clock() - t
     if tally is not None:

@@ -22,6 +22,7 @@ from ..errors import MissingDependencyError, ModelFolderError, ParameterError
 from ..spec.manifest import Manifest
 from ..spec.files import FORMAT, MANIFEST_NAME, read_json_object, safe_join, sha256_file
 from ..spec.parse import OUTPUT_KINDS, parse_spec
+from ..spec.step_files import step_file_names
 
 __all__ = ["import_folder"]
 
@@ -63,7 +64,7 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str)
         dims = [d.get_length() if d.is_static else -1 for d in o_shape]
         if dims[1] != -1 and dims[1] != n_classes:
             raise ModelFolderError(f"{where}.outputs[{i}]: the graph gives {dims[1]} classes, the spec needs {n_classes} "
-                                   f"({'label_map.labels' if entry.get('label_map') else 'labels'})")
+                                   f"({'label_map.labels' if entry.get('label_map') else 'labels, after any label_map step'})")
         found.append(dims)
     return found
 
@@ -91,7 +92,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     if data.get("files"):
         raise ModelFolderError(f"{where}: a spec has no 'files' (checksums are recorded by the import)")
     data.pop("files", None)
-    parse_spec(data, require_files=False, source=where)  # every op, step and parameter first
+    parsed = parse_spec(data, require_files=False, source=where, files_dir=source_dir)  # every op, step, parameter and table first
     try:
         import openvino as ov
     except ImportError as e:
@@ -109,9 +110,12 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
         if claimed.setdefault(name, source) != source:
             raise ModelFolderError(f"{where_}: {source} would be written as {name!r}, already taken by {claimed[name]}; rename one")
         return safe_join(out, name, where=str(out))
+    for name in step_file_names(parsed.models, parsed.ensemble):  # label lists, taxonomies, prior tables
+        _copy(safe_join(source_dir, name, where=where), claim(name, safe_join(source_dir, name, where=where), where))
+        files[name] = sha256_file(out / name)
     for m_index, entry in enumerate(data["models"]):
         at = f"{where}: models[{entry['name']!r}]"
-        n_classes = len(entry["label_map"]["labels"]) if entry.get("label_map") else len(data["labels"])
+        n_classes = parsed.models[m_index].n_classes  # after the label map (field or step)
         for variant_name, variant in entry["variants"].items():
             written, model = _copy_variant(ov, core, variant, source_dir, claim, f"{at}.variants.{variant_name}")
             shapes = _check_graph(model, entry, n_classes, where=at)

@@ -123,15 +123,14 @@ class ModelRunner:
 def rows_of(runner: ModelRunner, features: Sequence[tuple[dict, int]]) -> list[np.ndarray]:
     """The model's per-file rows (its model steps and row steps) on each file's features."""
     from ..runtime.engine import run_named
+    from ..ops.file_steps import run_row_steps
     from ..ops.steps import block_rows
 
     entry, out = runner.entry, []
     for feats, n_rows in features:
         signal = feats[entry.input]
         arrays = run_named(SimpleNamespace(entry=entry, runner=runner.runner), signal.data)
-        rows = block_rows(entry.block_steps, arrays, signal.windows, n_rows)
-        for step in entry.row_steps:
-            rows = step(rows)
+        rows = run_row_steps(entry.row_steps, block_rows(entry.block_steps, arrays, signal.windows, n_rows))
         out.append(np.asarray(rows, dtype=np.float64))
     return out
 
