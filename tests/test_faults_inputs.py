@@ -299,6 +299,30 @@ def test_odd_entries_are_listed_with_a_reason_never_opened(small_model_folder, t
     assert run.returncode == 0 and "not a regular file: FIFO" in run.stderr, run.stderr[-3000:]
 
 
+def test_folders_that_cannot_be_listed_are_named(small_model_folder, two_good, tmp_path):
+    """A sub-folder the walk cannot enter is listed with that reason (pathlib's walk skipped it silently); a
+    folder argument that cannot be listed is one sentence, exit 2."""
+    prefix = _unprivileged()
+    audio = tmp_path / "audio"
+    shutil.copytree(two_good, audio)
+    closed = audio / "closed"
+    write_ogg(closed / "hidden_from_us.ogg", 5.0, seed=903)
+    closed.chmod(0)
+    try:
+        windows = tmp_path / "windows.csv"
+        run = _run("predict", audio, "--models", small_model_folder, "--out", windows, prefix=prefix)
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        errors = {os.fsdecode(k): v for k, v in _errors_csv(tmp_path / "windows.csv.errors.csv").items()}
+        assert list(errors) == [closed.as_posix()] and "cannot be listed (permission denied)" in errors[closed.as_posix()]
+        assert len(pd.read_csv(windows)) == 3
+        for command in ("predict", "submit"):
+            run = _run(command, closed, "--models", small_model_folder, "--out", tmp_path / f"{command}.csv", prefix=prefix)
+            line = _one_sentence(run, command)
+            assert f"cannot list the folder {closed}: Permission denied" in line, line
+    finally:
+        closed.chmod(0o755)
+
+
 # ========================================================================================= full disk
 def test_full_disk_is_one_sentence_and_loses_nothing(small_model_folder, two_good, tmp_path):
     """ENOSPC on a real full tmpfs: `submit` keeps the previous submission, `--report` leaves no cut report,

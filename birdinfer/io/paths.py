@@ -7,8 +7,9 @@ Every input the file system can hand over is either read or refused with a sente
   FIFO blocks until a writer appears, which would hang the run;
 * a symbolic link loop, a dangling link, a missing file, a folder that cannot be searched: refused with
   what it is;
-* a folder lists every entry whose name has an audio suffix and that is not a folder, so the refused ones
-  are reported by the run (``predict``'s errors list, ``submit``'s report) instead of vanishing;
+* a folder lists every entry whose name has an audio suffix and that is not a folder, and the sub-folders
+  it cannot enter, so the refused ones are reported by the run (``predict``'s errors list, ``submit``'s
+  report) instead of vanishing;
 * a name that is not valid in the file system encoding (``caf\\xe9.ogg`` on a UTF-8 Linux system) is kept
   as Python keeps it (the byte as a surrogate, ``'caf\\udce9.ogg'``; ``os.fsencode`` gives the bytes back)
   and handed to libsndfile as bytes (:func:`native_name`).
@@ -42,6 +43,9 @@ def checked_file(path) -> Path:
     except OSError as e:
         raise AudioDecodeError(p, _stat_problem(p, e)) from e
     if stat.S_ISDIR(mode):
+        if not os.access(p, os.R_OK | os.X_OK):  # listed by a folder walk that could not enter it
+            raise AudioDecodeError(p, "a folder that cannot be listed (permission denied): the recordings in it "
+                                      "are not read; change its permissions")
         raise AudioDecodeError(p, "is a folder, not an audio file")
     if not stat.S_ISREG(mode):
         raise AudioDecodeError(p, f"not a regular file: {_file_kind(mode)}; only regular files are read, so it is skipped")
@@ -92,16 +96,32 @@ def list_audio_files(folder, *, recursive: bool = False) -> list[Path]:
 
     FIFOs, sockets, devices, symbolic link loops and dangling links are listed too, so that the run reports
     them (reading refuses them with a reason: :func:`checked_file`) instead of skipping them silently.
-    With ``recursive=True`` sub-folders are walked too (links to folders are not followed) and the list is
-    sorted by path relative to ``folder``. Hidden files (name starting with ".") are skipped. Raises
-    :class:`ParameterError` when ``folder`` is not an existing folder.
+    With ``recursive=True`` sub-folders are walked too (links to folders are not followed), a sub-folder
+    that cannot be listed is listed itself (reading it says so), and the list is sorted by path relative to
+    ``folder``. Hidden entries (name starting with ".") are skipped. Raises :class:`ParameterError` when
+    ``folder`` is not an existing folder or cannot be listed.
     """
     root = Path(folder)
     if not root.is_dir():
         raise ParameterError(f"{root} is not a folder; pass the folder that holds the audio files")
-    candidates = root.rglob("*") if recursive else root.iterdir()
-    found = [
-        q for q in candidates
-        if q.suffix.lower() in AUDIO_EXTENSIONS and not q.name.startswith(".") and not q.is_dir()
-    ]
+    closed: list[Path] = []  # sub-folders the walk cannot enter
+
+    def refuse(error: OSError) -> None:
+        if error.filename is None or Path(error.filename) == root:
+            raise _unlistable(root, error) from error
+        closed.append(Path(error.filename))
+
+    if recursive:
+        entries = [Path(base) / name for base, _, files in os.walk(root, onerror=refuse) for name in files]
+    else:
+        try:
+            entries = [q for q in root.iterdir() if not q.is_dir()]
+        except OSError as e:
+            raise _unlistable(root, e) from e
+    found = [q for q in entries if q.suffix.lower() in AUDIO_EXTENSIONS] + closed
+    found = [q for q in found if not q.name.startswith(".")]
     return sorted(found, key=lambda q: (q.relative_to(root).as_posix() if recursive else q.name))
+
+
+def _unlistable(root: Path, error: OSError) -> ParameterError:
+    return ParameterError(f"cannot list the folder {root}: {error.strerror or error}; check its permissions")
