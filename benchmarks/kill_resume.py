@@ -8,7 +8,7 @@ a uniformly random moment in ``[0, T)`` (so it may come while models load, recor
 are written or the output is assembled), runs the same command again to completion, and compares the output
 and ``<out>.errors.csv`` byte for byte with the reference; it also checks that no temporary file, lock or
 parts folder is left. A run that ends before its signal (the machine was faster than for the reference) is not
-counted: that trial is drawn again. Prints one line per trial (when the signal came, how many recordings were
+counted: that trial is drawn again, and ``T`` becomes that run's wall time. Prints one line per trial (when the signal came, how many recordings were
 done then, what the run left) and the tally.
 
 Usage::
@@ -70,18 +70,19 @@ def leftovers(out: Path) -> list[str]:
     return found
 
 
-def trial(i: int, cmd: list[str], out: Path, reference: tuple[bytes, bytes], window: float, sig: int,
-          rng: random.Random) -> bool | None:
-    """One signal and one re-run: True when the re-run's output is the reference's, None when the run ended
-    before the signal came (nothing was tested: the caller draws again)."""
+def trial(i: int, cmd: list[str], out: Path, reference: tuple[bytes, bytes], at: float, sig: int) -> bool | float:
+    """One signal ``at`` seconds after the start and one re-run: True when the re-run's output is the
+    reference's; the run's wall time when it ended before the signal came (nothing tested: draw again)."""
     errors = out.with_name(out.name + ".errors.csv")
     done_list = out.with_name(out.name + ".parts") / "done.txt"
-    at = rng.uniform(0.0, window)
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=at)
-        print(f"         signal at {at:6.1f} s: the run had finished (exit {proc.returncode}); not counted, drawn again")
-        return None
+        took = time.perf_counter() - start
+        print(f"         signal at {at:6.1f} s: the run had finished in {took:.1f} s (exit {proc.returncode}); not "
+              "counted, drawn again", flush=True)
+        return took
     except subprocess.TimeoutExpired:
         proc.send_signal(sig)
         proc.wait()
@@ -133,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     identical = i = 0
     while i < args.kills:
         fresh(out)
-        result = trial(i, command(audio, args.models, out, args.precision), out, reference, window, sig, rng)
-        if result is not None:
+        result = trial(i, command(audio, args.models, out, args.precision), out, reference, rng.uniform(0.0, window), sig)
+        if type(result) is bool:
             identical += result
             i += 1
+        else:  # a whole run is quicker now (warm caches): signals come within its time from here on
+            window = min(window, result)
     print(f"kill-and-resume: {identical}/{args.kills} byte-identical (SIG{args.signal}, {args.files + 1} files)")
     return 0 if identical == args.kills else 1
 

@@ -304,6 +304,16 @@ def test_parts_path_that_is_a_file_is_a_sentence(audio, small_model_folder, tmp_
     assert _parts(out).read_text() == "someone's notes\n" and not out.exists()
 
 
+def test_done_list_that_is_a_folder_is_a_sentence(state, audio, small_model_folder):
+    done = _parts(state) / "done.txt"
+    done.unlink()
+    (done / "notes").mkdir(parents=True)
+    proc = _birdinfer(*_predict(audio, small_model_folder, state))
+    _clean_exit(proc, 2)
+    assert f"{done} is in the way" in proc.stderr and "move it away or choose another --out" in proc.stderr, proc.stderr
+    assert (done / "notes").is_dir() and not state.exists() and not Path(f"{state}.lock").exists()
+
+
 def test_unreadable_run_file_resets_the_parts_with_a_log_line(state, audio, small_model_folder, reference):
     """``run.json`` not UTF-8: the parts' settings are unknown, so they are discarded (one log line) and the
     recordings computed again; the output is the uninterrupted run's."""

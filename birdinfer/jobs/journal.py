@@ -160,6 +160,10 @@ class Journal:
             if (path.exists() or path.is_symlink()) and not path.is_dir():
                 raise OutputError(f"{path} is in the way: birdinfer keeps the finished recordings of a run in a folder "
                                   "there, but it is a file; move it away or choose another --out")
+        for path in (self.run_file, self.done_file):
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                raise OutputError(f"{path} is in the way: birdinfer keeps a file of its own there, but it is not a "
+                                  "regular file; move it away or choose another --out")
         try:
             if not resume:
                 self._discard()
