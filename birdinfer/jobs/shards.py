@@ -73,7 +73,7 @@ def read_output(out_dir: str | Path):
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
 
 
 # ------------------------------------------------------------------------------------- output folder
