@@ -91,7 +91,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     if data.get("files"):
         raise ModelFolderError(f"{where}: a spec has no 'files' (checksums are recorded by the import)")
     data.pop("files", None)
-    parse_spec(data, require_files=False, source=where)  # every op, step and parameter first
+    parsed = parse_spec(data, require_files=False, source=where)  # every op, step and parameter first
     try:
         import openvino as ov
     except ImportError as e:
@@ -126,6 +126,10 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
                 bin_name = written["openvino"][: -len(".xml")] + ".bin"
                 files[bin_name] = sha256_file(out / bin_name)
         data["models"][m_index] = entry
+    for name in parsed.op_files:  # files front-end ops read (e.g. birdnet_spectrogram's constants)
+        src = safe_join(source_dir, name, where=f"{where}: features")
+        _copy(src, claim(name, src, f"{where}: features"))
+        files[name] = sha256_file(out / name)
     data["files"] = dict(sorted(files.items()))
     parse_spec(data, folder=out)  # the final manifest, as it will be loaded
     tmp = out / (MANIFEST_NAME + ".tmp")
