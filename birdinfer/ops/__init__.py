@@ -8,11 +8,12 @@ Registration happens here, in one place: this module imports every op module, so
     frontend.py    pad, normalize_wave, windows, normalize
     spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
     window.py      channels, neighbours, gain, crop_time
+    birdnet.py     birdnet_spectrogram (BirdNET V2.4's two-branch spectrogram, constants from a folder file)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
 """
 
-from . import frontend, spectral, window  # noqa: F401  (register their ops in OPS)
+from . import birdnet, frontend, spectral, window  # noqa: F401  (register their ops in OPS)
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout
 from .registry import Entry, Registry
 from .steps import COMBINE_STEPS, MODEL_STEPS, ROW_PRODUCING, ROW_STEPS, Outputs
