@@ -120,8 +120,8 @@ def read_tflite(path: str | Path) -> TfliteGraph:
     except ModelFolderError:
         raise
     except Exception as e:  # noqa: BLE001 - the flatbuffer reader raises anything on a damaged file
-        raise ModelFolderError(f"{path}: cannot read it as a TFLite model (truncated or damaged?): "
-                               f"{type(e).__name__}: {e}") from e
+        raise ModelFolderError(f"{path}: cannot read it as a TFLite model, the file is truncated or damaged "
+                               f"({type(e).__name__}: {str(e)[:100]}); download it again") from e
     for b in graph._buffers:
         if b.offset > 1 and b.offset + b.size > len(raw):
             raise ModelFolderError(f"{path}: a weight buffer lies past the end of the file (truncated?)")
