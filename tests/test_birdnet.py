@@ -115,7 +115,7 @@ def test_constants_file_is_checksummed(folder, tmp_path):
     for f in folder.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     data = dict(np.load(copy / "birdnet_frontend.npz"))
-    data["mel_0"] = data["mel_0"] * np.float32(1.01)
+    data["window_0"] = data["window_0"] * np.float32(1.01)
     np.savez(copy / "birdnet_frontend.npz", **data)
     with pytest.raises(ChecksumError, match="birdnet_frontend.npz"):
         Predictor(copy, precision="f32")

@@ -8,7 +8,7 @@ Registration happens here, in one place: this module imports every op module, so
     frontend.py    pad, normalize_wave, windows, normalize
     spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
     window.py      channels, neighbours, gain, crop_time
-    birdnet.py     birdnet_spectrogram (BirdNET V2.4's two-branch spectrogram, constants from a folder file)
+    birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
 """

@@ -7,13 +7,14 @@ TFLite frontend does not lower, and ``convert_model`` cannot cut a TFLite graph 
 1. the graph is recognised by its structure (input ``[-1, 144000]``, two RFFT2D branches whose complex
    output is CAST to float, mel FULLY_CONNECTED, square, POW, REVERSE_V2, concatenated and scaled per
    channel into the first CONV_2D; output ``[-1, labels]``), and the spectrogram's constants are read from
-   the file (:mod:`birdinfer.tools.tflite_graph`): frame lengths and steps, windows, mel matrices,
-   exponents, the min-max and channel scaling;
-2. the spectrogram becomes the front-end op ``birdnet_spectrogram`` (:mod:`birdinfer.ops.birdnet`; its
-   arrays in ``birdnet_frontend.npz`` of the folder);
-3. OpenVINO converts the graph *partially* (the RFFT2D nodes stay framework nodes) and the output of the
-   channel scaling is replaced by a Parameter ``[-1, 2, 96, 511]``: the spectrogram nodes are then
-   unreachable and dropped, and the rest (ops 95 on) is a plain IR;
+   the file (:mod:`birdinfer.tools.tflite_graph`);
+2. the front-end op ``birdnet_stft`` (:mod:`birdinfer.ops.birdnet`) computes what OpenVINO cannot: min-max
+   scaling, frames, window, the RFFT's real part over the bins the mel matrices read (the windows in
+   ``birdnet_frontend.npz`` of the folder);
+3. OpenVINO converts the graph *partially* (the RFFT2D nodes stay framework nodes); the output of the
+   channel scaling is then fed from a new Parameter ``[-1, bins, 511]`` through the spectrogram's tail built
+   from the file's constants (mel products with the flip folded into the matrices' rows, square, power,
+   stacking, per-channel scaling), so the framework nodes are unreachable and dropped: a plain IR;
 4. windows and scores follow BirdNET-Analyzer (:func:`birdnet_spec`: 3 s windows at 48 kHz, options
    ``overlap`` and ``sensitivity``), and the folder is written by :func:`birdinfer.tools.importer.import_folder`
    (checksums) with the source file's sha256 and the parity measured against LiteRT
@@ -90,13 +91,18 @@ def _branch(g: TfliteGraph, rfft: TfliteOp, sample_count: int) -> dict:
         raise _not_birdnet(g, f"mel matrix of op {fc.index} is not (n_mels, {n // 2 + 1})")
     pow_op = _next(g, _next(g, fc, "RESHAPE"), "MUL", "POW")
     reverse = _next(g, pow_op, "REVERSE_V2")
+    if [int(a) for a in _const_input(g, reverse, "flip axis").ravel()] != [2]:
+        raise _not_birdnet(g, f"REVERSE_V2 op {reverse.index} does not flip the mel axis")
     prefix = g.names[rfft.outputs[0]].split("stft/")[0]
     step = int(g.const_scalar(g.tensor(prefix + "stft/frame_step"), "frame step"))
     if int(g.const_scalar(g.tensor(prefix + "stft/frame_length"), "frame length")) != n:
         raise _not_birdnet(g, f"frame length of {prefix!r} differs from its window")
-    return {"window": window, "mel": mel.astype(np.float32), "n": n, "step": step,
+    used = np.flatnonzero(np.any(mel != 0, axis=0))
+    if not used.size:
+        raise _not_birdnet(g, f"mel matrix of op {fc.index} is all zeros")
+    return {"window": window, "mel": mel.astype(np.float32), "n": n, "step": step, "bins": [int(used[0]), int(used[-1]) + 1],
             "frames": 1 + (sample_count - n) // step, "exponent": g.const_scalar(pow_op.inputs[1], "power exponent"),
-            "reverse": reverse}
+            "stacked": _next(g, reverse, "TRANSPOSE", "EXPAND_DIMS").outputs[0]}
 
 
 def _reaches(g: TfliteGraph, start: TfliteOp, target: TfliteOp) -> bool:
@@ -131,12 +137,13 @@ def _minmax(g: TfliteGraph) -> dict:
 def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     """Recognise BirdNET V2.4 in a ``.tflite`` file and read its spectrogram's constants.
 
-    Returns ``{"params": birdnet_spectrogram parameters (without the file name), "arrays": {name: array},
-    "cut_tensor": the name of the tensor the IR's Parameter replaces, "n_classes": output width}``."""
+    Returns ``{"params": birdnet_stft parameters (without the file name), "arrays": {"window_<b>": ...},
+    "tail": {"mels", "exponents", "scale", "offset"} for the IR, "cut_tensor": the tensor the tail feeds,
+    "n_classes": output width}``."""
     g = read_tflite(path)
-    if len(g.inputs) != 1 or g.shapes[g.inputs[0]] != (-1, int(WINDOW_SECONDS * SAMPLE_RATE)) or g.types[g.inputs[0]] != 0:
-        shape = [list(g.shapes[i]) for i in g.inputs]
-        raise _not_birdnet(g, f"input {shape}, expected one float32 input [-1, {int(WINDOW_SECONDS * SAMPLE_RATE)}]")
+    samples = int(WINDOW_SECONDS * SAMPLE_RATE)
+    if len(g.inputs) != 1 or g.shapes[g.inputs[0]] != (-1, samples) or g.types[g.inputs[0]] != 0:
+        raise _not_birdnet(g, f"input {[list(g.shapes[i]) for i in g.inputs]}, expected one float32 input [-1, {samples}]")
     if len(g.outputs) != 1 or len(g.shapes[g.outputs[0]]) != 2:
         raise _not_birdnet(g, f"outputs {[list(g.shapes[o]) for o in g.outputs]}, expected one [-1, classes]")
     n_classes = g.shapes[g.outputs[0]][1]
@@ -146,46 +153,66 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     if len(rffts) != 2:
         raise _not_birdnet(g, f"{len(rffts)} RFFT2D ops, expected the two spectrogram branches")
     scaling = _minmax(g)
-    branches = [_branch(g, op, int(WINDOW_SECONDS * SAMPLE_RATE)) for op in rffts]
-    concat = _next(g, _next(g, branches[0]["reverse"], "TRANSPOSE", "EXPAND_DIMS"), "CONCATENATION")
+    branches = [_branch(g, op, samples) for op in rffts]
+    users = g.consumers(branches[0]["stacked"])
+    concat = users[0] if users else None
+    if concat is None or concat.type != "CONCATENATION" or sorted(b["stacked"] for b in branches) != sorted(concat.inputs):
+        raise _not_birdnet(g, "the two branches are not concatenated")
+    branches.sort(key=lambda b: concat.inputs.index(b["stacked"]))  # channel order
     affine_mul = _next(g, concat, "MUL")
     affine_add = _next(g, affine_mul, "ADD")
     if not any(c.type == "CONV_2D" for c in g.consumers(affine_add.outputs[0])):
         raise _not_birdnet(g, "the spectrogram does not feed a CONV_2D")
-    frames = {b["frames"] for b in branches}
-    n_mels = {b["mel"].shape[0] for b in branches}
+    frames, n_mels = {b["frames"] for b in branches}, {b["mel"].shape[0] for b in branches}
     if len(frames) != 1 or len(n_mels) != 1:
         raise _not_birdnet(g, f"branches give {sorted(frames)} frames and {sorted(n_mels)} mel bands")
-    params = {"op": "birdnet_spectrogram", "frame_lengths": [b["n"] for b in branches],
-              "frame_steps": [b["step"] for b in branches], "exponents": [b["exponent"] for b in branches],
-              "channel_scale": [float(v) for v in _const_input(g, affine_mul, "channel scale").ravel()],
-              "channel_offset": [float(v) for v in _const_input(g, affine_add, "channel offset").ravel()],
-              "frames": frames.pop(), "n_mels": n_mels.pop(), "minmax_eps": scaling["eps"],
-              "minmax_centre": scaling["centre"], "minmax_scale": scaling["scale"], "flip_mels": True}
-    arrays = {}
-    for i, b in enumerate(branches):
-        arrays[f"window_{i}"], arrays[f"mel_{i}"] = b["window"], b["mel"]
-    return {"params": params, "arrays": arrays, "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes}
+    params = {"op": "birdnet_stft", "frame_lengths": [b["n"] for b in branches], "frame_steps": [b["step"] for b in branches],
+              "bins": [b["bins"] for b in branches], "frames": frames.pop(), "minmax_eps": scaling["eps"],
+              "minmax_centre": scaling["centre"], "minmax_scale": scaling["scale"]}
+    tail = {"mels": [b["mel"][::-1, b["bins"][0] : b["bins"][1]] for b in branches],  # flip folded into the rows
+            "exponents": [b["exponent"] for b in branches],
+            "scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
+            "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
+    return {"params": params, "arrays": {f"window_{i}": b["window"] for i, b in enumerate(branches)}, "tail": tail,
+            "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes}
 
 
-def network_ir(path: str | Path, cut_tensor: str, input_shape: list[int]):
-    """OpenVINO's partial conversion of the TFLite file with ``cut_tensor`` replaced by a Parameter
-    ``input_shape`` (NCHW): the graph from the first convolution on, as an ``openvino.Model``."""
+def _tail(ov, param, params: dict, tail: dict):
+    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``."""
+    ops, branches, row = ov.opset13, [], 0
+    for (first, end), mel, exponent in zip(params["bins"], tail["mels"], tail["exponents"]):
+        part = ops.slice(param, np.array([row], np.int64), np.array([row + end - first], np.int64),
+                         np.array([1], np.int64), np.array([1], np.int64))
+        m = ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False)  # (B, n_mels, T)
+        m = ops.power(ops.multiply(m, m), ops.constant(np.float32(exponent)))
+        branches.append(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))))
+        row += end - first
+    stacked = ops.concat(branches, 1)
+    shape = [1, len(branches), 1, 1]
+    scaled = ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape)))
+    return ops.add(scaled, ops.constant(tail["offset"].reshape(shape)))
+
+
+def network_ir(path: str | Path, found: dict):
+    """OpenVINO's partial conversion of the TFLite file with the tensor ``found["cut_tensor"]`` fed from a
+    Parameter ``[-1, bins, frames]`` through the spectrogram's tail (:func:`_tail`): an ``openvino.Model``."""
     try:
         import openvino as ov
         from openvino.frontend import FrontEndManager
     except ImportError as e:
         raise MissingDependencyError(f"birdinfer import needs openvino: pip install openvino ({e})") from e
+    params, cut = found["params"], found["cut_tensor"]
     frontend = FrontEndManager().load_by_framework("tflite")
     partial = frontend.convert_partially(frontend.load(str(path)))
-    target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut_tensor in o.get_names()), None)
+    target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut in o.get_names()), None)
     if target is None:
-        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut_tensor!r} to cut at")
-    param = ov.opset13.parameter(input_shape, ov.Type.f32, name="spectrogram")
-    source = param.output(0)
+        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut!r} to cut at")
+    bins = sum(end - first for first, end in params["bins"])
+    param = ov.opset13.parameter([-1, bins, params["frames"]], ov.Type.f32, name="real_stft")
+    source = _tail(ov, param, params, found["tail"]).output(0)
     dims = target.get_partial_shape()
-    if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != input_shape[1]:
-        source = ov.opset13.transpose(param, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
+    if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
+        source = ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))).output(0)  # NHWC
     for consumer in list(target.get_target_inputs()):
         consumer.replace_source_output(source)
     model = ov.Model(partial.get_results(), [param], GRAPH_NAME)
@@ -209,8 +236,8 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict)
             {"op": "pad", "right_seconds": window},
             {"op": "windows", "length_seconds": window, "step_seconds": window},
             {**params, "constants": CONSTANTS_FILE}]}},
-        "models": [{"name": GRAPH_NAME, "input": "birdnet", "input_shape": [-1, len(params["frame_lengths"]),
-                                                                              params["n_mels"], params["frames"]],
+        "models": [{"name": GRAPH_NAME, "input": "birdnet",
+                    "input_shape": [-1, sum(end - first for first, end in params["bins"]), params["frames"]],
                     "outputs": [{"name": "logits", "kind": "clip_logits"}],
                     "steps": [{"step": "sigmoid", "offset": 0.0, "clip": [-20.0, 20.0]}, {"step": "clip_rows"}],
                     "variants": {"f32": {"openvino": f"{ir_name}.xml"}}}],
@@ -251,10 +278,9 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     source = {"file": model.name, "bytes": model.stat().st_size, "sha256": sha256_file(model)}
     with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
         stage = Path(stage)
-        shape = [-1, len(found["params"]["frame_lengths"]), found["params"]["n_mels"], found["params"]["frames"]]
         import openvino as ov
 
-        ov.save_model(network_ir(model, found["cut_tensor"], shape), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
+        ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
         np.savez(stage / CONSTANTS_FILE, **found["arrays"])
         spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source)
         (stage / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
