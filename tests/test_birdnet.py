@@ -159,6 +159,23 @@ def test_any_rate_channels_and_length(folder, recording, reference, tmp_path):
     assert np.abs(ours - expected).max() <= TOLERANCE
 
 
+def test_long_recording_streamed_in_blocks(folder, recording, reference, tmp_path):
+    """A recording longer than one streamed block (60 s) with overlapping windows across the block edge: the
+    whole-file windows, in bounded memory, equal to LiteRT's."""
+    y, rate = sf.read(recording, dtype="float32")
+    path = tmp_path / "long.wav"
+    sf.write(path, np.tile(y, 7)[: int(65.3 * rate)], rate)
+    predictor = Predictor(with_options(Manifest.load(folder), {"overlap": 1.3}), precision="f32")
+    try:
+        assert predictor._stream is not None  # the streamed whole-file executor, not one 65 s block
+        ours = predictor.predict_file(path)
+    finally:
+        predictor.close()
+    expected = _reference_scores(reference, path, overlap=1.3)
+    assert ours.shape == expected.shape and len(expected) == 38
+    assert np.abs(ours - expected).max() <= TOLERANCE
+
+
 # ------------------------------------------------------------------------------------------- windowing
 @pytest.mark.parametrize("seconds, overlap", [(0.5, 0.0), (0.999, 0.0), (1.0, 0.0), (2.5, 0.0), (3.0, 0.0), (3.99, 0.0),
                                               (4.0, 0.0), (4.0001, 0.0), (7.3, 1.5), (10.01, 2.9), (6.0, 2.0)])
