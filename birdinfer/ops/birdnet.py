@@ -112,9 +112,13 @@ def _real_parts(v: np.ndarray, n: int, hop: int, window: np.ndarray, bins: tuple
     """One window's branch into ``out`` ``(end − first, frames)``: Re rfft(frame · window) over ``bins``."""
     first, end = bins
     view = np.lib.stride_tricks.sliding_window_view(v, n)[::hop][:frames]
+    product = np.empty((_CHUNK_FRAMES, n), np.float32)
+    chunk = np.empty((_CHUNK_FRAMES, n), np.float64)
     for at in range(0, frames, _CHUNK_FRAMES):
-        chunk = (view[at : at + _CHUNK_FRAMES] * window).astype(np.float64)  # float32 product, as the graph
-        out[:, at : at + _CHUNK_FRAMES] = scipy.fft.rfft(chunk, axis=-1, overwrite_x=True)[:, first:end].real.T
+        k = min(_CHUNK_FRAMES, frames - at)
+        np.multiply(view[at : at + k], window, out=product[:k])  # the float32 product, as the graph
+        chunk[:k] = product[:k]
+        out[:, at : at + k] = scipy.fft.rfft(chunk[:k], axis=-1)[:, first:end].real.T
 
 
 @OPS.register("birdnet_stft", BirdnetStftParams, infer=_infer)
