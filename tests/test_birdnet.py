@@ -199,6 +199,11 @@ def test_short_files_and_partial_windows(folder, reference, tmp_path):
     table = pd.read_csv(out)
     assert sorted(Path(f).name for f in table["file"].unique()) == ["odd.wav", "one_second.wav"]
     assert not (tmp_path / "out.csv.errors.csv").exists()
+    predictor = Predictor(folder, precision="f32")
+    try:
+        assert predictor.predict_file(tmp_path / "short.wav").shape == (0, 6522)
+    finally:
+        predictor.close()
     for name, count in [("one_second.wav", 1), ("odd.wav", 2)]:
         rows = table[table["file"].str.endswith(name)]
         expected = _reference_scores(reference, tmp_path / name)
