@@ -71,8 +71,8 @@ def _const_input(g: TfliteGraph, op: TfliteOp, what: str) -> np.ndarray:
 
 
 def _branch(g: TfliteGraph, rfft: TfliteOp, sample_count: int) -> dict:
-    """One spectrogram branch from its RFFT2D op: window, frame length/step, mel matrix, exponent, and the
-    REVERSE_V2 op that ends it."""
+    """One spectrogram branch from its RFFT2D op: window, frame length/step, mel matrix (and the bins it
+    reads), exponent, and the tensor it contributes to the concatenation."""
     expand = g.producer(rfft.inputs[0])
     windowed = g.producer(expand.inputs[0]) if expand is not None else None
     if windowed is None or windowed.type != "MUL":
@@ -93,7 +93,9 @@ def _branch(g: TfliteGraph, rfft: TfliteOp, sample_count: int) -> dict:
     reverse = _next(g, pow_op, "REVERSE_V2")
     if [int(a) for a in _const_input(g, reverse, "flip axis").ravel()] != [2]:
         raise _not_birdnet(g, f"REVERSE_V2 op {reverse.index} does not flip the mel axis")
-    prefix = g.names[rfft.outputs[0]].split("stft/")[0]
+    prefix = g.names[rfft.outputs[0]].split("stft/")[0]  # tf.signal.stft's name scope, e.g. model/MEL_SPEC1/
+    if prefix + "stft/frame_step" not in g.names or prefix + "stft/frame_length" not in g.names:
+        raise _not_birdnet(g, f"no frame_step / frame_length constants in the name scope of RFFT2D op {rfft.index}")
     step = int(g.const_scalar(g.tensor(prefix + "stft/frame_step"), "frame step"))
     if int(g.const_scalar(g.tensor(prefix + "stft/frame_length"), "frame length")) != n:
         raise _not_birdnet(g, f"frame length of {prefix!r} differs from its window")
