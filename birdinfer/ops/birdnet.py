@@ -125,7 +125,7 @@ def _real_parts(v: np.ndarray, n: int, hop: int, window: np.ndarray, bins: tuple
 def birdnet_stft(x: Signal, p: BirdnetStftParams, block: Block) -> Signal:
     """Windows ``(W, L)`` → ``(W, F, frames)`` float32: each branch's kept bins, stacked on the frequency axis."""
     windows = load_windows(p)
-    scaled = _minmax(np.array(x.data, dtype=np.float32), p)
+    scaled = _minmax(np.asarray(x.data, dtype=np.float32), p)  # a new array: the input windows stay as they are
     out = np.empty((len(scaled), sum(end - first for first, end in p.bins), p.frames), np.float32)
     for w in range(len(scaled)):
         row = 0
