@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import BirdinferError
+from .errors import BirdinferError, ParameterError
 
 __all__ = ["main", "build_parser"]
 
@@ -81,6 +81,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output file (csv/parquet), Raven folder, or Ray output folder")
     p.add_argument("--format", default=None, choices=["csv", "parquet", "raven"], help="default: from --out's suffix, else csv")
     p.add_argument("--threshold", type=float, default=0.5, help="Raven tables: detection threshold (default 0.5)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="seconds shared by consecutive windows (folders that declare it, e.g. BirdNET: 0-2.9, default 0)")
+    p.add_argument("--sensitivity", type=float, default=None,
+                   help="score sensitivity (folders that declare it, e.g. BirdNET: 0.5-1.5, default 1.0)")
     _precision_arg(p)
     _backend_arg(p)
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local (default) or a Ray cluster")
@@ -90,6 +94,9 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
+    options = {"overlap": args.overlap, "sensitivity": args.sensitivity}
+    if args.engine == "ray" and any(v is not None for v in options.values()):
+        raise ParameterError("--overlap and --sensitivity are not available with --engine ray yet; run --engine local")
     if args.engine == "ray":
         from .jobs.distributed import predict_ray
 
@@ -99,7 +106,7 @@ def _cmd_predict(args) -> int:
     from .jobs.predict import predict
 
     predict(args.inputs, args.models, args.out, format=args.format, threshold=args.threshold,
-            precision=args.precision, backend=args.backend, resume=not args.no_resume)
+            precision=args.precision, backend=args.backend, resume=not args.no_resume, options=options)
     return 0
 
 
@@ -150,8 +157,11 @@ def _cmd_export(args) -> int:
 
 # --------------------------------------------------------------------------------------------- import
 def _add_import(sub) -> None:
-    p = sub.add_parser("import", help="your ONNX/OpenVINO models + a spec (manifest v2, docs/manifest_v2.md) → model folder")
-    p.add_argument("spec", type=Path, help="spec JSON: a version 2 manifest without 'files'; graph files relative to it")
+    p = sub.add_parser("import", help="your ONNX/OpenVINO models + a spec (manifest v2, docs/manifest_v2.md), or "
+                                      "BirdNET V2.4's .tflite → model folder")
+    p.add_argument("spec", type=Path, help="spec JSON: a version 2 manifest without 'files'; graph files relative to it. "
+                                           "Or BirdNET V2.4's MODEL.tflite (with --labels)")
+    p.add_argument("--labels", type=Path, default=None, help="with a .tflite model: its labels file, one per line")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.add_argument("--precision", default="f32", choices=["f32", "int8"],
@@ -169,6 +179,16 @@ def _cmd_import(args) -> int:
     from .tools.importer import import_folder
 
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
+        if args.labels is None or args.spec.suffix.lower() != ".tflite" or args.precision != "f32":
+            raise ParameterError("a TFLite model is imported as `birdinfer import MODEL.tflite --labels LABELS.txt --out "
+                                 "DIR` (f32 only); --labels goes with a .tflite file")
+        from .tools.birdnet_import import import_birdnet
+
+        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, progress=say)
+        if not args.quiet:
+            print(f"birdinfer import: BirdNET V2.4, {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
+        return 0
     manifest = import_folder(args.spec, args.out, overwrite=args.force, precision=args.precision,
                              calibration=args.calibration, measure=not args.no_precision_check, progress=say)
     if not args.quiet:
@@ -229,8 +249,6 @@ def _cmd_bench(args) -> int:
     from .tools.bench import run_bench
 
     if args.cpu_class is not None and args.plot is not None:
-        from .errors import ParameterError
-
         raise ParameterError("--plot is not available with --cpu-class (run once per class without --cpu-class)")
     run_bench(args.models, audio=args.audio, files=args.files, json_out=args.json_out, plot=args.plot,
               compare=args.compare, precision=args.precision, cpu_class=args.cpu_class)

@@ -270,9 +270,10 @@ def require_pyarrow(needed_for: str, install: str):
     return pyarrow
 
 
-def _window_times(n_rows: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+def _window_times(n_rows: int, window_seconds: float, span_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row k starts at ``k·window_seconds`` and ends ``span_seconds`` later (default: the next row's start)."""
     start = np.arange(n_rows, dtype=np.float64) * window_seconds
-    return start, start + window_seconds
+    return start, start + (window_seconds if span_seconds is None else span_seconds)
 
 
 def window_schema(labels: Sequence[str]):
@@ -294,19 +295,22 @@ def utf8_name(name: str) -> str:
     return name
 
 
-def window_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float):
+def window_table(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float,
+                 span_seconds: float | None = None):
     """One recording's rows as a ``pyarrow.Table``: ``probs`` ``(n_windows, n_labels)`` → window k covers
-    ``[k·window_seconds, (k+1)·window_seconds)``; ``file`` = ``name`` on every row (:func:`utf8_name`)."""
+    ``[k·window_seconds, (k+1)·window_seconds)`` (or ``k·window_seconds + span_seconds``); ``file`` = ``name``
+    on every row (:func:`utf8_name`)."""
     import pyarrow as pa
 
-    start, end = _window_times(len(probs), window_seconds)
+    start, end = _window_times(len(probs), window_seconds, span_seconds)
     columns = [pa.array([utf8_name(name)] * len(probs), pa.string()), pa.array(start), pa.array(end)]
     columns += [pa.array(np.ascontiguousarray(probs[:, j], dtype=np.float32)) for j in range(probs.shape[1])]
     return pa.Table.from_arrays(columns, schema=window_schema(labels))
 
 
-def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float, header: bool) -> bytes:
-    start, end = _window_times(len(probs), window_seconds)
+def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seconds: float, header: bool,
+                span_seconds: float | None = None) -> bytes:
+    start, end = _window_times(len(probs), window_seconds, span_seconds)
     frame = pd.DataFrame(probs, columns=list(labels))
     frame.insert(0, "end_s", end)
     frame.insert(0, "start_s", start)
@@ -315,13 +319,13 @@ def _window_csv(name: str, probs: np.ndarray, labels: Sequence[str], window_seco
 
 
 def write_window_table(out: Path, format: str, items: Iterable[tuple[str, np.ndarray]], labels: Sequence[str],
-                       window_seconds: float) -> None:
+                       window_seconds: float, span_seconds: float | None = None) -> None:
     """Write ``(file name, probs)`` items as one CSV or parquet table (atomically; one recording in memory)."""
     if format == "csv":
         def write(f):
             f.write(_window_csv("", np.zeros((0, len(labels)), np.float32), labels, window_seconds, True))
             for name, probs in items:
-                f.write(_window_csv(name, probs, labels, window_seconds, False))
+                f.write(_window_csv(name, probs, labels, window_seconds, False, span_seconds))
 
         atomic_write(out, write)
         return
@@ -334,7 +338,7 @@ def write_window_table(out: Path, format: str, items: Iterable[tuple[str, np.nda
         written = 0
         with pq.ParquetWriter(f, schema) as writer:
             for name, probs in items:  # one row group per recording: memory bounded by one recording
-                writer.write_table(window_table(name, probs, labels, window_seconds))
+                writer.write_table(window_table(name, probs, labels, window_seconds, span_seconds))
                 written += 1
             if not written:
                 writer.write_table(schema.empty_table())
@@ -347,16 +351,16 @@ RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
 
 
 def raven_table(probs: np.ndarray, labels: Sequence[str], *, threshold: float, window_seconds: float,
-                low_hz: float, high_hz: float) -> str:
+                low_hz: float, high_hz: float, span_seconds: float | None = None) -> str:
     """A Raven Pro selection table (tab-separated text): one selection per (window, species) whose
     probability is ``>= threshold``, in window order then label order. ``probs``: ``(n_windows, n_labels)``."""
     lines = ["\t".join(RAVEN_COLUMNS)]
-    selection = 0
+    selection, span = 0, window_seconds if span_seconds is None else span_seconds
     for k, row in enumerate(probs):
         for j in np.flatnonzero(row >= threshold):
             selection += 1
             lines.append("\t".join([
-                str(selection), "Spectrogram 1", "1", f"{k * window_seconds:g}", f"{(k + 1) * window_seconds:g}",
+                str(selection), "Spectrogram 1", "1", f"{k * window_seconds:g}", f"{k * window_seconds + span:g}",
                 f"{low_hz:g}", f"{high_hz:g}", str(labels[j]), f"{float(row[j]):.4f}",
             ]))
     return "\n".join(lines) + "\n"

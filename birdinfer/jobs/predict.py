@@ -44,7 +44,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,6 +59,7 @@ from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, raven_tabl
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 from ..spec.upgrade import upgrade
+from ..spec.options import with_options
 from ..runtime.fusion import is_held
 from .members import HeldParts
 
@@ -248,6 +249,7 @@ def predict(
     resume: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    options: Mapping[str, float | None] | None = None,
 ) -> Path:
     """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
 
@@ -274,6 +276,8 @@ def predict(
         module docstring); ``False`` discards earlier partial results.
     progress : show a progress bar and print a one-line summary on stderr.
     cache_dir : OpenVINO compiled-model cache folder.
+    options : values of options the model folder declares (:mod:`birdinfer.spec.options`), e.g. BirdNET's
+        ``{"overlap": 1.5, "sensitivity": 1.25}``; an option the folder does not declare is refused.
 
     Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
     a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
@@ -285,7 +289,7 @@ def predict(
     wall_start = time.perf_counter()
     out = Path(out)
     format, manifest, recordings = _checked_run(inputs, models, out, format=format, threshold=threshold,
-                                                precision=precision, backend=backend)
+                                                precision=precision, backend=backend, options=options)
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
         _sweep_outputs(out, format)
@@ -318,14 +322,14 @@ def predict(
 
 
 def _checked_run(inputs, models, out: Path, *, format: str | None, threshold, precision: str,
-                 backend: str) -> tuple[str, Manifest, list[Recording]]:
+                 backend: str, options=None) -> tuple[str, Manifest, list[Recording]]:
     """Everything :func:`predict` refuses before any audio work: ``(format, manifest, recordings)``."""
     format = _resolve_format(out, format)
     if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
         raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     if format == "parquet":
         require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
-    manifest = models if isinstance(models, Manifest) else Manifest.load(models)
+    manifest = with_options(models if isinstance(models, Manifest) else Manifest.load(models), options)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     recordings = collect_inputs(inputs)
     if not recordings:
@@ -391,12 +395,18 @@ def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _P
         paths = _raven_paths(out, recordings)
         for rec in done:
             text = raven_table(load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
-                               low_hz=low, high_hz=high)
+                               low_hz=low, high_hz=high, span_seconds=_span(manifest))
             atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
         return
 
     # one recording's part in memory at a time while writing
-    write_window_table(out, format, ((rec.name, load(rec.key)) for rec in done), labels, manifest.window_seconds)
+    write_window_table(out, format, ((rec.name, load(rec.key)) for rec in done), labels, manifest.window_seconds,
+                       _span(manifest))
+
+
+def _span(manifest: Manifest) -> float:
+    """Seconds a row's window covers in the tables (a version 2 ``rows.span_seconds``, else the row)."""
+    return getattr(manifest, "span_seconds", manifest.window_seconds)
 
 
 def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -8,6 +8,7 @@ Registration happens here, in one place: this module imports every op module, so
     frontend.py    pad, normalize_wave, windows, normalize
     spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
     window.py      channels, neighbours, gain, crop_time
+    birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     label_map.py   label_map: a model's classes onto the folder's labels by scientific name (tables.py: CSV files)
     file_steps.py  temperature per taxon class, file_prior (file-name fields → prior table), run_row_steps
@@ -15,7 +16,7 @@ Registration happens here, in one place: this module imports every op module, so
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
 """
 
-from . import frontend, spectral, window  # noqa: F401  (register their ops in OPS)
+from . import birdnet, frontend, spectral, window  # noqa: F401  (register their ops in OPS)
 from . import file_steps, label_map, submission  # noqa: F401  (register their steps)
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout
 from .registry import Entry, Registry

@@ -2,15 +2,12 @@
 
 Three registries, each of small pure functions with a frozen parameter dataclass (``docs/manifest_v2.md``):
 
-* :data:`MODEL_STEPS` work on one block's named model outputs (a :class:`Outputs`): ``sigmoid``,
-  ``softmax``, ``reduce_frames``, ``blend``, and the two row steps ``timeline_rows`` / ``clip_rows``
-  that turn an output into rows ``(n_rows, C)`` using the window layout of the front end.
+* :data:`MODEL_STEPS` work on one block's named model outputs (a :class:`Outputs`): ``sigmoid``, ``softmax``,
+  ``reduce_frames``, ``blend``, and the row steps ``timeline_rows`` / ``clip_rows`` (output → rows ``(n_rows, C)``).
 * :data:`ROW_STEPS` work on one file's rows ``(R, C)``: ``smooth``, ``gaussian_smooth``, ``box_mean``,
-  ``file_scale``, ``file_max_blend``, ``power``, ``clip_values``.
-* :data:`COMBINE_STEPS` merge an ensemble group's members: ``weighted_mean``, ``mean``, ``rank_mean``.
-
-Model steps also have a name rule ``names(known, params) -> known`` (output name → "frame"/"clip"/"rows")
-used when a manifest is loaded, so a step naming an output that does not exist fails before any audio.
+  ``file_scale``, ``file_max_blend``, ``power``, ``clip_values``. :data:`COMBINE_STEPS` merge an ensemble
+  group's members: ``weighted_mean``, ``mean``, ``rank_mean``. Model steps also have a name rule ``names(known,
+  params) -> known`` used when a manifest is loaded (a step naming an output that does not exist fails then).
 """
 
 from __future__ import annotations
@@ -83,9 +80,17 @@ def _names_same(known: dict, p) -> dict:
     return known
 
 
-@MODEL_STEPS.register("sigmoid", OutputParams, names=_names_same)
-def sigmoid(o: Outputs, p: OutputParams) -> Outputs:
-    return o.with_array(p.output, expit(o.get(p.output).astype(np.float32, copy=False)))
+@dataclass(frozen=True)
+class SigmoidParams:
+    output: str = ""
+    offset: float = 0.0  # added to the logits first (BirdNET's sensitivity s: (s − 1)·10)
+    clip: tuple[float, float] | None = None  # then clipped to [low, high] (BirdNET: [-20, 20])
+
+
+@MODEL_STEPS.register("sigmoid", SigmoidParams, names=_names_same)
+def sigmoid(o: Outputs, p: SigmoidParams) -> Outputs:
+    x = o.get(p.output).astype(np.float32, copy=False) + np.float32(p.offset)
+    return o.with_array(p.output, expit(x if p.clip is None else np.clip(x, np.float32(p.clip[0]), np.float32(p.clip[1]))))
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def load_models(
         names = []
         for p, name in zip(plans, files):
             names += [name] + ([p.entry.variants[p.variant].openvino_bin] if backend == "openvino" else [])
-        manifest.verify_checksums(names)
+        manifest.verify_checksums(names + list(getattr(manifest, "op_files", ())))  # and files front-end ops read
     if backend == "openvino":
         if streams is None:
             streams = physical_cores() if threads is None else 1

@@ -235,13 +235,14 @@ class Predictor:
 
     def predict_file(self, path: str | Path) -> np.ndarray:
         """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
-        parts = []
+        parts, blocks = [], 0
         for n, compute in self._file_blocks(path):
+            blocks += 1
             if n:
                 parts.append(self.infer_block(compute(), n))
-        if not parts:
+        if not blocks:
             raise AudioDecodeError(path, "no samples")
-        return self.finish(parts, Path(path).name)
+        return self.finish(parts, Path(path).name)  # no rows when the file is shorter than the spec's rows.min_seconds
 
     # ------------------------------------------------------------------ many recordings
     def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:

@@ -6,6 +6,7 @@ and the field, before any audio is read. Registered as ``READERS[2]`` (``Manifes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Mapping
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Mapping
 from ..errors import ModelFolderError
 from ..ops import COMBINE_STEPS, MODEL_STEPS, OPS, ROW_PRODUCING, ROW_STEPS, Static
 from ..ops.registry import VALUE, Range, coerce, shown
+from .options import parse_options
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
@@ -21,7 +23,7 @@ __all__ = ["parse_spec", "OUTPUT_KINDS"]
 
 OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_logits": "clip", "probabilities": "clip"}
 _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
-             "ensemble", "files", "extra"}
+             "ensemble", "files", "extra", "options"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
                "variants", "export", "arch"}
 # The ranges of the manifest's own numbers (the ops' and steps' parameters declare theirs: birdinfer.ops.registry).
@@ -58,10 +60,30 @@ def _steps(items: Any, registry, *, where: str, field_name: str) -> list[Step]:
     return out
 
 
-def _feature(name: str, data: Any, *, where: str, sample_rate: int, row_seconds: float) -> tuple[tuple[Step, ...], Static]:
+def _bind_files(steps: list[Step], *, where: str, folder, found: list[str]) -> list[Step]:
+    """Op parameters that name a file of the model folder (field metadata ``{"file": True}``): checked to stay
+    inside the folder, listed in ``found`` (their checksums are verified with the graphs') and, with a folder,
+    replaced by their absolute path (the op reads the file)."""
+    out = []
+    for step in steps:
+        changes = {}
+        for f in dataclasses.fields(step.params):
+            if f.metadata.get("file"):
+                name = getattr(step.params, f.name)
+                path = safe_join(folder if folder is not None else ".", name, where=f"{where}: {step.where}.{f.name}")
+                found.append(name)
+                if folder is not None:
+                    changes[f.name] = str(path)
+        out.append(replace(step, params=replace(step.params, **changes)) if changes else step)
+    return out
+
+
+def _feature(name: str, data: Any, *, where: str, sample_rate: int, row_seconds: float, folder=None,
+             files: list[str] | None = None) -> tuple[tuple[Step, ...], Static]:
     if not isinstance(data, Mapping) or set(data) - {"steps"}:
         raise _err(where, f"features.{name} must be an object with one key, 'steps'")
     steps = _steps(data.get("steps"), OPS, where=where, field_name=f"features.{name}.steps")
+    steps = _bind_files(steps, where=where, folder=folder, found=files if files is not None else [])
     static = Static(sample_rate=sample_rate, row_seconds=row_seconds)
     for step in steps:
         try:
@@ -230,6 +252,29 @@ def _group(data: Any, models: Mapping[str, ModelSpec], *, where: str, at: str, n
     return GroupSpec(name, weight, tuple(members), combine, tuple(rest))
 
 
+def _rows(rows: Any, sample_rate: Any, where: str) -> tuple[str, float, float | None, float | None]:
+    """``rows`` → (partial, seconds, min_seconds or None, span_seconds or None)."""
+    if not isinstance(rows, Mapping) or "seconds" not in rows or set(rows) - {"seconds", "partial", "min_seconds", "span_seconds"}:
+        raise _err(where, "'rows' must be {\"seconds\": 5.0, \"partial\": \"drop\"} (optional: min_seconds, span_seconds)")
+    partial = rows.get("partial", "drop")
+    if partial not in ("drop", "pad_left", "pad_right"):
+        raise _err(where, f"rows.partial must be 'drop', 'pad_left' or 'pad_right', got {partial!r}")
+    row_seconds = _number(rows["seconds"], _ROW_SECONDS, where=where, at="rows.seconds")
+    row_min = _number(rows["min_seconds"], _ROW_SECONDS, where=where, at="rows.min_seconds") \
+        if rows.get("min_seconds") is not None else None
+    row_span = _number(rows["span_seconds"], _ROW_SECONDS, where=where, at="rows.span_seconds") \
+        if rows.get("span_seconds") is not None else None
+    samples = row_seconds * sample_rate if isinstance(sample_rate, int) and not isinstance(sample_rate, bool) else 0.0
+    if not samples or sample_rate <= 0 or row_seconds <= 0 or abs(samples - round(samples)) > 1e-6:
+        raise _err(where, f"rows.seconds × sample_rate must be a whole number of samples, got {row_seconds} × {sample_rate}")
+    if row_min is not None and (partial == "pad_left" or not 0 < row_min <= max(row_seconds, row_span or 0.0)):
+        raise _err(where, f"rows.min_seconds must be in (0, span] and goes with partial 'drop' or 'pad_right', got "
+                          f"{row_min} with partial {partial!r}")
+    if row_span is not None and row_span <= 0:
+        raise _err(where, f"rows.span_seconds must be positive, got {row_span}")
+    return partial, row_seconds, row_min, row_span
+
+
 def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_files: bool = True,
                source: str | None = None, files_dir: Path | None = None) -> ManifestV2:
     """Parse and validate a version 2 manifest (``require_files=False``: a spec for ``birdinfer import``;
@@ -252,24 +297,20 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
         raise _err(where, "'labels' must be a non-empty list without duplicates")
     sample_rate = _number(data.get("sample_rate", 32000), _SAMPLE_RATE, where=where, at="sample_rate")
     rows = data.get("rows", {"seconds": 5.0})
-    if not isinstance(rows, Mapping) or "seconds" not in rows or set(rows) - {"seconds", "partial"}:
-        raise _err(where, "'rows' must be {\"seconds\": 5.0, \"partial\": \"drop\"}")
-    partial = rows.get("partial", "drop")
-    if partial not in ("drop", "pad_left", "pad_right"):
-        raise _err(where, f"rows.partial must be 'drop', 'pad_left' or 'pad_right', got {partial!r}")
-    row_seconds = _number(rows["seconds"], _ROW_SECONDS, where=where, at="rows.seconds")
-    if not float(row_seconds * sample_rate).is_integer():
-        raise _err(where, f"rows.seconds × sample_rate must be a whole number of samples, got {row_seconds} × {sample_rate}")
+    partial, row_seconds, row_min, row_span = _rows(rows, sample_rate, where)
     block = data.get("block_seconds")
+    if row_min is not None and block is not None:
+        raise _err(where, "rows.min_seconds counts the rows of the whole file: it needs block_seconds null")
     if block is not None:
         block = _number(block, _BLOCK_SECONDS, where=where, at="block_seconds")
     if block is not None and abs(block / row_seconds - round(block / row_seconds)) > 1e-9:
         raise _err(where, f"block_seconds must be null or a positive multiple of rows.seconds ({row_seconds}), got {block!r}")
     if not isinstance(data["features"], Mapping) or not data["features"]:
         raise _err(where, "'features' must map names to front-end pipelines")
-    features, statics = {}, {}
+    features, statics, op_files = {}, {}, []
     for name, spec in data["features"].items():
-        features[name], statics[name] = _feature(name, spec, where=where, sample_rate=sample_rate, row_seconds=row_seconds)
+        features[name], statics[name] = _feature(name, spec, where=where, sample_rate=sample_rate, row_seconds=row_seconds,
+                                                 folder=folder, files=op_files)
     if not isinstance(data["models"], list) or not data["models"]:
         raise _err(where, "'models' must be a non-empty list")
     models = [_model(m, where=where, manifest_labels=labels, statics=statics, folder=folder) for m in data["models"]]
@@ -288,6 +329,9 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     for name in files:
         safe_join(folder if folder is not None else ".", name, where=f"{where}: files")
     if require_files and folder is not None:
+        for f in op_files:
+            if f not in files:
+                raise _err(where, f"features: file {f!r} named by a front-end op has no sha256 in 'files'")
         for m in models:
             for precision, v in m.variants.items():
                 for f in v.file_names():
@@ -295,10 +339,12 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
                         raise _err(where, f"models[{m.name!r}].variants.{precision}: file {f!r} has no sha256 in 'files'")
     models, ensemble = bind_step_files(models, ensemble, labels=labels, where=where, folder=files_dir or folder,
                                        files=files, verify=require_files and folder is not None and files_dir is None)
+    parse_options(data, where=where)
     return ManifestV2(labels=labels, groups=(), models=tuple(models), sample_rate=sample_rate, window_seconds=row_seconds,
                       chunk_seconds=2 * row_seconds, smoothing=0.0, files=dict(files), folder=Path(folder) if folder else None,
                       extra=dict(data.get("extra", {})), features=features, feature_shapes=statics, ensemble=ensemble,
-                      block_seconds=float(block) if block is not None else None, row_partial=partial, raw=dict(data))
+                      block_seconds=float(block) if block is not None else None, row_partial=partial, raw=dict(data),
+                      op_files=tuple(dict.fromkeys(op_files)), row_min_seconds=row_min, row_span_seconds=row_span)
 
 
 READERS[FORMAT_VERSION_2] = parse_spec  # Manifest.from_dict / Manifest.load read version 2 through this

@@ -129,11 +129,22 @@ class ManifestV2(Manifest):
     row_partial: str = "drop"  # rows.partial: a trailing partial row is dropped, or kept (its window padded)
     raw: Mapping[str, Any] = field(default_factory=dict)
     v1: Manifest | None = field(default=None, repr=False)  # upgraded from this version 1 manifest (birdinfer.spec.upgrade)
+    op_files: tuple[str, ...] = ()  # folder files read by front-end ops (checksums verified with the graphs')
+    row_min_seconds: float | None = None  # rows.min_seconds: a row is kept when this much audio starts at it
+    row_span_seconds: float | None = None  # rows.span_seconds: the time a row's window covers (output tables)
+
+    @property
+    def span_seconds(self) -> float:
+        return self.row_span_seconds if self.row_span_seconds is not None else self.window_seconds
 
     def n_rows(self, n_samples: int, block_index: int = 0) -> int:
         """Rows of a block: ``N // row`` (at least 1 for a non-empty first block), or ``ceil(N / row)`` when
-        ``rows.partial`` keeps a partial last row."""
+        ``rows.partial`` keeps a partial last row; with ``rows.min_seconds`` (whole files only) the rows
+        ``k`` whose start ``k·row`` leaves at least that much audio: ``(N − min) // row + 1`` (0 below it)."""
         row = self.window_samples
+        if self.row_min_seconds is not None:
+            least = int(round(self.row_min_seconds * self.sample_rate))
+            return (n_samples - least) // row + 1 if n_samples >= least else 0
         if self.row_partial != "drop":
             return -(-n_samples // row)
         rows = n_samples // row

@@ -130,6 +130,10 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
                 bin_name = written["openvino"][: -len(".xml")] + ".bin"
                 files[bin_name] = sha256_file(out / bin_name)
         data["models"][m_index] = entry
+    for name in parsed.op_files:  # files front-end ops read (e.g. birdnet_spectrogram's constants)
+        src = safe_join(source_dir, name, where=f"{where}: features")
+        _copy(src, claim(name, src, f"{where}: features"))
+        files[name] = sha256_file(out / name)
     data["files"] = dict(sorted(files.items()))
     parse_spec(data, folder=out)  # the final manifest, as it will be loaded
     tmp = out / (MANIFEST_NAME + ".tmp")

