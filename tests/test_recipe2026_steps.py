@@ -203,7 +203,7 @@ def test_temperature_per_taxon_class():
     np.testing.assert_allclose(ROW_STEPS["temperature"].fn(p, on_logits), p / np.array([2, 2, 2, 2, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"temperatures: class_name 'Birds' is not in taxonomy\.csv"):
         bound(ROW_STEPS, "temperature", {"taxonomy.csv": TAXONOMY}, taxonomy="taxonomy.csv", temperatures={"Birds": 1.2})
-    with pytest.raises(ModelFolderError, match=r"temperature of 'Aves' must be a finite number > 0"):
+    with pytest.raises(ModelFolderError, match=r"parameter 'temperatures'=\{'Aves': 0\.0\}: must be a finite number in \(0, 1000\]"):
         build_params(ROW_STEPS["temperature"].params, {"taxonomy": "t.csv", "temperatures": {"Aves": 0.0}}, where="test")
 
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 import numpy as np
 import scipy.fft
 
 from ..errors import ModelFolderError
 from .base import OPS, Block, Signal, Static, _need
+from .registry import VALUE, Range
 
 __all__ = ["BirdnetStftParams", "birdnet_stft", "load_windows", "FILE_FIELD"]
 
@@ -42,13 +44,13 @@ _CHUNK_FRAMES = 32
 @dataclass(frozen=True)
 class BirdnetStftParams:
     constants: str = field(metadata=FILE_FIELD)  # .npz of the model folder: window_<b> (frame_lengths[b],)
-    frame_lengths: tuple[int, ...]
-    frame_steps: tuple[int, ...]
-    bins: tuple[tuple[int, int], ...]  # per branch: the FFT bins [first, end) kept (those its mel matrix reads)
-    frames: int
-    minmax_eps: float = 1e-6
-    minmax_centre: float = 0.5
-    minmax_scale: float = 2.0
+    frame_lengths: tuple[Annotated[int, Range(2, 65536)], ...]
+    frame_steps: tuple[Annotated[int, Range(1, 65536)], ...]
+    bins: tuple[tuple[Annotated[int, Range(0, 32769)], Annotated[int, Range(0, 32769)]], ...]  # per branch: the FFT bins [first, end) kept (those its mel matrix reads)
+    frames: Annotated[int, Range(1, 10**6)]
+    minmax_eps: Annotated[float, Range(0, 1e3)] = 1e-6
+    minmax_centre: Annotated[float, VALUE] = 0.5
+    minmax_scale: Annotated[float, VALUE] = 2.0
 
     def __post_init__(self):
         n = len(self.frame_lengths)

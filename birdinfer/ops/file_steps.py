@@ -21,11 +21,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from scipy.special import expit, logit
 
+from .registry import VALUE, Range
 from .steps import ROW_STEPS
 from .tables import TableSource, check_known, read_table, taxonomy_field, unbound
 
@@ -68,12 +69,12 @@ def _check_eps(eps: float) -> None:
 @dataclass(frozen=True)
 class TemperatureParams:
     taxonomy: str  # CSV file of the model folder (BirdCLEF's taxonomy.csv)
-    temperatures: dict[str, float]  # class name → temperature
-    default: float = 1.0  # labels of other classes (or absent from the taxonomy)
+    temperatures: dict[str, Annotated[float, Range(0, 1e3, low_open=True)]]  # class name → temperature
+    default: Annotated[float, Range(0, 1e3, low_open=True)] = 1.0  # labels of other classes (or absent from the taxonomy)
     label_field: str = "primary_label"
     class_field: str = "class_name"
     input: Literal["probabilities", "logits"] = "probabilities"
-    eps: float = 1e-6  # probabilities are clipped to [eps, 1 − eps] before the logit
+    eps: Annotated[float, Range(0, 0.5, low_open=True)] = 1e-6  # probabilities are clipped to [eps, 1 − eps] before the logit
 
     def __post_init__(self):
         if not self.temperatures:
@@ -115,11 +116,11 @@ def temperature(rows: np.ndarray, p: TemperaturePlan) -> np.ndarray:
 class PriorParams:
     table: str  # CSV file of the model folder: key columns, then one prior column per label
     pattern: str  # regular expression with named groups, searched in the file name without its extension
-    weight: float  # rows + weight · logit(prior)
+    weight: Annotated[float, VALUE]  # rows + weight · logit(prior)
     keys: tuple[str, ...] = ()  # the named groups that index the table (default: every named group)
     example: str | None = None  # a file name the pattern must match (checked when the folder is loaded)
     input: Literal["probabilities", "logits"] = "probabilities"
-    eps: float = 1e-6  # probabilities and priors are clipped to [eps, 1 − eps] before the logit
+    eps: Annotated[float, Range(0, 0.5, low_open=True)] = 1e-6  # probabilities and priors are clipped to [eps, 1 − eps] before the logit
 
     def __post_init__(self):
         try:

@@ -19,10 +19,12 @@ then, naming both files. The output's class axis becomes the folder's labels (an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 from ..errors import ParameterError
+from .registry import VALUE
 from .steps import MODEL_STEPS, Outputs
 from .tables import TableSource, genus_of, read_table, scientific_key, taxonomy_field, unbound
 
@@ -38,7 +40,7 @@ class LabelMapParams:
     label_field: str = "primary_label"  # column of `taxonomy` with the folder's labels
     name_field: str = "scientific_name"  # column of `taxonomy` with the scientific names
     genus: bool = True  # a label without a same-name class takes the max over its genus
-    fill: float = 0.0  # the value of labels mapped to nothing (logit scale before a sigmoid: e.g. -10)
+    fill: Annotated[float, VALUE] = 0.0  # the value of labels mapped to nothing (logit scale before a sigmoid: e.g. -10)
 
     def __post_init__(self):
         if not self.labels or not self.taxonomy:

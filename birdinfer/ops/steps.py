@@ -83,8 +83,8 @@ def _names_same(known: dict, p) -> dict:
 @dataclass(frozen=True)
 class SigmoidParams:
     output: str = ""
-    offset: float = 0.0  # added to the logits first (BirdNET's sensitivity s: (s − 1)·10)
-    clip: tuple[float, float] | None = None  # then clipped to [low, high] (BirdNET: [-20, 20])
+    offset: Annotated[float, VALUE] = 0.0  # added to the logits first (BirdNET's sensitivity s: (s − 1)·10)
+    clip: tuple[Annotated[float, VALUE], Annotated[float, VALUE]] | None = None  # then clipped to [low, high] (BirdNET: [-20, 20])
 
 
 @MODEL_STEPS.register("sigmoid", SigmoidParams, names=_names_same)
