@@ -13,6 +13,29 @@ import soundfile as sf
 
 from birdinfer.spec.manifest import MelGroup
 
+
+def unprivileged_prefix() -> list[str]:
+    """Command prefix under which file permissions apply. Not root: nothing. Root: ``setpriv`` dropping the
+    capabilities that bypass permission checks (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so uid 0 reads and
+    writes only what the mode bits allow its owner. (A throw-away user from ``useradd`` cannot be used here:
+    this interpreter lives under /root, mode 0700, which another user cannot enter.) Skips the test where
+    neither works."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot run as a process that file permissions apply to")
+    prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run(prefix + [sys.executable, "-c", "print(1)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()[-300:]}")
+    return prefix
+
 SR = 32000
 N_CLASSES = 12
 #: The three mel groups of REFERENCE.md section 2, read from the default recipe (one place states them).

@@ -29,7 +29,7 @@ import soundfile as sf
 from birdinfer.cli import main as cli_main
 from birdinfer.errors import AudioDecodeError
 
-from conftest import LABELS, SR, synth_signal, write_ogg
+from conftest import LABELS, SR, synth_signal, unprivileged_prefix, write_ogg
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -86,20 +86,6 @@ def write_lying_flac(path: Path, *, rate: int, frames: int, seed: int) -> Path:
     assert (info.samplerate, info.frames) == (rate, frames)  # libsndfile believes the patched header
     return path
 
-
-def _unprivileged() -> list[str]:
-    """Command prefix under which file permissions apply (root: ``setpriv`` without the capabilities that
-    bypass them; see tests/test_reliability.py)."""
-    if not IS_ROOT:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot run as a process that file permissions apply to")
-    prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    probe = subprocess.run(prefix + [sys.executable, "-c", "print(1)"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()[-300:]}")
-    return prefix
 
 
 @contextlib.contextmanager
@@ -302,7 +288,7 @@ def test_odd_entries_are_listed_with_a_reason_never_opened(small_model_folder, t
 def test_folders_that_cannot_be_listed_are_named(small_model_folder, two_good, tmp_path):
     """A sub-folder the walk cannot enter is listed with that reason (pathlib's walk skipped it silently); a
     folder argument that cannot be listed is one sentence, exit 2."""
-    prefix = _unprivileged()
+    prefix = unprivileged_prefix()
     audio = tmp_path / "audio"
     shutil.copytree(two_good, audio)
     closed = audio / "closed"
@@ -405,7 +391,7 @@ def test_folder_in_the_way_of_the_final_write(small_model_folder, two_good, tmp_
 
 
 def test_parts_folder_without_write_permission(small_model_folder, two_good, tmp_path):
-    prefix = _unprivileged()
+    prefix = unprivileged_prefix()
     out = tmp_path / "windows.csv"
     parts = tmp_path / "windows.csv.parts"
     parts.mkdir()

@@ -34,7 +34,7 @@ from birdinfer.cli import main as cli_main
 from birdinfer.errors import (AudioDecodeError, ChecksumError, MissingDependencyError, ModelFolderError, OutputError,
                               ParameterError)
 
-from conftest import LABELS, SMALL_RECIPE, recipe_spec, synth_signal, write_ogg
+from conftest import LABELS, SMALL_RECIPE, recipe_spec, synth_signal, unprivileged_prefix, write_ogg
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -663,25 +663,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _unprivileged() -> list[str]:
-    """Command prefix under which file permissions apply. Not root: nothing. Root: ``setpriv`` dropping the
-    capabilities that bypass permission checks (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so uid 0 reads and
-    writes only what the mode bits allow its owner. (A throw-away user from ``useradd`` cannot be used here:
-    this interpreter lives under /root, mode 0700, which another user cannot enter.)"""
-    if not IS_ROOT:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot run as a process that file permissions apply to")
-    prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    probe = subprocess.run(prefix + [sys.executable, "-c", "print(1)"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()[-300:]}")
-    return prefix
-
 
 def test_unreadable_file_is_reported_and_filled_without_privileges(small_model_folder, tmp_path):
-    prefix = _unprivileged()
+    prefix = unprivileged_prefix()
     audio = tmp_path / "audio"
     for i in range(2):
         write_ogg(audio / f"good_{i}.ogg", 10.0, seed=400 + i)
@@ -707,7 +691,7 @@ def test_unreadable_file_is_reported_and_filled_without_privileges(small_model_f
 
 
 def test_output_folder_without_write_permission_fails_before_audio_work(corpus, small_model_folder, tmp_path):
-    prefix = _unprivileged()
+    prefix = unprivileged_prefix()
     closed = tmp_path / "closed"
     closed.mkdir()
     closed.chmod(0o555)
