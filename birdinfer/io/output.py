@@ -29,6 +29,7 @@ import pandas as pd
 from ..errors import MissingDependencyError, OutputError, ParameterError
 
 __all__ = ["ColumnPlan", "plan_columns", "row_ids", "submission_frame", "write_csv_atomic", "atomic_write", "check_writable",
+           "check_writable_folder",
            "os_fault", "utf8_name", "RAVEN_COLUMNS", "raven_table", "require_pyarrow", "sweep_temporaries",
            "temporaries_of", "temporary_files", "window_schema", "window_table", "write_window_table"]
 
@@ -156,6 +157,21 @@ def check_writable(path: str | Path, *, option: str = "--out", example: str = "s
     except OSError as e:
         raise os_fault(e, path, option=option) from e
     return path
+
+
+def check_writable_folder(folder: str | Path, *, when_file: str, what: str, choose: str, probe: str) -> Path:
+    """Fail fast when ``folder`` (an output folder) cannot be created and written: ``when_file`` is the message
+    when it is a file, ``what`` names it and ``choose`` says what to do when it cannot be created; ``probe`` is a
+    file name inside it checked as :func:`check_writable` does."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(when_file)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {what} {folder}: {e.strerror or e}; {choose}") from e
+    check_writable(folder / probe)
+    return folder
 
 
 def _umask() -> int:

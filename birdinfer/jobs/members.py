@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import OutputError, ParameterError
-from ..io.output import ColumnPlan, check_writable, row_ids, submission_frame, write_csv_atomic
+from ..errors import ParameterError
+from ..io.output import ColumnPlan, check_writable_folder, row_ids, submission_frame, write_csv_atomic
 from ..runtime.fusion import FileRows, frontier, fuse, node_names
 from ..spec.step_files import plans
 
@@ -30,15 +30,9 @@ log = logging.getLogger(__name__)
 
 def prepare_member_dir(folder: str | Path) -> Path:
     """Create ``folder`` and check it can be written (before any audio work)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--member-rows {folder} is a file; give a folder (one CSV per member is written into it)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the member rows folder {folder}: {e.strerror or e}; choose a writable folder") from e
-    check_writable(folder / "member.csv")
-    return folder
+    return check_writable_folder(
+        folder, when_file=f"--member-rows {folder} is a file; give a folder (one CSV per member is written into it)",
+        what="the member rows folder", choose="choose a writable folder", probe="member.csv")
 
 
 def _file_name(name: str, taken: set[str]) -> str:

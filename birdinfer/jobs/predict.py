@@ -49,14 +49,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..io.audio import AUDIO_EXTENSIONS, audio_info, list_audio_files
-from ..errors import BirdinferError, OutputError, ParameterError
+from ..errors import BirdinferError, ParameterError
 from ..spec.manifest import Manifest
 from ..runtime.models import plan_variants
 from .._console import progress_bar, say
 from .journal import ENGINE_VERSION, Journal, run_fingerprint
 from ..io.lock import OutputLock
-from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, raven_table, require_pyarrow, sweep_temporaries,
-                         temporaries_of, temporary_files, write_window_table)
+from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, check_writable_folder, raven_table,
+                         require_pyarrow, sweep_temporaries, temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 from ..spec.upgrade import upgrade
 from ..spec.options import with_options
@@ -160,13 +160,9 @@ def _resolve_format(out: Path, format: str | None) -> str:
 def _check_output(out: Path, format: str) -> None:
     """Fail fast when the output (file, or folder for Raven tables) and its side files cannot be written."""
     if format == "raven":
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"--format raven writes one table per recording into a folder, but {out} is a file; give a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}; choose a writable --out") from e
-        check_writable(out / "probe.selections.txt")
+        check_writable_folder(out, when_file=f"--format raven writes one table per recording into a folder, but {out} is a "
+                              "file; give a folder", what="the output folder", choose="choose a writable --out",
+                              probe="probe.selections.txt")
     else:
         check_writable(out)
     check_writable(_side_path(out, ".errors.csv"))
