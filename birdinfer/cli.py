@@ -32,7 +32,9 @@ def _precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="openvino", choices=["openvino", "onnxruntime"], help="inference backend (default: openvino)")
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime"],
+                   help="inference backend: auto (default) = OpenVINO, except models whose folder records ONNX Runtime "
+                   "faster on this CPU class (birdinfer bench --record-backends)")
 
 
 # --------------------------------------------------------------------------------------------- submit
@@ -241,6 +243,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--cpu-class", default=None, choices=["native", "avx512", "avx2", "all"],
                    help="run in a child process with oneDNN capped to this CPU class (avx512 = Kaggle's AVX-512 "
                    "without VNNI/BF16; all = the three, one table)")
+    p.add_argument("--record-backends", action="store_true",
+                   help="also time every model at f32 on OpenVINO and on ONNX Runtime and record both in the folder for "
+                   "this CPU class; --backend auto then runs each model on the faster one")
     _precision_arg(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -251,7 +256,8 @@ def _cmd_bench(args) -> int:
     if args.cpu_class is not None and args.plot is not None:
         raise ParameterError("--plot is not available with --cpu-class (run once per class without --cpu-class)")
     run_bench(args.models, audio=args.audio, files=args.files, json_out=args.json_out, plot=args.plot,
-              compare=args.compare, precision=args.precision, cpu_class=args.cpu_class)
+              compare=args.compare, precision=args.precision, cpu_class=args.cpu_class,
+              record_backends=args.record_backends)
     return 0
 
 

@@ -158,7 +158,7 @@ def predict_ray(
     *,
     address: str | None = None,
     precision: str = "auto",
-    backend: str = "openvino",
+    backend: str = "auto",
     resume: bool = True,
     progress: bool = True,
     num_workers: int | None = None,

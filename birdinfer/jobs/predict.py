@@ -241,7 +241,7 @@ def predict(
     format: str | None = None,
     threshold: float = 0.5,
     precision: str = "auto",
-    backend: str = "openvino",
+    backend: str = "auto",
     resume: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,

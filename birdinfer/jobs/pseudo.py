@@ -56,7 +56,7 @@ def pseudo_label(
     out: str | Path,
     *,
     precision: str = "f32",
-    backend: str = "openvino",
+    backend: str = "auto",
     weights: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Soft labels for every recording in ``audio_dir`` from one or more model folders; writes ``out`` (CSV).

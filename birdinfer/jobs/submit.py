@@ -68,7 +68,7 @@ def make_submission(
     *,
     sample_submission: str | Path | None = None,
     precision: str = "auto",
-    backend: str = "openvino",
+    backend: str = "auto",
     time_budget_s: float | None = None,
     limit: int | None = None,
     cache_dir: str | Path | None = None,

@@ -49,12 +49,13 @@ from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, physical_cores
 from ..errors import BackendError, MissingDependencyError
 from ..spec.manifest import Manifest, ModelEntry
 from .graphs import GraphPorts, check_graph, onnxruntime_ports, openvino_ports
-from .plan import (BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
+from .plan import (BACKEND_CHOICES, BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
                    variant_valid)
 
 __all__ = [
     "PRECISIONS",
     "BACKENDS",
+    "BACKEND_CHOICES",
     "INT8_VARIANTS",
     "INT8_FLAGS",
     "ISA_FLAGS",
@@ -139,7 +140,7 @@ def load_models(
     manifest: Manifest,
     *,
     precision: str = "auto",
-    backend: str = "openvino",
+    backend: str = "auto",
     cache_dir: str | Path | None = None,
     verify_checksums: bool = True,
     threads: int | None = None,
@@ -164,23 +165,25 @@ def load_models(
     if verify_checksums:
         names = []
         for p, name in zip(plans, files):
-            names += [name] + ([p.entry.variants[p.variant].openvino_bin] if backend == "openvino" else [])
+            names += [name] + ([p.entry.variants[p.variant].openvino_bin] if p.backend == "openvino" else [])
         manifest.verify_checksums(names + list(getattr(manifest, "op_files", ())))  # and files front-end ops read
-    if backend == "openvino":
-        if streams is None:
-            streams = physical_cores() if threads is None else 1
-        loader = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(streams))
-    else:
-        loader = _OnnxRuntimeLoader(precision=precision, threads=threads)
+    loaders: dict[str, _OpenVinoLoader | _OnnxRuntimeLoader] = {}
     loaded = []
     for p, name in zip(plans, files):
+        if p.backend not in loaders:  # each backend's package is imported only when a model runs on it
+            if p.backend == "openvino":
+                ov_streams = (physical_cores() if threads is None else 1) if streams is None else streams
+                loaders[p.backend] = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(ov_streams))
+            else:
+                loaders[p.backend] = _OnnxRuntimeLoader(precision=precision, threads=threads)
         start = time.perf_counter()
         path = manifest.path_of(name)
-        runner, ran = loader.load(path, p.entry, p.variant, p.hint, check=partial(check_graph, manifest, p.entry, path))
+        runner, ran = loaders[p.backend].load(path, p.entry, p.variant, p.hint,
+                                              check=partial(check_graph, manifest, p.entry, path))
         used_streams = getattr(runner, "streams", 1)
-        loaded.append(LoadedModel(p.entry, p.variant, ran, backend, runner, time.perf_counter() - start,
+        loaded.append(LoadedModel(p.entry, p.variant, ran, p.backend, runner, time.perf_counter() - start,
                                   1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None)))
-        log.debug("loaded %s (%s, %s) in %.2f s", p.entry.name, p.variant, ran, loaded[-1].load_seconds)
+        log.debug("loaded %s (%s, %s, %s) in %.2f s", p.entry.name, p.variant, ran, p.backend, loaded[-1].load_seconds)
     return loaded
 
 

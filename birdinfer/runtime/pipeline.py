@@ -95,7 +95,7 @@ class Predictor:
         models: str | Path | Manifest,
         *,
         precision: str = "auto",
-        backend: str = "openvino",
+        backend: str = "auto",
         cache_dir: str | Path | None = None,
         verify_checksums: bool = True,
         model_names: Sequence[str] | None = None,

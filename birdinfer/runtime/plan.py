@@ -2,12 +2,18 @@
 layers, for a ``--precision`` mode on a CPU class (:mod:`birdinfer.runtime.cpu`), from what the folder records
 (:attr:`birdinfer.spec.files.ModelVariant.cpu_classes` and ``bf16``). Nothing is loaded here; the modes are
 described in :mod:`birdinfer.runtime.models` and docs/manifest_v2.md ("Precision").
+
+The backend of each model is planned here too. ``openvino`` / ``onnxruntime`` put every model on that
+backend; ``auto`` puts a model on ONNX Runtime only where its f32 variant records ONNX Runtime faster than
+OpenVINO on this CPU class (:attr:`ModelVariant.backends`, written by ``birdinfer bench --record-backends``),
+the plan runs it at f32 (INT8 and bf16 are OpenVINO's), the folder has its ONNX file and ``onnxruntime`` is
+installed; every other model runs on OpenVINO. The summary names each model's backend and why.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .cpu import CpuIsa, effective_isa
@@ -15,13 +21,15 @@ from ..errors import ModelFolderError, ParameterError
 from ..spec.manifest import Manifest, ModelEntry
 from ..spec.files import ModelVariant
 
-__all__ = ["PRECISIONS", "BACKENDS", "INT8_VARIANTS", "ModelPlan", "variant_valid", "bf16_valid", "plan_models",
+__all__ = ["PRECISIONS", "BACKENDS", "BACKEND_CHOICES", "INT8_VARIANTS", "ModelPlan", "variant_valid", "bf16_valid", "plan_models",
            "plan_variants"]
 
 log = logging.getLogger("birdinfer.runtime.models")  # the plan is logged as the model loader's
 
 PRECISIONS = ("auto", "f32", "bf16", "int8", "fast")
 BACKENDS = ("openvino", "onnxruntime")
+#: What ``backend=`` accepts: a backend for every model, or ``auto`` (per model, as recorded: module docstring).
+BACKEND_CHOICES = BACKENDS + ("auto",)
 #: INT8 variant names, in order of preference (same speed; ``int8`` is the default export).
 INT8_VARIANTS = ("int8", "int8-compat")
 
@@ -34,6 +42,7 @@ class ModelPlan:
     variant: str  # key of entry.variants
     hint: str | None  # INFERENCE_PRECISION_HINT ("f32" / "bf16"); None for ONNX Runtime
     note: str = ""  # why, when it is not the obvious choice
+    backend: str = "openvino"  # one of BACKENDS
 
     @property
     def label(self) -> str:
@@ -80,17 +89,17 @@ def _trusted_hint(entry: ModelEntry, variant: str, isa: CpuIsa, notes: list[str]
     return "f32"
 
 
-def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
+def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "auto",
                 isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
     """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
     effective ISA) without loading anything. Returns the plans and one sentence saying what runs, per model,
     and why (never the CPU's float hint where f32 runs)."""
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
-    if backend not in BACKENDS:
-        raise ParameterError(f"backend={backend!r} is not one of {BACKENDS}")
+    if backend not in BACKEND_CHOICES:
+        raise ParameterError(f"backend={backend!r} is not one of {BACKEND_CHOICES}")
     isa = isa or effective_isa()
-    ov = backend == "openvino"
+    ov = backend != "onnxruntime"  # auto plans as OpenVINO, then moves models measured faster on ONNX Runtime
     plans, notes = [], []
     for entry in manifest.models:
         if "f32" not in entry.variants:
@@ -126,11 +135,16 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
         else:
             log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
             plans.append(ModelPlan(entry, "f32", isa.float_hint, "no INT8 variant"))
+    if not ov:
+        plans = [replace(p, backend="onnxruntime") for p in plans]
+    elif backend == "auto":
+        plans = [_auto_backend(p, isa, notes) for p in plans]
     counts: dict[str, int] = {}
     for p in plans:
         counts[p.label] = counts.get(p.label, 0) + 1
     ran = ", ".join(f"{k} ×{n}" for k, n in counts.items())
-    per_model = ", ".join(f"{p.entry.name} {p.label}" for p in plans)
+    per_model = ", ".join(f"{p.entry.name} {p.label}" + (" on ONNX Runtime" if ov and p.backend == "onnxruntime" else "")
+                          for p in plans)
     notes = list(dict.fromkeys(notes + [p.note for p in plans if p.note]))
     summary = (f"precision {precision} on CPU class {isa.label()}: runs {ran}"
                + ("" if ov else " (ONNX Runtime float32)") + f" [{per_model}]"
@@ -138,6 +152,42 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
     if precision == "bf16" and ov and not isa.bf16_native:
         log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
     return plans, summary
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _auto_backend(plan: ModelPlan, isa: CpuIsa, notes: list[str]) -> ModelPlan:
+    """``backend=auto``: ONNX Runtime for this model where its f32 variant records it faster on this class and
+    the plan runs f32 (module docstring); else the OpenVINO plan as it is. Notes say why where it matters."""
+    stored = plan.entry.variants["f32"]
+    record = (stored.backends or {}).get(isa.cpu_class)
+    if record is None or plan.variant != "f32" or plan.hint != "f32":
+        return plan
+    ov_s, ort_s = float(record["openvino"]), float(record["onnxruntime"])
+    if ort_s >= ov_s:
+        return replace(plan, note=_join(plan.note, f"OpenVINO measured faster than ONNX Runtime on {isa.cpu_class} "
+                                                    f"({ov_s:.3g} vs {ort_s:.3g} s/file)"))
+    if not stored.onnx:
+        notes.append(f"{plan.entry.name}: ONNX Runtime was measured faster on {isa.cpu_class} but the folder has no "
+                     f"ONNX file (bundled without --with-onnx): OpenVINO")
+        return plan
+    if not onnxruntime_available():
+        notes.append(f"{plan.entry.name}: ONNX Runtime was measured faster on {isa.cpu_class} but onnxruntime is not "
+                     f"installed: OpenVINO")
+        return plan
+    return replace(plan, hint=None, backend="onnxruntime",
+                   note=_join(plan.note, f"ONNX Runtime measured faster on {isa.cpu_class} ({ort_s:.3g} vs {ov_s:.3g} "
+                                         f"s/file on OpenVINO)"))
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
 
 
 def _validity(entry: ModelEntry, names: Sequence[str]) -> str:
@@ -151,7 +201,7 @@ def _validity(entry: ModelEntry, names: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
-def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "openvino",
+def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str = "auto",
                   isa: CpuIsa | None = None, plans: Sequence[ModelPlan] | None = None) -> list[tuple[ModelPlan, str]]:
     """(plan, file to load) per model, for ``precision`` on ``backend``, as :func:`plan_models` decides; no
     file is read.
@@ -166,6 +216,7 @@ def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str =
     out = []
     for p in plans:
         stored = p.entry.variants[p.variant]
+        backend = p.backend
         if backend == "openvino" and not stored.openvino:
             raise ModelFolderError(f"{where}: model {p.entry.name!r} ({p.variant}) has no OpenVINO IR; use --backend onnxruntime")
         if backend == "onnxruntime" and not stored.onnx:

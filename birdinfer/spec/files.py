@@ -39,6 +39,11 @@ class ModelVariant:
     "mean_abs_dp", "windows", "bar", "measured_on", "audio"}``, or ``{"cpu_classes": [], "measured_on",
     "not_measurable": why}`` where bf16 was not native. ``None``: never measured (older folders), so
     ``auto`` / ``fast`` run this variant's float layers in f32.
+
+    ``backends``: this variant's model seconds per file on each backend at f32, per CPU class where both
+    were measured (``birdinfer bench --record-backends``): ``{class: {"openvino": s, "onnxruntime": s,
+    "files": n, ...}}``. ``--backend auto`` runs a model on ONNX Runtime only where this records it faster on
+    the class (:func:`birdinfer.runtime.plan.plan_models`); ``None``: never measured (OpenVINO).
     """
 
     openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
@@ -46,6 +51,7 @@ class ModelVariant:
     verification: Mapping[str, Any] = field(default_factory=dict)
     cpu_classes: tuple[str, ...] | None = None
     bf16: Mapping[str, Any] | None = None
+    backends: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def bf16_classes(self) -> tuple[str, ...]:
@@ -75,6 +81,8 @@ class ModelVariant:
             out["cpu_classes"] = list(self.cpu_classes)
         if self.bf16 is not None:
             out["bf16"] = dict(self.bf16)
+        if self.backends is not None:
+            out["backends"] = {k: dict(v) for k, v in self.backends.items()}
         return out
 
     @classmethod
@@ -94,8 +102,17 @@ class ModelVariant:
                     or not all(isinstance(c, str) for c in bf16_classes)):
                 raise ValueError(f"variant {name!r}: bf16 must be an object with a list 'cpu_classes' (classes where "
                                  f"bf16 was measured within the bar), got {bf16!r}; re-import or re-export to measure it")
+        backends = data.get("backends")
+        if backends is not None and not (isinstance(backends, Mapping) and all(
+                isinstance(v, Mapping) and all(isinstance(v.get(b), (int, float)) and not isinstance(v.get(b), bool)
+                                               and v.get(b) > 0 for b in ("openvino", "onnxruntime"))
+                for v in backends.values())):
+            raise ValueError(f"variant {name!r}: backends must map CPU classes to {{'openvino': seconds, 'onnxruntime': "
+                             f"seconds}} (positive numbers), got {backends!r}; re-measure with birdinfer bench "
+                             f"--record-backends")
         return cls(openvino=data.get("openvino"), onnx=data.get("onnx"), verification=dict(data.get("verification", {})),
-                   cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16))
+                   cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16),
+                   backends=None if backends is None else {k: dict(v) for k, v in backends.items()})
 
 
 def read_json_object(path: str | Path, *, what: str) -> dict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +40,8 @@ from .bench_report import format_report, plot_report, require_pyplot
 from .bench_stages import (KAGGLE_BUDGET_SECONDS, KAGGLE_FILE_SECONDS, KAGGLE_FILES, MODES, NOTEBOOK_BUDGET_SECONDS,
                            bench_mode, gflop_per_file, ir_gflop, machine_info, matmul_peak_gflops, parse_mode)
 from ..errors import BirdinferError, ParameterError
+from ..runtime.cpu import effective_isa
+from .precision import update_variants
 from ..spec.manifest import Manifest
 from ..spec.upgrade import upgrade
 from ..jobs.submit import resolve_inputs
@@ -112,6 +115,66 @@ def _bench_audio(audio, files: int, tmp: str, sample_rate: int) -> tuple[list[Pa
     return paths, source, float(np.mean(durations))
 
 
+def _backend_modes(models, compare: Sequence[str] | None, cpu_class: str | None) -> list[str]:
+    """``record_backends``: refuse what cannot be recorded fairly; → ``compare`` with modes f32 and onnxruntime."""
+    isa = effective_isa()
+    if cpu_class not in (None, "native") or isa.cap is not None:
+        raise ParameterError(
+            f"--record-backends measures this CPU's own class ({isa.native_class}) only: ONNX Runtime chooses its "
+            f"kernels from the CPU and ignores ONEDNN_MAX_CPU_ISA, so a capped class cannot be compared fairly; run "
+            f"it without --cpu-class and without ONEDNN_MAX_CPU_ISA (on a machine of the class you will run on)")
+    if isinstance(models, Manifest):
+        raise ParameterError("record_backends needs the model folder's path (it writes into the folder)")
+    return list(dict.fromkeys(list(compare or []) + ["f32", "onnxruntime"]))
+
+
+def _recorded_line(folder, records: dict) -> str:
+    return (f"recorded in {Path(folder) / 'manifest.json'} for {effective_isa().cpu_class}: " + ", ".join(
+        f"{name} {'onnxruntime' if r['onnxruntime'] < r['openvino'] else 'openvino'} "
+        f"({r['openvino']:.3g} s OpenVINO, {r['onnxruntime']:.3g} s ONNX Runtime per file)" for name, r in records.items()))
+
+
+def record_backend_speeds(folder: str | Path, report: dict, cpu_class: str) -> dict[str, dict]:
+    """Write each model's seconds per file at f32 on OpenVINO (mode ``f32``) and ONNX Runtime (mode
+    ``onnxruntime``) from ``report`` (:func:`run_bench`) into the folder's f32 variants, for ``cpu_class``
+    (other classes' records are kept). Models missing from either mode (an error, a model without ONNX file)
+    are not recorded. → the records written, by model."""
+    by_mode = {r["mode"]: r for r in report["modes"]}
+    for mode in ("f32", "onnxruntime"):
+        if "error" in by_mode.get(mode, {"error": "not run"}):
+            raise ParameterError(f"{folder}: cannot record backend speeds: mode {mode} failed "
+                                 f"({by_mode.get(mode, {}).get('error', 'not run')})")
+    seconds = {mode: {m["name"]: m["seconds_per_file"] for m in by_mode[mode]["models"]} for mode in ("f32", "onnxruntime")}
+    manifest = Manifest.load(folder, upgrade=False)
+    records, updates = {}, {}
+    for entry in manifest.models:
+        ov_s, ort_s = seconds["f32"].get(entry.name), seconds["onnxruntime"].get(entry.name)
+        if not ov_s or not ort_s:
+            continue
+        record = {"openvino": round(float(ov_s), 5), "onnxruntime": round(float(ort_s), 5),
+                  "files": len(report["audio"]["files"]), "audio": report["audio"]["source"],
+                  "measured": time.strftime("%Y-%m-%d")}
+        records[entry.name] = record
+        previous = dict(entry.variants["f32"].backends or {})
+        updates[entry.name] = {"f32": {"backends": {**previous, cpu_class: record}}}
+    update_variants(folder, updates)
+    return records
+
+
+def _report(manifest, machine: dict, paths, source: str, audio_seconds: float, precision: str, results: list) -> dict:
+    return {
+        "models_folder": str(manifest.folder) if manifest.folder else None,
+        "n_models": len(manifest.models),
+        "machine": machine,
+        "audio": {"source": source, "files": [p.name for p in paths], "mean_seconds": round(audio_seconds, 2)},
+        "gflop_source": ("OpenVINO IR of each model's f32 variant: 2 × multiply-adds of Convolution, "
+                         "GroupConvolution and MatMul from static shapes, per input window × the windows per file"),
+        "kaggle": {"files": KAGGLE_FILES, "file_seconds": KAGGLE_FILE_SECONDS, "budget_seconds": KAGGLE_BUDGET_SECONDS},
+        "primary": precision,
+        "modes": results,
+    }
+
+
 def run_bench(
     models: str | Path | Manifest,
     *,
@@ -123,6 +186,7 @@ def run_bench(
     precision: str = "auto",
     print_table: bool = True,
     cpu_class: str | None = None,
+    record_backends: bool = False,
 ) -> dict:
     """Benchmark a model folder; return (and optionally write as JSON / plot) every figure.
 
@@ -138,6 +202,7 @@ def run_bench(
     plot : write a PNG chart here (needs matplotlib).
     compare : more modes to time in the same run, side by side (any of :data:`MODES`).
     precision : the main mode (OpenVINO precision, or ``"onnxruntime"``).
+    record_backends : also time ``f32`` and ``onnxruntime``; write both into the folder (:func:`record_backend_speeds`).
 
     Returns
     -------
@@ -147,6 +212,8 @@ def run_bench(
     """
     if int(files) < 1:
         raise ParameterError(f"files must be >= 1, got {files!r}")
+    if record_backends:
+        compare = _backend_modes(models, compare, cpu_class)
     if cpu_class is not None:
         return run_bench_classes(models, cpu_class, audio=audio, files=files, json_out=json_out, compare=compare,
                                  precision=precision, print_table=print_table)
@@ -172,19 +239,13 @@ def run_bench(
                     raise
                 results.append({"mode": mode, "error": f"{type(e).__name__}: {e}"})
 
-    report = {
-        "models_folder": str(manifest.folder) if manifest.folder else None,
-        "n_models": len(manifest.models),
-        "machine": machine,
-        "audio": {"source": source, "files": [p.name for p in paths], "mean_seconds": round(audio_seconds, 2)},
-        "gflop_source": ("OpenVINO IR of each model's f32 variant: 2 × multiply-adds of Convolution, "
-                         "GroupConvolution and MatMul from static shapes, per input window × the windows per file"),
-        "kaggle": {"files": KAGGLE_FILES, "file_seconds": KAGGLE_FILE_SECONDS, "budget_seconds": KAGGLE_BUDGET_SECONDS},
-        "primary": precision,
-        "modes": results,
-    }
+    report = _report(manifest, machine, paths, source, audio_seconds, precision, results)
+    if record_backends:
+        report["backends_recorded"] = record_backend_speeds(models, report, effective_isa().cpu_class)
     if print_table:
         print(format_report(report))
+        if record_backends:
+            print(_recorded_line(models, report["backends_recorded"]))
     if json_out is not None:
         Path(json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if plot is not None:

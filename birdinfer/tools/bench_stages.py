@@ -158,9 +158,13 @@ def gflop_per_window(manifest: ManifestV2, entry) -> float | None:
 
 # ============================================================================================ modes
 def parse_mode(mode: str) -> tuple[str, str]:
-    """A mode name → ``(backend, precision)``: ``"onnxruntime"`` → ONNX Runtime f32, else OpenVINO at that precision."""
+    """A mode name → ``(backend, precision)``: ``"onnxruntime"`` → ONNX Runtime f32; ``auto`` / ``fast`` → the
+    default backend choice (``auto``: OpenVINO, or ONNX Runtime for models recorded faster there), as submit runs
+    them; ``f32`` / ``bf16`` / ``int8`` → OpenVINO at that precision."""
     if mode == "onnxruntime":
         return "onnxruntime", "f32"
+    if mode in ("auto", "fast"):
+        return "auto", mode
     if mode in MODES:
         return "openvino", mode
     raise ParameterError(f"unknown bench mode {mode!r}; choose from {MODES}")
