@@ -12,6 +12,11 @@ Facts and sources: docs/solutions/*.md. Every backbone is a real timm architectu
   per-sample dB + z-score/min-max (:mod:`.frontends`) → timm ``features_only`` backbone (1 channel) → attention
   head → clip **probabilities** ``(B, K)``; :class:`FoldMean` averages several folds in one graph
   (their ``ONNXEnsemble`` without weights).
+- :class:`PerchLikeNet` — a stand-in with the shape of Google's Perch v2 as the 2026 teams ran it
+  (``perch_v2_no_dft.onnx``): waveform ``(B, 160000)`` → an in-graph spectrogram without a DFT op (frames and a
+  windowed DFT as one strided convolution, power, mel product, log) → a timm backbone (1 channel; Perch v2's
+  family is EfficientNet-B3, whose pooled width 1,536 is the ``embedding``) → ``label`` logits ``(B, 14795)``
+  and ``embedding`` ``(B, 1536)``. Its front-end constants are this stand-in's choice, not Perch v2's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from torch import nn
 
 from .frontends import ChannelAgnosticDB, NormalizeMelSpec, TraceableMel
 
-__all__ = ["GeMFreq", "AttHead", "GemSEDNet", "timm_classifier", "WaveSEDNet", "FoldMean", "features_backbone"]
+__all__ = ["GeMFreq", "AttHead", "GemSEDNet", "timm_classifier", "WaveSEDNet", "FoldMean", "features_backbone",
+           "PerchLikeNet"]
 
 
 def features_backbone(arch: str, *, in_chans: int, exportable: bool = False) -> nn.Module:
@@ -143,3 +149,39 @@ class FoldMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.models], dim=0).mean(dim=0)
 
+
+
+class PerchLikeNet(nn.Module):
+    """Perch-v2-shaped stand-in (module docstring): ``(B, samples)`` → ``(label (B, n_labels), embedding (B, C))``."""
+
+    def __init__(self, arch: str = "efficientnet_b3", n_labels: int = 14795, *, sample_rate: int = 32000,
+                 n_fft: int = 640, hop_length: int = 320, n_mels: int = 128, f_min: float = 60.0, f_max: float = 16000.0):
+        super().__init__()
+        import math
+
+        import timm
+
+        from birdinfer.dsp.mel import mel_filterbank
+
+        self.arch, self.n_classes, self.hop_length = arch, n_labels, hop_length
+        bins = n_fft // 2 + 1
+        t = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(bins, dtype=torch.float64)[:, None]
+        window = 0.5 - 0.5 * torch.cos(2 * math.pi * t / n_fft)
+        basis = torch.cat([torch.cos(2 * math.pi * k * t / n_fft), -torch.sin(2 * math.pi * k * t / n_fft)]) * window
+        self.register_buffer("basis", basis[:, None, :].float())
+        mel = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
+        self.register_buffer("mel", torch.as_tensor(mel, dtype=torch.float32).T.contiguous())
+        self.backbone = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=0)
+        self.head = nn.Linear(self.backbone.num_features, n_labels)
+
+    def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``(B, 1, frames, n_mels)``."""
+        spec = nn.functional.conv1d(wave[:, None, :], self.basis, stride=self.hop_length)
+        bins = spec.shape[1] // 2
+        power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2
+        return torch.log(torch.matmul(power.transpose(1, 2), self.mel) + 1e-6)[:, None]
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.backbone(self.spectrogram(wave))
+        return self.head(embedding), embedding

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .heads import FoldMean, GemSEDNet, WaveSEDNet, timm_classifier
+from .heads import FoldMean, GemSEDNet, PerchLikeNet, WaveSEDNet, timm_classifier
 from .verify import synthetic_audio
 
 __all__ = ["HEADS", "build_network", "calibrate_batch_norm", "export_graph", "build_solution", "calibration_input"]
@@ -48,8 +48,13 @@ def _wave_sed(info: dict, n_classes: int) -> nn.Module:
     return FoldMean([WaveSEDNet(arch, n_classes) for arch in folds])
 
 
+def _perch_like(info: dict, n_classes: int) -> nn.Module:
+    return PerchLikeNet(info.get("arch", "efficientnet_b3"), n_classes)
+
+
 #: head type → builder(export info, class count); the recipe/spec field ``export.head`` names one.
-HEADS: dict[str, Callable[[dict, int], nn.Module]] = {"gem_sed": _gem_sed, "classifier": _classifier, "wave_sed": _wave_sed}
+HEADS: dict[str, Callable[[dict, int], nn.Module]] = {"gem_sed": _gem_sed, "classifier": _classifier, "wave_sed": _wave_sed,
+                                                      "perch_like": _perch_like}
 
 
 def build_network(info: dict, n_classes: int) -> nn.Module:
@@ -104,6 +109,8 @@ def calibration_input(info: dict, *, seed: int, windows: int = 4) -> torch.Tenso
             x = np.concatenate([mel[:-1], mel[1:]], axis=-1)[..., 160:-160]
             batch.append(librosa.power_to_db(x, ref=1.0, top_db=100.0)[:, None].astype(np.float32))
         return torch.from_numpy(np.concatenate(batch))
+    if head == "perch_like":  # raw 5 s pieces
+        return torch.from_numpy(np.concatenate([a.reshape(windows, 5 * SR) for a in _calibration_audio(5.0 * windows, seed)])).float()
     if head == "wave_sed":  # 2025 2nd: peak-normalised 5 s pieces, some left-padded like a file's last piece
         y = np.concatenate([a.reshape(windows, 5 * SR) for a in _calibration_audio(5.0 * windows, seed)])
         padded = y[::2].copy()
@@ -150,16 +157,20 @@ def random_network(info: dict, n_classes: int, *, seed: int) -> nn.Module:
         return calibrate_batch_norm(model, [calibration_input(info, seed=1000 + seed)])
 
 
-def export_graph(model: nn.Module, path: str | Path, example: torch.Tensor, *, input_name: str, output_name: str) -> Path:
-    """ONNX opset 17 (TorchScript exporter) with a dynamic first axis; checked with ``onnx.checker``."""
+def export_graph(model: nn.Module, path: str | Path, example: torch.Tensor, *, input_name: str,
+                 output_name: str | list[str]) -> Path:
+    """ONNX opset 17 (TorchScript exporter) with a dynamic first axis; checked with ``onnx.checker``. Several
+    ``output_name`` for a network returning a tuple (e.g. :class:`PerchLikeNet`: label, embedding)."""
     import onnx
 
     path = Path(path)
+    outputs = [output_name] if isinstance(output_name, str) else list(output_name)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True)
+                          input_names=[input_name], output_names=outputs,
+                          dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                          do_constant_folding=True)
     onnx.checker.check_model(str(path))
     return path
 
@@ -211,8 +222,8 @@ def build_solution(spec: str | Path, out: str | Path, *, arch: str | None = None
         model = random_network(info, classes, seed=seed + index)
         shape = [2 if d == -1 else d for d in entry["input_shape"]]
         onnx_name = entry["variants"]["f32"]["onnx"]
-        export_graph(model, out / onnx_name, torch.zeros(shape), input_name=entry.get("input_name", "x"),
-                     output_name=entry["outputs"][0]["name"])
+        names = [o["name"] for o in entry["outputs"]] if info.get("head") == "perch_like" else entry["outputs"][0]["name"]
+        export_graph(model, out / onnx_name, torch.zeros(shape), input_name=entry.get("input_name", "x"), output_name=names)
         entry["export"] = {**info, "seed": seed + index, "weights": "random (pretrained=False), batch norm calibrated on synthetic audio"}
         modules[entry["name"]] = model
     target = out / "spec.json"
