@@ -49,7 +49,7 @@ def _wave_sed(info: dict, n_classes: int) -> nn.Module:
 
 
 def _perch_like(info: dict, n_classes: int) -> nn.Module:
-    return PerchLikeNet(info.get("arch", "efficientnet_b3"), n_classes)
+    return PerchLikeNet(info.get("arch", "efficientnet_b3"), int(info.get("n_labels", n_classes)))
 
 
 #: head type → builder(export info, class count); the recipe/spec field ``export.head`` names one.
@@ -222,7 +222,8 @@ def build_solution(spec: str | Path, out: str | Path, *, arch: str | None = None
         model = random_network(info, classes, seed=seed + index)
         shape = [2 if d == -1 else d for d in entry["input_shape"]]
         onnx_name = entry["variants"]["f32"]["onnx"]
-        names = [o["name"] for o in entry["outputs"]] if info.get("head") == "perch_like" else entry["outputs"][0]["name"]
+        names = (list(info.get("outputs", ["label", "embedding"])) if info.get("head") == "perch_like"
+                 else entry["outputs"][0]["name"])
         export_graph(model, out / onnx_name, torch.zeros(shape), input_name=entry.get("input_name", "x"), output_name=names)
         entry["export"] = {**info, "seed": seed + index, "weights": "random (pretrained=False), batch norm calibrated on synthetic audio"}
         modules[entry["name"]] = model
