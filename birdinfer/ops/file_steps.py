@@ -7,6 +7,14 @@
   ``+ weight · logit(prior)``. A file name the pattern does not match, or whose fields have no row in the
   table, keeps its rows and gets a note (the run's report and log list it).
 
+* ``adaptive_smooth``: each row moves toward the mean of its neighbours by ``base_alpha · (1 − the row's highest
+  score)`` (BirdCLEF 2026 2nd place's adaptive delta smoothing: confident rows stay, unsure ones borrow from
+  their neighbours; at the file's edges the "neighbours" are the row itself and its one neighbour).
+
+* ``class_thresholds``: a threshold ``t`` per label from a CSV of the folder, mapped piecewise linearly so that
+  ``t`` lands on 0.5: ``0.5 + 0.5 (p − t) / (1 − t)`` above it, ``0.5 p / t`` below, clipped to [0, 1] (BirdCLEF
+  2026 2nd place's per-class thresholds; a label without a row keeps ``default`` 0.5, the identity).
+
 The other file-level steps of the 2026 solutions are existing row steps: top-k confidence scaling
 (``file_scale`` ``top_k`` 2, ``power`` 0.4), rank-aware scaling (``file_scale`` ``top_k`` 1 = the file's max,
 ``power`` 0.4), ``[0.1, 0.8, 0.1]`` smoothing (``smooth``).
@@ -30,7 +38,8 @@ from .registry import VALUE, Range
 from .steps import ROW_STEPS
 from .tables import TableSource, check_known, read_table, taxonomy_field, unbound
 
-__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "temperature", "file_prior"]
+__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "temperature", "file_prior",
+           "AdaptiveSmoothParams", "adaptive_smooth", "ThresholdParams", "class_thresholds"]
 
 
 @dataclass
@@ -215,3 +224,75 @@ def file_prior(rows: np.ndarray, ctx: FileContext, p: PriorPlan) -> np.ndarray:
                          f"(file {ctx.name!r}): prior skipped")
         return rows
     return _on_logits(rows, p.params.input, p.params.eps, lambda z: z + p.params.weight * prior[None, :])
+
+
+# --------------------------------------------------------------------------------- adaptive_smooth
+@dataclass(frozen=True)
+class AdaptiveSmoothParams:
+    base_alpha: Annotated[float, Range(0, 1)] = 0.2
+
+
+@ROW_STEPS.register("adaptive_smooth", AdaptiveSmoothParams)
+def adaptive_smooth(rows: np.ndarray, p: AdaptiveSmoothParams) -> np.ndarray:
+    """``(1 − a_t) · x_t + a_t · n_t`` with ``a_t = base_alpha · (1 − max_c x_t)`` and ``n_t`` the mean of rows
+    t − 1 and t + 1 (at the first / last row: of the row and its one neighbour), all from the input rows.
+    One row: unchanged."""
+    x = rows.astype(np.float64)
+    if len(x) < 2:
+        return x
+    before = np.concatenate([x[:1], x[:-1]])  # row t − 1 (row 0 itself at the start)
+    after = np.concatenate([x[1:], x[-1:]])  # row t + 1 (the last row itself at the end)
+    neighbours = (before + after) / 2.0
+    alpha = p.base_alpha * (1.0 - x.max(axis=1, keepdims=True))
+    return (1.0 - alpha) * x + alpha * neighbours
+
+
+# -------------------------------------------------------------------------------- class_thresholds
+@dataclass(frozen=True)
+class ThresholdParams:
+    table: str  # CSV file of the model folder: a label column and a threshold column
+    label_field: str = "primary_label"
+    value_field: str = "threshold"
+    default: Annotated[float, Range(0, 0.999999, low_open=True)] = 0.5  # labels without a row (0.5: unchanged)
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
+class ThresholdPlan:
+    params: ThresholdParams
+    per_column: np.ndarray  # (C,) threshold of each column
+
+    @property
+    def summary(self) -> str:
+        listed = int(np.sum(self.per_column != self.params.default))
+        return f"class_thresholds from {self.params.table}: {listed} labels, the others {self.params.default:g}"
+
+
+def _bind_thresholds(p: ThresholdParams, source: TableSource) -> ThresholdPlan:
+    table = read_table(source, p.table)
+    labels, values = table.column(p.label_field), table.column(p.value_field)
+    unknown = sorted(set(labels) - set(source.columns))
+    if unknown:
+        raise ValueError(f"{p.table}: {p.label_field} {unknown[0]!r} is not one of the rows' labels "
+                         f"({len(unknown)} unknown); list only the folder's labels")
+    found: dict[str, float] = {}
+    for number, (label, text) in enumerate(zip(labels, values), 2):
+        try:
+            t = float(text)
+        except ValueError:
+            t = math.nan
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"{p.table} line {number}: threshold of {label!r} must be a number in (0, 1), got {text!r}")
+        if label in found:
+            raise ValueError(f"{p.table} line {number}: {label!r} is listed twice")
+        found[label] = t
+    return ThresholdPlan(p, np.array([found.get(c, p.default) for c in source.columns], np.float64))
+
+
+@ROW_STEPS.register("class_thresholds", ThresholdParams, files=lambda p: [p.table], bind=_bind_thresholds)
+def class_thresholds(rows: np.ndarray, p: ThresholdPlan) -> np.ndarray:
+    """Per column: ``0.5 + 0.5 (x − t) / (1 − t)`` where ``x > t``, else ``0.5 x / t``; clipped to [0, 1]."""
+    if not isinstance(p, ThresholdPlan):
+        raise unbound("class_thresholds", [p.table])
+    x = rows.astype(np.float64)
+    t = p.per_column[None, :]
+    return np.clip(np.where(x > t, 0.5 + 0.5 * (x - t) / (1.0 - t), 0.5 * x / t), 0.0, 1.0)
