@@ -52,8 +52,9 @@ from ..errors import OutputError
 from ..io.output import atomic_write, sweep_temporaries, temporaries_of, temporary_files
 from ..spec.manifest import Manifest
 from ..spec.upgrade import upgrade
+from ..runtime.plan import plan_models
 
-__all__ = ["ENGINE_VERSION", "Journal", "file_sha256", "input_identity", "run_fingerprint"]
+__all__ = ["ENGINE_VERSION", "Journal", "file_sha256", "input_identity", "run_fingerprint", "resolved_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,20 @@ def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
         "models": [m.name for m in manifest.models],
         "spec_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode("utf-8")).hexdigest(),
         "precision": precision,
-        "backend": backend,
+        "backend": resolved_backend(manifest, precision, backend),
         "window_seconds": manifest.window_seconds,
     }
+
+
+def resolved_backend(manifest: Manifest, precision: str, backend: str) -> str | dict[str, str]:
+    """The backend the models run on: ``backend`` itself, or for ``auto`` what the plan picks here
+    (:func:`birdinfer.runtime.plan.plan_models`): one name when every model runs on the same backend (so a
+    run started with ``openvino`` resumes under ``auto`` on a folder without backend records), else
+    ``{model: backend}``."""
+    if backend != "auto":
+        return backend
+    picked = {p.entry.name: p.backend for p in plan_models(manifest, precision=precision, backend="auto")[0]}
+    return next(iter(picked.values())) if len(set(picked.values())) == 1 else picked
 
 
 def file_sha256(path: str | Path) -> str:
