@@ -106,6 +106,8 @@ def _detection_args(p: argparse.ArgumentParser) -> None:
                    "line, e.g. Turdus merula_Eurasian Blackbird)")
     p.add_argument("--combine", action="store_true", help="also write BirdNET-Analyzer's combined table of all "
                    "recordings (birdnet_csv, kaleidoscope, raven of a BirdNET folder)")
+    p.add_argument("--species-codes", type=Path, default=None, help="BirdNET's Raven tables: a JSON file of label: "
+                   "species code (e.g. BirdNET-Analyzer's eBird_taxonomy_codes_2024E.json); default: the label")
     _location_args(p)
 
 
@@ -121,7 +123,7 @@ def _cmd_predict(args) -> int:
     options = {"overlap": args.overlap, "sensitivity": args.sensitivity}
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
-               "combine": args.combine or None}
+               "combine": args.combine or None, "species_codes": args.species_codes}
     if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])
                                  or args.format not in (None, "parquet")):
         raise ParameterError("--engine ray writes parquet shards of every score; --format, --overlap, --sensitivity, "

@@ -145,6 +145,21 @@ def test_tables_equal_birdnet_analyzers(setting, analyzer, birdnet_files, folder
     assert any(float(line.split("\t")[3]) > 5.0 for line in combined[1:])  # the second recording, shifted by 5 s
 
 
+def test_raven_species_codes_equal_birdnet_analyzers(analyzer, birdnet_files, folder, recordings, tmp_path):
+    """With BirdNET-Analyzer's own eBird code table (``--species-codes``) the Raven tables, combined too, equal the
+    ones it writes with that table."""
+    codes = sorted((analyzer / "birdnet_analyzer").glob("eBird_taxonomy_codes_*.json"))[-1]
+    reference = tmp_path / "birdnet_analyzer"
+    _analyzer(analyzer, birdnet_files, input=str(recordings), output=str(reference), codes=True,
+              options={"overlap": 0.0, "min_conf": 0.1, "rtype": ["table"], "combine_results": True})
+    out = tmp_path / "birdinfer"
+    assert main(["-q", "predict", str(recordings), "--models", str(folder), "--out", str(out), "--format", "raven",
+                 "--min-confidence", "0.1", "--species-codes", str(codes), "--combine"]) == 0
+    expected = _tables(reference)
+    assert _tables(out) == expected and len(expected) == 4
+    assert "\tTennessee Warbler\ttenwar\t" in expected["sub/warblers.BirdNET.selection.table.txt"].decode()
+
+
 # ------------------------------------------------------------------------------------ the meta model
 def test_species_lists_equal_birdnet_analyzers(analyzer, birdnet_files, folder, capsys):
     """The species list of the meta model (OpenVINO, in the folder) equals BirdNET-Analyzer's (LiteRT) for 7 places
@@ -206,6 +221,8 @@ def test_bad_meta_models_are_refused_before_the_import(birdnet_files, tmp_path, 
     (["--top-k", "2", "--min-confidence", "0.5"], "not both"),
     (["--threshold", "0.3", "--min-confidence", "0.5"], "give one"),
     (["--combine", "--format", "audacity"], "not --format audacity"),
+    (["--species-codes", "LIST"], "goes with --format raven"),
+    (["--species-codes", "LIST", "--format", "raven"], "cannot read the species codes"),
 ])
 def test_bad_settings_fail_before_any_audio(flags, message, folder, tmp_path, capsys):
     """Each bad value ends with exit 2 and one sentence naming it, before any audio is read: no journal, no output."""

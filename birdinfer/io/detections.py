@@ -22,8 +22,9 @@ end is start + 3 s or the end of the file, whichever comes first), scores with 4
 ``raven`` for a BirdNET folder (``<stem>.BirdNET.selection.table.txt``)
     ``Selection, View, Channel, Begin Time (s), End Time (s), Low Freq (Hz), High Freq (Hz), Common Name,
     Species Code, Confidence, Begin Path, File Offset (s)``; the band is BirdNET-Analyzer's: 0 Hz to
-    min(15 kHz, the file's Nyquist frequency) in whole hertz; the species code is the label (BirdNET-Analyzer's fallback for a
-    label without an eBird code: birdinfer ships no code table). A recording without detections gets
+    min(15 kHz, the file's Nyquist frequency) in whole hertz; the species code comes from a code table given
+    with ``--species-codes`` (BirdNET-Analyzer's ``eBird_taxonomy_codes_2024E.json``: birdinfer ships none), else
+    it is the label (BirdNET-Analyzer's fallback for a label without a code). A recording without detections gets
     BirdNET-Analyzer's single ``nocall`` row (0–3 s, confidence 1.0), which keeps the table loadable.
 
 With ``combine`` (its ``--combine_results``) the CSV, Kaleidoscope and Raven tables are also written as one
@@ -39,7 +40,7 @@ import csv
 import io
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -175,14 +176,17 @@ def birdnet_raven_band(sample_rate: float | None) -> tuple[str, str]:
     return str(low), str(int(min(sample_rate / 2, high)) if sample_rate else high)
 
 
-def birdnet_raven_text(name: str, detections, stamps, labels: Sequence[str], *, sample_rate: float | None) -> str:
+def birdnet_raven_text(name: str, detections, stamps, labels: Sequence[str], *, sample_rate: float | None,
+                       codes: Mapping[str, str] | None = None) -> str:
+    """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code."""
     low, high = birdnet_raven_band(sample_rate)
+    codes = codes or {}
     lines, selection = ["\t".join(BIRDNET_RAVEN_COLUMNS) + "\n"], 0
     for (start, end), found in zip(stamps, detections):
         for j, score in found:
             selection += 1
             lines.append(f"{selection}\tSpectrogram 1\t1\t{start}\t{end}\t{low}\t{high}\t{split_label(labels[j])[1]}\t"
-                         f"{labels[j]}\t{score:.4f}\t{name}\t{start}\n")
+                         f"{codes.get(labels[j], labels[j])}\t{score:.4f}\t{name}\t{start}\n")
     if selection == 0:
         lines.append(f"1\tSpectrogram 1\t1\t0\t3\t{low}\t{high}\tnocall\tnocall\t1.0\t{name}\t0\n")
     return "".join(lines)

@@ -13,6 +13,7 @@ threshold 0.5), and the detection formats work with their labels (a label withou
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..io.output import (atomic_write, check_writable, check_writable_folder, ra
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 
-__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "check_output",
+__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "read_codes", "check_output",
            "sweep_outputs", "table_paths", "write_output"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class OutputPlan:
     selection: Selection
     settings: Mapping[str, float] = field(default_factory=dict)
     combine: bool = False
+    codes: Mapping[str, str] = field(default_factory=dict)  # label → species code (BirdNET's Raven tables)
 
     @property
     def suffix(self) -> str:
@@ -67,10 +69,10 @@ class OutputPlan:
 
 
 def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, top_k=None, allowed=None,
-                settings: Mapping[str, float] | None = None, combine: bool = False) -> OutputPlan:
+                settings: Mapping[str, float] | None = None, combine: bool = False, species_codes=None) -> OutputPlan:
     """The checked :class:`OutputPlan`: ``threshold`` is ``--threshold`` (Raven tables; an alias of
     ``min_confidence`` for the detection formats), ``allowed`` the species filter's mask, ``combine`` also writes
-    BirdNET-Analyzer's combined tables."""
+    BirdNET-Analyzer's combined tables, ``species_codes`` a JSON file of species codes for them (:func:`read_codes`)."""
     if threshold is not None and min_confidence is not None:
         raise ParameterError("--threshold and --min-confidence are the same cut for detection tables: give one")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
@@ -87,7 +89,23 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
     if combine and (format not in COMBINED_NAMES or (format == "raven" and not birdnet)):
         raise ParameterError(f"--combine writes BirdNET-Analyzer's combined tables: --format birdnet_csv, kaleidoscope, or "
                              f"raven with a BirdNET folder; not --format {format}" + (" here" if format == "raven" else ""))
-    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine))
+    if species_codes is not None and not (format == "raven" and birdnet):
+        raise ParameterError("--species-codes fills the Species Code column of BirdNET's Raven tables: it goes with "
+                             "--format raven and a BirdNET folder")
+    codes = read_codes(species_codes) if species_codes is not None else {}
+    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine), codes)
+
+
+def read_codes(path) -> dict[str, str]:
+    """A JSON object label → species code, such as BirdNET-Analyzer's ``eBird_taxonomy_codes_2024E.json``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ParameterError(f"cannot read the species codes {path}: {getattr(e, 'strerror', None) or e}; give a JSON "
+                             "object of label: code, such as BirdNET-Analyzer's eBird_taxonomy_codes_2024E.json") from e
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ParameterError(f"{path}: the species codes must be one JSON object of label: code (text)")
+    return data
 
 
 def check_output(out: Path, format: str) -> None:
@@ -147,7 +165,7 @@ def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[s
         s = plan.settings
         return kaleidoscope_text(rec.name, found, stamps, labels, lat=s.get("lat", -1), lon=s.get("lon", -1),
                                  week=s.get("week", -1), overlap=s.get("overlap", 0.0), sensitivity=s.get("sensitivity", 1.0))
-    return birdnet_raven_text(rec.name, found, stamps, labels, sample_rate=sample_rate)
+    return birdnet_raven_text(rec.name, found, stamps, labels, sample_rate=sample_rate, codes=plan.codes)
 
 
 def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequence, load: Callable[[str], np.ndarray],

@@ -217,7 +217,7 @@ def predict(
     options: Mapping[str, float | None] | None = None,
     min_confidence: float | None = None, top_k: int | None = None, species_list: str | Path | None = None,
     lat: float | None = None, lon: float | None = None, week: int | None = None, sf_thresh: float | None = None,
-    combine: bool = False,
+    combine: bool = False, species_codes: str | Path | None = None,
 ) -> Path:
     """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
 
@@ -243,7 +243,8 @@ def predict(
         ``--top_n``); the per-window table keeps every score unless given (the others are then 0.0).
     species_list, lat, lon, week, sf_thresh : the species filter, a list file or a location and week
         (:mod:`birdinfer.jobs.species`); the per-window table keeps only those columns. Filters apply to the
-        output, never to the resumable parts. ``combine``: also BirdNET-Analyzer's combined tables.
+        output, never to the resumable parts. ``combine``: also BirdNET-Analyzer's combined tables;
+        ``species_codes``: a JSON file label → code for BirdNET's Raven tables.
 
     Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
     a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
@@ -255,7 +256,8 @@ def predict(
     out = Path(out)
     plan, manifest, recordings = _checked_run(
         inputs, models, out, format=format, precision=precision, backend=backend, options=options,
-        outputs=dict(threshold=threshold, min_confidence=min_confidence, top_k=top_k, combine=combine),
+        outputs=dict(threshold=threshold, min_confidence=min_confidence, top_k=top_k, combine=combine,
+                     species_codes=species_codes),
         species=dict(species_list=species_list, lat=lat, lon=lon, week=week, sf_thresh=sf_thresh))
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
