@@ -320,9 +320,10 @@ def test_predict_gives_the_same_fused_rows(folder, source, soundscapes, tmp_path
     np.testing.assert_allclose(table[LABELS].to_numpy(), np.concatenate(fused), rtol=0, atol=1e-6)
 
 
-def test_blocks_of_60_s_context_and_sequence_over_the_whole_file(folder, source, soundscapes, tmp_path):
+@pytest.mark.parametrize("parallel_models", [1, 2])
+def test_blocks_of_60_s_context_and_sequence_over_the_whole_file(folder, source, soundscapes, tmp_path, parallel_models):
     """With ``block_seconds: 60`` the blocks run apart, but a model on another model's outputs still sees the
-    file's windows: the same member rows."""
+    file's windows: the same member rows (also with the feature models run side by side in worker threads)."""
     from birdinfer.runtime.pipeline import Predictor
 
     copy_ = tmp_path / "blocks"
@@ -330,7 +331,7 @@ def test_blocks_of_60_s_context_and_sequence_over_the_whole_file(folder, source,
     data = json.loads((copy_ / "manifest.json").read_text())
     data["block_seconds"] = 60.0
     (copy_ / "manifest.json").write_text(json.dumps(data))
-    predictor = Predictor(copy_, precision="f32")
+    predictor = Predictor(copy_, precision="f32", parallel_models=parallel_models)
     path = soundscapes / FILES[3][0]
     result = next(predictor.iter_files([path], members=True))
     members, _ = reference(source, [path])
@@ -466,4 +467,5 @@ def test_bench_times_the_models_on_outputs(folder, soundscapes):
     rows = {m["name"]: m for m in mode["models"]}
     assert set(rows) == set(WEIGHTS)
     assert rows["probe"]["seconds_per_file"] > 0 and rows["seq"]["seconds_per_file"] > 0
-    assert rows["probe"]["gflop_per_file"] is None and rows["perch"]["feature"] == "windows"
+    assert rows["probe"]["gflop_per_file"] is None and rows["perch"]["gflop_per_file"] > 0
+    assert (rows["perch"]["feature"], rows["probe"]["feature"]) == ("windows", "perch.embedding")

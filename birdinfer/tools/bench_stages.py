@@ -249,7 +249,8 @@ def _model_rows(predictor: Predictor, tally: _Tally, peak: float | None) -> list
         on_output = getattr(m.entry, "source", None) is not None  # reads another model's output: not counted
         g = None if on_output else gflop_per_file(manifest, m.entry, _mean(tally.windows[m.entry.input]))
         rows.append({
-            "name": m.name, "arch": m.entry.arch, "feature": m.entry.input, "weight": round(weights[m.name], 4),
+            "name": m.name, "arch": m.entry.arch, "weight": round(weights[m.name], 4),
+            "feature": f"{m.entry.source.model}.{m.entry.source.output}" if on_output else m.entry.input,
             "variant": m.variant, "precision": m.precision, "load_seconds": round(m.load_seconds, 3),
             "kernels": m.kernels or {}, "seconds_per_file": round(seconds, 4),
             "gflop_per_file": None if g is None else round(g, 2),
