@@ -7,6 +7,9 @@
   ``+ weight · logit(prior)``. A file name the pattern does not match, or whose fields have no row in the
   table, keeps its rows and gets a note (the run's report and log list it).
 
+* ``delta_smooth``: each row mixed with its neighbours' mean, by less where the row is confident (the 2026 2nd
+  place's adaptive delta smoothing).
+
 The other file-level steps of the 2026 solutions are existing row steps: top-k confidence scaling
 (``file_scale`` ``top_k`` 2, ``power`` 0.4), rank-aware scaling (``file_scale`` ``top_k`` 1 = the file's max,
 ``power`` 0.4), ``[0.1, 0.8, 0.1]`` smoothing (``smooth``).
@@ -30,7 +33,8 @@ from .registry import VALUE, Range
 from .steps import ROW_STEPS
 from .tables import TableSource, check_known, read_table, taxonomy_field, unbound
 
-__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "temperature", "file_prior"]
+__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "DeltaSmoothParams", "temperature",
+           "file_prior", "delta_smooth"]
 
 
 @dataclass
@@ -215,3 +219,23 @@ def file_prior(rows: np.ndarray, ctx: FileContext, p: PriorPlan) -> np.ndarray:
                          f"(file {ctx.name!r}): prior skipped")
         return rows
     return _on_logits(rows, p.params.input, p.params.eps, lambda z: z + p.params.weight * prior[None, :])
+
+
+@dataclass(frozen=True)
+class DeltaSmoothParams:
+    alpha: Annotated[float, Range(0, 1)] = 0.2
+    adaptive: bool = True
+
+
+@ROW_STEPS.register("delta_smooth", DeltaSmoothParams)
+def delta_smooth(rows: np.ndarray, p: DeltaSmoothParams) -> np.ndarray:
+    """Each row mixed with its neighbours' mean: ``(1 − a)·p[t] + a·(p[t−1] + p[t+1]) / 2``, where the first and
+    last rows use ``(p[t] + p[t±1]) / 2``; ``a = alpha · (1 − max over classes of p[t])`` with ``adaptive`` (the
+    2026 2nd place's adaptive delta smoothing: confident rows move less), else ``alpha``. One row: unchanged."""
+    x = rows.astype(np.float64)
+    if len(x) < 2:
+        return x
+    before = np.concatenate([x[:1], x[:-1]])  # the row itself stands in for a missing neighbour
+    after = np.concatenate([x[1:], x[-1:]])
+    a = p.alpha * (1.0 - x.max(axis=1, keepdims=True)) if p.adaptive else np.full((len(x), 1), p.alpha)
+    return (1.0 - a) * x + a * (before + after) / 2.0
