@@ -1,4 +1,4 @@
-"""Row steps of the BirdCLEF 2026 2nd place's post-processing: ``adaptive_smooth`` and ``class_thresholds``,
+"""Row steps of the BirdCLEF 2026 2nd place's post-processing: ``delta_smooth`` and ``class_thresholds``,
 against transcriptions written here as plain loops from the public inference script (FlorentinGe/
 Birdclef2026-2ndplace, ``notebooks/2nd place ensemble inference script.py``: ``adaptive_delta_smooth`` and
 ``apply_per_class_thresholds``), and through a spec parsed like any folder's.
@@ -62,16 +62,16 @@ def _bound(name: str, files: dict[str, str], **params):
 
 @pytest.mark.parametrize("n_rows", [2, 3, 12, 13])
 @pytest.mark.parametrize("base_alpha", [0.0, 0.2, 1.0])
-def test_adaptive_smooth_against_transcription(n_rows, base_alpha):
+def test_delta_smooth_against_transcription(n_rows, base_alpha):
     rows = np.random.default_rng(n_rows).random((n_rows, len(LABELS)))
-    fn, params = _step("adaptive_smooth", base_alpha=base_alpha)
+    fn, params = _step("delta_smooth", alpha=base_alpha)
     np.testing.assert_allclose(fn(rows, params), adaptive_reference(rows, base_alpha), rtol=0, atol=1e-12)
     if base_alpha == 0.0:
         np.testing.assert_array_equal(fn(rows, params), rows)
 
 
-def test_adaptive_smooth_of_one_row_and_of_confident_rows():
-    fn, params = _step("adaptive_smooth", base_alpha=0.2)
+def test_delta_smooth_of_one_row_and_of_confident_rows():
+    fn, params = _step("delta_smooth", alpha=0.2)
     one = np.array([[0.1, 0.4, 0.3, 0.2]])
     np.testing.assert_array_equal(fn(one, params), one)
     confident = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2]])
@@ -81,9 +81,9 @@ def test_adaptive_smooth_of_one_row_and_of_confident_rows():
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
-def test_adaptive_smooth_refuses_alpha_outside_0_1(bad):
-    with pytest.raises(ModelFolderError, match="base_alpha"):
-        _step("adaptive_smooth", base_alpha=bad)
+def test_delta_smooth_refuses_alpha_outside_0_1(bad):
+    with pytest.raises(ModelFolderError, match="alpha"):
+        _step("delta_smooth", alpha=bad)
 
 
 def test_class_thresholds_against_transcription():

@@ -216,6 +216,28 @@ def test_confidence_and_rank_aware_scaling_and_smoothing_are_the_existing_steps(
     np.testing.assert_allclose(step(ROW_STEPS, "smooth", p, kernel=[0.1, 0.8, 0.1]), smooth_reference(p), atol=1e-12)
 
 
+def delta_smooth_reference(p: np.ndarray, alpha: float, adaptive: bool = True) -> np.ndarray:
+    """Window by window, from the original rows: a = alpha·(1 − the window's max over classes) (or alpha), the
+    neighbours' mean (the first window: itself and the next; the last: the previous and itself), mixed in by a."""
+    out = p.astype(np.float64).copy()
+    n = len(p)
+    for t in range(n if n > 1 else 0):
+        a = alpha * (1.0 - p[t].max()) if adaptive else alpha
+        pair = (p[t], p[t + 1]) if t == 0 else (p[t - 1], p[t]) if t == n - 1 else (p[t - 1], p[t + 1])
+        out[t] = (1.0 - a) * p[t] + a * (pair[0] + pair[1]) / 2.0
+    return out
+
+
+@pytest.mark.parametrize("n, adaptive", [(12, True), (12, False), (2, True), (1, True)])
+def test_adaptive_delta_smoothing(n, adaptive):
+    """The 2026 2nd place's adaptive delta smoothing (base alpha 0.20), a constant-alpha variant, and the edges
+    (one row: unchanged)."""
+    p = np.random.default_rng(n).random((n, 5)) ** 3
+    got = step(ROW_STEPS, "delta_smooth", p, alpha=0.2, adaptive=adaptive)
+    np.testing.assert_allclose(got, delta_smooth_reference(p, 0.2, adaptive), rtol=0, atol=1e-12)
+    assert n == 1 or np.abs(got - p).max() > 1e-3
+
+
 def prior_plan(**params):
     return bound(ROW_STEPS, "file_prior", {"prior.csv": PRIOR_TABLE}, table="prior.csv", **{"pattern": PATTERN, **params})
 

@@ -11,7 +11,7 @@ Registration happens here, in one place: this module imports every op module, so
     birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     label_map.py   label_map: a model's classes onto the folder's labels by scientific name (tables.py: CSV files)
-    file_steps.py  temperature per taxon class, file_prior (file-name fields → prior table), adaptive_smooth,
+    file_steps.py  temperature per taxon class, file_prior (file-name fields → prior table), delta_smooth,
                    class_thresholds, run_row_steps
     submission.py  steps over the whole submission (rank_mean scope "submission", column_normalize)
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)

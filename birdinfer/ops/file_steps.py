@@ -6,11 +6,8 @@
   (BirdCLEF 2026: site and hour of ``BC2026_Test_0001_S05_20250227_010002.ogg``), added as
   ``+ weight · logit(prior)``. A file name the pattern does not match, or whose fields have no row in the
   table, keeps its rows and gets a note (the run's report and log list it).
-
-* ``adaptive_smooth``: each row moves toward the mean of its neighbours by ``base_alpha · (1 − the row's highest
-  score)`` (BirdCLEF 2026 2nd place's adaptive delta smoothing: confident rows stay, unsure ones borrow from
-  their neighbours; at the file's edges the "neighbours" are the row itself and its one neighbour).
-
+* ``delta_smooth``: each row mixed with its neighbours' mean, by less where the row is confident (the 2026 2nd
+  place's adaptive delta smoothing).
 * ``class_thresholds``: a threshold ``t`` per label from a CSV of the folder, mapped piecewise linearly so that
   ``t`` lands on 0.5: ``0.5 + 0.5 (p − t) / (1 − t)`` above it, ``0.5 p / t`` below, clipped to [0, 1] (BirdCLEF
   2026 2nd place's per-class thresholds; a label without a row keeps ``default`` 0.5, the identity).
@@ -38,8 +35,8 @@ from .registry import VALUE, Range
 from .steps import ROW_STEPS
 from .tables import TableSource, check_known, read_table, taxonomy_field, unbound
 
-__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "temperature", "file_prior",
-           "AdaptiveSmoothParams", "adaptive_smooth", "ThresholdParams", "class_thresholds"]
+__all__ = ["FileContext", "run_row_steps", "TemperatureParams", "PriorParams", "DeltaSmoothParams", "temperature",
+           "file_prior", "delta_smooth", "ThresholdParams", "class_thresholds"]
 
 
 @dataclass
@@ -226,25 +223,24 @@ def file_prior(rows: np.ndarray, ctx: FileContext, p: PriorPlan) -> np.ndarray:
     return _on_logits(rows, p.params.input, p.params.eps, lambda z: z + p.params.weight * prior[None, :])
 
 
-# --------------------------------------------------------------------------------- adaptive_smooth
 @dataclass(frozen=True)
-class AdaptiveSmoothParams:
-    base_alpha: Annotated[float, Range(0, 1)] = 0.2
+class DeltaSmoothParams:
+    alpha: Annotated[float, Range(0, 1)] = 0.2
+    adaptive: bool = True
 
 
-@ROW_STEPS.register("adaptive_smooth", AdaptiveSmoothParams)
-def adaptive_smooth(rows: np.ndarray, p: AdaptiveSmoothParams) -> np.ndarray:
-    """``(1 − a_t) · x_t + a_t · n_t`` with ``a_t = base_alpha · (1 − max_c x_t)`` and ``n_t`` the mean of rows
-    t − 1 and t + 1 (at the first / last row: of the row and its one neighbour), all from the input rows.
-    One row: unchanged."""
+@ROW_STEPS.register("delta_smooth", DeltaSmoothParams)
+def delta_smooth(rows: np.ndarray, p: DeltaSmoothParams) -> np.ndarray:
+    """Each row mixed with its neighbours' mean: ``(1 − a)·p[t] + a·(p[t−1] + p[t+1]) / 2``, where the first and
+    last rows use ``(p[t] + p[t±1]) / 2``; ``a = alpha · (1 − max over classes of p[t])`` with ``adaptive`` (the
+    2026 2nd place's adaptive delta smoothing: confident rows move less), else ``alpha``. One row: unchanged."""
     x = rows.astype(np.float64)
     if len(x) < 2:
         return x
-    before = np.concatenate([x[:1], x[:-1]])  # row t − 1 (row 0 itself at the start)
-    after = np.concatenate([x[1:], x[-1:]])  # row t + 1 (the last row itself at the end)
-    neighbours = (before + after) / 2.0
-    alpha = p.base_alpha * (1.0 - x.max(axis=1, keepdims=True))
-    return (1.0 - alpha) * x + alpha * neighbours
+    before = np.concatenate([x[:1], x[:-1]])  # the row itself stands in for a missing neighbour
+    after = np.concatenate([x[1:], x[-1:]])
+    a = p.alpha * (1.0 - x.max(axis=1, keepdims=True)) if p.adaptive else np.full((len(x), 1), p.alpha)
+    return (1.0 - a) * x + a * (before + after) / 2.0
 
 
 # -------------------------------------------------------------------------------- class_thresholds

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..spec.dag import dependents
 from ..spec.manifest import Manifest
 from ..spec.info import effective_weights
 
@@ -56,17 +57,25 @@ class TimeBudget:
             return elapsed + files_left * (overhead_per_file + sum(per_model[n] for n in active))
 
         limit = self.budget_s - self.reserve_s
+        def removal(name: str) -> list[str]:  # a model and the models on its outputs (dropped with it)
+            return [name] + [d for d in dependents(predictor.manifest.models, name) if d in active]
+
         while projected() > limit and len(active) > 1:
-            victim = min(active, key=lambda n: weights.get(n, 0.0) / max(per_model[n], 1e-9))
-            before = projected()
-            active.remove(victim)
+            candidates = [n for n in active if len(removal(n)) < len(active)]
+            if not candidates:
+                break
+            victim = min(candidates, key=lambda n: weights.get(n, 0.0) / max(per_model[n], 1e-9))
+            before, gone = projected(), removal(victim)
+            for n in gone:
+                active.remove(n)
             weights = self.effective_weights(predictor.manifest, active)
             drops.append(victim)
             self.events.append({
                 "model": victim, "after_files": files_done, "elapsed_s": round(elapsed, 3),
                 "projected_before_s": round(before, 3), "projected_after_s": round(projected(), 3),
-                "budget_s": self.budget_s,
+                "budget_s": self.budget_s, **({"with": gone[1:]} if len(gone) > 1 else {}),
             })
-            log.warning("time budget: dropping %s after %d files (projected %.0f s > budget %.0f s - reserve %.0f s; now %.0f s)",
-                        victim, files_done, before, self.budget_s, self.reserve_s, projected())
+            log.warning("time budget: dropping %s%s after %d files (projected %.0f s > budget %.0f s - reserve %.0f s; now %.0f s)",
+                        victim, f" (and {', '.join(gone[1:])}, which read its outputs)" if len(gone) > 1 else "",
+                        files_done, before, self.budget_s, self.reserve_s, projected())
         return drops

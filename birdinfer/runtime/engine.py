@@ -25,6 +25,7 @@ from ..ops.spectral import FUSED, frame_sharing_key, stft_resize_mel
 from ..spec.v2 import ManifestV2, ModelSpec
 from ..ops.file_steps import run_row_steps
 from ..ops.steps import block_rows
+from .dag import BlockRows, DagRunner
 from .fusion import FileRows, file_rows, fuse, is_held
 
 __all__ = ["FrontEndGraph", "SpecEngine", "WHOLE_FILE_SECONDS", "run_named"]
@@ -171,6 +172,8 @@ class SpecEngine:
         self.models = list(models)
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
+        self.dag = DagRunner(manifest, self.models)  # models on other models' outputs: per file (runtime.dag)
+        self._charges: tuple[dict, dict] | None = None  # the seconds / calls of the last infer_block (dag models)
         self.held = is_held(manifest.ensemble)  # steps over the whole submission: rows held until every file is done
         self._held_said = False
         self._pool = (ThreadPoolExecutor(parallel_models, thread_name_prefix="birdinfer-model")
@@ -191,18 +194,22 @@ class SpecEngine:
     # ------------------------------------------------------------------------------ per block
     def features(self, y: np.ndarray, active: Iterable[str]) -> dict[str, Signal]:
         active = set(active)
-        names = tuple(dict.fromkeys(m.entry.input for m in self.models if m.name in active))
+        names = tuple(dict.fromkeys(m.entry.input for m in self.models
+                                    if m.name in active and getattr(m.entry, "source", None) is None))
         if names not in self._graphs:
             self._graphs[names] = FrontEndGraph(self.manifest, names)
         return self._graphs[names](y)
 
     def infer_block(self, features: Mapping[str, Signal], n_rows: int, active: Iterable[str],
                     seconds: dict, calls: dict, clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
-        """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``.
-        ``seconds`` / ``calls`` (per model name) are charged with the model time read by ``clock``."""
+        """Every active model on its feature's windows, then its block steps → ``{model: rows (n_rows, C)}``
+        (a :class:`birdinfer.runtime.dag.BlockRows`, which also keeps the outputs models on other models' outputs
+        read; those run per file, :meth:`file_rows`). ``seconds`` / ``calls`` (per model name) are charged with
+        the model time read by ``clock``."""
         active = set(active)
         rows_of = getattr(features, "rows_of", None)  # a streamed whole-file block (birdinfer.runtime.streaming)
-        models = [m for m in self.models if m.name in active]
+        models = [m for m in self.models if m.name in active and getattr(m.entry, "source", None) is None]
+        self._charges = (seconds, calls)
         if self._pool is not None and len(models) > 1:
             arrays = self._run_parallel(models, features, seconds, calls, clock)
         else:
@@ -212,9 +219,11 @@ class SpecEngine:
                 arrays[model.name] = run_named(model, features[model.entry.input].data)
                 seconds[model.name] += clock() - start
                 calls[model.name] += 1
-        out = {}
+        out = BlockRows({}, dependents=[n for n in self.dag.names() if n in active])
         for model in models:
             signal = features[model.entry.input]
+            out.kept.update(self.dag.kept(model.name, arrays[model.name]))
+            out.layouts[model.name] = signal.windows
             if rows_of is not None:
                 out[model.name] = rows_of(model.entry, arrays[model.name], signal)
                 continue
@@ -253,14 +262,23 @@ class SpecEngine:
         rows after its row steps and label map, every ensemble group that does not wait for the submission.
         ``name``: the recording's file name (read by steps such as ``file_prior``)."""
         rows = FileRows(name)
+        on_outputs = self.dag.rows(parts, run_named, self._charge)  # models on other models' outputs
         for model in self.models:
-            if not parts or model.name not in parts[0]:
+            if model.name in on_outputs:
+                values = on_outputs[model.name]
+            elif not parts or model.name not in parts[0]:
                 continue
-            values = np.concatenate([p[model.name] for p in parts], axis=0)
+            else:
+                values = np.concatenate([p[model.name] for p in parts], axis=0)
             values = run_row_steps(model.entry.row_steps, values, rows.context())
             rows.models[model.name] = self._to_labels(model.entry, values)
         file_rows(self.manifest.ensemble, rows.models, rows)
         return rows
+
+    def _charge(self, name: str, seconds: float) -> None:
+        if self._charges is not None:
+            self._charges[0][name] = self._charges[0].get(name, 0.0) + seconds
+            self._charges[1][name] = self._charges[1].get(name, 0) + 1
 
     def finish(self, parts: list[Mapping[str, np.ndarray]], name: str | None = None) -> np.ndarray:
         """A file's per-block model rows → the ensembled rows ``(R, n_labels)`` float32. A spec with steps over the

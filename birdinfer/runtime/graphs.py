@@ -8,7 +8,10 @@ with one sentence naming the folder, the model and its file, and both numbers:
 * the graph's input (named ``input_name``, else its first) against the windows of the model's feature:
   rank, then each dimension after the batch (mel bands, frames or samples per window, channels), and the
   batch against ``input_shape[0]`` (a graph that takes exactly ``b`` windows needs ``input_shape[0] = b``);
-* each named output: it exists, its rank fits its kind (``(W, C)`` clip, ``(W, C, T)`` frame), its class axis
+* a model on another model's output (``entry.source``): its input against the producer's width (with its context
+  columns), ``[1, windows, width]`` for a sequence model, whose outputs are ``[1, windows, ...]``;
+* each named output: it exists, its rank fits its kind (``(W, C)`` clip, ``(W, C, T)`` frame, ``(W, D)`` embedding of
+  any width), its class axis
   holds as many classes as the manifest has labels (those of the model's label map, when it has one), its
   other dimensions match any ``shape`` the manifest gives, and a frame output read by ``timeline_rows`` has a
   whole number of frames per row.
@@ -102,8 +105,11 @@ def _check_input(manifest, entry, ports: GraphPorts, where: str, fix: str) -> No
     window = static.shape() if static is not None else None
     claimed = tuple(entry.input_shape)
     expected = (claimed[0],) + tuple(window) if window is not None else claimed
+    source = getattr(entry, "source", None)
     what = f"feature {entry.input!r} gives windows of {_dims(expected[1:])}" if window is not None else \
-        f"the manifest's input_shape is {_dims(claimed)}"
+        f"the manifest's input_shape is {_dims(claimed)}" + (
+            f" (model {source.model!r}'s output {source.output!r}, {source.width} wide, with context "
+            f"{list(source.context)})" if source is not None else "")
     if len(port.shape) != len(expected):
         raise ModelFolderError(f"{where}: the graph's input {'/'.join(port.names)!r} has rank {len(port.shape)} "
                                f"{_dims(port.shape)}, but {what} (rank {len(expected)} with the batch); {fix}")
@@ -126,11 +132,17 @@ def _check_output(manifest, entry, o, ports: GraphPorts, where: str, fix: str) -
     shape = ports.outputs[o.index].shape
     if shape is None:
         return
+    source = getattr(entry, "source", None)
+    if source is not None and source.sequence:  # [1, windows, ...]: the file's windows as one sequence
+        if len(shape) < 2 or shape[0] not in (None, 1):
+            raise ModelFolderError(f"{where}: output {o.name!r} is {_dims(shape)} in the graph; a model on the file's "
+                                   f"sequence gives [1, windows, ...]; {fix}")
+        shape = shape[1:]
     rank = 3 if OUTPUT_KINDS[o.kind] == "frame" else 2
     if len(shape) != rank:
         raise ModelFolderError(f"{where}: output {o.name!r} is {_dims(shape)} in the graph; a {o.kind} output must be "
                                f"{'(windows, classes, frames)' if rank == 3 else '(windows, classes)'}; {fix}")
-    classes = shape[1]
+    classes = shape[1] if OUTPUT_KINDS[o.kind] != "vector" else None  # an embedding has any width
     if classes is not None and classes != entry.n_classes:
         source = (f"its label map lists {entry.n_classes} labels" if entry.label_map is not None
                   else f"the manifest lists {entry.n_classes} labels")

@@ -37,6 +37,7 @@ from .fusion import FileRows, fuse
 from .streaming import WholeFileStream
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline import TimeBudget` keeps working
 from ..errors import AudioDecodeError, ParameterError
+from ..spec.dag import dependents
 from ..spec.manifest import Manifest
 from .cpu import effective_isa, spare_siblings
 from .models import LoadedModel, describe_precisions, load_models, plan_models
@@ -148,6 +149,8 @@ class Predictor:
         """One call per model from this thread before any worker thread touches OpenVINO: a first use of its
         numpy bridge from two threads at once was seen to deadlock (pybind11 call-once guard)."""
         for model in self.models:
+            if getattr(model.entry, "source", None) is not None:  # runs per file on another model's output
+                continue
             shape = tuple(model.entry.input_shape[1:])
             if any(d <= 0 for d in shape):
                 shape = self.manifest.feature_shapes[model.entry.input].shape() or ()
@@ -164,9 +167,19 @@ class Predictor:
         return self.manifest.labels
 
     def drop(self, name: str) -> None:
-        """Stop running model ``name`` (used by the time budget)."""
-        if name in self.active and len(self.active) > 1:
-            self.active.remove(name)
+        """Stop running model ``name`` (used by the time budget), and with it every model that reads its outputs
+        (:func:`birdinfer.spec.dag.dependents`); refused (logged) when nothing would be left to run."""
+        if name not in self.active:
+            return
+        gone = [name] + [n for n in dependents(self.manifest.models, name) if n in self.active]
+        if len(gone) >= len(self.active):
+            if len(gone) > 1:
+                log.warning("time budget: not dropping %s: the models left (%s) all need it", name, ", ".join(self.active))
+            return
+        if len(gone) > 1:
+            log.warning("time budget: dropping %s drops %s too (they read its outputs)", name, ", ".join(gone[1:]))
+        for n in gone:
+            self.active.remove(n)
 
     # ------------------------------------------------------------------ blocks
     def block_windows(self, n_samples: int, block_index: int) -> int:

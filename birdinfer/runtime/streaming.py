@@ -216,7 +216,7 @@ class WholeFileStream:
         if first.size <= block_samples:
             yield m.n_rows(first.size), (lambda: whole(first))
             return
-        names = tuple(dict.fromkeys(x.input for x in m.models if x.name in set(active)))
+        names = tuple(dict.fromkeys(x.input for x in m.models if x.name in set(active) and x.source is None))
         if self.passes:  # the first statistics pass counts the samples too
             del first
             pieces.close()

@@ -50,7 +50,7 @@ def features_of(manifest: Manifest, models: Iterable[str] | None = None) -> list
     """The feature names the ``models`` (default all) take as input, in manifest order of the models."""
     manifest = upgrade(manifest)
     names = None if models is None else set(models)
-    return list(dict.fromkeys(m.input for m in manifest.models if names is None or m.name in names))
+    return list(dict.fromkeys(m.input for m in manifest.models if (names is None or m.name in names) and m.input))
 
 
 def feature_band(manifest: Manifest, feature: str) -> tuple[float, float]:

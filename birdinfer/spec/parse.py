@@ -17,11 +17,13 @@ from ..ops.registry import VALUE, Range, coerce, shown
 from .options import parse_options
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
+from .dag import parse_source, resolve
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
 __all__ = ["parse_spec", "OUTPUT_KINDS"]
 
-OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_logits": "clip", "probabilities": "clip"}
+OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_logits": "clip", "probabilities": "clip",
+                "embedding": "vector"}  # embedding (W, D): any width, no classes; read by other models (spec.dag)
 _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
              "ensemble", "files", "extra", "options"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
@@ -104,20 +106,19 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     for key in ("name", "input", "input_shape", "outputs", "steps", "variants"):
         if key not in data:
             raise _err(where, f"{at}: missing field {key!r}")
-    feature = data["input"]
-    if feature not in statics:
-        raise _err(where, f"{at}.input: no feature named {feature!r} (features: {', '.join(statics)})")
+    feature, source = data["input"], None
+    if isinstance(feature, Mapping):  # another model's output (birdinfer.spec.dag; checked by resolve)
+        feature, source = "", parse_source(feature, where=where, at=f"{at}.input")
+    elif not isinstance(feature, str) or feature not in statics:
+        raise _err(where, f"{at}.input: no feature named {feature!r} (features: {', '.join(statics)}; or "
+                          f"{{\"model\": ..., \"output\": ...}} for another model's output)")
     if not isinstance(data["input_shape"], list) or not data["input_shape"]:
         raise _err(where, f"{at}.input_shape must be a list of dimensions, got {shown(data['input_shape'])}")
     shape = tuple(_number(x, _DIM, where=where, at=f"{at}.input_shape[{i}]") for i, x in enumerate(data["input_shape"]))
     weight = _weight(data.get("weight", 1.0), where, at)
     pad_value = _number(data.get("pad_value", 0.0), _VALUE, where=where, at=f"{at}.pad_value")
-    expected = statics[feature].shape()
-    if not statics[feature].windowed:
-        raise _err(where, f"features.{feature}: a model input needs a windows op")
-    if expected is not None and (len(shape) != len(expected) + 1 or any(s > 0 and s != e for s, e in zip(shape[1:], expected))):
-        raise _err(where, f"{at}.input_shape {list(shape)} does not fit feature {feature!r}, which gives windows of shape "
-                          f"{list(expected)} (needs [-1, {', '.join(map(str, expected))}])")
+    if source is None:
+        _check_feature_input(statics[feature], feature, shape, where=where, at=at)
     outputs = []
     for i, o in enumerate(data["outputs"] if isinstance(data["outputs"], list) else []):
         if not isinstance(o, Mapping) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str):
@@ -149,7 +150,8 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         n_classes = 0  # the label_map step's file gives it (birdinfer.spec.step_files)
     for i, o in enumerate(outputs):
         rank = 3 if OUTPUT_KINDS[o.kind] == "frame" else 2
-        if o.shape is not None and (len(o.shape) != rank or (n_classes and o.shape[1] != n_classes)):
+        classes = n_classes if OUTPUT_KINDS[o.kind] != "vector" else 0  # an embedding has any width
+        if o.shape is not None and (len(o.shape) != rank or (classes and o.shape[1] != classes)):
             raise _err(where, f"{at}.outputs[{i}].shape {list(o.shape)}: a {o.kind} output must be "
                               f"{'(W, C, T)' if rank == 3 else '(W, C)'} with C = {n_classes} classes "
                               f"({'the label map' if label_map else 'the labels'})")
@@ -158,7 +160,17 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     return ModelSpec(name=name, input=feature, weight=weight, input_shape=shape, outputs=tuple(outputs),
                      block_steps=tuple(block_steps), row_steps=tuple(row_steps), variants=variants,
                      input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
-                     export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes)
+                     export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes,
+                     source=source)
+
+
+def _check_feature_input(static: Static, feature: str, shape: tuple[int, ...], *, where: str, at: str) -> None:
+    expected = static.shape()
+    if not static.windowed:
+        raise _err(where, f"features.{feature}: a model input needs a windows op")
+    if expected is not None and (len(shape) != len(expected) + 1 or any(s > 0 and s != e for s, e in zip(shape[1:], expected))):
+        raise _err(where, f"{at}.input_shape {list(shape)} does not fit feature {feature!r}, which gives windows of shape "
+                          f"{list(expected)} (needs [-1, {', '.join(map(str, expected))}])")
 
 
 def _model_steps(items: Any, outputs: list[OutputSpec], *, where: str, at: str) -> tuple[list[Step], list[Step]]:
@@ -317,6 +329,7 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     names = [m.name for m in models]
     if len(set(names)) != len(names) or not all(names):
         raise _err(where, f"model names must be unique and non-empty, got {names}")
+    models = resolve(models, where=where)  # models on other models' outputs: names, widths, no cycle
     by_name = {m.name: m for m in models}
     ensemble = _group(data["ensemble"], by_name, where=where, at="ensemble")
     used = ensemble.model_names()

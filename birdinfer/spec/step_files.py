@@ -117,7 +117,7 @@ def _model(m: ModelSpec, reader, labels, where: str) -> ModelSpec:
         plan = next(s.params for s in block if s.name == "label_map")
         n_classes = getattr(plan, "n_model", 0)  # 0: unknown until the files are read
         for i, o in enumerate(m.outputs):
-            if n_classes and o.shape is not None and o.shape[1] != n_classes:
+            if n_classes and o.shape is not None and o.kind != "embedding" and o.shape[1] != n_classes:
                 raise ModelFolderError(f"{where}: {at}.outputs[{i}].shape {list(o.shape)}: the label_map's "
                                        f"{plan.params.labels} lists {n_classes} classes")
     return replace(m, block_steps=block, row_steps=rows, n_classes=n_classes)

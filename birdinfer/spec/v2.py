@@ -21,7 +21,8 @@ from ..ops.registry import Entry
 from .manifest import READERS, Manifest
 from .files import ModelVariant
 
-__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef", "Step"]
+__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef",
+           "Step"]
 
 FORMAT_VERSION_2 = 2
 
@@ -57,6 +58,22 @@ class LabelMap:
 
 
 @dataclass(frozen=True)
+class ModelSource:
+    """A model input that is another model's named graph output (``"input": {"model": ..., "output": ...}``):
+    per window (a probe), with per-file ``context`` columns, or the whole file's sequence of windows."""
+
+    model: str
+    output: str
+    context: tuple[str, ...] = ()  # per-file statistics over the windows appended to each window's vector
+    sequence: bool = False  # the graph takes [1, windows, width] and gives [1, windows, ...]
+    width: int = 0  # the producer output's width (its declared shape)
+
+    @property
+    def input_width(self) -> int:
+        return self.width * (1 + len(self.context))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One network of a version 2 folder (duck-compatible with :class:`birdinfer.spec.manifest.ModelEntry` where
     the model loader needs it: ``name``, ``weight``, ``input_shape``, ``variants``, ``batch_chunks``)."""
@@ -75,6 +92,7 @@ class ModelSpec:
     export: Mapping[str, Any] = field(default_factory=dict)
     arch: str = ""
     n_classes: int = 0  # class axis of every output (the label map's size, else the manifest's label count)
+    source: ModelSource | None = None  # set: ``input`` is "" and the model reads another model's output
 
     group = "ensemble"  # the single pseudo group of version 2 (time budget, Raven frequency range)
 

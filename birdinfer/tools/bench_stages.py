@@ -222,10 +222,14 @@ def _one_file(predictor: Predictor, alone: dict[str, FrontEndGraph], path: Path,
         seconds["models"] += clock() - t
         for name in model_s:
             model_s[name] += predictor.model_seconds[name] - before[name]
+    before = dict(predictor.model_seconds)
     t = clock()
-    probs = predictor.finish(parts, path.name)
+    probs = predictor.finish(parts, path.name)  # runs the models on other models' outputs too (runtime.dag)
     submission_frame(row_ids(path.stem, len(probs), manifest.window_seconds), probs, columns)
-    seconds["ensemble_output"] = clock() - t
+    on_outputs = {name: predictor.model_seconds[name] - before[name] for name in model_s}
+    seconds["ensemble_output"] = clock() - t - sum(on_outputs.values())
+    for name, value in on_outputs.items():
+        model_s[name] += value
     if tally is not None:
         for key, value in seconds.items():
             tally.stage[key].append(value)
@@ -246,9 +250,11 @@ def _model_rows(predictor: Predictor, tally: _Tally, peak: float | None) -> list
     rows = []
     for m in predictor.models:
         seconds = _mean(tally.model[m.name])
-        g = gflop_per_file(manifest, m.entry, _mean(tally.windows[m.entry.input]))
+        on_output = getattr(m.entry, "source", None) is not None  # reads another model's output: not counted
+        g = None if on_output else gflop_per_file(manifest, m.entry, _mean(tally.windows[m.entry.input]))
         rows.append({
-            "name": m.name, "arch": m.entry.arch, "feature": m.entry.input, "weight": round(weights[m.name], 4),
+            "name": m.name, "arch": m.entry.arch, "weight": round(weights[m.name], 4),
+            "feature": f"{m.entry.source.model}.{m.entry.source.output}" if on_output else m.entry.input,
             "variant": m.variant, "precision": m.precision, "load_seconds": round(m.load_seconds, 3),
             "kernels": m.kernels or {}, "seconds_per_file": round(seconds, 4),
             "gflop_per_file": None if g is None else round(g, 2),

@@ -35,8 +35,12 @@ def _read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict, Path, str]:
     return data, path.resolve().parent, str(path)
 
 
-def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str) -> list[list[int]]:
-    """Compare an OpenVINO model's ports with the spec entry; returns each output's shape (-1 = dynamic)."""
+def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str, sequence: bool = False,
+                 input_shape=None) -> list[list[int]]:
+    """Compare an OpenVINO model's ports with the spec entry; returns each output's shape (-1 = dynamic). A
+    ``sequence`` model (on another model's outputs, ``spec.dag``) gives ``[1, windows, ...]``: its shapes are
+    returned without the leading 1. ``input_shape``: the parsed one (a model on another model's output has its
+    width filled in)."""
     name = entry.get("input_name")
     try:
         port = model.input(name) if name else model.input(0)
@@ -44,7 +48,7 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str)
         raise ModelFolderError(f"{where}.input_name: the graph has no input {name!r} "
                                f"(inputs: {[p.get_any_name() for p in model.inputs]})") from None
     shape = port.get_partial_shape()
-    spec_shape = [int(x) for x in entry["input_shape"]]
+    spec_shape = [int(x) for x in (input_shape if input_shape is not None else entry["input_shape"])]
     if shape.rank.is_dynamic or shape.rank.get_length() != len(spec_shape):
         raise ModelFolderError(f"{where}.input_shape {spec_shape}: the graph's input has shape {shape}")
     for axis, (dim, want) in enumerate(zip(shape, spec_shape)):
@@ -58,11 +62,13 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str)
         if index >= len(model.outputs):
             raise ModelFolderError(f"{where}.outputs[{i}]: the graph has {len(model.outputs)} output(s), no index {index}")
         o_shape = model.output(index).get_partial_shape()
-        rank = 3 if OUTPUT_KINDS.get(out.get("kind")) == "frame" else 2
+        rank = (3 if OUTPUT_KINDS.get(out.get("kind")) == "frame" else 2) + int(sequence)
         if o_shape.rank.is_dynamic or o_shape.rank.get_length() != rank:
             raise ModelFolderError(f"{where}.outputs[{i}] ({out.get('kind')}): needs rank {rank}, the graph's output {index} has shape {o_shape}")
-        dims = [d.get_length() if d.is_static else -1 for d in o_shape]
-        if dims[1] != -1 and dims[1] != n_classes:
+        dims = [d.get_length() if d.is_static else -1 for d in o_shape][int(sequence):]
+        if OUTPUT_KINDS.get(out.get("kind")) == "vector":  # an embedding: any width
+            pass
+        elif dims[1] != -1 and dims[1] != n_classes:
             raise ModelFolderError(f"{where}.outputs[{i}]: the graph gives {dims[1]} classes, the spec needs {n_classes} "
                                    f"({'label_map.labels' if entry.get('label_map') else 'labels, after any label_map step'})")
         found.append(dims)
@@ -93,6 +99,11 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
         raise ModelFolderError(f"{where}: a spec has no 'files' (checksums are recorded by the import)")
     data.pop("files", None)
     parsed = parse_spec(data, require_files=False, source=where, files_dir=source_dir)  # every op, step, parameter and table first
+    on_outputs = [m.name for m in parsed.models if m.source is not None]
+    if add_int8 and on_outputs:
+        raise ParameterError(f"{where}: INT8 variants are calibrated on a model's front-end features; models "
+                             f"{', '.join(on_outputs)} read other models' outputs and have none yet: import with "
+                             f"--precision f32")
     try:
         import openvino as ov
     except ImportError as e:
@@ -118,7 +129,9 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
         n_classes = parsed.models[m_index].n_classes  # after the label map (field or step)
         for variant_name, variant in entry["variants"].items():
             written, model = _copy_variant(ov, core, variant, source_dir, claim, f"{at}.variants.{variant_name}")
-            shapes = _check_graph(model, entry, n_classes, where=at)
+            spec = parsed.models[m_index]
+            shapes = _check_graph(model, entry, n_classes, where=at, input_shape=spec.input_shape,
+                                  sequence=spec.source is not None and spec.source.sequence)
             for o, dims in zip(entry["outputs"], shapes):
                 o["shape"] = dims
             variant.clear()
