@@ -169,7 +169,8 @@ def _add_import(sub) -> None:
                         "--precision fast then runs it where valid (default f32: the graphs as given)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 "
-                        "(default: seeded synthetic soundscapes)")
+                        "(default: seeded synthetic soundscapes; for BirdNET give real recordings: its INT8 bar needs "
+                        "confident windows)")
     p.add_argument("--no-precision-check", action="store_true",
                    help="do not measure bf16 against f32 (auto / fast then run f32 float layers for this folder)")
     p.set_defaults(func=_cmd_import)
@@ -180,12 +181,13 @@ def _cmd_import(args) -> int:
 
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
-        if args.labels is None or args.spec.suffix.lower() != ".tflite" or args.precision != "f32":
+        if args.labels is None or args.spec.suffix.lower() != ".tflite":
             raise ParameterError("a TFLite model is imported as `birdinfer import MODEL.tflite --labels LABELS.txt --out "
-                                 "DIR` (f32 only); --labels goes with a .tflite file")
+                                 "DIR`; --labels goes with a .tflite file")
         from .tools.birdnet_import import import_birdnet
 
-        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, progress=say)
+        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, precision=args.precision,
+                                  calibration=args.calibration, measure=not args.no_precision_check, progress=say)
         if not args.quiet:
             print(f"birdinfer import: BirdNET V2.4, {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
         return 0
