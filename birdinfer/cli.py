@@ -168,9 +168,8 @@ def _add_import(sub) -> None:
                    help="int8 adds an NNCF INT8 variant per model, checked per CPU class (needs birdinfer[export]); "
                         "--precision fast then runs it where valid (default f32: the graphs as given)")
     p.add_argument("--calibration", type=Path, default=None,
-                   help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 "
-                        "(default: seeded synthetic soundscapes; for BirdNET give real recordings: its INT8 bar needs "
-                        "confident windows)")
+                   help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 (default: "
+                        "seeded synthetic soundscapes; BirdNET's INT8 bar needs real recordings)")
     p.add_argument("--no-precision-check", action="store_true",
                    help="do not measure bf16 against f32 (auto / fast then run f32 float layers for this folder)")
     p.set_defaults(func=_cmd_import)
@@ -182,8 +181,7 @@ def _cmd_import(args) -> int:
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
         if args.labels is None or args.spec.suffix.lower() != ".tflite":
-            raise ParameterError("a TFLite model is imported as `birdinfer import MODEL.tflite --labels LABELS.txt --out "
-                                 "DIR`; --labels goes with a .tflite file")
+            raise ParameterError("--labels goes with a .tflite model: birdinfer import MODEL.tflite --labels LABELS.txt --out DIR")
         from .tools.birdnet_import import import_birdnet
 
         manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, precision=args.precision,
