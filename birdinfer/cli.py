@@ -226,8 +226,8 @@ def _add_import(sub) -> None:
                    help="int8 adds an NNCF INT8 variant per model, checked per CPU class (needs birdinfer[export]); "
                         "--precision fast then runs it where valid (default f32: the graphs as given)")
     p.add_argument("--calibration", type=Path, default=None,
-                   help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 "
-                        "(default: seeded synthetic soundscapes)")
+                   help="soundscapes for INT8 calibration and the bf16 / INT8 checks against f32 (default: "
+                        "seeded synthetic soundscapes; BirdNET's INT8 bar needs real recordings)")
     p.add_argument("--no-precision-check", action="store_true",
                    help="do not measure bf16 against f32 (auto / fast then run f32 float layers for this folder)")
     p.set_defaults(func=_cmd_import)
@@ -241,12 +241,12 @@ def _cmd_import(args) -> int:
         raise ParameterError("--meta-model goes with BirdNET's .tflite model: `birdinfer import MODEL.tflite --labels "
                              "LABELS.txt --meta-model MDATA.tflite --out DIR`")
     if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
-        if args.labels is None or args.spec.suffix.lower() != ".tflite" or args.precision != "f32":
-            raise ParameterError("a TFLite model is imported as `birdinfer import MODEL.tflite --labels LABELS.txt --out "
-                                 "DIR` (f32 only); --labels goes with a .tflite file")
+        if args.labels is None or args.spec.suffix.lower() != ".tflite":
+            raise ParameterError("--labels goes with a .tflite model: birdinfer import MODEL.tflite --labels LABELS.txt --out DIR")
         from .tools.birdnet_import import import_birdnet
 
-        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, progress=say,
+        manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, precision=args.precision,
+                                  calibration=args.calibration, measure=not args.no_precision_check, progress=say,
                                   meta_model=args.meta_model)
         if not args.quiet:
             print(f"birdinfer import: BirdNET V2.4, {len(manifest.labels)} labels → {args.out}", file=sys.stderr)

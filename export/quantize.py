@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["QUANTIZED_OP_TYPES", "DEPTHWISE_OPS", "OVERFLOW_FIXES", "Int8Recipe", "INT8_CONFIGS", "recipe_of", "INT8_RECIPES",
+__all__ = ["QUANTIZED_OP_TYPES", "DEPTHWISE_OPS", "OVERFLOW_FIXES", "PRESETS", "Int8Recipe", "INT8_CONFIGS", "recipe_of", "INT8_RECIPES",
            "DEFAULT_INT8_VARIANTS",
            "quantize_ir", "count_quantized_ops", "compile_int8"]
 
@@ -34,6 +34,10 @@ def count_quantized_ops(model) -> int:
 DEPTHWISE_OPS = ("GroupConvolution",)
 
 
+#: NNCF quantization presets: ``performance`` (symmetric activations, NNCF's default for CNNs) and ``mixed``
+#: (asymmetric activations: a better grid for activations that are not centred on zero).
+PRESETS = ("performance", "mixed")
+
 #: NNCF ``OverflowFix`` values: ``first_layer`` (NNCF's default: 7-bit weights in the first layer only),
 #: ``enable`` (7-bit weights in every convolution and matrix product except depthwise ones, which NNCF
 #: leaves 8-bit: no int16 saturation of u8×s8 pairs on CPUs without VNNI),
@@ -51,10 +55,14 @@ class Int8Recipe:
     float_ops: tuple[str, ...] = ()
     evidence: str = ""
     config: str = ""  # name in INT8_CONFIGS, for the record
+    float_names: tuple[str, ...] = ()  # regular expressions of node names left in float (NNCF ignored scope)
+    preset: str = "performance"
 
     def __post_init__(self):
         if self.overflow_fix not in OVERFLOW_FIXES:
             raise ValueError(f"overflow_fix={self.overflow_fix!r} is not one of {OVERFLOW_FIXES}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset={self.preset!r} is not one of {PRESETS}")
 
 
 #: Named INT8 configurations (NNCF overflow fix, op types kept in float) compared by
@@ -103,22 +111,31 @@ DEFAULT_INT8_VARIANTS = tuple(INT8_RECIPES)
 
 
 def quantize_ir(core, f32_xml: str | Path, int8_xml: str | Path, calibration_batches: Sequence[np.ndarray], *,
-                float_ops: Sequence[str] = (), overflow_fix: str = "first_layer") -> int:
+                float_ops: Sequence[str] = (), overflow_fix: str = "first_layer", float_names: Sequence[str] = (),
+                preset: str = "performance") -> int:
     """Quantize the f32 IR at ``f32_xml`` with ``nncf.quantize`` and save it (weights uncompressed) at ``int8_xml``.
 
     ``calibration_batches``: model inputs, each ``(chunks, 1, n_mels, 2F)`` float32 dB. All of them are used
     (``subset_size`` = their count). ``float_ops``: OpenVINO op types left unquantized (NNCF ignored
-    scope by type; a type the model does not have is no error). ``overflow_fix``: one of
-    :data:`OVERFLOW_FIXES`. Returns the number of quantized operations in the saved model.
+    scope by type; a type the model does not have is no error); ``float_names``: regular expressions of node
+    names left unquantized. ``overflow_fix``: one of :data:`OVERFLOW_FIXES`; ``preset``: one of :data:`PRESETS`.
+    Returns the number of quantized operations in the saved model.
     """
+    import logging
+
     import nncf
     import openvino as ov
 
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per node of an ignored scope otherwise
     model = core.read_model(str(f32_xml))
     dataset = nncf.Dataset(list(calibration_batches))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        options = {"ignored_scope": nncf.IgnoredScope(types=list(float_ops), validate=False)} if float_ops else {}
+        options = {"ignored_scope": nncf.IgnoredScope(types=list(float_ops), patterns=list(float_names), validate=False)}
+        if not float_ops and not float_names:
+            options = {}
+        if preset != "performance":
+            options["preset"] = nncf.QuantizationPreset.MIXED
         if overflow_fix != "first_layer":
             options["advanced_parameters"] = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(
                 {"enable": "enable", "disable": "disable"}[overflow_fix]))

@@ -22,17 +22,24 @@ from birdinfer.spec.manifest import Manifest
 from birdinfer.spec.files import VARIANT_PRECISIONS, sha256_file
 
 from .convert import F32_CONFIG, ExportError, _export_int8, _report
-from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, quantize_ir
+from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, OVERFLOW_FIXES, PRESETS, Int8Recipe, quantize_ir
 from .verify import prepare_inputs
 
 __all__ = ["add_int8_variants", "record_cpu_classes", "add_int8_variants_spec", "measure_int8", "record_precision",
-           "INT8_MEAN_DP_BAR", "INT8_CHECK_CLASSES"]
+           "folder_int8_settings", "meets_bar", "INT8_MEAN_DP_BAR", "INT8_BAR_FIGURES", "INT8_CHECK_CLASSES"]
 
 #: Label-free INT8 bar of a spec folder's per-class check: mean |Δp| of a model's rows against f32 under the
 #: same class. Set from the demo's trained models (benchmarks/precision_accuracy.py): the shipped recipe's
 #: mean |Δp| 0.0123 went with ΔAUC −0.0013 (within 0.002), seeds with mean |Δp| 0.015 went with ΔAUC
 #: −0.0044. Two data points, not a proven proxy for ΔAUC: pass labels-based figures when you have them.
 INT8_MEAN_DP_BAR = 0.0125
+#: Figures an INT8 bar may name (:func:`meets_bar`): an upper bound for the |Δp| figures, a lower bound for the
+#: top-1 agreements (:func:`birdinfer.tools.precision.compare_rows`). Every folder's bar is
+#: ``{"mean_abs_dp": INT8_MEAN_DP_BAR}`` unless the folder names its own in ``extra.precision_check.int8_bar``
+#: (a folder of many mostly-zero scores, BirdNET's 6,522, adds top-1 agreement on decided confident windows:
+#: mean |Δp| alone lets through an INT8 graph whose top label differs on half the windows, measured).
+INT8_BAR_FIGURES = {"mean_abs_dp": "max", "max_abs_dp": "max", "top1_agreement": "min", "top1_agreement_confident": "min",
+                    "top1_agreement_decided": "min"}
 #: Classes an INT8 variant is checked under (a child process each, where this CPU can emulate the class):
 #: one with exact INT8 dot products (this CPU when it has VNNI/AMX) and the two without VNNI.
 INT8_CHECK_CLASSES = ("native", "avx512", "avx2")
@@ -131,26 +138,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------ any spec folder
-def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", mean_dp_bar: float = INT8_MEAN_DP_BAR,
+def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", mean_dp_bar: float | None = None,
                            classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
     """Add an INT8 variant to every model of a model folder (version 2, or version 1 through its spec):
-    NNCF with the default export's recipe (:data:`INT8_RECIPES`, overflow fix), calibrated on the folder's
-    own front-end features of ``audio``'s calibration files (:class:`birdinfer.tools.precision.AudioSet`), then
-    checked against f32 on the held-out files under each of ``classes`` this CPU can emulate (a child
-    process per class, :func:`birdinfer.runtime.cpu.run_in_cpu_class`); ``cpu_classes`` lists the classes within
-    ``mean_dp_bar`` (measured, or sharing a measured class's exact INT8 arithmetic)."""
+    NNCF with the default export's recipe (:data:`INT8_RECIPES`, overflow fix) and the fields the folder sets
+    in ``extra.precision_check.int8_recipe`` (:func:`folder_int8_settings`), calibrated on the folder's own
+    front-end features of ``audio``'s calibration files (:class:`birdinfer.tools.precision.AudioSet`), then
+    checked against f32 on the held-out files under each of ``classes`` this CPU can emulate
+    (:func:`measure_int8`)."""
     import numpy as np
     import openvino as ov
 
-    from birdinfer.spec.upgrade import upgrade
-    from birdinfer.tools.precision import file_features, update_variants
+    from birdinfer.tools.precision import audio_features, check_spec, update_variants
 
     from .verify import batches_of
 
     folder = Path(folder)
-    recipe = INT8_RECIPES[variant]
-    spec = upgrade(Manifest.load(folder))
-    calibration = [file_features(spec, y) for y in audio.signals("calibration")]
+    manifest = Manifest.load(folder)
+    recipe = replace(INT8_RECIPES[variant], **folder_int8_settings(folder, manifest)[1])
+    spec = check_spec(folder)  # with the folder's check options (e.g. denser windows), as the checks see it
+    calibration = audio_features(spec, audio.signals("calibration"), where=audio.describe("calibration"))
     core = ov.Core()
     files, updates = {}, {}
     for entry in spec.models:
@@ -159,7 +166,8 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
         xml = f"{entry.name}.{variant}.xml"
         try:
             quantized = quantize_ir(core, folder / entry.variants["f32"].openvino, folder / xml, batches,
-                                    float_ops=recipe.float_ops, overflow_fix=recipe.overflow_fix)
+                                    float_ops=recipe.float_ops, overflow_fix=recipe.overflow_fix,
+                                    float_names=recipe.float_names, preset=recipe.preset)
         except Exception as e:  # noqa: BLE001 - NNCF raises many types; say which model
             raise ExportError(f"{folder}: model {entry.name!r}: INT8 quantization failed: {type(e).__name__}: {e}") from e
         if quantized == 0:
@@ -167,41 +175,60 @@ def add_int8_variants_spec(folder: str | Path, audio, *, variant: str = "int8", 
         for name in (xml, xml[: -len(".xml")] + ".bin"):
             files[name] = sha256_file(folder / name)
         updates[entry.name] = {variant: {"openvino": xml, "verification": {
-            "tool": f"nncf.quantize (overflow_fix={recipe.overflow_fix})", "overflow_fix": recipe.overflow_fix,
-            "int8_config": recipe.config, "quantized_ops": quantized, "calibration": audio.describe("calibration"),
-            "calibration_windows": int(len(windows)), "held_out": audio.describe("held_out")}}}
+            "tool": f"nncf.quantize (overflow_fix={recipe.overflow_fix}, preset={recipe.preset})",
+            "overflow_fix": recipe.overflow_fix, "preset": recipe.preset, "float_ops": list(recipe.float_ops),
+            "float_names": list(recipe.float_names), "int8_config": recipe.config, "quantized_ops": quantized,
+            "calibration": audio.describe("calibration"), "calibration_windows": int(len(windows)),
+            "held_out": audio.describe("held_out")}}}
     update_variants(folder, updates, files)
     return measure_int8(folder, [variant], audio, mean_dp_bar=mean_dp_bar, classes=classes, progress=progress)
 
 
-def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_bar: float = INT8_MEAN_DP_BAR,
+def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_bar: float | None = None,
                  classes: Sequence[str] = INT8_CHECK_CLASSES, progress=print) -> Manifest:
     """The one INT8 validity rule, for every folder (an export's, an import's, an older folder re-measured):
     each named INT8 variant of every model checked against the model's f32 variant on ``audio``'s held-out
     files through the folder's own front end, under each of ``classes`` this CPU can emulate (a child process
-    per class); ``cpu_classes`` lists the classes within ``mean_dp_bar`` (measured, or sharing a measured
-    class's exact INT8 arithmetic), and nothing else. The figures per class are recorded beside it."""
+    per class); ``cpu_classes`` lists the classes whose figures meet the bar (measured, or sharing a measured
+    class's exact INT8 arithmetic), and nothing else. The bar: ``{"mean_abs_dp": INT8_MEAN_DP_BAR}``, or the
+    folder's ``extra.precision_check.int8_bar`` (:data:`INT8_BAR_FIGURES`); ``mean_dp_bar`` replaces its mean
+    |Δp| term. The figures per class and the bar are recorded beside it."""
     from birdinfer.tools.precision import update_variants
 
     folder = Path(folder)
+    bar = dict(folder_int8_settings(folder)[0] or {"mean_abs_dp": INT8_MEAN_DP_BAR})
+    if mean_dp_bar is not None:
+        bar["mean_abs_dp"] = float(mean_dp_bar)
     updates: dict[str, dict[str, dict]] = {}
     for variant in variants:
         checks = _check_classes(folder, variant, audio, classes)
         entries = {m.name: m for m in Manifest.load(folder).models}
         for name, per_class in checks.items():
-            valid = _valid_classes(per_class, mean_dp_bar)
+            valid = _valid_classes(per_class, bar)
             stored = entries[name].variants[variant]
-            verification = {**dict(stored.verification), "per_class": per_class, "bar": {"mean_abs_dp": mean_dp_bar},
+            verification = {**dict(stored.verification), "per_class": per_class, "bar": bar,
                             "held_out": audio.describe("held_out"),
-                            "cpu_classes_evidence": "measured per class at write time (mean |Δp| of the model's rows vs "
-                            "f32 under the same class; exact-INT8 classes share the measured exact class's arithmetic)"}
+                            "cpu_classes_evidence": "measured per class at write time (the bar's figures of the "
+                            "model's rows vs f32 under the same class; exact-INT8 classes share the measured exact "
+                            "class's arithmetic)"}
             updates.setdefault(name, {})[variant] = {"cpu_classes": valid, "verification": verification}
             if progress:
-                figures = ", ".join(f"{c} mean|Δp| {f['mean_abs_dp']:.4f} max {f['max_abs_dp']:.3f} ×{f['speedup_vs_f32']:.2f} "
-                                    "speed" for c, f in per_class.items())
-                progress(f"{name} ({variant}): {figures}; valid on {', '.join(valid) or 'no class'} "
-                         f"(bar mean|Δp| <= {mean_dp_bar:g})")
+                progress(f"{name} ({variant}): {'; '.join(_figures(c, f) for c, f in per_class.items())}; valid on "
+                         f"{', '.join(valid) or 'no class'} (bar {_bar_text(bar)})")
     return update_variants(folder, updates)
+
+
+def _figures(cpu_class: str, f: Mapping) -> str:
+    def share(key: str, count: str) -> str:
+        return "n/a" if f.get(key) is None else f"{f[key]:.4f} of {f.get(count)}"
+
+    return (f"{cpu_class} mean|Δp| {f['mean_abs_dp']:.2g} max {f['max_abs_dp']:.3f} top-1 {f.get('top1_agreement', 0):.4f} "
+            f"(confident {share('top1_agreement_confident', 'confident_windows')}, decided "
+            f"{share('top1_agreement_decided', 'decided_windows')}) ×{f['speedup_vs_f32']:.2f} speed")
+
+
+def _bar_text(bar: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {'<=' if INT8_BAR_FIGURES[k] == 'max' else '>='} {v:g}" for k, v in bar.items())
 
 
 def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) -> dict[str, dict[str, dict]]:
@@ -233,8 +260,43 @@ def _effective_class() -> str | None:
     return isa.cpu_class if isa.masked else None
 
 
-def _valid_classes(per_class: Mapping[str, Mapping], bar: float) -> list[str]:
-    ok = {c for c, f in per_class.items() if f["mean_abs_dp"] <= bar}
+def meets_bar(figures: Mapping, bar: Mapping[str, float]) -> bool:
+    """Whether one class's figures meet every term of ``bar`` (:data:`INT8_BAR_FIGURES`); a figure that could
+    not be measured (``None``, e.g. no confident window) does not."""
+    for name, limit in bar.items():
+        value = figures.get(name)
+        if value is None or (value > limit if INT8_BAR_FIGURES[name] == "max" else value < limit):
+            return False
+    return True
+
+
+def folder_int8_settings(folder: str | Path, manifest: Manifest | None = None) -> tuple[dict[str, float] | None, dict]:
+    """The folder's own INT8 bar and recipe fields from ``extra.precision_check`` (``int8_bar``: figure → limit;
+    ``int8_recipe``: ``overflow_fix``, ``float_ops``, ``float_names``, ``preset``), checked; ``(None, {})``
+    when it sets none. :class:`ParameterError` naming the folder and the field for a bad value."""
+    manifest = manifest or Manifest.load(folder)
+    check = manifest.extra.get("precision_check") or {}
+    bar, recipe = check.get("int8_bar"), dict(check.get("int8_recipe") or {})
+    where = f"{folder}: extra.precision_check"
+    if bar is not None:
+        if not isinstance(bar, Mapping) or not bar or any(k not in INT8_BAR_FIGURES for k in bar) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in bar.values()):
+            raise ParameterError(f"{where}.int8_bar {bar!r}: give figure → number for figures of {sorted(INT8_BAR_FIGURES)}")
+        bar = {k: float(v) for k, v in bar.items()}
+    unknown = sorted(set(recipe) - {"overflow_fix", "float_ops", "float_names", "preset"})
+    if unknown or recipe.get("overflow_fix", "enable") not in OVERFLOW_FIXES or recipe.get("preset", "mixed") not in PRESETS:
+        raise ParameterError(f"{where}.int8_recipe {recipe!r}: fields overflow_fix {OVERFLOW_FIXES}, preset {PRESETS}, "
+                             "float_ops (op types), float_names (regular expressions of node names)")
+    for key in ("float_ops", "float_names"):
+        if key in recipe:
+            if not isinstance(recipe[key], list) or not all(isinstance(v, str) for v in recipe[key]):
+                raise ParameterError(f"{where}.int8_recipe.{key} {recipe[key]!r}: give a list of strings")
+            recipe[key] = tuple(recipe[key])
+    return bar, recipe
+
+
+def _valid_classes(per_class: Mapping[str, Mapping], bar: Mapping[str, float]) -> list[str]:
+    ok = {c for c, f in per_class.items() if meets_bar(f, bar)}
     exact_ok = any(c in _EXACT for c in ok)
     return [c for c in _INT8_CLASSES if c in ok or (c not in per_class and c in _EXACT and exact_ok)]
 

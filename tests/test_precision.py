@@ -160,3 +160,86 @@ def test_export_recipe_of_a_spec_adds_int8_variants(tmp_path):
     assert effective_isa().cpu_class in variants["int8"].verification["per_class"]
     assert variants["int8"].cpu_classes is not None
     assert all(v.bf16["measured_on"] == effective_isa().cpu_class for v in variants.values())
+
+
+def test_a_folder_names_its_int8_bar_and_recipe(source, tmp_path):
+    """A folder's own INT8 bar (top-1 agreement on confident rows beside mean |Δp|) and recipe fields (node names
+    left in float, asymmetric activations), through `birdinfer import --precision int8`: the recipe recorded,
+    every measured class's figures carry the top-1 agreements, and each class is listed exactly where its
+    figures meet every term of the folder's bar. A calibration file too short for one row is skipped."""
+    pytest.importorskip("nncf")
+    import shutil
+
+    from birdinfer_export.variants import _EXACT, meets_bar
+
+    bar = {"top1_agreement_confident": 0.9, "mean_abs_dp": 0.05}
+    spec = copy.deepcopy(SPEC)
+    spec["rows"]["min_seconds"] = 3.0  # a last row needs 3 s of audio
+    spec["extra"] = {"precision_check": {"int8_bar": bar, "int8_recipe": {"float_names": ["^/classifier.*"],
+                                                                          "preset": "mixed"}}}
+    shutil.copyfile(source / "tiny.onnx", tmp_path / "tiny.onnx")
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    calibration = tmp_path / "calibration"
+    write_ogg(calibration / "a_short.ogg", 2.0, seed=60)  # under min_seconds: no rows, skipped
+    for seed in range(2):  # s0 calibrates, s1 is held out
+        write_ogg(calibration / f"s{seed}.ogg", 20.0, seed=61 + seed)
+    out = tmp_path / "models"
+    assert main(["import", str(tmp_path / "spec.json"), "--out", str(out), "--precision", "int8",
+                 "--calibration", str(calibration), "--no-precision-check"]) == 0
+    int8 = Manifest.load(out).models[0].variants["int8"]
+    v = int8.verification
+    assert v["bar"] == bar and v["preset"] == "mixed" and v["float_names"] == ["^/classifier.*"]
+    assert v["calibration_windows"] == 4  # s0 only: 20 s in 5 s rows
+    assert effective_isa().cpu_class in v["per_class"]
+    for cpu_class, figures in v["per_class"].items():
+        top1 = figures["top1_agreement_confident"]
+        assert figures["windows"] == 4 and 0 <= figures["top1_agreement"] <= 1
+        assert (top1 is None) is (figures["confident_windows"] == 0) and (top1 is None or 0 <= top1 <= 1)
+        within = figures["mean_abs_dp"] <= bar["mean_abs_dp"] and top1 is not None and top1 >= 0.9
+        assert meets_bar(figures, bar) is within
+        assert (cpu_class in int8.cpu_classes) is within
+    exact_ok = any(c in _EXACT and meets_bar(f, bar) for c, f in v["per_class"].items())
+    for cpu_class in set(int8.cpu_classes) - set(v["per_class"]):  # listed unmeasured: shares an exact class's result
+        assert cpu_class in _EXACT and exact_ok
+
+
+def test_folder_int8_settings_are_checked(tmp_path):
+    from types import SimpleNamespace
+
+    from birdinfer.errors import ParameterError
+    from birdinfer_export.variants import INT8_MEAN_DP_BAR, folder_int8_settings
+
+    def settings(check):
+        return folder_int8_settings(tmp_path, SimpleNamespace(extra={"precision_check": check}))
+
+    assert settings({}) == (None, {})
+    assert settings({"int8_bar": {"top1_agreement": 0.99}, "int8_recipe": {"float_ops": ["Multiply"]}}) == (
+        {"top1_agreement": 0.99}, {"float_ops": ("Multiply",)})
+    for bad, field in [({"int8_bar": {"auc": 0.9}}, "int8_bar"), ({"int8_bar": {"mean_abs_dp": "small"}}, "int8_bar"),
+                       ({"int8_bar": {}}, "int8_bar"), ({"int8_recipe": {"preset": "fastest"}}, "int8_recipe"),
+                       ({"int8_recipe": {"float_names": "^a"}}, r"int8_recipe\.float_names"),
+                       ({"int8_recipe": {"bits": 4}}, "int8_recipe")]:
+        with pytest.raises(ParameterError, match=rf"{tmp_path}: extra\.precision_check\.{field}"):
+            settings(bad)
+    assert INT8_MEAN_DP_BAR == 0.0125  # the bar of every folder that names none
+
+
+def test_compare_rows_top1_agreement():
+    from birdinfer.tools.precision import CONFIDENT_SCORE, TIE_MARGIN, compare_rows
+
+    rng = np.random.default_rng(3)
+    ref = [rng.uniform(0, 0.05, (6, 5)), rng.uniform(0, 0.05, (4, 5))]
+    ref[0][:3, 1] = 0.5  # three confident rows (top label 1), the rest below CONFIDENT_SCORE
+    other = [a.copy() for a in ref]
+    other[0][0, 2] = 0.9  # a confident row whose top label changes
+    other[1][0] = other[1][0][::-1] + 1e-3 * np.arange(5)  # an unconfident row whose top label changes
+    moved = int(ref[1][0].argmax() != other[1][0].argmax())
+    ref[0][2, 3] = 0.5 - TIE_MARGIN / 2  # the third confident row is a tie: confident, not decided
+    other[0][2, 3] = 0.6  # and its top label changes
+    figures = compare_rows(ref, other)
+    assert figures["windows"] == 10 and figures["confident_windows"] == 3 and figures["confident_score"] == CONFIDENT_SCORE
+    assert figures["top1_agreement_confident"] == pytest.approx(1 / 3)
+    assert figures["decided_windows"] == 2 and figures["top1_agreement_decided"] == pytest.approx(1 / 2)
+    assert figures["top1_agreement"] == pytest.approx((10 - 2 - moved) / 10)
+    assert figures["max_abs_dp"] == pytest.approx(np.abs(0.9 - ref[0][0, 2]))
+    assert compare_rows([ref[1]], [ref[1]])["top1_agreement_confident"] is None  # no confident row: not measured

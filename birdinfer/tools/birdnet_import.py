@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelFolderError
+from ..errors import MissingDependencyError, ModelFolderError, ParameterError
 from ..spec.files import MANIFEST_NAME, sha256_file
 from .tflite_graph import TfliteGraph, TfliteOp, read_tflite
 
@@ -44,6 +44,26 @@ CONSTANTS_FILE = "birdnet_frontend.npz"
 GRAPH_NAME = "birdnet_v24"
 #: Parity at import above this (max |Δscore| against LiteRT on the check windows) refuses the folder.
 PARITY_BAR = 1e-4
+#: Name prefix of the spectrogram's tail in the IR (mel products, square, power, per-channel scaling).
+TAIL_PREFIX = "spectrogram/"
+#: How ``--precision int8`` quantizes BirdNET (``birdinfer_export.variants.folder_int8_settings``), chosen on
+#: 267 windows of real recordings (benchmarks/birdnet_variants.py; top-1 agreement with f32 on the 178
+#: windows whose f32 top score is >= 0.1, mean |Δscore|, model speed vs f32, this Zen 4): NNCF's defaults with
+#: the overflow fix 0.19 top-1, ×1.0 (its activation quantizers split every swish, x·sigmoid(x), from its
+#: convolution); the spectrogram tail in float 0.74; swish products (Multiply) in float 0.97, ×1.7; asymmetric
+#: activations (preset mixed) 0.978; depthwise convolutions in float too 0.994 (×1.5), the same figures
+#: under AVX512_CORE and AVX2 (7-bit weights: no saturation).
+INT8_RECIPE = {"overflow_fix": "enable", "float_ops": ["GroupConvolution", "Multiply"], "float_names": ["^spectrogram/.*"],
+               "preset": "mixed"}
+#: BirdNET's INT8 bar: 6,522 mostly-zero scores make mean |Δp| a weak figure (0.0004 for an INT8 graph whose top
+#: label differs on half the windows, measured): the top label must also agree with f32's on 99 % of the
+#: decided confident windows (f32 top score >= 0.1, leading its second by >= 0.01: birdinfer.tools.precision).
+#: Ties are left out because any rounding flips them: on the held-out recordings the one confident window
+#: INT8 changed (0.1137 vs 0.1123) bf16 changed too; top-1 agreement over every confident window is recorded
+#: beside it (``top1_agreement_confident``) for a stricter bar.
+INT8_BAR = {"top1_agreement_decided": 0.99, "mean_abs_dp": 0.0125}
+#: Precision checks run with 0.5 s between windows: six windows per held-out second of real recording.
+CHECK_OPTIONS = {"overlap": 2.5}
 
 
 def _not_birdnet(g: TfliteGraph, what: str) -> ModelFolderError:
@@ -179,20 +199,28 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
             "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes}
 
 
+def _named(node, name: str):
+    node.set_friendly_name(TAIL_PREFIX + name)
+    return node
+
+
 def _tail(ov, param, params: dict, tail: dict):
-    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``."""
+    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``; every node named
+    ``spectrogram/...`` (INT8 leaves them in float: :data:`INT8_RECIPE`)."""
     ops, branches, row = ov.opset13, [], 0
     for (first, end), mel, exponent in zip(params["bins"], tail["mels"], tail["exponents"]):
         part = ops.slice(param, np.array([row], np.int64), np.array([row + end - first], np.int64),
                          np.array([1], np.int64), np.array([1], np.int64))
-        m = ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False)  # (B, n_mels, T)
-        m = ops.power(ops.multiply(m, m), ops.constant(np.float32(exponent)))
-        branches.append(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))))
+        b = len(branches)
+        _named(part, f"bins_{b}")
+        m = _named(ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False), f"mel_{b}")
+        m = _named(ops.power(_named(ops.multiply(m, m), f"square_{b}"), ops.constant(np.float32(exponent))), f"power_{b}")
+        branches.append(_named(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))), f"channel_{b}"))
         row += end - first
-    stacked = ops.concat(branches, 1)
+    stacked = _named(ops.concat(branches, 1), "stack")
     shape = [1, len(branches), 1, 1]
-    scaled = ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape)))
-    return ops.add(scaled, ops.constant(tail["offset"].reshape(shape)))
+    scaled = _named(ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape))), "scale")
+    return _named(ops.add(scaled, ops.constant(tail["offset"].reshape(shape))), "offset")
 
 
 def network_ir(path: str | Path, found: dict):
@@ -214,7 +242,8 @@ def network_ir(path: str | Path, found: dict):
     source = _tail(ov, param, params, found["tail"]).output(0)
     dims = target.get_partial_shape()
     if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
-        source = ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))).output(0)  # NHWC
+        source = _named(ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))),
+                        "nhwc").output(0)
     for consumer in list(target.get_target_inputs()):
         consumer.replace_source_output(source)
     model = ov.Model(partial.get_results(), [param], GRAPH_NAME)
@@ -251,7 +280,8 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict)
             "sensitivity": {"default": 1.0, "min": 0.5, "max": 1.5,
                             "help": "score = sigmoid(clip(logit + (sensitivity - 1)·10, -20, 20))",
                             "sets": [{"field": "models[0].steps[0].offset", "scale": 10.0, "offset": -10.0}]}},
-        "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)"},
+        "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)",
+                  "precision_check": {"options": CHECK_OPTIONS, "int8_bar": INT8_BAR, "int8_recipe": INT8_RECIPE}},
     }
 
 
@@ -267,15 +297,21 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False,
-                   check_parity: bool = True, progress=None, meta_model: str | Path | None = None):
+                   check_parity: bool = True, precision: str = "f32", calibration: str | Path | None = None,
+                   measure: bool = False, progress=None, meta_model: str | Path | None = None):
     """Write the model folder ``out`` for BirdNET V2.4's ``model`` (.tflite) and ``labels`` (one per line).
 
     Returns the loaded manifest. The folder's ``extra`` holds the source file's name, size and sha256 and
     the parity measured against LiteRT (``check_parity``; the import fails above :data:`PARITY_BAR`).
-    ``meta_model``: BirdNET's location meta model, converted into the folder (:mod:`birdinfer.tools.birdnet_meta`)."""
+    ``precision="int8"`` adds the INT8 variant (:data:`INT8_RECIPE`, valid per CPU class by :data:`INT8_BAR`)
+    and ``measure`` the bf16 record, both measured on ``calibration`` audio as for every import
+    (:func:`birdinfer.tools.importer.import_folder`); the CLI measures by default. ``meta_model``: BirdNET's
+    location meta model, converted into the folder (:mod:`birdinfer.tools.birdnet_meta`)."""
     from ..spec.manifest import Manifest
     from .importer import import_folder
 
+    if precision not in ("f32", "int8"):
+        raise ParameterError(f"import precision={precision!r}: use 'f32' (the graph as given) or 'int8' (adds an INT8 variant)")
     model, names = Path(model), read_labels(labels)
     if meta_model is not None:  # a bad meta model fails before the long import
         from .birdnet_meta import check_meta_model
@@ -297,17 +333,26 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
 
         add_meta_model(out, meta_model)
     if check_parity:
-        from .birdnet_reference import measure_parity
+        _check_parity(Path(out), model, progress)
+    if precision != "f32" or measure:
+        from .importer import record_precisions
 
-        parity = measure_parity(Path(out), model)
-        _record_extra(Path(out), {"parity_vs_litert": parity})
-        if parity["max_abs_score"] > PARITY_BAR:
-            (Path(out) / MANIFEST_NAME).unlink(missing_ok=True)
-            raise ModelFolderError(f"{out}: scores differ from LiteRT's by up to {parity['max_abs_score']:.3g} "
-                                   f"(bar {PARITY_BAR:g}) on the import check; folder not written")
-        if progress:
-            progress(f"parity vs LiteRT on {parity['windows']} windows: max |Δscore| {parity['max_abs_score']:.2g}")
+        record_precisions(Path(out), int8=precision == "int8", calibration=calibration, measure=measure, progress=progress)
     return Manifest.load(out)
+
+
+def _check_parity(out: Path, model: Path, progress) -> None:
+    """Scores against LiteRT on the import check windows, recorded; the folder is withdrawn above :data:`PARITY_BAR`."""
+    from .birdnet_reference import measure_parity
+
+    parity = measure_parity(Path(out), model)
+    _record_extra(Path(out), {"parity_vs_litert": parity})
+    if parity["max_abs_score"] > PARITY_BAR:
+        (Path(out) / MANIFEST_NAME).unlink(missing_ok=True)
+        raise ModelFolderError(f"{out}: scores differ from LiteRT's by up to {parity['max_abs_score']:.3g} "
+                               f"(bar {PARITY_BAR:g}) on the import check; folder not written")
+    if progress:
+        progress(f"parity vs LiteRT on {parity['windows']} windows: max |Δscore| {parity['max_abs_score']:.2g}")
 
 
 def _record_extra(folder: Path, values: dict) -> None:

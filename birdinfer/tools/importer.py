@@ -24,7 +24,7 @@ from ..spec.files import FORMAT, MANIFEST_NAME, read_json_object, safe_join, sha
 from ..spec.parse import OUTPUT_KINDS, parse_spec
 from ..spec.step_files import step_file_names
 
-__all__ = ["import_folder"]
+__all__ = ["import_folder", "record_precisions"]
 
 
 def _read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict, Path, str]:
@@ -152,7 +152,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp = out / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / MANIFEST_NAME)
-    return _record_precision(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
+    return record_precisions(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
 
 
 def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim, v_at: str) -> tuple[dict, Any]:
@@ -180,7 +180,7 @@ def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim,
     return written, model
 
 
-def _record_precision(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
+def record_precisions(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
     """The written folder's INT8 variants (when asked) and bf16 records (:mod:`birdinfer.tools.precision`)."""
     if int8:
         try:

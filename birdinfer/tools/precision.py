@@ -12,6 +12,13 @@ class: ``max |Δp|`` over every row and label.
     {"cpu_classes": ["avx512_vnni_bf16"], "max_abs_dp": 0.0012, "mean_abs_dp": 4e-05, "windows": 48,
      "bar": 0.005, "measured_on": "avx512_vnni_bf16", "reference": "...", "audio": "..."}
 
+Every comparison also gives the top-1 agreement of the rows (same arg-max label as f32), over all rows, over
+the *confident* rows, where f32's top score is at least :data:`CONFIDENT_SCORE` (BirdNET's minimum
+confidence: the rows a user sees as detections), and over the *decided* ones among them, where f32's top
+score leads its second by at least :data:`TIE_MARGIN`; figures that decide a bar are named by the folder
+(``birdinfer_export.variants``). A folder may set options for its checks (``extra.precision_check.options``,
+e.g. BirdNET's ``overlap`` for more windows per held-out second): :func:`check_spec`.
+
 ``cpu_classes`` lists the class it was measured on when within the bar (else empty). Only the measured
 class is listed: bf16 kernels differ between classes (AVX512_BF16, AMX). Where bf16 is not native it
 cannot be measured (OpenVINO would emulate it): the record says so (``not_measurable``) and lists none.
@@ -34,11 +41,18 @@ from ..spec.manifest import Manifest
 from ..spec.upgrade import upgrade
 from ..spec.files import MANIFEST_NAME
 
-__all__ = ["BF16_BAR", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "file_features", "ModelRunner",
+__all__ = ["BF16_BAR", "CONFIDENT_SCORE", "TIE_MARGIN", "AUDIO_SUFFIXES", "AudioSet", "audio_set", "file_features", "audio_features",
+           "check_spec", "ModelRunner",
            "rows_of", "compare_rows", "measure_bf16", "measure_variants", "update_variants", "record_bf16"]
 
 #: bf16 bar: max |Δp| of a model's rows against f32 (the bar ``auto`` promises).
 BF16_BAR = 5e-3
+#: A row is *confident* when f32's top score reaches this (BirdNET-Analyzer's default ``min_conf``).
+CONFIDENT_SCORE = 0.1
+#: A confident row is *decided* when f32's top score leads its second by at least this: below it f32's top-1
+#: is a tie that any rounding flips (BirdNET, measured: one held-out storm-petrel window, 0.1137 vs 0.1123 for
+#: two antbirds, flips under bf16, max |Δscore| 0.014, as under INT8).
+TIE_MARGIN = 0.01
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3")
 MAX_CALIBRATION_FILES = 16
 MAX_HELD_OUT_FILES = 4
@@ -109,6 +123,28 @@ def file_features(spec, y: np.ndarray) -> tuple[dict, int]:
     return FrontEndGraph(spec)(y, n_rows), n_rows
 
 
+def audio_features(spec, signals: Iterable[np.ndarray], *, where: str = "audio") -> list[tuple[dict, int]]:
+    """:func:`file_features` of every signal long enough for one row (shorter recordings give no rows, as in
+    ``predict``); :class:`ParameterError` naming ``where`` when none is."""
+    out = [file_features(spec, y) for y in signals if spec.n_rows(len(y)) > 0]
+    if not out:
+        raise ParameterError(f"{where}: no recording is long enough for one row of this folder; give longer recordings")
+    return out
+
+
+def check_spec(folder: str | Path):
+    """The folder's spec as its precision checks run it: with the options of ``extra.precision_check.options``
+    (e.g. a denser window overlap) when the folder sets them."""
+    from ..spec.options import with_options
+
+    manifest = Manifest.load(folder)
+    check = manifest.extra.get("precision_check") or {}
+    options = check.get("options") if isinstance(check, Mapping) else None
+    if check and (not isinstance(check, Mapping) or not isinstance(options or {}, Mapping)):
+        raise ParameterError(f"{folder}: extra.precision_check must be an object with an object 'options'")
+    return upgrade(with_options(manifest, options) if options else manifest)
+
+
 class ModelRunner:
     """One variant of one model compiled with an explicit hint, as the runtime compiles it (one request)."""
 
@@ -136,9 +172,21 @@ def rows_of(runner: ModelRunner, features: Sequence[tuple[dict, int]]) -> list[n
 
 
 def compare_rows(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> dict:
+    """Max / mean |Δp| over every row and label, and the top-1 agreement over all rows, over the confident ones
+    and over the decided ones (:data:`CONFIDENT_SCORE`, :data:`TIE_MARGIN`; ``None`` when there are none)."""
     diff = np.concatenate([np.abs(b - a).ravel() for a, b in zip(reference, other)])
-    return {"max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean()),
-            "windows": int(sum(len(a) for a in reference))}
+    ref = np.concatenate([np.asarray(a).reshape(len(a), -1) for a in reference])
+    new = np.concatenate([np.asarray(b).reshape(len(b), -1) for b in other])
+    agree = ref.argmax(axis=1) == new.argmax(axis=1)
+    confident = ref.max(axis=1) >= CONFIDENT_SCORE
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.concatenate([np.zeros_like(ref), ref], axis=1)
+    decided = confident & (top2[:, 1] - top2[:, 0] >= TIE_MARGIN)
+    return {"max_abs_dp": float(diff.max()), "mean_abs_dp": float(diff.mean()), "windows": int(len(ref)),
+            "top1_agreement": float(agree.mean()),
+            "top1_agreement_confident": float(agree[confident].mean()) if confident.any() else None,
+            "confident_windows": int(confident.sum()), "confident_score": CONFIDENT_SCORE,
+            "top1_agreement_decided": float(agree[decided].mean()) if decided.any() else None,
+            "decided_windows": int(decided.sum()), "tie_margin": TIE_MARGIN}
 
 
 def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str] | None = None,
@@ -146,8 +194,7 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
     """``{model: {variant: bf16 record}}`` for every OpenVINO variant (or those named) of the folder, measured
     on ``audio``'s held-out files under this process's CPU class (see the module docstring)."""
     isa = effective_isa()
-    manifest = Manifest.load(folder)
-    spec = upgrade(manifest)
+    spec = check_spec(folder)
     records: dict[str, dict[str, dict]] = {}
     if not isa.bf16_native:
         why = (f"bf16 is not native on {isa.cpu_class} (OpenVINO would emulate it): not measurable here; "
@@ -156,7 +203,7 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
             records[entry.name] = {k: {"cpu_classes": [], "measured_on": isa.cpu_class, "not_measurable": why}
                                    for k, v in entry.variants.items() if v.openvino and (variants is None or k in variants)}
         return records
-    features = [file_features(spec, y) for y in audio.signals("held_out")]
+    features = audio_features(spec, audio.signals("held_out"), where=audio.describe("held_out"))
     for entry in spec.models:
         records[entry.name] = {}
         if getattr(entry, "source", None) is not None:  # reads another model's output (spec.dag): not measured
@@ -197,8 +244,9 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     (all, or ``models``) compiled with ``hint`` against its f32 variant compiled with f32, both under this
     process's class, on the held-out audio. Returns ``{model: figures + class + what ran + speedup_vs_f32}``
     (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps)."""
-    spec = upgrade(Manifest.load(folder))
-    features = [file_features(spec, y) for y in AudioSet.from_dict(audio).signals("held_out")]
+    spec = check_spec(folder)
+    audio = AudioSet.from_dict(audio)
+    features = audio_features(spec, audio.signals("held_out"), where=audio.describe("held_out"))
     out, rows = {}, {}
     for entry in spec.models:
         if (models is not None and entry.name not in models) or variant not in entry.variants:
