@@ -48,12 +48,14 @@ def test_auto_puts_a_model_on_onnxruntime_only_where_recorded_faster_on_this_cla
     a, b, c, d = _names(folder)
     manifest = _record(folder, {a: {here: {"openvino": 0.2, "onnxruntime": 0.1}},
                                 b: {here: {"openvino": 0.1, "onnxruntime": 0.2}},
-                                c: {other: {"openvino": 0.2, "onnxruntime": 0.1}}})
+                                c: {other: {"openvino": 0.2, "onnxruntime": 0.1}},
+                                d: {here: {"openvino": 0.1, "onnxruntime": 0.097}}})  # within the margin: noise
     plans, summary = plan_models(manifest, precision="f32", backend="auto")
     assert [p.backend for p in plans] == ["onnxruntime", "openvino", "openvino", "openvino"]
     assert plans[0].hint is None and plans[1].hint == "f32"
     assert f"{a} f32 on ONNX Runtime" in summary and f"ONNX Runtime measured faster on {here}" in summary
-    assert f"OpenVINO measured faster than ONNX Runtime on {here}" in summary
+    assert f"ONNX Runtime not measured ≥ 5% faster than OpenVINO on {here} (0.2 vs 0.1 s/file)" in summary
+    assert f"ONNX Runtime not measured ≥ 5% faster than OpenVINO on {here} (0.097 vs 0.1 s/file)" in summary
     files = [name for _, name in plan_variants(manifest, precision="f32", backend="auto", plans=plans)]
     assert files[0].endswith(".onnx") and all(f.endswith(".xml") for f in files[1:])
     # an explicit backend overrides the records
@@ -115,7 +117,7 @@ def test_bench_records_both_backends_and_auto_follows_the_measurement(folder, tm
     for entry, plan in zip(manifest.models, plans):
         record = entry.variants["f32"].backends[here]
         assert record["openvino"] > 0 and record["onnxruntime"] > 0 and record["files"] == 1
-        assert plan.backend == ("onnxruntime" if record["onnxruntime"] < record["openvino"] else "openvino")
+        assert plan.backend == ("onnxruntime" if record["onnxruntime"] < 0.95 * record["openvino"] else "openvino")
 
 
 def test_record_backends_refuses_a_capped_class(folder):

@@ -41,6 +41,7 @@ from .bench_stages import (KAGGLE_BUDGET_SECONDS, KAGGLE_FILE_SECONDS, KAGGLE_FI
                            bench_mode, gflop_per_file, ir_gflop, machine_info, matmul_peak_gflops, parse_mode)
 from ..errors import BirdinferError, ParameterError
 from ..runtime.cpu import effective_isa
+from ..runtime.plan import ORT_MARGIN
 from .precision import update_variants
 from ..spec.manifest import Manifest
 from ..spec.upgrade import upgrade
@@ -130,7 +131,7 @@ def _backend_modes(models, compare: Sequence[str] | None, cpu_class: str | None)
 
 def _recorded_line(folder, records: dict) -> str:
     return (f"recorded in {Path(folder) / 'manifest.json'} for {effective_isa().cpu_class}: " + ", ".join(
-        f"{name} {'onnxruntime' if r['onnxruntime'] < r['openvino'] else 'openvino'} "
+        f"{name} {'onnxruntime' if r['onnxruntime'] < ORT_MARGIN * r['openvino'] else 'openvino'} "
         f"({r['openvino']:.3g} s OpenVINO, {r['onnxruntime']:.3g} s ONNX Runtime per file)" for name, r in records.items()))
 
 
