@@ -80,10 +80,26 @@ def test_auto_runs_both_backends_with_f32_results(folder, tmp_path):
     ogg = write_ogg(tmp_path / "a.ogg", 15.0, seed=3)
     mixed = Predictor(folder, precision="f32", backend="auto")
     assert [m.backend for m in mixed.models][:2] == ["onnxruntime", "openvino"]
+    assert mixed.ran_backends == f"openvino + onnxruntime ({a})"
     plain = Predictor(folder, precision="f32", backend="openvino")
+    assert plain.ran_backends == "openvino"
     np.testing.assert_allclose(mixed.predict_file(ogg), plain.predict_file(ogg), atol=1e-5)
     mixed.close()
     plain.close()
+
+
+def test_submit_reports_the_backends_that_ran(folder, tmp_path):
+    from birdinfer.jobs.submit import make_submission
+
+    here = effective_isa().cpu_class
+    a = _names(folder)[0]
+    _record(folder, {a: {here: {"openvino": 0.2, "onnxruntime": 0.1}}})
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_ogg(audio / "s.ogg", 10.0, seed=1)
+    make_submission(audio, folder, out=tmp_path / "sub.csv", report=tmp_path / "r.json", precision="f32", progress=False)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["backend"] == "auto" and report["backend_ran"] == f"openvino + onnxruntime ({a})"
 
 
 def test_auto_says_why_a_faster_onnxruntime_is_not_used_without_the_onnx_file(folder):

@@ -282,12 +282,16 @@ def predict(
     finally:
         lock.release()
 
-    wall = time.perf_counter() - wall_start
+    _say_summary(progress, recordings, parts, resumed, len(errors), audio_this_run, time.perf_counter() - wall_start, out)
+    return out
+
+
+def _say_summary(progress: bool, recordings, parts, resumed: int, failed: int, audio_this_run: float, wall: float,
+                 out: Path) -> None:
     hours = sum(float(parts.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in parts.done) / 3600.0
     speed = f"{audio_this_run / wall:.0f}× real time" if audio_this_run and wall > 0 else "nothing new to compute"
-    say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
+    say(progress, f"birdinfer predict: {len(recordings)} files ({resumed} resumed), {failed} failed, "
                    f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out}")
-    return out
 
 
 def _checked_run(inputs, models, out: Path, *, format: str | None, precision: str, backend: str, options=None,
@@ -325,7 +329,7 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
 
     predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
     say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                   f"{backend} precision: {predictor.precision}")
+                   f"{predictor.ran_backends} precision: {predictor.precision}")
     bar = progress_bar(progress, total=total, initial=total - len(todo), desc="birdinfer predict")
     audio_seconds = 0.0
     try:

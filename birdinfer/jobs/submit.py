@@ -124,8 +124,8 @@ def make_submission(
 
         predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
         say(progress, f"birdinfer: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
-                       f"{backend} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
-        info.update(cpu_class=predictor.isa.to_dict(), precision_plan=predictor.plan_summary,
+                       f"{predictor.ran_backends} precision: {predictor.precision}\nbirdinfer: {predictor.plan_summary}")
+        info.update(cpu_class=predictor.isa.to_dict(), precision_plan=predictor.plan_summary, backend_ran=predictor.ran_backends,
                     **_before_audio(predictor.manifest, paths))
         budget = _make_budget(time_budget_s)
         results: list[FileResult] = []

@@ -140,7 +140,7 @@ class Predictor:
         self.precision = describe_precisions(self.models)
         self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models)
         self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
-        self.backend = backend
+        self.backend = backend  # as asked ("auto": per model, birdinfer.runtime.plan); what ran: ran_backends
         self.active: list[str] = [m.name for m in self.models]
         self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
         self.model_calls: dict[str, int] = {m.name: 0 for m in self.models}
@@ -156,6 +156,16 @@ class Predictor:
                 shape = self.manifest.feature_shapes[model.entry.input].shape() or ()
             if shape and all(d > 0 for d in shape):
                 model.run(np.full((1,) + tuple(shape), model.entry.pad_value, np.float32))
+
+    @property
+    def ran_backends(self) -> str:
+        """The backends the loaded models run on, e.g. ``"openvino"`` or ``"openvino + onnxruntime (probe)"``."""
+        on_ort = [m.name for m in self.models if m.backend == "onnxruntime"]
+        if not on_ort:
+            return "openvino"
+        if len(on_ort) == len(self.models):
+            return "onnxruntime"
+        return f"openvino + onnxruntime ({', '.join(on_ort)})"
 
     def close(self) -> None:
         """Stop the model worker threads (also done when the predictor is garbage-collected)."""
