@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from .errors import BirdinferError, ParameterError
-from .tools.commands import TOOL_COMMANDS, backend_arg as _backend_arg, precision_arg as _precision_arg
+from .tools.commands import TOOL_COMMANDS, backend_arg, precision_arg
 
 __all__ = ["main", "build_parser"]
 
@@ -26,8 +26,8 @@ def _add_submit(sub) -> None:
     p.add_argument("--models", type=Path, required=True, help="model folder written by `birdinfer export`")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="output CSV (default: submission.csv)")
     p.add_argument("--sample-submission", type=Path, default=None, help="sample_submission.csv: its column order is used")
-    _precision_arg(p)
-    _backend_arg(p)
+    precision_arg(p)
+    backend_arg(p)
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="finish within this many seconds: models are dropped (lowest weight per cost first) when the projection says the budget would be exceeded")
     p.add_argument("--limit", type=int, default=None, help="only the first N files (sorted by name)")
@@ -73,8 +73,8 @@ def _add_predict(sub) -> None:
                    help="seconds shared by consecutive windows (folders that declare it, e.g. BirdNET: 0-2.9, default 0)")
     p.add_argument("--sensitivity", type=float, default=None,
                    help="score sensitivity (folders that declare it, e.g. BirdNET: 0.5-1.5, default 1.0)")
-    _precision_arg(p)
-    _backend_arg(p)
+    precision_arg(p)
+    backend_arg(p)
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local (default) or a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")

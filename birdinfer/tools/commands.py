@@ -16,7 +16,7 @@ from ..errors import ParameterError
 __all__ = ["precision_arg", "backend_arg", "TOOL_COMMANDS"]
 
 
-def _precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+def precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument(
         "--precision",
         default=default,
@@ -29,7 +29,7 @@ def _precision_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     )
 
 
-def _backend_arg(p: argparse.ArgumentParser) -> None:
+def backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime"],
                    help="inference backend: auto (default) = OpenVINO, except models whose folder records ONNX Runtime "
                    "faster on this CPU class (birdinfer bench --record-backends)")
@@ -175,7 +175,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--record-backends", action="store_true",
                    help="also time every model at f32 on OpenVINO and on ONNX Runtime and record both in the folder for "
                    "this CPU class; --backend auto then runs each model on the faster one")
-    _precision_arg(p)
+    precision_arg(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -262,7 +262,7 @@ def _add_pseudo(sub) -> None:
     p.add_argument("audio_dir", type=Path, help="unlabelled soundscapes (e.g. train_soundscapes)")
     p.add_argument("--models", type=Path, required=True, help="model folder of the labelling ensemble")
     p.add_argument("--out", type=Path, required=True, help="soft labels CSV to write")
-    _precision_arg(p, default="f32")
+    precision_arg(p, default="f32")
     p.set_defaults(func=_cmd_pseudo)
 
 
@@ -303,4 +303,3 @@ def _cmd_demo(args) -> int:
 
 #: The tool sub-commands, in the order ``birdinfer --help`` lists them.
 TOOL_COMMANDS = (_add_export, _add_import, _add_bundle, _add_bench, _add_synth, _add_score, _add_train, _add_pseudo, _add_demo)
-precision_arg, backend_arg = _precision_arg, _backend_arg
