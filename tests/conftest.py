@@ -13,6 +13,41 @@ import soundfile as sf
 
 from birdinfer.spec.manifest import MelGroup
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment for a ``python -m birdinfer.cli`` child process: this checkout first on PYTHONPATH."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def wait_for_lock(lock: Path, proc, timeout: float = 300) -> dict:
+    """The lock file's holder record once the running process ``proc`` has written it (fails if ``proc`` ends
+    first or never names itself within ``timeout`` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the first run ended before it held the lock: {proc.stderr.read()[-3000:]}"
+        try:
+            info = json.loads(lock.read_text())
+            if info.get("pid") == proc.pid:
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{lock} never named PID {proc.pid}")
+
+
+def stop_process(proc) -> None:
+    """Kill ``proc`` if it still runs, reap it and close its stderr pipe (the ``finally`` of a started run)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
 
 def unprivileged_prefix() -> list[str]:
     """Command prefix under which file permissions apply. Not root: nothing. Root: ``setpriv`` dropping the

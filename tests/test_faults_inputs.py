@@ -29,18 +29,15 @@ import soundfile as sf
 from birdinfer.cli import main as cli_main
 from birdinfer.errors import AudioDecodeError
 
-from conftest import LABELS, SR, synth_signal, unprivileged_prefix, write_ogg
+from conftest import LABELS, SR, cli_env, synth_signal, unprivileged_prefix, write_ogg
 
-REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TIMEOUT = 300  # seconds for one run; a run that hangs fails the test here
 
 
 # ============================================================================================ helpers
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
+    return cli_env()
 
 
 def _run(*args, prefix: tuple = (), umask: int | None = None) -> subprocess.CompletedProcess:

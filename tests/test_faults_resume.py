@@ -22,15 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from conftest import LABELS, SR, synth_signal, write_ogg
+from conftest import LABELS, SR, cli_env, stop_process, synth_signal, wait_for_lock, write_ogg
 
-REPO = Path(__file__).resolve().parents[1]
 
 #: Runs ``birdinfer`` (argv[3:]) and sends itself the signal argv[2] when it is about to rename a finished
 #: temporary file onto argv[1]: a run killed or stopped during its final write, at a point chosen exactly.
@@ -49,7 +47,7 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "RAY_ADDRESS": ""}
+    return cli_env(RAY_ADDRESS="")
 
 
 def _birdinfer(*args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -339,19 +337,6 @@ def _ray_available() -> bool:
 needs_ray = pytest.mark.skipif(not _ray_available(), reason="ray and pyarrow are not installed: pip install 'birdinfer[ray]'")
 
 
-def _wait_for_lock(lock: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the first run ended before it held the lock: {proc.stderr.read()[-3000:]}"
-        try:
-            if json.loads(lock.read_text()).get("pid") == proc.pid:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{lock} never named PID {proc.pid}")
-
-
 def _listed_shards_verify(out: Path) -> list[dict]:
     index = json.loads((out / "_SUCCESS").read_text())
     for entry in index["files"]:
@@ -376,17 +361,14 @@ def test_ray_takes_the_output_lock_and_resume_verifies_its_shards(audio, small_m
     first = subprocess.Popen([sys.executable, "-m", "birdinfer.cli", *map(str, args)], env=_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_lock(lock, first)
+        wait_for_lock(lock, first)
         second = _birdinfer(*args, timeout=300)
         assert first.poll() is None, "the first run must still be running while the second is refused"
         _clean_exit(second, 2)
         assert f"PID {first.pid}" in second.stderr and str(out) in second.stderr, second.stderr[-3000:]
         assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        first.stderr.close()
+        stop_process(first)
     assert len(_listed_shards_verify(out)) == 4 and not lock.exists()
 
     reference = pq.read_table(predict([audio], small_model_folder, tmp_path / "ref.parquet", precision="f32",

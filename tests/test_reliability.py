@@ -34,13 +34,13 @@ from birdinfer.cli import main as cli_main
 from birdinfer.errors import (AudioDecodeError, ChecksumError, MissingDependencyError, ModelFolderError, OutputError,
                               ParameterError)
 
-from conftest import LABELS, SMALL_RECIPE, recipe_spec, synth_signal, unprivileged_prefix, write_ogg
+from conftest import (LABELS, SMALL_RECIPE, cli_env, recipe_spec, stop_process, synth_signal, unprivileged_prefix,
+                      wait_for_lock, write_ogg)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SR = 32000
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ============================================================================================ corpus
@@ -462,9 +462,7 @@ def _predict_cmd(inputs: Path, models: Path, out: Path) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
+    return cli_env()
 
 
 def test_predict_killed_and_resumed_gives_identical_output(small_model_folder, tmp_path):
@@ -550,21 +548,6 @@ def test_killed_submit_never_leaves_a_partial_submission(small_model_folder, tmp
 
 
 # ================================================================================= one run per output
-def _wait_for_lock(lock: Path, proc: subprocess.Popen, timeout: float = 300) -> dict:
-    """The lock file's holder record once ``proc`` has written it (fails if ``proc`` ends first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the first run ended before it held the lock: {proc.stderr.read()[-2000:]!r}"
-        try:
-            info = json.loads(lock.read_text())
-            if info.get("pid") == proc.pid:
-                return info
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{lock} never named PID {proc.pid}")
-
-
 @pytest.fixture(scope="module")
 def long_audio(tmp_path_factory) -> Path:
     """Eight 60 s recordings: a predict over them runs long enough to start a second one beside it."""
@@ -583,7 +566,7 @@ def test_second_predict_on_the_same_output_fails_at_once(long_audio, small_model
     first = subprocess.Popen(_predict_cmd(long_audio, small_model_folder, out), env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
-        holder = _wait_for_lock(lock, first)
+        holder = wait_for_lock(lock, first)
         assert holder["host"] and holder["started"] and "predict" in holder["command"]
         started = time.monotonic()
         second = subprocess.run(_predict_cmd(long_audio, small_model_folder, out), env=_env(), capture_output=True,
@@ -595,10 +578,7 @@ def test_second_predict_on_the_same_output_fails_at_once(long_audio, small_model
         assert "models loaded" not in second.stderr
         assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        first.stderr.close()
+        stop_process(first)
     frame = pd.read_csv(out)
     assert frame.file.value_counts().to_dict() == {str(long_audio / f"rec_{i}.ogg"): 12 for i in range(8)}
     assert np.isfinite(frame[LABELS].to_numpy()).all()
@@ -615,7 +595,7 @@ def test_lock_of_a_killed_run_is_taken_over(long_audio, small_model_folder, tmp_
     listing.write_text("\n".join(map(str, files)) + "\n")
     first = subprocess.Popen(_predict_cmd(listing, small_model_folder, out), env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    _wait_for_lock(lock, first)
+    wait_for_lock(lock, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     first.stderr.close()
