@@ -101,7 +101,7 @@ def test_class_thresholds_against_transcription():
 @pytest.mark.parametrize("table, message", [
     ("primary_label,threshold\na,1.0\n", r"threshold of 'a' must be a number in \(0, 1\)"),
     ("primary_label,threshold\na,x\n", r"threshold of 'a' must be a number"),
-    ("primary_label,threshold\na,0.2\na,0.3\n", "listed twice"),
+    ("primary_label,threshold\na,0.2\na,0.3\n", "label 'a' appears twice in column 'primary_label'"),
     ("primary_label,threshold\nzz,0.2\n", "'zz' is not one of the rows' labels"),
     ("label,threshold\na,0.2\n", "has no column 'primary_label'"),
 ])

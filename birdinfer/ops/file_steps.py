@@ -264,22 +264,19 @@ class ThresholdPlan:
 
 
 def _bind_thresholds(p: ThresholdParams, source: TableSource) -> ThresholdPlan:
-    table = read_table(source, p.table)
-    labels, values = table.column(p.label_field), table.column(p.value_field)
-    unknown = sorted(set(labels) - set(source.columns))
+    texts = taxonomy_field(source, p.table, p.label_field, p.value_field)  # label → cell; a label twice is refused
+    unknown = sorted(set(texts) - set(source.columns))
     if unknown:
         raise ValueError(f"{p.table}: {p.label_field} {unknown[0]!r} is not one of the rows' labels "
                          f"({len(unknown)} unknown); list only the folder's labels")
     found: dict[str, float] = {}
-    for number, (label, text) in enumerate(zip(labels, values), 2):
+    for number, (label, text) in enumerate(texts.items(), 2):  # one row per label, in file order
         try:
             t = float(text)
         except ValueError:
             t = math.nan
         if not 0.0 < t < 1.0:
             raise ValueError(f"{p.table} line {number}: threshold of {label!r} must be a number in (0, 1), got {text!r}")
-        if label in found:
-            raise ValueError(f"{p.table} line {number}: {label!r} is listed twice")
         found[label] = t
     return ThresholdPlan(p, np.array([found.get(c, p.default) for c in source.columns], np.float64))
 

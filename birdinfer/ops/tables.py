@@ -71,8 +71,9 @@ def read_table(source: TableSource, name: str, *, header: bool = True) -> Table:
 
 
 def taxonomy_field(source: TableSource, name: str, label_field: str, field: str) -> dict[str, str]:
-    """``{label: value of field}`` from a taxonomy CSV (e.g. BirdCLEF's ``taxonomy.csv``: ``primary_label``,
-    ``scientific_name``, ``class_name``, ...); a label listed twice is an error."""
+    """``{label: value of field}`` from a CSV keyed by label, in file order (e.g. BirdCLEF's ``taxonomy.csv``:
+    ``primary_label``, ``scientific_name``, ``class_name``, ...; or a table of per-label values); a label listed
+    twice is an error."""
     table = read_table(source, name)
     labels, values = table.column(label_field), table.column(field)
     out: dict[str, str] = {}
