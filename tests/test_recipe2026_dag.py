@@ -30,6 +30,7 @@ from birdinfer.spec.manifest import Manifest
 from birdinfer.spec.parse import parse_spec
 
 from conftest import write_ogg
+from test_recipe2026_steps import LABELS, TAXONOMY  # the same six competition classes and their taxonomy
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -37,15 +38,6 @@ ort = pytest.importorskip("onnxruntime")
 SR = 32000
 ROW = 5 * SR
 N_PERCH, EMB = 14795, 1536
-LABELS = ["amecro", "tytalb", "bubvir", "strvar", "frog1", "insect9"]
-TAXONOMY = """primary_label,scientific_name,class_name
-amecro,Corvus brachyrhynchos,Aves
-tytalb,Tyto alba,Aves
-bubvir,Bubo virginianus,Aves
-strvar,Strix varia,Aves
-frog1,Leptodactylus fuscus,Amphibia
-insect9,Gryllus sp.,Insecta
-"""
 #: Where the stand-in's label list holds the competition's species: direct names, the genus of ``strvar`` twice
 #: (the max of both), ``frog1``'s genus alone; ``insect9`` has neither (filled). The last class is a direct one.
 DIRECT = {"amecro": [100], "tytalb": [7000], "bubvir": [N_PERCH - 1], "strvar": [5, 12000], "frog1": [300], "insect9": []}
