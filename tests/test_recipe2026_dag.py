@@ -55,7 +55,7 @@ WEIGHTS = {"sed": 0.4, "perch": 0.2, "probe": 0.2, "seq": 0.2}
 class PerchLike(torch.nn.Module):
     """Perch v2's interface, a small body: waveform → in-graph spectrogram → conv body → label, embedding."""
 
-    def __init__(self, n_fft: int = 512, hop: int = 320, n_mels: int = 32, width: int = 24):
+    def __init__(self, n_fft: int = 512, hop: int = 320, n_mels: int = 32, width: int = 48):
         super().__init__()
         k, f = np.arange(n_fft), np.arange(n_fft // 2 + 1)
         window = 0.5 - 0.5 * np.cos(2 * np.pi * k / n_fft)
@@ -75,7 +75,10 @@ class PerchLike(torch.nn.Module):
         power = s[:, : self.bins] ** 2 + s[:, self.bins :] ** 2
         m = torch.log(torch.matmul(power.transpose(1, 2), self.mel) + 1e-3)
         h = self.body(m[:, None]).mean(dim=(2, 3))
-        h = torch.nn.functional.layer_norm(h, (self.width,))  # what differs between windows, not their common level
+        # what differs between windows, not their common level. (Width 48: OpenVINO 2026.4.1's CPU plugin segfaults on
+        # a layer norm whose width is not a multiple of 16 (8, 20, 24, 40, 56, 100) under ONEDNN_MAX_CPU_ISA=AVX2 on a
+        # Zen 4; 16, 48, 96, 1536 run.)
+        h = torch.nn.functional.layer_norm(h, (self.width,))
         return self.head(h) * 3.0, self.embed(h) * 3.0
 
 
