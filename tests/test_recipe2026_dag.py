@@ -255,6 +255,14 @@ def swap_allowance(reference_rows: np.ndarray, got: np.ndarray) -> np.ndarray:
     return allowance
 
 
+def fused_bound(allowance: dict[str, np.ndarray], counts: list[int]) -> np.ndarray:
+    """How far the fused rows may be from the reference's: the weighted mean of the members' swap allowances,
+    smoothed per file as the ranks are (|smooth(a) − smooth(b)| ≤ smooth(|a − b|) for a kernel of non-negative
+    taps), plus 1e-6 for the float error of the mean and the smoothing."""
+    mean = sum(w * allowance[n] for n, w in WEIGHTS.items()) / sum(WEIGHTS.values())
+    return np.concatenate([_smooth(part) for part in np.split(mean, np.cumsum(counts)[:-1])]) + 1e-6
+
+
 # ---------------------------------------------------------------------------------------------- tests
 def test_perch_stand_in_has_perch_v2_shapes(source):
     session = _session(source, "perch")
@@ -297,10 +305,7 @@ def test_members_and_fused_rows_against_onnxruntime_transcription(folder, source
     assert np.abs(alone - probe_long[:12]).max() > 1e-3
     sub = pd.read_csv(out)
     assert list(sub.row_id) == ids
-    # the fused rows: the weighted mean of the members' allowances, smoothed as the ranks are (|smooth(a) − smooth(b)|
-    # ≤ smooth(|a − b|) for a kernel of non-negative taps), plus 1e-6 for the float error of the mean and smoothing
-    mean = sum(w * allowance[n] for n, w in WEIGHTS.items()) / sum(WEIGHTS.values())
-    bound = np.concatenate([_smooth(part) for part in np.split(mean, np.cumsum(counts)[:-1])]) + 1e-6
+    bound = fused_bound(allowance, counts)
     diff = np.abs(sub[LABELS].to_numpy() - np.concatenate(fused))
     assert (diff <= bound).all(), f"largest excess {(diff - bound).max():g}"
     assert (bound == 1e-6).mean() > 0.5  # no swap is possible for most rows and classes: there the bound is 1e-6
@@ -308,11 +313,25 @@ def test_members_and_fused_rows_against_onnxruntime_transcription(folder, source
 
 
 def test_predict_gives_the_same_fused_rows(folder, source, soundscapes, tmp_path):
+    """``predict`` fuses by rank over the whole run as ``submit`` does: its rows equal the reference's within the
+    swap allowance of the members' rows (those taken through :class:`Predictor`, the engine under ``predict``)."""
     from birdinfer.jobs.predict import predict
+    from birdinfer.runtime.pipeline import Predictor
 
+    paths = sorted(soundscapes.iterdir())
     table = pd.read_csv(predict([soundscapes], folder, tmp_path / "p.csv", precision="f32", progress=False))
-    _, fused = reference(source, sorted(soundscapes.iterdir()))
-    np.testing.assert_allclose(table[LABELS].to_numpy(), np.concatenate(fused), rtol=0, atol=1e-6)
+    members, fused = reference(source, paths)
+    got = [r.members.models for r in Predictor(folder, precision="f32").iter_files(paths, members=True)]
+    counts = [len(r) for r in members["sed"]]
+    allowance = {}
+    for name, want in members.items():
+        rows, want = np.concatenate([g[name] for g in got]), np.concatenate(want)
+        np.testing.assert_allclose(rows, want, rtol=0, atol=1e-4, err_msg=name)
+        allowance[name] = swap_allowance(want, rows)
+    diff = np.abs(table[LABELS].to_numpy() - np.concatenate(fused))
+    bound = fused_bound(allowance, counts)
+    assert (diff <= bound).all(), f"largest excess {(diff - bound).max():g}"
+    assert (bound == 1e-6).mean() > 0.5
 
 
 @pytest.mark.parametrize("parallel_models", [1, 2])
