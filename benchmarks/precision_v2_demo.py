@@ -7,6 +7,10 @@ on ``data/test_soundscapes`` for each mode of ``$MODES`` (default ``f32 auto fas
 ``test_solution.csv``, ΔAUC and max / mean |Δp| against f32 under the same class.
 
     MODES="f32 auto fast int8 bf16" python benchmarks/precision_v2_demo.py DEMO_DIR OUT_DIR native avx512 avx2
+
+With ``LABELLED=1`` the import passes ``--calibration-labels data/train_soundscapes_solution.csv`` (INT8 judged by
+ΔAUC on the held-out train soundscapes, :mod:`birdinfer.tools.held_out_labels`); the write-time figures per model
+and class (ΔAUC, speed against f32, valid or not) are printed before the scores.
 """
 import json
 import os
@@ -44,7 +48,15 @@ if __name__ == "__main__":
     (models_v1 / "spec_v2.json").write_text(json.dumps(spec, indent=1))
     v2 = out / "models_v2"
     if not (v2 / "manifest.json").exists():
-        import_folder(models_v1 / "spec_v2.json", v2, precision="int8", calibration=demo / "data" / "train_soundscapes", progress=print, overwrite=True)
+        labels = demo / "data" / "train_soundscapes_solution.csv" if os.environ.get("LABELLED") == "1" else None
+        import_folder(models_v1 / "spec_v2.json", v2, precision="int8", calibration=demo / "data" / "train_soundscapes",
+                      progress=print, overwrite=True, calibration_labels=labels)
+    for m in Manifest.load(v2).models:
+        int8 = m.variants["int8"]
+        for c, f in int8.verification["per_class"].items():
+            auc = "" if f.get("delta_auc") is None else f" ΔAUC {f['delta_auc']:+.4f} (f32 {f['auc_f32']:.4f})"
+            print(f"  write time {m.name} {c:18s} mean|Δp| {f['mean_abs_dp']:.4f}{auc} model ×{f['speedup_vs_f32']:.2f} "
+                  f"vs f32 {'valid' if c in int8.cpu_classes else 'not valid'}")
     for cpu_class in sys.argv[3:]:
         r = run_in_cpu_class(cpu_class, f"{Path(__file__).resolve()}:score_class", {"models": str(v2), "data": str(demo / "data"), "out": str(out)})
         print(r["isa"])

@@ -39,7 +39,7 @@ INT8_MEAN_DP_BAR = 0.0125
 #: (a folder of many mostly-zero scores, BirdNET's 6,522, adds top-1 agreement on decided confident windows:
 #: mean |Δp| alone lets through an INT8 graph whose top label differs on half the windows, measured).
 INT8_BAR_FIGURES = {"mean_abs_dp": "max", "max_abs_dp": "max", "top1_agreement": "min", "top1_agreement_confident": "min",
-                    "top1_agreement_decided": "min"}
+                    "top1_agreement_decided": "min", "delta_auc": "min"}
 #: Classes an INT8 variant is checked under (a child process each, where this CPU can emulate the class):
 #: one with exact INT8 dot products (this CPU when it has VNNI/AMX) and the two without VNNI.
 INT8_CHECK_CLASSES = ("native", "avx512", "avx2")
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path)
     parser.add_argument("--calibration", type=Path, default=None, help="soundscapes for calibration / held-out checks")
+    parser.add_argument("--calibration-labels", type=Path, default=None,
+                        help="with --measure: the calibration soundscapes' solution CSV (row_id + 0/1 per class); "
+                        "INT8 is then judged by ΔAUC on the held-out files")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_INT8_VARIANTS), choices=sorted(INT8_RECIPES))
     parser.add_argument("--measure", action="store_true",
                         help="quantize nothing: measure the folder's INT8 variants per CPU class and record where "
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted({k for m in manifest.models for k, v in m.variants.items() if k != "f32" and v.openvino})
         if not names:
             raise ParameterError(f"{args.models}: no INT8 variant to measure; add them with --variants")
-        measure_int8(args.models, names, audio_set(args.calibration, manifest.sample_rate))
+        measure_int8(args.models, names, audio_set(args.calibration, manifest.sample_rate, args.calibration_labels))
         return 0
     add_int8_variants(args.models, calibration=args.calibration, variants=args.variants)
     return 0
@@ -192,11 +195,17 @@ def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_
     per class); ``cpu_classes`` lists the classes whose figures meet the bar (measured, or sharing a measured
     class's exact INT8 arithmetic), and nothing else. The bar: ``{"mean_abs_dp": INT8_MEAN_DP_BAR}``, or the
     folder's ``extra.precision_check.int8_bar`` (:data:`INT8_BAR_FIGURES`); ``mean_dp_bar`` replaces its mean
-    |Δp| term. The figures per class and the bar are recorded beside it."""
+    |Δp| term. With labelled held-out audio (``audio.labels``) the label-free mean |Δp| term gives way to
+    ΔAUC: ``delta_auc >= -DELTA_AUC_BAR`` (the folder's own terms stay). The figures per class and the bar are
+    recorded beside it."""
+    from birdinfer.tools.held_out_labels import DELTA_AUC_BAR
     from birdinfer.tools.precision import update_variants
 
     folder = Path(folder)
-    bar = dict(folder_int8_settings(folder)[0] or {"mean_abs_dp": INT8_MEAN_DP_BAR})
+    own = folder_int8_settings(folder)[0]
+    bar = dict(own or ({} if audio.labels else {"mean_abs_dp": INT8_MEAN_DP_BAR}))
+    if audio.labels:
+        bar["delta_auc"] = -DELTA_AUC_BAR
     if mean_dp_bar is not None:
         bar["mean_abs_dp"] = float(mean_dp_bar)
     updates: dict[str, dict[str, dict]] = {}
@@ -209,8 +218,9 @@ def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_
             verification = {**dict(stored.verification), "per_class": per_class, "bar": bar,
                             "held_out": audio.describe("held_out"),
                             "cpu_classes_evidence": "measured per class at write time (the bar's figures of the "
-                            "model's rows vs f32 under the same class; exact-INT8 classes share the measured exact "
-                            "class's arithmetic)"}
+                            "model's rows vs f32 under the same class" + (", ΔAUC on the labelled held-out files"
+                                                                           if audio.labels else "") +
+                            "; exact-INT8 classes share the measured exact class's arithmetic)"}
             updates.setdefault(name, {})[variant] = {"cpu_classes": valid, "verification": verification}
             if progress:
                 progress(f"{name} ({variant}): {'; '.join(_figures(c, f) for c, f in per_class.items())}; valid on "
@@ -222,9 +232,11 @@ def _figures(cpu_class: str, f: Mapping) -> str:
     def share(key: str, count: str) -> str:
         return "n/a" if f.get(key) is None else f"{f[key]:.4f} of {f.get(count)}"
 
+    auc = "" if f.get("delta_auc") is None else (f" AUC {f['auc']:.4f} vs f32 {f['auc_f32']:.4f} (Δ {f['delta_auc']:+.4f}, "
+                                                 f"{f['scored_classes']} classes)")
     return (f"{cpu_class} mean|Δp| {f['mean_abs_dp']:.2g} max {f['max_abs_dp']:.3f} top-1 {f.get('top1_agreement', 0):.4f} "
             f"(confident {share('top1_agreement_confident', 'confident_windows')}, decided "
-            f"{share('top1_agreement_decided', 'decided_windows')}) ×{f['speedup_vs_f32']:.2f} speed")
+            f"{share('top1_agreement_decided', 'decided_windows')}){auc} ×{f['speedup_vs_f32']:.2f} speed")
 
 
 def _bar_text(bar: Mapping[str, float]) -> str:
@@ -302,14 +314,16 @@ def _valid_classes(per_class: Mapping[str, Mapping], bar: Mapping[str, float]) -
 
 
 def record_precision(folder: str | Path, *, calibration: str | Path | None = None, int8: bool = False,
-                     measure_int8_variants: Sequence[str] = (), measure_bf16: bool = True, progress=print) -> Manifest:
+                     measure_int8_variants: Sequence[str] = (), measure_bf16: bool = True, progress=print,
+                     calibration_labels: str | Path | None = None) -> Manifest:
     """At write time (``birdinfer import`` / ``export``): INT8 variants for a spec folder when ``int8`` (or,
     for INT8 variants already written, ``measure_int8_variants``: their classes measured by :func:`measure_int8`),
-    then every variant's bf16 record (:func:`birdinfer.tools.precision.record_bf16`) on the same calibration audio."""
+    then every variant's bf16 record (:func:`birdinfer.tools.precision.record_bf16`) on the same calibration audio.
+    ``calibration_labels``: the calibration soundscapes' solution CSV (INT8 judged by ΔAUC, :func:`measure_int8`)."""
     from birdinfer.tools.precision import audio_set, record_bf16
 
     manifest = Manifest.load(folder)
-    audio = audio_set(calibration, manifest.sample_rate)
+    audio = audio_set(calibration, manifest.sample_rate, calibration_labels)
     if int8:
         add_int8_variants_spec(folder, audio, progress=progress)
     if measure_int8_variants:

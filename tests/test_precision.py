@@ -243,3 +243,81 @@ def test_compare_rows_top1_agreement():
     assert figures["top1_agreement"] == pytest.approx((10 - 2 - moved) / 10)
     assert figures["max_abs_dp"] == pytest.approx(np.abs(0.9 - ref[0][0, 2]))
     assert compare_rows([ref[1]], [ref[1]])["top1_agreement_confident"] is None  # no confident row: not measured
+
+
+def _labelled_calibration(folder: Path, n_files: int = 6, seconds: float = 20.0, window: float = 5.0) -> Path:
+    """Soundscapes and their solution CSV (row_id = <stem>_<end second>, a seeded 0/1 per class and row)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n_files):
+        write_ogg(folder / f"s{i}.ogg", seconds, seed=80 + i)
+        for k in range(int(seconds // window)):
+            rows.append({"row_id": f"s{i}_{int((k + 1) * window)}", **{c: int(rng.random() < 0.4) for c in LABELS}})
+    labels = folder.parent / "solution.csv"
+    pd.DataFrame(rows).to_csv(labels, index=False)
+    return labels
+
+
+def test_int8_with_labels_is_judged_by_delta_auc(source, tmp_path):
+    """With ``--calibration-labels`` half the calibration files are held out and INT8 is valid on a class exactly
+    where its held-out macro ROC-AUC is within 0.002 of f32's; f32's AUC is recomputed here from the runtime's
+    own f32 rows and sklearn, over the classes with positives and negatives among the held-out rows."""
+    pytest.importorskip("nncf")
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from birdinfer.runtime.pipeline import Predictor
+
+    calibration = tmp_path / "calibration"
+    labels = _labelled_calibration(calibration)
+    out = tmp_path / "models"
+    assert main(["import", str(source / "spec.json"), "--out", str(out), "--precision", "int8", "--calibration",
+                 str(calibration), "--calibration-labels", str(labels), "--no-precision-check"]) == 0
+    int8 = Manifest.load(out).models[0].variants["int8"]
+    v = int8.verification
+    assert v["bar"] == {"delta_auc": -0.002} and "labelled by" in v["held_out"]
+    held = ["s3", "s4", "s5"]  # the last half of six files
+    truth = pd.read_csv(labels).set_index("row_id").loc[[f"{s}_{5 * (k + 1)}" for s in held for k in range(4)], LABELS]
+    predictor = Predictor(out, precision="f32")  # the model's own rows (before the ensemble's smoothing)
+    f32_rows = np.concatenate([r.members.models["tiny"] for r in
+                               predictor.iter_files([calibration / f"{s}.ogg" for s in held], members=True)])
+    predictor.close()
+    scored = [j for j, c in enumerate(LABELS) if 0 < truth[c].sum() < len(truth)]
+    want_auc = float(np.mean([roc_auc_score(truth.iloc[:, j], f32_rows[:, j]) for j in scored]))
+    assert effective_isa().cpu_class in v["per_class"]
+    for cpu_class, figures in v["per_class"].items():
+        assert figures["windows"] == 12 and figures["scored_classes"] == len(scored) > 0
+        assert figures["auc_f32"] == pytest.approx(want_auc, abs=1e-4)
+        assert figures["delta_auc"] == pytest.approx(figures["auc"] - figures["auc_f32"], abs=1e-12)
+        assert (cpu_class in int8.cpu_classes) is (figures["delta_auc"] >= -0.002)
+
+
+def test_calibration_labels_are_checked(source, tmp_path, capsys):
+    """A labels file that misses a held-out row names the file and the row; labels without INT8, or a file that
+    does not exist, are refused before anything is written."""
+    pytest.importorskip("nncf")
+    import pandas as pd
+
+    from birdinfer.errors import ParameterError
+    from birdinfer.tools.held_out_labels import read_held_out_labels
+
+    calibration = tmp_path / "calibration"
+    labels = _labelled_calibration(calibration, n_files=2)
+    table = pd.read_csv(labels)
+    table[table.row_id != "s1_15"].to_csv(tmp_path / "holes.csv", index=False)
+    with pytest.raises(ParameterError, match=r"holes\.csv: no row for 's1_15'"):
+        read_held_out_labels(tmp_path / "holes.csv", [("s1", 4)], 5.0, LABELS)
+    table.assign(owl=2).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ParameterError, match=r"bad\.csv: values must be 0 or 1"):
+        read_held_out_labels(tmp_path / "bad.csv", [("s1", 4)], 5.0, LABELS)
+    table.rename(columns={c: c.upper() for c in LABELS}).to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(ParameterError, match=r"none\.csv: none of the folder's labels"):
+        read_held_out_labels(tmp_path / "none.csv", [("s1", 4)], 5.0, LABELS)
+    for args, given, message in (([], labels, "goes with --precision int8"),
+                                 (["--precision", "int8", "--calibration", str(calibration)], tmp_path / "missing.csv",
+                                  "no such file")):
+        out = tmp_path / "m"
+        code = main(["import", str(source / "spec.json"), "--out", str(out), *args, "--calibration-labels", str(given)])
+        assert code == 2 and message in capsys.readouterr().err and not out.exists()

@@ -77,14 +77,16 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str,
 
 def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, overwrite: bool = False,
                   precision: str = "f32", calibration: str | Path | None = None, measure: bool = True,
-                  progress=None) -> Manifest:
+                  progress=None, calibration_labels: str | Path | None = None) -> Manifest:
     """Build a version 2 model folder at ``out`` from ``spec`` (a path or a dict) and its graph files.
 
     Then, on ``calibration`` audio (a folder of soundscapes; else seeded synthetic soundscapes) through the
     spec's own front end: ``precision="int8"`` adds an INT8 variant per model (NNCF, checked per CPU class:
     ``birdinfer_export.variants.add_int8_variants_spec``, needs birdinfer[export]), and ``measure`` records
     every variant's bf16 error against f32 on this CPU class (:mod:`birdinfer.tools.precision`), which ``auto`` /
-    ``fast`` need before they run bf16.
+    ``fast`` need before they run bf16. ``calibration_labels`` (with ``precision="int8"``): the calibration
+    soundscapes' solution CSV; INT8 is then valid on a class where its held-out macro ROC-AUC is within 0.002
+    of f32's (:mod:`birdinfer.tools.held_out_labels`) instead of the label-free mean |Δp| bar.
 
     Returns the loaded manifest of the new folder. Raises :class:`ModelFolderError` naming the spec and
     field for a bad spec or a graph that does not match it (nothing is written before the checks pass,
@@ -92,6 +94,13 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     if precision not in ("f32", "int8"):
         raise ParameterError(f"import precision={precision!r}: use 'f32' (the graphs as given) or 'int8' (adds INT8 variants)")
     add_int8 = precision == "int8"
+    if calibration_labels is not None:
+        if not add_int8 or calibration is None:
+            raise ParameterError(f"--calibration-labels {calibration_labels}: goes with --precision int8 and "
+                                 "--calibration (the labelled soundscapes' folder)")
+        if not Path(calibration_labels).is_file():
+            raise ParameterError(f"--calibration-labels {calibration_labels}: no such file; give a CSV with row_id and "
+                                 "one 0/1 column per class")
     data, source_dir, where = _read_spec(spec)
     data.setdefault("format", FORMAT)
     data.setdefault("format_version", 2)
@@ -152,7 +161,8 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp = out / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / MANIFEST_NAME)
-    return record_precisions(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress)
+    return record_precisions(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress,
+                             calibration_labels=calibration_labels)
 
 
 def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim, v_at: str) -> tuple[dict, Any]:
@@ -180,7 +190,8 @@ def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim,
     return written, model
 
 
-def record_precisions(out: Path, *, int8: bool, calibration, measure: bool, progress) -> Manifest:
+def record_precisions(out: Path, *, int8: bool, calibration, measure: bool, progress,
+                      calibration_labels=None) -> Manifest:
     """The written folder's INT8 variants (when asked) and bf16 records (:mod:`birdinfer.tools.precision`)."""
     if int8:
         try:
@@ -188,7 +199,8 @@ def record_precisions(out: Path, *, int8: bool, calibration, measure: bool, prog
         except ImportError as e:
             raise MissingDependencyError(f"`birdinfer import --precision int8` needs NNCF (the export extra): pip install "
                                          f"'birdinfer[export]' ({e})") from e
-        return record_precision(out, calibration=calibration, int8=True, measure_bf16=measure, progress=progress)
+        return record_precision(out, calibration=calibration, int8=True, measure_bf16=measure, progress=progress,
+                                calibration_labels=calibration_labels)
     if measure:
         from .precision import audio_set, record_bf16
 

@@ -56,6 +56,8 @@ TIE_MARGIN = 0.01
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3")
 MAX_CALIBRATION_FILES = 16
 MAX_HELD_OUT_FILES = 4
+#: With labels (``--calibration-labels``) half the files are held out, at most this many: ΔAUC needs rows.
+MAX_HELD_OUT_LABELLED = 32
 SYNTHETIC_CALIBRATION = 4
 SYNTHETIC_HELD_OUT = 2
 
@@ -69,20 +71,23 @@ class AudioSet:
     calibration: tuple[str, ...]  # file names in folder, or seeds (as strings) for synthetic audio
     held_out: tuple[str, ...]
     sample_rate: int
+    labels: str | None = None  # the held-out files' labels (a solution CSV): INT8 is then judged by ΔAUC
 
     def to_dict(self) -> dict:
         return {"folder": self.folder, "calibration": list(self.calibration), "held_out": list(self.held_out),
-                "sample_rate": self.sample_rate}
+                "sample_rate": self.sample_rate, "labels": self.labels}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AudioSet":
-        return cls(d["folder"], tuple(d["calibration"]), tuple(d["held_out"]), int(d["sample_rate"]))
+        return cls(d["folder"], tuple(d["calibration"]), tuple(d["held_out"]), int(d["sample_rate"]), d.get("labels"))
 
     def describe(self, which: str = "held_out") -> str:
         names = getattr(self, which)
         if self.folder is None:
             return f"synthetic 60 s soundscapes (birdinfer.tools.synth), seeds {', '.join(names)}"
-        return f"{len(names)} file(s) of {self.folder}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+        labelled = f", labelled by {self.labels}" if self.labels and which == "held_out" else ""
+        return (f"{len(names)} file(s) of {self.folder}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                f"{labelled}")
 
     def signals(self, which: str = "held_out") -> Iterable[np.ndarray]:
         from ..io.audio import load_audio
@@ -95,9 +100,16 @@ class AudioSet:
                 yield load_audio(Path(self.folder) / name, sample_rate=self.sample_rate)
 
 
-def audio_set(calibration: str | Path | None, sample_rate: int) -> AudioSet:
+def audio_set(calibration: str | Path | None, sample_rate: int, labels: str | Path | None = None) -> AudioSet:
     """The calibration folder's sorted audio files (the last ``max(1, n // 5)``, at most 4, held out; at most
-    16 calibrate; one file serves both), or seeded synthetic soundscapes when ``calibration`` is None."""
+    16 calibrate; one file serves both), or seeded synthetic soundscapes when ``calibration`` is None. With
+    ``labels`` (a solution CSV for the folder's files) the last half, at most 32, are held out and INT8 is
+    judged by ΔAUC on them (:mod:`birdinfer.tools.held_out_labels`)."""
+    if labels is not None and calibration is None:
+        raise ParameterError(f"--calibration-labels {labels}: give --calibration, the folder of the labelled soundscapes")
+    if labels is not None and not Path(labels).is_file():
+        raise ParameterError(f"--calibration-labels {labels}: no such file; give a CSV with row_id and one 0/1 column "
+                             "per class")
     if calibration is None:
         return AudioSet(None, tuple(str(s) for s in range(SYNTHETIC_CALIBRATION)),
                         tuple(str(1000 + s) for s in range(SYNTHETIC_HELD_OUT)), sample_rate)
@@ -108,11 +120,13 @@ def audio_set(calibration: str | Path | None, sample_rate: int) -> AudioSet:
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ParameterError(f"--calibration {folder} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    label_path = str(Path(labels).resolve()) if labels is not None else None
     if len(files) == 1:
-        return AudioSet(str(folder.resolve()), tuple(files), tuple(files), sample_rate)
-    n_held = min(MAX_HELD_OUT_FILES, max(1, len(files) // 5))
+        return AudioSet(str(folder.resolve()), tuple(files), tuple(files), sample_rate, label_path)
+    n_held = (min(MAX_HELD_OUT_LABELLED, max(1, len(files) // 2)) if labels is not None
+              else min(MAX_HELD_OUT_FILES, max(1, len(files) // 5)))
     return AudioSet(str(folder.resolve()), tuple(files[:-n_held][:MAX_CALIBRATION_FILES]), tuple(files[-n_held:]),
-                    sample_rate)
+                    sample_rate, label_path)
 
 
 def file_features(spec, y: np.ndarray) -> tuple[dict, int]:
@@ -246,7 +260,16 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps)."""
     spec = check_spec(folder)
     audio = AudioSet.from_dict(audio)
-    features = audio_features(spec, audio.signals("held_out"), where=audio.describe("held_out"))
+    signals = list(audio.signals("held_out"))
+    features = audio_features(spec, signals, where=audio.describe("held_out"))
+    truth = None
+    if audio.labels:
+        from .held_out_labels import read_held_out_labels
+
+        stems_rows = [(Path(name).stem, spec.n_rows(len(y))) for name, y in zip(audio.held_out, signals)]
+        truth = read_held_out_labels(audio.labels, [(s, n) for s, n in stems_rows if n > 0], spec.window_seconds,
+                                     spec.labels)
+    del signals
     out, rows = {}, {}
     for entry in spec.models:
         if (models is not None and entry.name not in models) or variant not in entry.variants:
@@ -262,6 +285,10 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
                 rows[name] = rows_of(runner, features)
                 seconds[name].append(time.perf_counter() - start)
         figures = compare_rows(rows["f32"], rows[variant])
+        if truth is not None:
+            from .held_out_labels import labelled_figures
+
+            figures.update(labelled_figures(truth, rows["f32"], rows[variant]))
         out[entry.name] = {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran,
                            "reference_ran": reference.ran,
                            "speedup_vs_f32": float(np.median(seconds["f32"]) / np.median(seconds[variant]))}
