@@ -206,6 +206,13 @@ def test_every_numeric_parameter_declares_a_range_that_admits_every_shipped_spec
     for recipe in (json.loads(REFERENCE_RECIPE.read_text()), json.loads((REPO / "export" / "data" / "birdclef2025_4th.json").read_text()),
                    SMALL_RECIPE):
         recipe_spec(recipe)  # the 4th place's groups as version 1 and as the spec they run as
+
+
+def test_the_demo_mel_group_is_within_the_ranges():
+    """The demo's training group (the torch side: skipped where torch is not installed, e.g. a runtime-only venv)."""
+    pytest.importorskip("torch")
+    from birdinfer.spec.manifest import MelGroup
+
     sys.path.insert(0, str(REPO))
     try:
         from train.demo import DEMO_GROUP
