@@ -41,7 +41,8 @@ def score_class(models: str, data: str, out: str) -> dict:
 if __name__ == "__main__":
     demo, out = Path(sys.argv[1]), Path(sys.argv[2])
     from birdinfer.runtime.cpu import run_in_cpu_class
-    from birdinfer.tools.importer import import_folder, spec_from_v1
+    from birdinfer.tools.importer import import_folder
+    from birdinfer.spec.upgrade import spec_from_v1
     from birdinfer.spec.manifest import Manifest
     models_v1 = demo / "models"
     spec = spec_from_v1(Manifest.load(models_v1)); spec.pop("files")
