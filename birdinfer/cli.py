@@ -75,6 +75,8 @@ def _add_predict(sub) -> None:
                    help="score sensitivity (folders that declare it, e.g. BirdNET: 0.5-1.5, default 1.0)")
     precision_arg(p)
     backend_arg(p)
+    p.add_argument("--embeddings", type=Path, default=None, help="also write each window's embedding (BirdNET: the "
+                   "1024-d layer before the classifier), one <stem>.birdnet.embeddings.txt per recording in this folder")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local (default) or a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")
@@ -108,6 +110,8 @@ def _cmd_predict(args) -> int:
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
                "combine": args.combine or None, "species_codes": args.species_codes}
+    if args.engine == "ray" and args.embeddings is not None:
+        raise ParameterError("--embeddings needs --engine local (--engine ray writes parquet shards of the scores only)")
     if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])
                                  or args.format not in (None, "parquet")):
         raise ParameterError("--engine ray writes parquet shards of every score; --format, --overlap, --sensitivity, "
@@ -122,7 +126,7 @@ def _cmd_predict(args) -> int:
 
     predict(args.inputs, args.models, args.out, format=args.format, threshold=args.threshold,
             precision=args.precision, backend=args.backend, resume=not args.no_resume, options=options,
-            **{**filters, "combine": args.combine})
+            embeddings=args.embeddings, **{**filters, "combine": args.combine})
     return 0
 
 

@@ -9,6 +9,10 @@ downloaded. The JSON gives ``package_root`` (the folder holding ``birdnet_analyz
 ``meta``, then either ``input``, ``output`` and ``options`` (keyword arguments of its ``analyze``), or
 ``places`` (``[[lat, lon, week], ...]``) and ``sf_thresh`` to print its species lists as JSON.
 ``"codes": false`` leaves out its eBird code table (birdinfer ships none: the species code is then the label).
+``"embeddings": {"overlap": s}`` runs its ``embeddings`` command's extraction instead (the settings its
+``extract_embeddings`` makes, then ``iterate_audio_chunks(file, embeddings=True)`` per file, the windows and vectors
+it stores in its perch-hoplite database, which is not installed here) and writes them to ``output`` as JSON lines
+``[file, start, end, [values]]``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def main(args: dict) -> None:
     analysis = importlib.import_module("birdnet_analyzer.analyze.utils")
     if not args.get("codes", True):
         analysis.load_codes = lambda: {}
+    if "embeddings" in args:
+        _embeddings(cfg, utils, analysis, args)
+        return
     if "places" in args:
         species = importlib.import_module("birdnet_analyzer.species.utils")
         cfg.LABELS = utils.read_lines(args["labels"])
@@ -52,6 +59,21 @@ def main(args: dict) -> None:
         return
     importlib.import_module("birdnet_analyzer.analyze.core").analyze(args["input"], args["output"], threads=1,
                                                                      **args["options"])
+
+
+
+def _embeddings(cfg, utils, analysis, args: dict) -> None:
+    """What BirdNET-Analyzer 2.4.0's ``embeddings.utils.extract_embeddings`` sets and computes, without its database."""
+    cfg.MODEL_PATH, cfg.LABELS_FILE = cfg.BIRDNET_MODEL_PATH, cfg.BIRDNET_LABELS_FILE
+    cfg.SAMPLE_RATE, cfg.SIG_LENGTH = cfg.BIRDNET_SAMPLE_RATE, cfg.BIRDNET_SIG_LENGTH
+    cfg.INPUT_PATH = args["input"]
+    cfg.FILE_LIST = utils.collect_audio_files(cfg.INPUT_PATH)
+    cfg.SIG_OVERLAP = max(0.0, min(2.9, float(args["embeddings"]["overlap"])))
+    cfg.AUDIO_SPEED, cfg.CPU_THREADS, cfg.TFLITE_THREADS, cfg.BATCH_SIZE = 1.0, 1, 1, 1
+    with open(args["output"], "w", encoding="utf-8") as out:
+        for path in cfg.FILE_LIST:
+            for start, end, vector in analysis.iterate_audio_chunks(path, embeddings=True):
+                out.write(json.dumps([path, start, end, [float(v) for v in vector]]) + "\n")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,13 @@ def test_int8_recipe_leaves_the_spectrogram_and_swish_in_float(folder, recording
     # the names come from the f32 IR the import wrote (NNCF's transformations keep them)
     named = {op.get_friendly_name() for op in core.read_model(str(f32)).get_ordered_ops()}
     assert {op.get_friendly_name() for op in tail} <= named
+    # the embedding output stays, close to f32's (cosine per window; printed with -s)
+    assert [o.get_partial_shape()[1].get_length() for o in model.outputs] == [6522, 1024]
+    a, b = (core.compile_model(m, "CPU")(windows)[1] for m in (str(f32), model))
+    cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    print(f"INT8 embedding vs f32 over {len(a)} windows: cosine min {cosine.min():.4f}, mean {cosine.mean():.4f}; "
+          f"max |Δ| {np.abs(a - b).max():.3g} (f32 values up to {np.abs(a).max():.3g})")
+    assert cosine.min() > 0.9
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,7 @@ from ..runtime.fusion import is_held
 from .members import HeldParts
 from .outputs import OutputPlan, check_output, output_plan, sweep_outputs, write_output
 from .species import species_mask
+from .embeddings import EmbeddingPlan, embedding_plan, sweep as sweep_embeddings, write_embeddings
 
 __all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
            "run_fingerprint"]
@@ -217,7 +218,7 @@ def predict(
     options: Mapping[str, float | None] | None = None,
     min_confidence: float | None = None, top_k: int | None = None, species_list: str | Path | None = None,
     lat: float | None = None, lon: float | None = None, week: int | None = None, sf_thresh: float | None = None,
-    combine: bool = False, species_codes: str | Path | None = None,
+    combine: bool = False, species_codes: str | Path | None = None, embeddings: str | Path | None = None,
 ) -> Path:
     """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
 
@@ -245,6 +246,8 @@ def predict(
         (:mod:`birdinfer.jobs.species`); the per-window table keeps only those columns. Filters apply to the
         output, never to the resumable parts. ``combine``: also BirdNET-Analyzer's combined tables;
         ``species_codes``: a JSON file label → code for BirdNET's Raven tables.
+    embeddings : a folder: also each window's embedding (BirdNET's 1024-d layer before the classifier), one
+        ``<stem>.birdnet.embeddings.txt`` per recording, from the same run (:mod:`birdinfer.jobs.embeddings`).
 
     Returns the output path. Fails before any audio work (:class:`BirdinferError`) on: no input files,
     a missing or empty model folder, a manifest checksum mismatch, an output that cannot be written,
@@ -254,17 +257,14 @@ def predict(
     """
     wall_start = time.perf_counter()
     out = Path(out)
-    plan, manifest, recordings = _checked_run(
+    plan, manifest, recordings, emb = _checked_run(
         inputs, models, out, format=format, precision=precision, backend=backend, options=options,
         outputs=dict(threshold=threshold, min_confidence=min_confidence, top_k=top_k, combine=combine,
                      species_codes=species_codes),
-        species=dict(species_list=species_list, lat=lat, lon=lon, week=week, sf_thresh=sf_thresh))
+        species=dict(species_list=species_list, lat=lat, lon=lon, week=week, sf_thresh=sf_thresh), embeddings=embeddings)
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:
-        sweep_outputs(out, plan)
-        held = _held(manifest)  # a spec fused over all recordings: parts hold the rows before fusion
-        parts = _Parts(_side_path(out, ".parts"), run_fingerprint(manifest, precision, backend),
-                       held.width if held else len(manifest.labels), resume=resume)
+        held, parts = _open_parts(out, plan, manifest, precision, backend, emb, resume)
         parts.journal.verified(recordings)  # a part that fails a check is logged and computed again
         todo = [rec for rec in recordings if rec.key not in parts.done]
         parts.journal.watch(todo)
@@ -274,9 +274,10 @@ def predict(
 
         errors: dict[str, str] = {}
         audio_this_run = _compute(todo, parts, errors, manifest, out=out, precision=precision, backend=backend,
-                                  cache_dir=cache_dir, progress=progress, total=len(recordings), held=held) if todo else 0.0
+                                  cache_dir=cache_dir, progress=progress, total=len(recordings), held=held,
+                                  emb=emb) if todo else 0.0
 
-        _assemble(out, plan, recordings, parts, manifest, held)
+        _assemble(out, plan, recordings, parts, manifest, held, emb)
         _write_errors(_side_path(out, ".errors.csv"), [(rec.name, errors[rec.key]) for rec in recordings if rec.key in errors])
         shutil.rmtree(parts.folder, ignore_errors=True)
     finally:
@@ -295,7 +296,8 @@ def _say_summary(progress: bool, recordings, parts, resumed: int, failed: int, a
 
 
 def _checked_run(inputs, models, out: Path, *, format: str | None, precision: str, backend: str, options=None,
-                 outputs: Mapping, species: Mapping) -> tuple[OutputPlan, Manifest, list[Recording]]:
+                 outputs: Mapping, species: Mapping, embeddings=None
+                 ) -> tuple[OutputPlan, Manifest, list[Recording], EmbeddingPlan | None]:
     """Everything :func:`predict` refuses before any audio work: ``(output plan, manifest, recordings)``."""
     format = _resolve_format(out, format)
     if format == "parquet":
@@ -313,7 +315,19 @@ def _checked_run(inputs, models, out: Path, *, format: str | None, precision: st
             f"(extensions {', '.join(AUDIO_EXTENSIONS)}, any case; folders are walked recursively)"
         )
     check_output(out, format)
-    return plan, manifest, recordings
+    return plan, manifest, recordings, embedding_plan(manifest, embeddings)
+
+
+def _open_parts(out: Path, plan: OutputPlan, manifest: Manifest, precision: str, backend: str,
+                emb: EmbeddingPlan | None, resume: bool) -> tuple[HeldParts | None, _Parts]:
+    """Called holding the lock: the temporary files of a killed run removed, the run's journal opened (each part
+    holds a recording's rows, and its embedding rows beside them when asked)."""
+    sweep_outputs(out, plan)
+    sweep_embeddings(emb, out)
+    held = _held(manifest)  # a spec fused over all recordings: parts hold the rows before fusion
+    fingerprint = {**run_fingerprint(manifest, precision, backend), **(emb.fingerprint() if emb else {})}
+    width = held.width if held else len(manifest.labels) + (emb.width if emb else 0)
+    return held, _Parts(_side_path(out, ".parts"), fingerprint, width, resume=resume)
 
 
 def _held(manifest: Manifest) -> HeldParts | None:
@@ -322,12 +336,14 @@ def _held(manifest: Manifest) -> HeldParts | None:
 
 
 def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], manifest: Manifest, *, out: Path,
-             precision: str, backend: str, cache_dir, progress: bool, total: int, held: HeldParts | None = None) -> float:
+             precision: str, backend: str, cache_dir, progress: bool, total: int, held: HeldParts | None = None,
+             emb: EmbeddingPlan | None = None) -> float:
     """Run the models over ``todo``: each finished recording becomes a part, each failure an entry of
     ``errors``. Returns the seconds of audio computed."""
     from ..runtime.pipeline import Predictor  # checksums are verified and models compiled here, before any audio work
 
-    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir)
+    predictor = Predictor(manifest, precision=precision, backend=backend, cache_dir=cache_dir,
+                          keep_outputs=[emb.key] if emb else ())
     say(progress, f"birdinfer predict: {len(predictor.models)} models loaded in {predictor.load_seconds:.1f} s; "
                    f"{predictor.ran_backends} precision: {predictor.precision}")
     bar = progress_bar(progress, total=total, initial=total - len(todo), desc="birdinfer predict")
@@ -336,6 +352,7 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
         for rec, result in zip(todo, predictor.iter_files([r.path for r in todo])):
             if result.ok:
                 probs = result.probs if held is None else held.stack(result.members)
+                probs = emb.joined(probs, result.outputs) if emb else probs
                 seconds = _audio_seconds(rec.path, len(probs), manifest.window_seconds)
                 error = parts.add(rec, probs, seconds)
                 audio_seconds += seconds if error is None else 0.0
@@ -357,14 +374,16 @@ def _compute(todo: Sequence[Recording], parts: _Parts, errors: dict[str, str], m
 
 
 def _assemble(out: Path, plan: OutputPlan, recordings: Sequence[Recording], parts: _Parts, manifest: Manifest,
-              held: HeldParts | None = None) -> None:
+              held: HeldParts | None = None, emb: EmbeddingPlan | None = None) -> None:
     """Build the final output from the parts, in input order (the same bytes however the run went); a held spec's
     parts are fused first, all at once."""
     done = [rec for rec in recordings if rec.key in parts.done]
-    load = parts.load
+    load = parts.load if emb is None else (lambda key: emb.scores(parts.load(key)))
     if held is not None:
         load = dict(zip([r.key for r in done], held.fused([r.path.name for r in done], [parts.load(r.key) for r in done]))).get
     write_output(out, plan, recordings, done, load, manifest)  # one recording's part in memory at a time (unless held)
+    if emb is not None:
+        write_embeddings(emb, recordings, done, parts.load, manifest)
 
 
 def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -28,10 +28,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ParameterError
-from ..ops.steps import block_rows
+from ..ops.steps import OutputParams, Outputs, block_rows, clip_rows
 from ..spec.dag import topological
 
-__all__ = ["BlockRows", "DagRunner", "with_context"]
+__all__ = ["BlockRows", "DagRunner", "checked_keep", "output_rows", "with_context"]
 
 
 class BlockRows(dict):
@@ -143,3 +143,31 @@ def _unbatch(v: np.ndarray, name: str, output: str) -> np.ndarray:
         raise ParameterError(f"model {name!r}: a sequence model's output {output!r} must be [1, windows, ...], got "
                              f"{list(v.shape)}")
     return v[0]
+
+
+def output_rows(parts: Sequence[BlockRows], key: tuple[str, str], whole_file: bool) -> np.ndarray:
+    """One file's rows ``(R, width)`` of a kept per-window output ``key`` ``(model, output)`` (e.g. an embedding asked
+    for by ``predict``), on the same rows as the model's: window ``k`` to rows ``[k·step_rows, (k+1)·step_rows)``
+    (``clip_rows``), over the file's windows for a whole-file spec, block by block otherwise."""
+    model, output = key
+    n_rows = [len(p[model]) for p in parts]
+    if whole_file:
+        layout = replace(parts[0].layouts[model], count=sum(len(p.kept[key]) for p in parts))
+        blocks = [(np.concatenate([p.kept[key] for p in parts], axis=0), layout, sum(n_rows))]
+    else:
+        blocks = [(p.kept[key], p.layouts[model], n) for p, n in zip(parts, n_rows)]
+    return np.concatenate([clip_rows(Outputs({output: x}, layout, n), OutputParams(output)).rows
+                           for x, layout, n in blocks], axis=0)
+
+
+def checked_keep(models: Sequence, keep: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``keep`` ``[(model, output)]``, each a per-window output of a model that runs on a feature (ParameterError
+    naming the model and output otherwise)."""
+    entries = {m.name: m.entry for m in models}
+    for model, output in keep:
+        entry = entries.get(model)
+        names = [o.name for o in entry.outputs] if entry is not None else []
+        if entry is None or output not in names or getattr(entry, "source", None) is not None:
+            raise ParameterError(f"no per-window output {model}.{output} to keep (models: {', '.join(entries)}; outputs of "
+                                 f"{model}: {', '.join(names) or 'none'})")
+    return tuple((str(m), str(o)) for m, o in keep)

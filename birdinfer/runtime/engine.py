@@ -167,9 +167,11 @@ class SpecEngine:
     (OpenVINO and ONNX Runtime release the GIL); each model is then charged its share of the block's wall time
     in proportion to its own run time, so the charges add up to wall time as the time budget assumes."""
 
-    def __init__(self, manifest: ManifestV2, models: Sequence, *, parallel_models: int = 1):
+    def __init__(self, manifest: ManifestV2, models: Sequence, *, parallel_models: int = 1,
+                 keep: Sequence[tuple[str, str]] = ()):
         self.manifest = manifest
         self.models = list(models)
+        self.keep = tuple((str(m), str(o)) for m, o in keep)  # (model, output) kept per window for the caller
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
         self.dag = DagRunner(manifest, self.models)  # models on other models' outputs: per file (runtime.dag)
@@ -223,6 +225,7 @@ class SpecEngine:
         for model in models:
             signal = features[model.entry.input]
             out.kept.update(self.dag.kept(model.name, arrays[model.name]))
+            out.kept.update({(m, o): arrays[m][o] for m, o in self.keep if m == model.name})
             out.layouts[model.name] = signal.windows
             if rows_of is not None:
                 out[model.name] = rows_of(model.entry, arrays[model.name], signal)

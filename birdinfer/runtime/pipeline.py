@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -34,6 +34,7 @@ import numpy as np
 from ..io.audio import iter_audio_blocks
 from .engine import WHOLE_FILE_SECONDS, SpecEngine
 from .fusion import FileRows, fuse
+from .dag import checked_keep, output_rows
 from .streaming import WholeFileStream
 from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline import TimeBudget` keeps working
 from ..errors import AudioDecodeError, ParameterError
@@ -62,6 +63,7 @@ class FileResult:
     models_used: tuple[str, ...] = ()
     members: FileRows | None = None  # rows before fusion (iter_files(members=True), or a spec held for the submission)
     notes: tuple[str, ...] = ()  # what its steps skipped (e.g. a file name the prior's pattern does not match)
+    outputs: dict = field(default_factory=dict)  # (model, output) → (n_windows, width): Predictor(keep_outputs=...)
 
     @property
     def stem(self) -> str:
@@ -103,13 +105,16 @@ class Predictor:
         threads: int | None = None,
         parallel_models: int | None = None,
         pin_decode_thread: bool = True,
+        keep_outputs: Sequence[tuple[str, str]] = (),
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
         models run at once in worker threads (default 1; with more, each model gets one thread). Measured on
         2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
         ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
-        logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use."""
+        logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use.
+        ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
+        the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``)."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -138,7 +143,8 @@ class Predictor:
             self._first_calls()
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
-        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models)
+        self.keep_outputs = checked_keep(self.models, keep_outputs)
+        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models, keep=self.keep_outputs)
         self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
         self.backend = backend  # as asked ("auto": per model, birdinfer.runtime.plan); what ran: ran_backends
         self.active: list[str] = [m.name for m in self.models]
@@ -232,8 +238,9 @@ class Predictor:
             r.probs, r.notes = np.asarray(rows, dtype=np.float32), tuple(r.members.notes)
 
     # ------------------------------------------------------------------ one recording
-    def predict_array(self, y: np.ndarray) -> np.ndarray:
-        """Mono float32 samples at the manifest's rate → ``(n_windows, n_labels)`` probabilities."""
+    def predict_array(self, y: np.ndarray, *, outputs: bool = False):
+        """Mono float32 samples at the manifest's rate → ``(n_windows, n_labels)`` probabilities (``outputs``: and
+        the kept outputs, ``{(model, output): (n_windows, width)}``)."""
         y = np.asarray(y, dtype=np.float32)
         if y.ndim != 1:
             raise ParameterError(f"predict_array needs mono samples of shape (n,), got shape {y.shape}")
@@ -245,7 +252,11 @@ class Predictor:
             n = self.block_windows(block.size, index)
             if n:
                 parts.append(self.infer_block(self.features(block), n))
-        return self.finish(parts)
+        return (self.finish(parts), self._kept_rows(parts)) if outputs else self.finish(parts)
+
+    def _kept_rows(self, parts: list) -> dict:
+        whole = self.manifest.block_seconds is None
+        return {key: output_rows(parts, key, whole) for key in self.keep_outputs if parts and key in parts[0].kept}
 
     def _file_blocks(self, path) -> Iterator[tuple[int, Callable[[], dict]]]:
         """``(rows, compute the features)`` per block of one recording: decoded blocks, or the streamed blocks
@@ -375,9 +386,10 @@ class Predictor:
         if not parts:  # no block gave a row
             return FileResult(path, np.zeros((0, len(self.labels)), np.float32), None, seconds, tuple(self.active))
         rows = self._engine.file_rows(parts, path.name)
+        kept = self._kept_rows(parts)
         if self.held:
             return FileResult(path, None, None, seconds, tuple(self.active), rows, tuple(rows.notes))
         if rows.final is None:
             raise ParameterError("no model of the ensemble ran")
         probs = np.asarray(rows.final, dtype=np.float32)
-        return FileResult(path, probs, None, seconds, tuple(self.active), rows if members else None, tuple(rows.notes))
+        return FileResult(path, probs, None, seconds, tuple(self.active), rows if members else None, tuple(rows.notes), kept)

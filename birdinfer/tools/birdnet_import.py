@@ -35,13 +35,15 @@ from ..errors import MissingDependencyError, ModelFolderError, ParameterError
 from ..spec.files import MANIFEST_NAME, sha256_file
 from .tflite_graph import TfliteGraph, TfliteOp, read_tflite
 
-__all__ = ["import_birdnet", "birdnet_spec", "frontend_constants", "WINDOW_SECONDS", "SAMPLE_RATE"]
+__all__ = ["import_birdnet", "birdnet_spec", "EMBEDDING_OUTPUT", "frontend_constants", "WINDOW_SECONDS", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 48000
 WINDOW_SECONDS = 3.0
 MIN_SECONDS = 1.0  # BirdNET-Analyzer keeps a last partial window holding at least this much audio
 CONSTANTS_FILE = "birdnet_frontend.npz"
 GRAPH_NAME = "birdnet_v24"
+#: The graph's second output: the 1024-d input of the classifier, what BirdNET-Analyzer's ``embeddings`` reads.
+EMBEDDING_OUTPUT = "embedding"
 #: Parity at import above this (max |Δscore| against LiteRT on the check windows) refuses the folder.
 PARITY_BAR = 1e-4
 #: Name prefix of the spectrogram's tail in the IR (mel products, square, power, per-channel scaling).
@@ -171,6 +173,7 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     n_classes = g.shapes[g.outputs[0]][1]
     if n_labels is not None and n_classes != n_labels:
         raise ModelFolderError(f"{g.path}: the graph gives {n_classes} classes but the labels file has {n_labels} labels")
+    embedding = _embedding_tensor(g)
     rffts = [op for op in g.ops if op.type == "RFFT2D"]
     if len(rffts) != 2:
         raise _not_birdnet(g, f"{len(rffts)} RFFT2D ops, expected the two spectrogram branches")
@@ -196,7 +199,17 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
             "scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
             "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
     return {"params": params, "arrays": {f"window_{i}": b["window"] for i, b in enumerate(branches)}, "tail": tail,
-            "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes}
+            "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes,
+            "embedding_tensor": g.names[embedding], "embedding_width": g.shapes[embedding][1]}
+
+
+def _embedding_tensor(g: TfliteGraph) -> int:
+    """The tensor BirdNET-Analyzer's ``embeddings`` reads (the output's index − 1: the ``[-1, 1024]`` input of the
+    final FULLY_CONNECTED), checked to be that."""
+    fc, tensor = g.producer(g.outputs[0]), g.outputs[0] - 1
+    if fc is None or fc.type != "FULLY_CONNECTED" or fc.inputs[0] != tensor or len(g.shapes[tensor]) != 2:
+        raise _not_birdnet(g, "the output is not a FULLY_CONNECTED layer on the tensor before it (the embedding)")
+    return tensor
 
 
 def _named(node, name: str):
@@ -246,7 +259,13 @@ def network_ir(path: str | Path, found: dict):
                         "nhwc").output(0)
     for consumer in list(target.get_target_inputs()):
         consumer.replace_source_output(source)
-    model = ov.Model(partial.get_results(), [param], GRAPH_NAME)
+    embedding = next((o for op in partial.get_ordered_ops() for o in op.outputs()
+                      if found["embedding_tensor"] in o.get_names()), None)
+    if embedding is None:
+        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {found['embedding_tensor']!r} (the embedding)")
+    result = ov.opset13.result(embedding)
+    result.set_friendly_name(EMBEDDING_OUTPUT)
+    model = ov.Model(list(partial.get_results()) + [result], [param], GRAPH_NAME)
     model.validate_nodes_and_infer_types()
     left = sorted({op.get_type_name() for op in model.get_ordered_ops() if "FrameworkNode" in op.get_type_name()
                    or op.get_type_name() in ("Rfft2d", "RFFT2D")})
@@ -255,8 +274,9 @@ def network_ir(path: str | Path, found: dict):
     return model
 
 
-def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict) -> dict:
-    """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores."""
+def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict, embedding_width: int = 1024) -> dict:
+    """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores; outputs the logits and the
+    embedding (``embedding_width`` wide, the layer before the classifier)."""
     window = WINDOW_SECONDS
     minus = {"scale": -1.0, "offset": window}
     return {
@@ -269,7 +289,8 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict)
             {**params, "constants": CONSTANTS_FILE}]}},
         "models": [{"name": GRAPH_NAME, "input": "birdnet",
                     "input_shape": [-1, sum(end - first for first, end in params["bins"]), params["frames"]],
-                    "outputs": [{"name": "logits", "kind": "clip_logits"}],
+                    "outputs": [{"name": "logits", "kind": "clip_logits", "index": 0},
+                                {"name": EMBEDDING_OUTPUT, "kind": "embedding", "index": 1, "shape": [-1, embedding_width]}],
                     "steps": [{"step": "sigmoid", "offset": 0.0, "clip": [-20.0, 20.0]}, {"step": "clip_rows"}],
                     "variants": {"f32": {"openvino": f"{ir_name}.xml"}}}],
         "ensemble": {"steps": [{"step": "weighted_mean"}]},
@@ -325,7 +346,8 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
 
         ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
         np.savez(stage / CONSTANTS_FILE, **found["arrays"])
-        spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source)
+        spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source,
+                            embedding_width=found["embedding_width"])
         (stage / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)
     if meta_model is not None:
@@ -345,14 +367,16 @@ def _check_parity(out: Path, model: Path, progress) -> None:
     """Scores against LiteRT on the import check windows, recorded; the folder is withdrawn above :data:`PARITY_BAR`."""
     from .birdnet_reference import measure_parity
 
-    parity = measure_parity(Path(out), model)
+    parity = measure_parity(Path(out), model, embedding=(GRAPH_NAME, EMBEDDING_OUTPUT))
     _record_extra(Path(out), {"parity_vs_litert": parity})
-    if parity["max_abs_score"] > PARITY_BAR:
+    worst = max(parity["max_abs_score"], parity["max_abs_embedding"])
+    if worst > PARITY_BAR:
         (Path(out) / MANIFEST_NAME).unlink(missing_ok=True)
-        raise ModelFolderError(f"{out}: scores differ from LiteRT's by up to {parity['max_abs_score']:.3g} "
-                               f"(bar {PARITY_BAR:g}) on the import check; folder not written")
+        raise ModelFolderError(f"{out}: scores / embeddings differ from LiteRT's by up to {parity['max_abs_score']:.3g} / "
+                               f"{parity['max_abs_embedding']:.3g} (bar {PARITY_BAR:g}) on the import check; folder not written")
     if progress:
-        progress(f"parity vs LiteRT on {parity['windows']} windows: max |Δscore| {parity['max_abs_score']:.2g}")
+        progress(f"parity vs LiteRT on {parity['windows']} windows: max |Δscore| {parity['max_abs_score']:.2g}, "
+                 f"max |Δembedding| {parity['max_abs_embedding']:.2g}")
 
 
 def _record_extra(folder: Path, values: dict) -> None:
