@@ -1,0 +1,395 @@
+"""The 2026 2nd place's Perch stack as a spec (issue 21): models with several inputs, a model's rows after its
+steps, file-name ids, and the sequence model's test-time augmentation.
+
+What is public and reproduced here from the facts of `FlorentinGe/Birdclef2026-2ndplace`'s inference script
+(docs/solutions/2026_2nd.md; nothing of its code): the chain and every rule between the networks: Perch's label
+map (direct, genus max, 0 for the rest), the site / hour prior ``+0.4·logit(clip(p, 1e-4))``, per-class MLP probes
+on ``[PCA(standardised embedding), window, previous, next, file mean, max, std]`` of the class's prior-adjusted
+score blended ``(1 − α)·score + α·probe``, the ProtoSSM on the file's embeddings and *raw* mapped scores with
+site / hour ids and TTA (circular shifts 0, ±1, ±2 of the window axis, outputs shifted back, plus a time flip,
+mean of the six), the first pass ``w·proto + (1 − w)·probed`` (``w`` 0.60 mapped, 0.35 other), the ResidualSSM
+correction on ``[embedding, first pass]``, per-taxon temperatures, sigmoid, top-2 and max file scaling ^0.4,
+adaptive delta smoothing, clip and per-class thresholds. Synthetic (not public): every trained weight (random,
+same roles; small networks of the same interfaces in place of the selective-SSM and attention blocks), the prior
+table, the thresholds, the site vocabulary.
+
+birdinfer runs the ONNX exports through OpenVINO; the reference is the torch modules plus numpy written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from birdinfer.errors import ModelFolderError
+from birdinfer.spec.parse import parse_spec
+
+from conftest import write_ogg
+from test_recipe2026_dag import EMB, N_PERCH, ROW, SR, PerchLike, _windows
+from test_recipe2026_steps import LABELS, TAXONOMY
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+C = len(LABELS)
+#: Perch classes per competition label: three direct names, two of ``strvar``'s genus, one of ``frog1``'s genus;
+#: ``insect9`` has none (a logit of 0, as the script leaves it).
+NAMES = {100: "Corvus brachyrhynchos", 7000: "Tyto alba", N_PERCH - 1: "Bubo virginianus", 5: "Strix aluco",
+         12000: "Strix nebulosa", 300: "Leptodactylus latrans"}
+SOURCES = {"amecro": [100], "tytalb": [7000], "bubvir": [N_PERCH - 1], "strvar": [5, 12000], "frog1": [300], "insect9": []}
+MAPPED = np.array([1, 1, 1, 0, 0, 0], bool)  # a Perch class of the same scientific name
+W_PROTO = np.where(MAPPED, 0.60, 0.35).astype(np.float32)
+TEMPS = np.array([1.10, 1.10, 1.10, 1.10, 0.95, 0.95])  # Aves 1.10, Amphibia / Insecta 0.95
+SITES = {"S05": 1, "S07": 2, "S09": 3}  # S13 is not in the vocabulary: the fallback id 0
+FILE_RE = r"_(?P<site>S\d+)_\d{8}_(?P<hour>\d{2})\d{4}$"
+FILES = [("BC2026_Test_0001_S05_20250227_010002.ogg", 3.0, 1), ("BC2026_Test_0002_S07_20250301_140000.ogg", 12.3, 2),
+         ("BC2026_Test_0003_S09_20250301_050000.ogg", 60.0, 3), ("BC2026_Test_0004_S13_20250302_233000.ogg", 130.0, 4)]
+ALPHA, CORRECTION, LAMBDA, PRIOR_EPS = 0.4, 0.3, 0.4, 1e-4
+SHIFTS = [0, 1, -1, 2, -2]
+PCA, HIDDEN, D, META, MAX_WINDOWS, N_SITES = 16, 8, 32, 16, 32, 4
+
+
+# ---------------------------------------------------------------------------------- the networks (synthetic)
+class Probes(torch.nn.Module):
+    """The per-class MLP probes run as one batched graph (the script's vectorised probes), with the standardise
+    and PCA in front and the α blend behind: ``emb [N, 1536]``, ``scores [N, C, 6]`` → ``probed [N, C]``."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.register_buffer("mean", torch.randn(EMB, generator=g) * 0.5)
+        self.register_buffer("scale", torch.rand(EMB, generator=g) + 0.5)
+        self.register_buffer("components", torch.randn(PCA, EMB, generator=g) / EMB ** 0.5)
+        self.register_buffer("w1", torch.randn(C, PCA + 6, HIDDEN, generator=g) * 0.5)
+        self.register_buffer("b1", torch.randn(C, HIDDEN, generator=g) * 0.1)
+        self.register_buffer("w2", torch.randn(C, HIDDEN, 1, generator=g) * 0.5)
+        self.register_buffer("b2", torch.randn(C, 1, generator=g) * 0.1)
+        self.register_buffer("has_probe", torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool))  # insect9: none
+
+    def forward(self, emb, scores):
+        z = ((emb - self.mean) / self.scale) @ self.components.T
+        x = torch.cat([z[None].expand(C, -1, -1), scores.permute(1, 0, 2)], dim=-1)
+        h = torch.relu(torch.bmm(x, self.w1) + self.b1[:, None, :])
+        probe = (torch.bmm(h, self.w2) + self.b2[:, None, :])[..., 0].T
+        raw = scores[:, :, 0]
+        return torch.where(self.has_probe, (1 - ALPHA) * raw + ALPHA * probe, raw)
+
+
+class Bidirectional(torch.nn.Module):
+    """A forward and a backward causal scan (depthwise convolutions) merged: where the selective SSMs stand."""
+
+    def __init__(self):
+        super().__init__()
+        self.fwd = torch.nn.Conv1d(D, D, 3, groups=D)
+        self.bwd = torch.nn.Conv1d(D, D, 3, groups=D)
+        self.merge = torch.nn.Linear(2 * D, D)
+        self.norm = torch.nn.LayerNorm(D)
+
+    def forward(self, h):
+        t = torch.nn.functional.pad(h.transpose(1, 2), (2, 0))
+        hf = self.fwd(t).transpose(1, 2)
+        hb = self.bwd(torch.nn.functional.pad(h.flip(1).transpose(1, 2), (2, 0))).transpose(1, 2).flip(1)
+        return self.norm(h + self.merge(torch.cat([hf, hb], dim=-1)))
+
+
+class ProtoLike(torch.nn.Module):
+    """LightProtoSSM's interface: ``emb [1, T, 1536]``, ``perch_logits [1, T, C]``, ``site_ids [1]``, ``hours [1]``
+    → ``[1, T, C]``: projection + positional encoding + site / hour embeddings, a bidirectional scan, cosine
+    similarity to class prototypes, fused with the Perch logits by a per-class sigmoid gate."""
+
+    def __init__(self, extra: int = 0):
+        super().__init__()
+        self.proj = torch.nn.Linear(EMB + extra, D)
+        self.pos = torch.nn.Parameter(torch.randn(1, MAX_WINDOWS, D))
+        self.site = torch.nn.Embedding(N_SITES, META)
+        self.hour = torch.nn.Embedding(24, META)
+        self.meta = torch.nn.Linear(2 * META, D)
+        self.scan = Bidirectional()
+        self.prototypes = torch.nn.Parameter(torch.randn(C, D))
+        self.gate = torch.nn.Parameter(torch.randn(C))
+        self.head = torch.nn.Linear(D, C)
+
+    def encode(self, x, site_ids, hours):
+        h = self.proj(x) + self.pos[:, : x.shape[1]]
+        h = h + self.meta(torch.cat([self.site(site_ids), self.hour(hours)], dim=-1))[:, None, :]
+        return self.scan(h)
+
+    def forward(self, emb, perch_logits, site_ids, hours):
+        h = torch.nn.functional.normalize(self.encode(emb, site_ids, hours), dim=-1)
+        sim = h @ torch.nn.functional.normalize(self.prototypes, dim=-1).T * 5.0
+        a = torch.sigmoid(self.gate)
+        return a * sim + (1 - a) * perch_logits
+
+
+class FinalLike(torch.nn.Module):
+    """The first pass and the ResidualSSM in one graph: ``emb``, ``proto``, ``probed`` ``[1, T, ·]``, ``site_ids``,
+    ``hours`` → ``first + correction_weight · ResidualSSM([emb | first])`` with ``first = w·proto + (1 − w)·probed``
+    (``w`` per class, a constant of the graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.residual = ProtoLike(extra=C)
+        self.register_buffer("w", torch.tensor(W_PROTO))
+
+    def forward(self, emb, proto, probed, site_ids, hours):
+        first = self.w * proto + (1 - self.w) * probed
+        correction = self.residual.head(self.residual.encode(torch.cat([emb, first], dim=-1), site_ids, hours))
+        return first + CORRECTION * correction
+
+
+def _export(net, example, path: Path, inputs: list[str], dynamic: dict) -> None:
+    torch.onnx.export(net.eval(), example, str(path), input_names=inputs, output_names=["out"], dynamic_axes=dynamic,
+                      opset_version=17, dynamo=False)
+
+
+# --------------------------------------------------------------------------------------------- the spec
+def _ids(field: str, **more) -> dict:
+    return {"name": field, "file_name": {"pattern": FILE_RE, "field": field, **more}, "sequence": True}
+
+
+def _spec() -> dict:
+    wave = {"windows": {"steps": [{"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0}]}}
+    seq = {"sequence": True}
+    site, hour = _ids("site", vocabulary=SITES, fallback=0), _ids("hour", fallback=23, modulo=24)
+    thresholds = {"step": "class_thresholds", "table": "thresholds.csv"}
+    models = [
+        {"name": "perch", "input": "windows", "input_shape": [-1, ROW],
+         "outputs": [{"name": "label", "kind": "clip_logits", "index": 0},
+                     {"name": "embedding", "kind": "embedding", "index": 1, "shape": [-1, EMB]}],
+         "steps": [{"step": "label_map", "labels": "perch_labels.csv", "taxonomy": "taxonomy.csv", "output": "label",
+                    "fill": 0.0},
+                   {"step": "clip_rows", "output": "label"},
+                   {"step": "file_prior", "table": "prior.csv", "pattern": FILE_RE, "weight": LAMBDA, "input": "logits",
+                    "eps": PRIOR_EPS}],
+         "variants": {"f32": {"onnx": "perch.onnx"}}},
+        {"name": "probe", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding"},
+            {"name": "scores", "model": "perch", "rows": "file_prior", "context": ["prev", "next", "mean", "max", "std"],
+             "per_class": True}],
+         "input_shape": [[-1, EMB], [-1, C, 6]], "outputs": [{"name": "out", "kind": "clip_logits"}],
+         "steps": [{"step": "clip_rows"}], "variants": {"f32": {"onnx": "probe.onnx"}}},
+        {"name": "proto", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding", **seq},
+            {"name": "perch_logits", "model": "perch", "rows": "clip_rows", **seq},
+            {**site, "name": "site_ids"}, {**hour, "name": "hours"}],
+         "input_shape": [[1, -1, EMB], [1, -1, C], [1], [1]], "tta": {"shifts": SHIFTS, "flip": True},
+         "outputs": [{"name": "out", "kind": "clip_logits"}], "steps": [{"step": "clip_rows"}],
+         "variants": {"f32": {"onnx": "proto.onnx"}}},
+        {"name": "final", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding", **seq},
+            {"name": "proto", "model": "proto", "rows": True, **seq},
+            {"name": "probed", "model": "probe", "rows": True, **seq},
+            {**site, "name": "site_ids"}, {**hour, "name": "hours"}],
+         "input_shape": [[1, -1, EMB], [1, -1, C], [1, -1, C], [1], [1]],
+         "outputs": [{"name": "out", "kind": "clip_logits"}],
+         "steps": [{"step": "sigmoid"}, {"step": "clip_rows"},
+                   {"step": "temperature", "taxonomy": "taxonomy.csv", "temperatures": {"Amphibia": 0.95, "Insecta": 0.95},
+                    "default": 1.10},
+                   {"step": "file_scale", "top_k": 2, "power": 0.4}, {"step": "file_scale", "top_k": 1, "power": 0.4},
+                   {"step": "delta_smooth", "alpha": 0.2}, {"step": "clip_values", "min": 0.0, "max": 1.0}, thresholds],
+         "variants": {"f32": {"onnx": "final.onnx"}}},
+    ]
+    return {"format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SR, "labels": LABELS,
+            "rows": {"seconds": 5.0}, "block_seconds": None, "features": wave, "models": models,
+            "ensemble": {"members": [{"model": "perch", "weight": 0.0}, {"model": "probe", "weight": 0.0},
+                                     {"model": "proto", "weight": 0.0}, {"model": "final", "weight": 1.0}]}}
+
+
+def _prior_table() -> dict[tuple[str, int], np.ndarray]:
+    rng = np.random.default_rng(5)
+    out = {}
+    for name, _, _ in FILES:
+        m = re.search(FILE_RE, Path(name).stem)
+        out[(m.group("site"), int(m.group("hour")))] = rng.uniform(0.0, 0.6, C).round(4)
+    out[("S05", 1)][0] = 0.0  # clipped to 1e-4 before the logit
+    return out
+
+
+THRESHOLDS = np.array([0.3, 0.5, 0.7, 0.45, 0.6, 0.25])
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(3)
+    return {"perch": PerchLike().eval(), "probe": Probes().eval(), "proto": ProtoLike().eval(), "final": FinalLike().eval()}
+
+
+@pytest.fixture(scope="module")
+def source(nets, tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("second_src")
+    torch.onnx.export(nets["perch"], torch.zeros(2, ROW), str(src / "perch.onnx"), input_names=["x"],
+                      output_names=["label", "embedding"], dynamic_axes={"x": {0: "n"}, "label": {0: "n"},
+                                                                         "embedding": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    _export(nets["probe"], (torch.zeros(3, EMB), torch.zeros(3, C, 6)), src / "probe.onnx", ["emb", "scores"],
+            {"emb": {0: "n"}, "scores": {0: "n"}, "out": {0: "n"}})
+    one = torch.zeros(1, dtype=torch.long)
+    _export(nets["proto"], (torch.zeros(1, 3, EMB), torch.zeros(1, 3, C), one, one), src / "proto.onnx",
+            ["emb", "perch_logits", "site_ids", "hours"], {"emb": {1: "t"}, "perch_logits": {1: "t"}, "out": {1: "t"}})
+    _export(nets["final"], (torch.zeros(1, 3, EMB), torch.zeros(1, 3, C), torch.zeros(1, 3, C), one, one),
+            src / "final.onnx", ["emb", "proto", "probed", "site_ids", "hours"],
+            {"emb": {1: "t"}, "proto": {1: "t"}, "probed": {1: "t"}, "out": {1: "t"}})
+    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
+    for i, name in NAMES.items():
+        names[i] = name
+    (src / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    (src / "taxonomy.csv").write_text(TAXONOMY)
+    prior = [f"{s},{h}," + ",".join(f"{v:g}" for v in p) for (s, h), p in _prior_table().items()]
+    (src / "prior.csv").write_text("site,hour," + ",".join(LABELS) + "\n" + "\n".join(prior) + "\n")
+    (src / "thresholds.csv").write_text("primary_label,threshold\n" + "".join(f"{l},{t}\n" for l, t in zip(LABELS, THRESHOLDS)))
+    (src / "spec.json").write_text(json.dumps(_spec(), indent=1))
+    return src
+
+
+@pytest.fixture(scope="module")
+def folder(source, tmp_path_factory) -> Path:
+    from birdinfer.tools.importer import import_folder
+
+    out = tmp_path_factory.mktemp("second") / "models"
+    import_folder(source / "spec.json", out, measure=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def soundscapes(tmp_path_factory) -> Path:
+    audio = tmp_path_factory.mktemp("second_audio")
+    for name, seconds, seed in FILES:
+        write_ogg(audio / name, seconds, seed=seed)
+    return audio
+
+
+# ------------------------------------------------------------------------------------ the transcription
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+def probes_reference(net: Probes, emb: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class: features ``[Z, s, s_prev, s_next, mean, max, std]`` of the class's score over the file (edge
+    windows repeated, population std), its MLP, then ``(1 − α)·s + α·probe`` (classes without a probe unchanged)."""
+    b = {k: v.double().numpy() for k, v in net.state_dict().items()}
+    z = ((emb - b["mean"]) / b["scale"]) @ b["components"].T
+    out = scores.astype(np.float64).copy()
+    n = len(scores)
+    for c in range(C):
+        if not b["has_probe"][c]:
+            continue
+        s = scores[:, c].astype(np.float64)
+        prev, nxt = s[np.clip(np.arange(n) - 1, 0, n - 1)], s[np.clip(np.arange(n) + 1, 0, n - 1)]
+        stats = [np.full(n, f(s)) for f in (np.mean, np.max, np.std)]
+        x = np.concatenate([z, np.stack([s, prev, nxt] + stats, axis=1)], axis=1)
+        h = np.maximum(x @ b["w1"][c] + b["b1"][c], 0.0)
+        out[:, c] = (1 - ALPHA) * s + ALPHA * (h @ b["w2"][c] + b["b2"][c])[:, 0]
+    return out
+
+
+def proto_tta_reference(net: ProtoLike, emb: np.ndarray, raw: np.ndarray, site: int, hour: int) -> np.ndarray:
+    """The script's TTA rule: for each shift both sequences rolled along the window axis, the output rolled back;
+    then the flipped sequences, the output flipped back; the mean of the six (ids not shifted)."""
+    ids = torch.tensor([site]), torch.tensor([hour])
+    e, r = torch.tensor(emb[None], dtype=torch.float32), torch.tensor(raw[None], dtype=torch.float32)
+    outs = []
+    with torch.no_grad():
+        for s in SHIFTS:
+            out = net(torch.roll(e, s, dims=1), torch.roll(r, s, dims=1), *ids).numpy()
+            outs.append(np.roll(out, -s, axis=1))
+        outs.append(net(e.flip(1), r.flip(1), *ids).numpy()[:, ::-1])
+    return np.mean(outs, axis=0)[0]
+
+
+def post_reference(z: np.ndarray) -> np.ndarray:
+    """Temperatures, sigmoid, top-2 and max file scaling ^0.4, adaptive delta smoothing, clip, thresholds."""
+    p = sigmoid(z / TEMPS)
+    p = p * np.power(np.sort(p, axis=0)[-2:].mean(axis=0, keepdims=True), 0.4)
+    p = p * np.power(p.max(axis=0, keepdims=True), 0.4)
+    n = len(p)
+    before, after = p[np.clip(np.arange(n) - 1, 0, n - 1)], p[np.clip(np.arange(n) + 1, 0, n - 1)]
+    a = 0.2 * (1 - p.max(axis=1, keepdims=True))
+    p = p if n < 2 else (1 - a) * p + a * (before + after) / 2
+    p = np.clip(p, 0, 1)
+    t = THRESHOLDS[None]
+    return np.clip(np.where(p > t, 0.5 + 0.5 * (p - t) / (1 - t), 0.5 * p / t), 0, 1)
+
+
+def reference(nets, path: Path) -> dict[str, np.ndarray]:
+    """One file through the 2nd place's Perch stack (torch networks, numpy around them)."""
+    x = _windows(path)
+    with torch.no_grad():
+        label, emb = (v.numpy().astype(np.float64) for v in nets["perch"](torch.tensor(x)))
+    raw = np.zeros((len(x), C))
+    for c, name in enumerate(LABELS):
+        if SOURCES[name]:
+            raw[:, c] = label[:, SOURCES[name]].max(axis=1)
+    m = re.search(FILE_RE, path.stem)
+    site, hour = SITES.get(m.group("site"), 0), int(m.group("hour")) % 24
+    prior = np.clip(_prior_table()[(m.group("site"), int(m.group("hour")))], PRIOR_EPS, 1 - PRIOR_EPS)
+    adjusted = raw + LAMBDA * _logit(prior)[None]
+    probed = probes_reference(nets["probe"], emb, adjusted)
+    proto = proto_tta_reference(nets["proto"], emb, raw, site, hour)
+    first = W_PROTO * proto + (1 - W_PROTO) * probed
+    ids = torch.tensor([site]), torch.tensor([hour])
+    with torch.no_grad():
+        t = nets["final"].residual
+        inputs = torch.tensor(np.concatenate([emb, first], axis=1)[None], dtype=torch.float32)
+        correction = t.head(t.encode(inputs, *ids)).numpy()[0]
+    final = first + CORRECTION * correction
+    return {"perch": adjusted, "probe": probed, "proto": proto, "final": post_reference(final)}
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path, caplog):
+    """``birdinfer submit --member-rows`` on a 3 s, a 12.3 s, a 60 s and a 130 s file: every member's rows within
+    1e-4 of the transcription (float32 OpenVINO against float64 numpy around float32 torch)."""
+    from birdinfer.cli import main
+
+    out, member_dir, report = tmp_path / "submission.csv", tmp_path / "members", tmp_path / "report.json"
+    with caplog.at_level(logging.INFO):
+        assert main(["submit", str(soundscapes), "--models", str(folder), "--out", str(out), "--precision", "f32",
+                     "--member-rows", str(member_dir), "--report", str(report)]) == 0
+    paths = sorted(soundscapes.iterdir())
+    want = {name: [] for name in ("perch", "probe", "proto", "final")}
+    for path in paths:
+        for name, rows in reference(nets, path).items():
+            want[name].append(rows)
+    for name, rows in want.items():
+        got = pd.read_csv(member_dir / f"{name}.csv")[LABELS].to_numpy()
+        np.testing.assert_allclose(got, np.concatenate(rows), rtol=0, atol=1e-4, err_msg=name)
+        assert np.ptp(np.concatenate(rows), axis=0).max() > 1e-2  # rows differ: the comparison is not vacuous
+    sub = pd.read_csv(out)
+    np.testing.assert_allclose(sub[LABELS].to_numpy(), np.concatenate(want["final"]), rtol=0, atol=1e-4)
+    # S13 is not in the site vocabulary: the fallback id, and the report says so
+    text = report.read_text()
+    assert "'S13' of file 'BC2026_Test_0004_S13_20250302_233000.ogg' is not in the vocabulary: id 0" in text
+
+
+def test_tta_changes_the_proto_rows(nets, soundscapes):
+    """The TTA is not a no-op on this network: the rows of one pass differ from the mean of six (60 s file)."""
+    path = soundscapes / FILES[2][0]
+    x = _windows(path)
+    with torch.no_grad():
+        label, emb = (v.numpy() for v in nets["perch"](torch.tensor(x)))
+        raw = np.stack([label[:, SOURCES[n]].max(axis=1) if SOURCES[n] else np.zeros(len(x)) for n in LABELS], 1)
+        once = nets["proto"](torch.tensor(emb[None]), torch.tensor(raw[None], dtype=torch.float32),
+                             torch.tensor([3]), torch.tensor([5])).numpy()[0]
+    assert np.abs(once - proto_tta_reference(nets["proto"], emb, raw, 3, 5)).max() > 1e-2
+
+
+def test_an_unmatched_file_name_gets_the_fallback_ids_and_a_note(folder, soundscapes, tmp_path):
+    from birdinfer.runtime.pipeline import Predictor
+
+    odd = tmp_path / "recording_without_fields.ogg"
+    odd.write_bytes((soundscapes / FILES[1][0]).read_bytes())
+    result = next(Predictor(folder, precision="f32").iter_files([odd], members=True))
+    notes = "\n".join(result.notes)
+    assert "model proto: file name 'recording_without_fields.ogg' does not match the pattern" in notes
+    assert "hour id 23 (the fallback)" in notes and "site id 0 (the fallback)" in notes
+    assert "file_prior: file name 'recording_without_fields.ogg' does not match" in notes
