@@ -393,3 +393,93 @@ def test_an_unmatched_file_name_gets_the_fallback_ids_and_a_note(folder, soundsc
     assert "model proto: file name 'recording_without_fields.ogg' does not match the pattern" in notes
     assert "hour id 23 (the fallback)" in notes and "site id 0 (the fallback)" in notes
     assert "file_prior: file name 'recording_without_fields.ogg' does not match" in notes
+
+
+def test_dropping_or_leaving_out_a_producer(folder, caplog):
+    """The budget drops a model with every model on its outputs or rows; a selection without a producer is refused."""
+    from birdinfer.runtime.pipeline import Predictor
+
+    predictor = Predictor(folder, precision="f32")
+    with caplog.at_level(logging.WARNING):
+        predictor.drop("probe")
+    assert predictor.active == ["perch", "proto"]
+    with pytest.raises(ModelFolderError, match=r"model 'final' reads model 'probe''s rows: select 'probe' too"):
+        Predictor(folder, precision="f32", model_names=["perch", "proto", "final"])
+
+
+def _edit(change) -> dict:
+    spec = _spec()
+    change(spec)
+    return spec
+
+
+def _model(spec: dict, name: str) -> dict:
+    return next(m for m in spec["models"] if m["name"] == name)
+
+
+def _set(name: str, *path, value):
+    def change(spec):
+        node = _model(spec, name)
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("probe", "input_shape", 1, value=[-1, C, 5]),
+     r"models\['probe'\]\.input_shape\[1\] \[-1, 6, 5\]: input 1 \(perch\.rows, context \['prev', 'next', 'mean', "
+     r"'max', 'std'\], per class\) is \[-1, 6, 6\]"),
+    (_set("probe", "input_shape", 0, value=[-1, 1000]),
+     r"models\['probe'\]\.input_shape\[0\] \[-1, 1000\]: input 0 \(perch\.embedding\) is \[-1, 1536\]"),
+    (_set("final", "input", 1, "model", value="protoo"), r"models\['final'\]\.input\[1\]: no model named 'protoo'"),
+    (_set("probe", "input", 0, "output", value="emb"), r"models\['probe'\]\.input\[0\]: model 'perch' has no output 'emb'"),
+    (_set("probe", "input", 1, "rows", value="prior"),
+     r"models\['probe'\]\.input\[1\]\.rows: model 'perch' has no step 'prior' \(its steps: label_map, clip_rows, file_prior\)"),
+    (_set("probe", "input", 1, "rows", value="label_map"),
+     r"models\['probe'\]\.input\[1\]\.rows: step 'label_map' of model 'perch' comes before its rows exist"),
+    (_set("proto", "input", 2, "file_name", "pattern", value="_(?P<site>S[0-9]+"),
+     r"models\['proto'\]\.input\[2\]\.file_name\.pattern '_\(\?P<site>S\[0-9\]\+' is not a regular expression: "
+     r"missing \)"),
+    (_set("proto", "input", 2, "file_name", "field", value="station"),
+     r"models\['proto'\]\.input\[2\]\.file_name\.field 'station' is not a named group of the pattern"),
+    (_set("proto", "input", 2, "file_name", "vocabulary", value={"S05": -1}),
+     r"models\['proto'\]\.input\[2\]\.file_name\.vocabulary\['S05'\] must be a whole number in \[0, 2147483647\], got -1"),
+    (_set("proto", "input", 1, value={"name": "perch_logits", "model": "final", "rows": True, "sequence": True}),
+     r"models: the inputs form a cycle: (proto -> final -> proto|final -> proto -> final)"),
+    (_set("proto", "input", 1, "sequence", value=False),
+     r"models\['proto'\]\.input: either every model source is a file sequence"),
+    (_set("probe", "tta", value={"shifts": [0, 1]}),
+     r"models\['probe'\]\.tta: test-time augmentation shifts a file sequence"),
+    (_set("proto", "tta", value={"shifts": [0, 0]}), r"models\['proto'\]\.tta\.shifts must be distinct, got \[0, 0\]"),
+    (_set("proto", "input_shape", value=[[1, -1, EMB]]),
+     r"models\['proto'\]\.input_shape: a model with 4 inputs takes a list of 4 shapes"),
+    (_set("proto", "input", 3, "name", value=None), r"models\['proto'\]\.input: name every source's graph input or none"),
+    (_set("probe", "input", 1, "output", value="label"), r"models\['probe'\]\.input\[1\]\.rows must be true .* without 'output'"),
+])
+def test_several_inputs_are_checked_at_load(change, message):
+    with pytest.raises(ModelFolderError, match=r"^models/manifest\.json: " + message):
+        parse_spec(_edit(change), source="models/manifest.json")
+
+
+def test_a_graph_whose_inputs_do_not_fit_is_refused_when_read(folder, tmp_path):
+    """The manifest names a graph input the graph does not have, or claims another width: refused when the graph
+    is read, naming the folder, the model, its file and both."""
+    import shutil
+
+    from birdinfer.runtime.pipeline import Predictor
+
+    for edit, message in [
+        (lambda m: m["input"][1].update(name="logits"), r"model 'proto' \(proto\.(xml|onnx)\): the graph has no input "
+                                                        r"named 'logits'"),
+        (lambda m: m["input"].pop(), r"model 'proto' .*: the graph has 4 inputs, the manifest lists 3 sources"),
+    ]:
+        copy_ = tmp_path / f"edited{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(folder, copy_)
+        data = json.loads((copy_ / "manifest.json").read_text())
+        proto = next(m for m in data["models"] if m["name"] == "proto")
+        edit(proto)
+        proto["input_shape"] = proto["input_shape"][: len(proto["input"])]
+        (copy_ / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ModelFolderError, match=message):
+            Predictor(copy_, precision="f32")
