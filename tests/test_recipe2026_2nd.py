@@ -483,3 +483,28 @@ def test_a_graph_whose_inputs_do_not_fit_is_refused_when_read(folder, tmp_path):
         (copy_ / "manifest.json").write_text(json.dumps(data))
         with pytest.raises(ModelFolderError, match=message):
             Predictor(copy_, precision="f32")
+
+
+@pytest.mark.parametrize("how", [{"backend": "onnxruntime"}, {"parallel_models": 2}, {"block_seconds": 60.0}])
+def test_other_backends_threads_and_blocks_give_the_same_rows(folder, nets, soundscapes, tmp_path, how):
+    """The 130 s file on ONNX Runtime (inputs fed by name), with the feature models in worker threads, and in
+    60 s blocks (the rows, context and sequences are still the whole file's): the same member rows."""
+    import shutil
+
+    from birdinfer.runtime.pipeline import Predictor
+
+    how = dict(how)
+    target = folder
+    if "block_seconds" in how:
+        target = tmp_path / "blocks"
+        shutil.copytree(folder, target)
+        data = json.loads((target / "manifest.json").read_text())
+        data["block_seconds"] = how.pop("block_seconds")
+        (target / "manifest.json").write_text(json.dumps(data))
+    predictor = Predictor(target, precision="f32", **how)
+    assert predictor.ran_backends == how.get("backend", "openvino")
+    path = soundscapes / FILES[3][0]
+    result = next(predictor.iter_files([path], members=True))
+    want = reference(nets, path)
+    for name in ("perch", "probe", "proto", "final"):
+        np.testing.assert_allclose(result.members.models[name], want[name], rtol=0, atol=1e-4, err_msg=name)
