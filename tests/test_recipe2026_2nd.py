@@ -508,3 +508,62 @@ def test_other_backends_threads_and_blocks_give_the_same_rows(folder, nets, soun
     want = reference(nets, path)
     for name in ("perch", "probe", "proto", "final"):
         np.testing.assert_allclose(result.members.models[name], want[name], rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_sequence_tta_rule_on_a_position_dependent_function():
+    """:func:`run_sequence` against the rule written out: out_s = roll(f(roll(x, s)), −s); flip: reverse(f(reverse
+    x)); the mean of the passes; the ids are passed unshifted. ``f`` weighs each window by its position, so a
+    pass that is not shifted back (or an id that is shifted) changes the result."""
+    from types import SimpleNamespace
+
+    from birdinfer.runtime.dag import run_sequence
+    from birdinfer.spec.v2 import SequenceTTA
+
+    rng = np.random.default_rng(0)
+    x, ids = rng.normal(size=(1, 5, 3)).astype(np.float32), np.array([7], np.int64)
+    weight = np.arange(1, 6, dtype=np.float64)[None, :, None]
+    seen = []
+
+    def f(xs):
+        seen.append(xs[1].tolist())
+        return {"o": (xs[0] * weight + xs[1][0]).astype(np.float32)}
+
+    entry = SimpleNamespace(tta=SequenceTTA((0, 1, -2), True))
+    got = run_sequence(f, [x, ids], entry, "m")["o"]
+    passes = [np.roll((np.roll(x, s, axis=1) * weight + 7)[0], -s, axis=0) for s in (0, 1, -2)]
+    passes.append(((x[:, ::-1] * weight + 7)[0])[::-1])
+    np.testing.assert_allclose(got, np.mean(passes, axis=0), rtol=0, atol=1e-5)
+    assert seen == [[7]] * 4
+    assert np.abs(got - (x * weight + 7)[0]).max() > 0.1  # the augmentation changes the rows
+    plain = run_sequence(f, [x, ids], SimpleNamespace(tta=None), "m")["o"]
+    np.testing.assert_allclose(plain, (x * weight + 7)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, ids, want, note", [
+    ("BC2026_Test_0002_S07_20250301_140000.ogg", {"vocabulary": {"S07": 5}}, 5, None),
+    ("BC2026_Test_0002_S08_20250301_140000.ogg", {"vocabulary": {"S07": 5}}, 9, "'S08' of file"),
+    ("BC2026_Test_0002_S07_20250301_140000.ogg", {"field": "hour", "modulo": 24}, 14, None),
+    ("BC2026_Test_0002_S07_20250301_250000.ogg", {"field": "hour", "modulo": 24}, 1, None),
+    ("BC2026_Test_0002_S07_2025_140000.ogg", {"field": "hour"}, 9, "does not match the pattern"),
+    (None, {"field": "hour"}, 9, "file name None does not match"),
+])
+def test_file_name_ids(name, ids, want, note):
+    from birdinfer.runtime.dag import file_name_id
+    from birdinfer.spec.v2 import FileNameIds
+
+    spec = FileNameIds(FILE_RE, ids.get("field", "site"), ids.get("vocabulary"), 9, ids.get("modulo"))
+    notes = []
+    assert file_name_id(spec, name, notes, "proto") == want
+    assert (note is None and not notes) or (len(notes) == 1 and note in notes[0] and "9 (the fallback)" in notes[0])
+
+
+def test_per_class_context_layout():
+    from birdinfer.runtime.dag import with_context
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    got = with_context(x, ["prev", "max"], per_class=True)
+    assert got.shape == (4, 3, 3)
+    np.testing.assert_array_equal(got[:, :, 0], x)
+    np.testing.assert_array_equal(got[:, :, 1], x[[0, 0, 1, 2]])
+    np.testing.assert_array_equal(got[:, :, 2], np.broadcast_to(x.max(0), (4, 3)))
+    np.testing.assert_array_equal(with_context(x, ["prev", "max"]), got.transpose(0, 2, 1).reshape(4, 9))

@@ -17,6 +17,12 @@ and each feature model's window layout. :class:`DagRunner` then, per file, in to
    whole file's windows for a whole-file spec (streamed or not, these are the file's windows).
 
 Its outputs are kept too, so models may read models that read models.
+
+A model with several inputs (``entry.sources``, :mod:`birdinfer.spec.dag_inputs`) gets one array per source:
+a kept output as above, another model's rows after one of its steps (``rows_of`` from the engine, which runs
+the models in topological order and keeps those rows), or an int64 id parsed from the file name
+(:func:`file_name_id`; its fallback and a note in the file's notes when the name does not match). A sequence
+model with ``tta`` runs once per window shift (and flipped) and averages (:func:`run_sequence`).
 """
 
 from __future__ import annotations
@@ -119,8 +125,8 @@ class FileDag:
             self.outs[key] = np.concatenate([p.kept[key] for p in self.parts], axis=0)
         return self.outs[key]
 
-    def _inputs(self, model, rows_of: Callable) -> list[np.ndarray] | None:
-        """The model's input arrays, one per source (None: a producer did not run)."""
+    def _inputs(self, model, rows_of: Callable) -> tuple[list[np.ndarray], int] | None:
+        """The model's input arrays, one per source, and the file's window count (None: a producer did not run)."""
         arrays, n = [], None
         for src in model.entry.inputs:
             if src.ids is not None:
@@ -140,7 +146,7 @@ class FileDag:
             if src.ids is not None:
                 value = file_name_id(src.ids, self.name, self.notes, model.name)
                 arrays[i] = np.full(1 if src.sequence else n, value, np.int64)
-        return arrays
+        return arrays, n
 
     def rows(self, model, run: Callable, charge: Callable[[str, float], None], rows_of: Callable) -> np.ndarray | None:
         """``model``'s rows ``(R, C)`` for this file (None: inactive, or a producer did not run).
@@ -148,10 +154,10 @@ class FileDag:
         entry, root = model.entry, self.runner.root[model.name]
         if model.name not in self.active or root not in self.parts[0]:
             return None
-        arrays = self._inputs(model, rows_of)
-        if arrays is None:
+        found = self._inputs(model, rows_of)
+        if found is None:
             return None
-        n = len(arrays[0][0]) if entry.inputs[0].sequence else len(arrays[0])
+        arrays, n = found
         single = not entry.sources
         start = time.perf_counter()
         if entry.inputs[0].sequence:
@@ -163,9 +169,9 @@ class FileDag:
             if len(v) != n:
                 raise ParameterError(f"model {model.name!r}: output {k!r} gives {len(v)} windows for {n} input windows")
             self.outs[(model.name, k)] = v
-        return self.runner_rows(entry, result, root)
+        return self._to_rows(entry, result, root)
 
-    def runner_rows(self, entry, outputs: Mapping[str, np.ndarray], root: str) -> np.ndarray:
+    def _to_rows(self, entry, outputs: Mapping[str, np.ndarray], root: str) -> np.ndarray:
         """Per-window outputs of the whole file → rows, on the windows of feature model ``root``."""
         parts = self.parts
         counts = [p.layouts[root].count for p in parts]

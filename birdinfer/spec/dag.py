@@ -10,16 +10,19 @@ A model's ``input`` is a feature name, or an object naming another model's graph
 loaded, before any audio is read (a producer or output that does not exist, an output without a declared
 width, an input width that differs from it, a cycle), and :func:`topological` orders them. The runtime
 (:mod:`birdinfer.runtime.dag`) runs such models once per file on the kept outputs of their producers.
+A list ``input`` (several graph inputs: outputs, another model's rows after a step, file-name ids) and a
+sequence model's ``tta`` are read and checked by :mod:`birdinfer.spec.dag_inputs`; :func:`parse_source` and
+:data:`CONTEXT` live there too (re-exported here).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import ModelFolderError
 from .dag_inputs import CONTEXT, check_tta, output_width, parse_source, producer_names, resolve_inputs
-from .v2 import ModelSource, ModelSpec
+from .v2 import ModelSpec
 
 __all__ = ["CONTEXT", "parse_source", "resolve", "topological", "dependents", "producers", "output_width"]
 
