@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import ParameterError
 from ..ops.steps import block_rows
 from ..spec.dag import topological
+from ..spec.dag_inputs import model_inputs
 
 __all__ = ["BlockRows", "DagRunner", "FileDag", "with_context", "run_sequence", "file_name_id"]
 
@@ -78,19 +79,19 @@ class DagRunner:
     def __init__(self, manifest, models: Sequence):
         by_name = {m.name: m for m in models}
         self.order = topological([m.entry for m in models])
-        self.dependents = [by_name[n] for n in self.order if by_name[n].entry.inputs]
+        self.dependents = [by_name[n] for n in self.order if model_inputs(by_name[n].entry)]
         self.reads: dict[str, set[str]] = {}
         self.rows_read: dict[str, set[str]] = {}  # producer → the steps after which a model reads its rows
         self.root: dict[str, str] = {}
         specs = {m.name: m.entry for m in models}
         for m in self.dependents:
-            for src in m.entry.inputs:
+            for src in model_inputs(m.entry):
                 if src.model and src.rows is not None:
                     self.rows_read.setdefault(src.model, set()).add(src.rows)
                 elif src.model:
                     self.reads.setdefault(src.model, set()).add(src.output)
             root = m.name
-            while specs[root].inputs:
+            while model_inputs(specs[root]):
                 root = specs[root].source.model
             self.root[m.name] = root
         self.whole_file = manifest.block_seconds is None

@@ -280,7 +280,7 @@ class SpecEngine:
 
         done = {}
         for model in (by_name[n] for n in self.dag.order):
-            if dag is not None and model.entry.inputs:
+            if dag is not None and model.name in self.dag.names():
                 values = dag.rows(model, run_named, self._charge, rows_of)
                 if values is None:
                     continue

@@ -27,7 +27,7 @@ from ..errors import ModelFolderError
 from .v2 import FileNameIds, ModelSource, ModelSpec, SequenceTTA
 
 __all__ = ["CONTEXT", "parse_source", "output_width", "parse_inputs", "parse_tta", "resolve_inputs", "source_shape",
-           "producer_names", "check_tta"]
+           "producer_names", "check_tta", "model_inputs"]
 
 _KEYS = {"name", "model", "output", "rows", "context", "sequence", "per_class", "file_name"}
 _ID_KEYS = {"pattern", "field", "vocabulary", "fallback", "modulo"}
@@ -236,6 +236,15 @@ def check_tta(m: ModelSpec, *, where: str) -> None:
                           f"input is not \"sequence\": true")
 
 
+def model_inputs(m) -> tuple[ModelSource, ...]:
+    """What model ``m`` reads from other models and the file name (a version 1 entry: nothing)."""
+    inputs = getattr(m, "inputs", None)
+    if inputs is not None:
+        return inputs
+    source = getattr(m, "source", None)
+    return (source,) if source is not None else ()
+
+
 def producer_names(m: ModelSpec) -> Sequence[str]:
     """The models ``m`` reads (in input order, once each)."""
-    return list(dict.fromkeys(s.model for s in m.inputs if s.model))
+    return list(dict.fromkeys(s.model for s in model_inputs(m) if s.model))

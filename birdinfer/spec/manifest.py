@@ -183,8 +183,8 @@ class Manifest:
         if unknown:
             raise ModelFolderError(f"{self._where}: unknown model name(s) {unknown}; known: {sorted(known)}")
         for m in self.models:  # a model on another model's output (spec.dag) needs that model
-            sources = getattr(m, "inputs", None) or ((m.source,) if getattr(m, "source", None) is not None else ())
-            for source in sources:
+            inputs = getattr(m, "inputs", None)  # a version 2 model (spec.dag_inputs); a version 1 entry: none
+            for source in inputs if inputs is not None else ():
                 if m.name in wanted and source.model and source.model not in wanted:
                     what = "rows" if source.rows is not None else f"output {source.output!r}"
                     raise ModelFolderError(f"{self._where}: model {m.name!r} reads model {source.model!r}'s {what}: "
