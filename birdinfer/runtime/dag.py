@@ -17,12 +17,20 @@ and each feature model's window layout. :class:`DagRunner` then, per file, in to
    whole file's windows for a whole-file spec (streamed or not, these are the file's windows).
 
 Its outputs are kept too, so models may read models that read models.
+
+A model with several inputs (``entry.sources``, :mod:`birdinfer.spec.dag_inputs`) gets one array per source:
+a kept output as above, another model's rows after one of its steps (``rows_of`` from the engine, which runs
+the models in topological order and keeps those rows), or an int64 id parsed from the file name
+(:func:`file_name_id`; its fallback and a note in the file's notes when the name does not match). A sequence
+model with ``tta`` runs once per window shift (and flipped) and averages (:func:`run_sequence`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
+from pathlib import PurePath
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -30,8 +38,10 @@ import numpy as np
 from ..errors import ParameterError
 from ..ops.steps import OutputParams, Outputs, block_rows, clip_rows
 from ..spec.dag import topological
+from ..spec.dag_inputs import model_inputs
 
-__all__ = ["BlockRows", "DagRunner", "checked_keep", "output_rows", "with_context"]
+__all__ = ["BlockRows", "DagRunner", "FileDag", "checked_keep", "output_rows", "with_context", "run_sequence",
+           "file_name_id"]
 
 
 class BlockRows(dict):
@@ -46,11 +56,12 @@ class BlockRows(dict):
         self.dependents = tuple(dependents)
 
 
-def with_context(x: np.ndarray, context: Sequence[str]) -> np.ndarray:
-    """``x`` ``(W, D)`` (one file's windows) with the per-file ``context`` columns appended (module docstring)."""
+def with_context(x: np.ndarray, context: Sequence[str], per_class: bool = False) -> np.ndarray:
+    """``x`` ``(W, D)`` (one file's windows) with the per-file ``context`` columns appended (module docstring);
+    ``per_class``: stacked on a last axis, ``(W, D, 1 + k)``."""
     x = np.asarray(x, dtype=np.float32)
     if not context:
-        return x
+        return np.ascontiguousarray(x[:, :, None]) if per_class else x
     n = len(x)
     cols = [x]
     for c in context:
@@ -60,7 +71,7 @@ def with_context(x: np.ndarray, context: Sequence[str]) -> np.ndarray:
             continue
         stat = {"mean": np.mean, "std": np.std, "max": np.max, "min": np.min}[c](x, axis=0, keepdims=True)
         cols.append(np.broadcast_to(stat.astype(np.float32), x.shape))
-    return np.ascontiguousarray(np.concatenate(cols, axis=1))
+    return np.ascontiguousarray(np.stack(cols, axis=2) if per_class else np.concatenate(cols, axis=1))
 
 
 class DagRunner:
@@ -68,16 +79,20 @@ class DagRunner:
 
     def __init__(self, manifest, models: Sequence):
         by_name = {m.name: m for m in models}
-        order = topological([m.entry for m in models])
-        self.dependents = [by_name[n] for n in order if getattr(by_name[n].entry, "source", None) is not None]
+        self.order = topological([m.entry for m in models])
+        self.dependents = [by_name[n] for n in self.order if model_inputs(by_name[n].entry)]
         self.reads: dict[str, set[str]] = {}
+        self.rows_read: dict[str, set[str]] = {}  # producer → the steps after which a model reads its rows
         self.root: dict[str, str] = {}
         specs = {m.name: m.entry for m in models}
         for m in self.dependents:
-            src = m.entry.source
-            self.reads.setdefault(src.model, set()).add(src.output)
-            root = src.model
-            while getattr(specs[root], "source", None) is not None:
+            for src in model_inputs(m.entry):
+                if src.model and src.rows is not None:
+                    self.rows_read.setdefault(src.model, set()).add(src.rows)
+                elif src.model:
+                    self.reads.setdefault(src.model, set()).add(src.output)
+            root = m.name
+            while model_inputs(specs[root]):
                 root = specs[root].source.model
             self.root[m.name] = root
         self.whole_file = manifest.block_seconds is None
@@ -89,45 +104,81 @@ class DagRunner:
         """The outputs of feature model ``name`` that other models read (``{(name, output): array}``)."""
         return {(name, o): arrays[o] for o in self.reads.get(name, ())}
 
-    def rows(self, parts: Sequence[Mapping], run: Callable, charge: Callable[[str, float], None]) -> dict[str, np.ndarray]:
-        """``{model: rows (R, C)}`` of the dependents active for this file whose producers ran.
-        ``run(model, x)`` → ``{output: array}``; ``charge(name, seconds)`` records a model's time."""
+    def start(self, parts: Sequence[Mapping], name: str | None = None, notes: list | None = None) -> "FileDag | None":
+        """The per-file state for the dependents active in ``parts`` (None: no dependent runs for this file)."""
         if not self.dependents or not parts or not isinstance(parts[0], BlockRows):
-            return {}
-        active = set(parts[0].dependents)
-        outs: dict[tuple[str, str], np.ndarray] = {}
-        rows: dict[str, np.ndarray] = {}
-        for model in self.dependents:
-            entry = model.entry
-            src, root = entry.source, self.root[model.name]
-            if model.name not in active or root not in parts[0]:
-                continue
-            key = (src.model, src.output)
-            if key not in outs:
-                if key not in parts[0].kept:
-                    continue  # its producer did not run for this file
-                outs[key] = np.concatenate([p.kept[key] for p in parts], axis=0)
-            x = with_context(outs[key], src.context)
-            start = time.perf_counter()
-            if src.sequence:
-                result = {k: _unbatch(v, model.name, k) for k, v in run(model, x[None]).items()}
-            else:
-                result = run(model, x)
-            charge(model.name, time.perf_counter() - start)
-            for k, v in result.items():
-                if len(v) != len(x):
-                    raise ParameterError(f"model {model.name!r}: output {k!r} gives {len(v)} windows for {len(x)} "
-                                         f"input windows of {src.model!r}.{src.output}")
-                outs[(model.name, k)] = v
-            rows[model.name] = self._to_rows(entry, result, parts, root)
-        return rows
+            return None
+        return FileDag(self, parts, name, notes if notes is not None else [])
 
-    def _to_rows(self, entry, outputs: Mapping[str, np.ndarray], parts: Sequence[BlockRows], root: str) -> np.ndarray:
+
+class FileDag:
+    """One file's runs of the models on other models' outputs: :meth:`rows` per model, in topological order
+    (``rows_of(model, after)``: the rows of a model that already ran, after its step ``after``)."""
+
+    def __init__(self, runner: DagRunner, parts: Sequence[BlockRows], name: str | None, notes: list):
+        self.runner, self.parts, self.name, self.notes = runner, parts, name, notes
+        self.active = set(parts[0].dependents)
+        self.outs: dict[tuple[str, str], np.ndarray] = {}
+
+    def _output(self, key: tuple[str, str]) -> np.ndarray | None:
+        if key not in self.outs:
+            if key not in self.parts[0].kept:
+                return None  # its producer did not run for this file
+            self.outs[key] = np.concatenate([p.kept[key] for p in self.parts], axis=0)
+        return self.outs[key]
+
+    def _inputs(self, model, rows_of: Callable) -> tuple[list[np.ndarray], int] | None:
+        """The model's input arrays, one per source, and the file's window count (None: a producer did not run)."""
+        arrays, n = [], None
+        for src in model.entry.inputs:
+            if src.ids is not None:
+                arrays.append(None)
+                continue
+            x = rows_of(src.model, src.rows) if src.rows is not None else self._output((src.model, src.output))
+            if x is None:
+                return None
+            x = with_context(x, src.context, per_class=src.per_class)
+            if n is not None and len(x) != n:
+                raise ParameterError(f"model {model.name!r}: its inputs have {n} and {len(x)} windows ({src.model!r}"
+                                     f"{'s rows' if src.rows is not None else '.' + src.output}); a model's inputs "
+                                     f"must have one row per window of the same file")
+            n = len(x)
+            arrays.append(x[None] if src.sequence else x)
+        for i, src in enumerate(model.entry.inputs):
+            if src.ids is not None:
+                value = file_name_id(src.ids, self.name, self.notes, model.name)
+                arrays[i] = np.full(1 if src.sequence else n, value, np.int64)
+        return arrays, n
+
+    def rows(self, model, run: Callable, charge: Callable[[str, float], None], rows_of: Callable) -> np.ndarray | None:
+        """``model``'s rows ``(R, C)`` for this file (None: inactive, or a producer did not run).
+        ``run(model, x)`` → ``{output: array}``; ``charge(name, seconds)`` records a model's time."""
+        entry, root = model.entry, self.runner.root[model.name]
+        if model.name not in self.active or root not in self.parts[0]:
+            return None
+        found = self._inputs(model, rows_of)
+        if found is None:
+            return None
+        arrays, n = found
+        single = not entry.sources
+        start = time.perf_counter()
+        if entry.inputs[0].sequence:
+            result = run_sequence(lambda xs: run(model, xs[0] if single else xs), arrays, entry, model.name)
+        else:
+            result = run(model, arrays[0] if single else arrays)
+        charge(model.name, time.perf_counter() - start)
+        for k, v in result.items():
+            if len(v) != n:
+                raise ParameterError(f"model {model.name!r}: output {k!r} gives {len(v)} windows for {n} input windows")
+            self.outs[(model.name, k)] = v
+        return self._to_rows(entry, result, root)
+
+    def _to_rows(self, entry, outputs: Mapping[str, np.ndarray], root: str) -> np.ndarray:
         """Per-window outputs of the whole file → rows, on the windows of feature model ``root``."""
-        any_key = next(k for k in parts[0].kept if k[0] == root)
-        counts = [len(p.kept[any_key]) for p in parts]
+        parts = self.parts
+        counts = [p.layouts[root].count for p in parts]
         n_rows = [len(p[root]) for p in parts]
-        if self.whole_file:  # the file's windows (a streamed file's blocks hold consecutive windows of it)
+        if self.runner.whole_file:  # the file's windows (a streamed file's blocks hold consecutive windows of it)
             layout = replace(parts[0].layouts[root], count=sum(counts))
             return block_rows(entry.block_steps, dict(outputs), layout, sum(n_rows))
         out, start = [], 0
@@ -136,6 +187,53 @@ class DagRunner:
             out.append(block_rows(entry.block_steps, block, p.layouts[root], n))
             start += count
         return np.concatenate(out, axis=0)
+
+
+def run_sequence(run: Callable, arrays: list[np.ndarray], entry, name: str) -> dict[str, np.ndarray]:
+    """A sequence model on ``[1, W, ...]`` inputs → per-window outputs ``{output: (W, ...)}``. With ``entry.tta``:
+    the mean over circular shifts of the window axis (every windowed input shifted by ``s``, the outputs shifted
+    back by ``−s``) and, with ``flip``, the time-reversed inputs (outputs reversed back); ids are not shifted."""
+    tta = entry.tta
+    windowed = [a is not None and a.ndim >= 3 for a in arrays]
+
+    def once(change) -> dict[str, np.ndarray]:
+        xs = [np.ascontiguousarray(change(a, 1)) if w else a for a, w in zip(arrays, windowed)]
+        return {k: _unbatch(v, name, k) for k, v in run(xs).items()}
+
+    if tta is None:
+        return once(lambda a, axis: a)
+    total: dict[str, np.ndarray] = {}
+    passes = [(lambda a, axis, s=s: np.roll(a, s, axis=axis), lambda v, s=s: np.roll(v, -s, axis=0)) for s in tta.shifts]
+    if tta.flip:
+        passes.append((lambda a, axis: np.flip(a, axis=axis), lambda v: np.flip(v, axis=0)))
+    for forward, back in passes:
+        for k, v in once(forward).items():
+            total[k] = total.get(k, 0.0) + back(v).astype(np.float64)
+    return {k: (v / len(passes)).astype(np.float32) for k, v in total.items()}
+
+
+def file_name_id(ids, name: str | None, notes: list, model: str) -> int:
+    """The id ``ids`` (:class:`birdinfer.spec.v2.FileNameIds`) gives the file ``name``; its fallback, and a note in
+    ``notes`` (the run's report), when the name does not match or the value is not in the vocabulary."""
+    match = re.search(ids.pattern, PurePath(name).stem) if name else None
+    value = match.group(ids.field) if match is not None else None
+    if value is None:
+        notes.append(f"model {model}: file name {name!r} does not match the pattern {ids.pattern!r}: "
+                     f"{ids.field} id {ids.fallback} (the fallback)")
+        return ids.fallback
+    if ids.vocabulary is None:
+        if not value.strip().isdigit():
+            notes.append(f"model {model}: {ids.field} {value!r} of file {name!r} is not a whole number: id "
+                         f"{ids.fallback} (the fallback)")
+            return ids.fallback
+        out = int(value)
+    elif value in ids.vocabulary:
+        out = ids.vocabulary[value]
+    else:
+        notes.append(f"model {model}: {ids.field} {value!r} of file {name!r} is not in the vocabulary: id "
+                     f"{ids.fallback} (the fallback)")
+        return ids.fallback
+    return out % ids.modulo if ids.modulo else out
 
 
 def _unbatch(v: np.ndarray, name: str, output: str) -> np.ndarray:

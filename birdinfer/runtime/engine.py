@@ -139,25 +139,34 @@ def _checked(y: np.ndarray) -> np.ndarray:
     return y
 
 
-def run_named(model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a loaded version 2 model on a batch of windows → ``{output name: array}``.
+def run_named(model, x) -> dict[str, np.ndarray]:
+    """Run a loaded version 2 model on a batch of windows → ``{output name: array}``. ``x``: one array, or a list
+    of arrays, one per graph input, for a model with several inputs (``entry.sources``: int64 file-name ids, the
+    others float32).
 
     A model exported with a fixed batch gets its windows split into batches of that size, the last padded
     with ``pad_value``; the padding rows are dropped from every output."""
     entry: ModelSpec = model.entry
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n, fixed = x.shape[0], entry.batch_chunks
+    several = isinstance(x, list)
+    xs = [np.ascontiguousarray(a, dtype=np.int64 if s.ids is not None else np.float32)
+          for a, s in zip(x, entry.sources)] if several else [np.ascontiguousarray(x, dtype=np.float32)]
+    n, fixed = xs[0].shape[0], entry.batch_chunks
     if fixed is None or n == fixed:
-        outs = model.runner(x)
+        outs = model.runner(xs if several else xs[0])
     else:
         pieces = []
         for start in range(0, n, fixed):
-            part = x[start : start + fixed]
-            if len(part) < fixed:
-                part = np.concatenate([part, np.full((fixed - len(part),) + part.shape[1:], entry.pad_value, np.float32)])
-            pieces.append(model.runner(np.ascontiguousarray(part)))
+            part = [_padded(a[start : start + fixed], fixed, entry.pad_value) for a in xs]
+            pieces.append(model.runner(part if several else part[0]))
         outs = [np.concatenate([p[i] for p in pieces])[:n] for i in range(len(entry.outputs))]
     return {o.name: np.asarray(a, dtype=np.float32) for o, a in zip(entry.outputs, outs)}
+
+
+def _padded(part: np.ndarray, fixed: int, pad_value: float) -> np.ndarray:
+    if len(part) < fixed:
+        fill = np.full((fixed - len(part),) + part.shape[1:], pad_value if part.dtype.kind == "f" else 0, part.dtype)
+        part = np.concatenate([part, fill])
+    return np.ascontiguousarray(part)
 
 
 class SpecEngine:
@@ -265,18 +274,44 @@ class SpecEngine:
         rows after its row steps and label map, every ensemble group that does not wait for the submission.
         ``name``: the recording's file name (read by steps such as ``file_prior``)."""
         rows = FileRows(name)
-        on_outputs = self.dag.rows(parts, run_named, self._charge)  # models on other models' outputs
-        for model in self.models:
-            if model.name in on_outputs:
-                values = on_outputs[model.name]
+        dag = self.dag.start(parts, name, rows.notes)  # models on other models' outputs (runtime.dag)
+        staged: dict[str, dict[str, np.ndarray]] = {}  # model → rows after each step another model reads
+        by_name = {m.name: m for m in self.models}
+
+        def rows_of(model: str, after: str) -> np.ndarray | None:
+            return staged.get(model, {}).get(after)
+
+        done = {}
+        for model in (by_name[n] for n in self.dag.order):
+            if dag is not None and model.name in self.dag.names():
+                values = dag.rows(model, run_named, self._charge, rows_of)
+                if values is None:
+                    continue
             elif not parts or model.name not in parts[0]:
                 continue
             else:
                 values = np.concatenate([p[model.name] for p in parts], axis=0)
-            values = run_row_steps(model.entry.row_steps, values, rows.context())
-            rows.models[model.name] = self._to_labels(model.entry, values)
+            done[model.name] = self._row_steps(model.entry, values, rows, staged)
+        rows.models.update((m.name, done[m.name]) for m in self.models if m.name in done)  # manifest order
         file_rows(self.manifest.ensemble, rows.models, rows)
         return rows
+
+    def _row_steps(self, entry: ModelSpec, values: np.ndarray, rows: FileRows, staged: dict) -> np.ndarray:
+        """A model's rows through its row steps → in the folder's labels; ``staged[model][step]``: the rows after
+        each step other models read (``""``: after all of them)."""
+        wanted = self.dag.rows_read.get(entry.name, set())
+        keep = {}
+        if entry.block_steps and entry.block_steps[-1].name in wanted:
+            keep[entry.block_steps[-1].name] = self._to_labels(entry, values)
+        for step in entry.row_steps:
+            values = run_row_steps([step], values, rows.context())
+            if step.name in wanted and step.name not in keep:
+                keep[step.name] = self._to_labels(entry, values)
+        values = self._to_labels(entry, values)
+        keep[""] = values
+        if wanted:
+            staged[entry.name] = keep
+        return values
 
     def _charge(self, name: str, seconds: float) -> None:
         if self._charges is not None:

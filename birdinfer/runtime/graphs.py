@@ -90,6 +90,9 @@ def check_graph(manifest, entry, path: Path, ports: GraphPorts) -> None:
 def _check_input(manifest, entry, ports: GraphPorts, where: str, fix: str) -> None:
     if not ports.inputs:
         raise ModelFolderError(f"{where}: the graph has no input; {fix}")
+    if getattr(entry, "sources", ()):
+        _check_sources(entry, ports, where, fix)
+        return
     wanted = getattr(entry, "input_name", None)
     if wanted:
         found = [p for p in ports.inputs if wanted in p.names]
@@ -123,6 +126,25 @@ def _check_input(manifest, entry, ports: GraphPorts, where: str, fix: str) -> No
         raise ModelFolderError(f"{where}: the graph takes batches of exactly {batch} windows but the manifest's "
                                f"input_shape[0] is {claimed[0]} ({'any' if claimed[0] <= 0 else 'another count'}); "
                                f"set it to {batch} or re-export the model with a dynamic batch")
+
+
+def _check_sources(entry, ports: GraphPorts, where: str, fix: str) -> None:
+    """A model with several inputs (``spec.dag_inputs``): one graph input per source, by name or position, each of
+    the source's rank and static dimensions."""
+    if len(ports.inputs) != len(entry.sources):
+        raise ModelFolderError(f"{where}: the graph has {len(ports.inputs)} inputs, the manifest lists "
+                               f"{len(entry.sources)} sources in 'input'; {fix}")
+    for i, s in enumerate(entry.sources):
+        found = [p for p in ports.inputs if s.name in p.names] if s.name else [ports.inputs[i]]
+        if not found:
+            known = ", ".join("/".join(p.names) or "?" for p in ports.inputs)
+            raise ModelFolderError(f"{where}: the graph has no input named {s.name!r} (its inputs: {known}); {fix}")
+        port, what = found[0], f"input[{i}] ({s.model + '.' + (s.output or 'rows') if s.model else 'file-name id'})"
+        if port.shape is None:
+            continue
+        if len(port.shape) != len(s.shape) or any(h is not None and w > 0 and h != w for h, w in zip(port.shape, s.shape)):
+            raise ModelFolderError(f"{where}: the graph's input {'/'.join(port.names)!r} is {_dims(port.shape)}, but "
+                                   f"the manifest's {what} is {_dims(s.shape)}; {fix}")
 
 
 def _check_output(manifest, entry, o, ports: GraphPorts, where: str, fix: str) -> None:

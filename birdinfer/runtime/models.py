@@ -305,6 +305,18 @@ def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams
     def collect(r) -> list[np.ndarray]:
         return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]
 
+    sources = getattr(entry, "sources", ())
+    if sources:  # several inputs (spec.dag_inputs): a list of arrays, one per source, fed by name or position
+        inputs = [compiled.input(s.name) if s.name else compiled.input(i) for i, s in enumerate(sources)]
+
+        def run_several(xs: list) -> list[np.ndarray]:
+            requests[0].infer(dict(zip(inputs, xs)))
+            return collect(requests[0])
+
+        run_several.streams = 1
+        run_several.kernels = kernel_families(compiled)
+        return run_several
+
     if streams == 1:
         def run(x: np.ndarray) -> list[np.ndarray]:
             requests[0].infer({input_port: x})
@@ -363,9 +375,12 @@ class _OnnxRuntimeLoader:
         named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
         if named is not None:
             input_name = getattr(entry, "input_name", None) or input_name
+            sources = getattr(entry, "sources", ())
+            names = [s.name or session.get_inputs()[i].name for i, s in enumerate(sources)]
 
-            def run_named(x: np.ndarray) -> list[np.ndarray]:
-                outs = session.run(None, {input_name: x})
+            def run_named(x) -> list[np.ndarray]:
+                feed = dict(zip(names, x)) if sources else {input_name: x}
+                outs = session.run(None, feed)
                 return [np.asarray(outs[i], dtype=np.float32) for i in named]
 
             return run_named, "f32"

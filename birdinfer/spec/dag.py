@@ -10,53 +10,38 @@ A model's ``input`` is a feature name, or an object naming another model's graph
 loaded, before any audio is read (a producer or output that does not exist, an output without a declared
 width, an input width that differs from it, a cycle), and :func:`topological` orders them. The runtime
 (:mod:`birdinfer.runtime.dag`) runs such models once per file on the kept outputs of their producers.
+A list ``input`` (several graph inputs: outputs, another model's rows after a step, file-name ids) and a
+sequence model's ``tta`` are read and checked by :mod:`birdinfer.spec.dag_inputs`; :func:`parse_source` and
+:data:`CONTEXT` live there too (re-exported here).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import ModelFolderError
-from .v2 import ModelSource, ModelSpec
+from .dag_inputs import CONTEXT, check_tta, output_width, parse_source, producer_names, resolve_inputs
+from .v2 import ModelSpec
 
-__all__ = ["CONTEXT", "parse_source", "resolve", "topological", "dependents", "producers"]
-
-#: Per-file context columns over the file's windows (each as wide as the producer's output): the mean, the
-#: standard deviation (population, ``ddof=0``), the maximum and minimum, and the previous / next window's vector
-#: (the edge window's own at the file's edges).
-CONTEXT = ("mean", "std", "max", "min", "prev", "next")
-_KEYS = ("model", "output", "context", "sequence")
-
+__all__ = ["CONTEXT", "parse_source", "resolve", "topological", "dependents", "producers", "output_width"]
 
 def _err(where: str, message: str) -> ModelFolderError:
     return ModelFolderError(f"{where}: {message}")
 
 
-def parse_source(value: Any, *, where: str, at: str) -> ModelSource:
-    """The ``input`` object of a model (``at``: e.g. ``models['probe'].input``) → :class:`ModelSource` (its width
-    is set by :func:`resolve`)."""
-    if not isinstance(value, Mapping) or set(value) - set(_KEYS) or not {"model", "output"} <= set(value):
-        raise _err(where, f"{at} must be a feature name or {{\"model\": ..., \"output\": ..., \"context\": [...], "
-                          f"\"sequence\": false}}, got {value!r}")
-    if not isinstance(value["model"], str) or not isinstance(value["output"], str):
-        raise _err(where, f"{at}: 'model' and 'output' must be names, got {value['model']!r} and {value['output']!r}")
-    context = value.get("context", [])
-    if not isinstance(context, list) or any(c not in CONTEXT for c in context) or len(set(context)) != len(context):
-        raise _err(where, f"{at}.context must be a list of distinct entries among {', '.join(CONTEXT)}, got {context!r}")
-    sequence = value.get("sequence", False)
-    if not isinstance(sequence, bool):
-        raise _err(where, f"{at}.sequence must be true or false, got {sequence!r}")
-    return ModelSource(value["model"], value["output"], tuple(context), sequence)
-
-
-def resolve(models: Sequence[ModelSpec], *, where: str) -> list[ModelSpec]:
+def resolve(models: Sequence[ModelSpec], *, where: str, n_labels: int = 0) -> list[ModelSpec]:
     """Check every model input that names another model, set its width, and refuse cycles (see the module
-    docstring). Returns the models in their manifest order."""
+    docstring). ``n_labels``: the folder's label count (the width of a model's ``rows``). Returns the models in
+    their manifest order."""
     topological(models, where=where)  # a cycle first: it is named whatever else is wrong
     by_name = {m.name: m for m in models}
     out = []
     for m in models:
+        if m.sources:
+            out.append(resolve_inputs(m, by_name, n_labels, where=where))
+            continue
+        check_tta(m, where=where)
         if m.source is None:
             out.append(m)
             continue
@@ -69,17 +54,7 @@ def _resolved(m: ModelSpec, by_name: Mapping[str, ModelSpec], where: str) -> Mod
     producer = by_name.get(src.model)
     if producer is None:
         raise _err(where, f"{at}: no model named {src.model!r} (models: {', '.join(by_name)})")
-    outputs = {o.name: o for o in producer.outputs}
-    if src.output not in outputs:
-        raise _err(where, f"{at}: model {src.model!r} has no output {src.output!r} (its outputs: {', '.join(outputs)})")
-    o = outputs[src.output]
-    if o.kind.startswith("frame"):
-        raise _err(where, f"{at}: output {src.output!r} of model {src.model!r} is a {o.kind} output (windows, classes, "
-                          f"frames); a model input reads a vector per window (kind embedding, clip_logits or probabilities)")
-    if o.shape is None or len(o.shape) != 2 or o.shape[1] <= 0:
-        raise _err(where, f"{at}: output {src.output!r} of model {src.model!r} must declare its width: \"shape\": "
-                          f"[-1, width] (got {list(o.shape) if o.shape is not None else None})")
-    src = replace(src, width=int(o.shape[1]))
+    src = replace(src, width=output_width(src, producer, where, at))
     rank = 3 if src.sequence else 2
     shape = list(m.input_shape)
     form = "[1, -1, width]" if src.sequence else "[-1, width]"
@@ -112,9 +87,9 @@ def topological(models: Sequence[ModelSpec], *, where: str = "manifest") -> list
                               f"output); a model may only read models that do not read it")
         state[name] = 1
         m = by_name[name]
-        source = getattr(m, "source", None)
-        if source is not None and source.model in by_name:
-            visit(source.model, path + [name])
+        for producer in producer_names(m):
+            if producer in by_name:
+                visit(producer, path + [name])
         state[name] = 2
         order.append(name)
 
@@ -131,8 +106,7 @@ def dependents(models: Iterable[ModelSpec], name: str) -> list[str]:
     while grew:
         grew = False
         for m in models:
-            source = getattr(m, "source", None)
-            if source is not None and source.model in found and m.name not in found:
+            if m.name not in found and set(producer_names(m)) & found:
                 found.add(m.name)
                 grew = True
     return [m.name for m in models if m.name in found and m.name != name]
@@ -141,8 +115,11 @@ def dependents(models: Iterable[ModelSpec], name: str) -> list[str]:
 def producers(models: Iterable[ModelSpec], name: str) -> list[str]:
     """The models whose outputs ``name`` reads, directly or through others (nearest first)."""
     by_name = {m.name: m for m in models}
-    out, m = [], by_name.get(name)
-    while m is not None and getattr(m, "source", None) is not None and m.source.model not in out:
-        out.append(m.source.model)
-        m = by_name.get(m.source.model)
+    out, todo = [], list(producer_names(by_name[name])) if name in by_name else []
+    while todo:
+        p = todo.pop(0)
+        if p in out or p not in by_name:
+            continue
+        out.append(p)
+        todo += producer_names(by_name[p])
     return out

@@ -183,10 +183,12 @@ class Manifest:
         if unknown:
             raise ModelFolderError(f"{self._where}: unknown model name(s) {unknown}; known: {sorted(known)}")
         for m in self.models:  # a model on another model's output (spec.dag) needs that model
-            source = getattr(m, "source", None)
-            if m.name in wanted and source is not None and source.model not in wanted:
-                raise ModelFolderError(f"{self._where}: model {m.name!r} reads model {source.model!r}'s output "
-                                       f"{source.output!r}: select {source.model!r} too")
+            inputs = getattr(m, "inputs", None)  # a version 2 model (spec.dag_inputs); a version 1 entry: none
+            for source in inputs if inputs is not None else ():
+                if m.name in wanted and source.model and source.model not in wanted:
+                    what = "rows" if source.rows is not None else f"output {source.output!r}"
+                    raise ModelFolderError(f"{self._where}: model {m.name!r} reads model {source.model!r}'s {what}: "
+                                           f"select {source.model!r} too")
         return _replace(self, models=tuple(m for m in self.models if m.name in set(wanted)))
 
     @property

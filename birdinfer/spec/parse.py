@@ -18,6 +18,7 @@ from .options import parse_options
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
 from .dag import parse_source, resolve
+from .dag_inputs import parse_inputs, parse_tta
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
 __all__ = ["parse_spec", "OUTPUT_KINDS"]
@@ -27,7 +28,7 @@ OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_l
 _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
              "ensemble", "files", "extra", "options"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
-               "variants", "export", "arch"}
+               "variants", "export", "arch", "tta"}
 # The ranges of the manifest's own numbers (the ops' and steps' parameters declare theirs: birdinfer.ops.registry).
 _SAMPLE_RATE = Annotated[int, Range(1, 10**6)]
 _ROW_SECONDS = Annotated[float, Range(0, 3600, low_open=True)]
@@ -106,8 +107,13 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
     for key in ("name", "input", "input_shape", "outputs", "steps", "variants"):
         if key not in data:
             raise _err(where, f"{at}: missing field {key!r}")
-    feature, source = data["input"], None
-    if isinstance(feature, Mapping):  # another model's output (birdinfer.spec.dag; checked by resolve)
+    feature, source, sources = data["input"], None, ()
+    tta = parse_tta(data["tta"], where=where, at=f"{at}.tta") if data.get("tta") is not None else None
+    if isinstance(feature, list):  # several inputs (birdinfer.spec.dag_inputs; checked by resolve)
+        sources = parse_inputs(feature, data["input_shape"], where=where, at=at)
+        feature, source = "", next(s for s in sources if s.model)
+        data = {**data, "input_shape": list(sources[0].shape)}
+    elif isinstance(feature, Mapping):  # another model's output (birdinfer.spec.dag; checked by resolve)
         feature, source = "", parse_source(feature, where=where, at=f"{at}.input")
     elif not isinstance(feature, str) or feature not in statics:
         raise _err(where, f"{at}.input: no feature named {feature!r} (features: {', '.join(statics)}; or "
@@ -161,7 +167,7 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
                      block_steps=tuple(block_steps), row_steps=tuple(row_steps), variants=variants,
                      input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
                      export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes,
-                     source=source)
+                     source=source, sources=sources, tta=tta)
 
 
 def _check_feature_input(static: Static, feature: str, shape: tuple[int, ...], *, where: str, at: str) -> None:
@@ -329,7 +335,7 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     names = [m.name for m in models]
     if len(set(names)) != len(names) or not all(names):
         raise _err(where, f"model names must be unique and non-empty, got {names}")
-    models = resolve(models, where=where)  # models on other models' outputs: names, widths, no cycle
+    models = resolve(models, where=where, n_labels=len(labels))  # models on other models' outputs: names, widths, no cycle
     by_name = {m.name: m for m in models}
     ensemble = _group(data["ensemble"], by_name, where=where, at="ensemble")
     used = ensemble.model_names()

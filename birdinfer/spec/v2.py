@@ -21,7 +21,7 @@ from ..ops.registry import Entry
 from .manifest import READERS, Manifest
 from .files import ModelVariant
 
-__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef",
+__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "FileNameIds", "SequenceTTA", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef",
            "Step"]
 
 FORMAT_VERSION_2 = 2
@@ -66,11 +66,37 @@ class ModelSource:
     output: str
     context: tuple[str, ...] = ()  # per-file statistics over the windows appended to each window's vector
     sequence: bool = False  # the graph takes [1, windows, width] and gives [1, windows, ...]
-    width: int = 0  # the producer output's width (its declared shape)
+    width: int = 0  # the producer output's width (its declared shape; the folder's label count for ``rows``)
+    # Several inputs (``"input": [...]``, birdinfer.spec.dag): the graph input it feeds, what it reads
+    name: str | None = None  # the graph input's name (None: matched by position)
+    rows: str | None = None  # read the producer's rows after its steps: "" all of them, else after this step
+    per_class: bool = False  # context columns as [windows, classes, 1 + k] instead of concatenated
+    ids: "FileNameIds | None" = None  # an id parsed from the file name (``model`` is "")
+    shape: tuple[int, ...] = ()  # the graph input's shape (batch or [1, -1, ...] for a sequence)
 
     @property
     def input_width(self) -> int:
         return self.width * (1 + len(self.context))
+
+
+@dataclass(frozen=True)
+class FileNameIds:
+    """An int64 id per file parsed from its name: ``pattern``'s group ``field`` looked up in ``vocabulary``
+    (``None``: the field read as an integer); ``fallback`` when the name does not match or the value is unknown."""
+
+    pattern: str
+    field: str
+    vocabulary: Mapping[str, int] | None
+    fallback: int
+    modulo: int | None = None
+
+
+@dataclass(frozen=True)
+class SequenceTTA:
+    """Test-time augmentation of a sequence model: circular shifts of the window axis and a time flip."""
+
+    shifts: tuple[int, ...] = (0,)
+    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,14 @@ class ModelSpec:
     arch: str = ""
     n_classes: int = 0  # class axis of every output (the label map's size, else the manifest's label count)
     source: ModelSource | None = None  # set: ``input`` is "" and the model reads another model's output
+    sources: tuple[ModelSource, ...] = ()  # ``input`` as a list: one source per graph input (``source``: the first
+    # that reads a model)
+    tta: SequenceTTA | None = None  # a sequence model's test-time augmentation
+
+    @property
+    def inputs(self) -> tuple[ModelSource, ...]:
+        """What the model reads from other models and the file name (empty for a model on a feature)."""
+        return self.sources or ((self.source,) if self.source is not None else ())
 
     group = "ensemble"  # the single pseudo group of version 2 (time budget, Raven frequency range)
 

@@ -35,20 +35,14 @@ def _read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict, Path, str]:
     return data, path.resolve().parent, str(path)
 
 
-def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str, sequence: bool = False,
-                 input_shape=None) -> list[list[int]]:
-    """Compare an OpenVINO model's ports with the spec entry; returns each output's shape (-1 = dynamic). A
-    ``sequence`` model (on another model's outputs, ``spec.dag``) gives ``[1, windows, ...]``: its shapes are
-    returned without the leading 1. ``input_shape``: the parsed one (a model on another model's output has its
-    width filled in)."""
-    name = entry.get("input_name")
+def _check_port(model, name: str | None, index: int, spec_shape: list[int], *, where: str) -> None:
+    """One graph input against the shape the spec gives it (``-1``: any size, only on the batch axes)."""
     try:
-        port = model.input(name) if name else model.input(0)
+        port = model.input(name) if name else model.input(index)
     except Exception:
-        raise ModelFolderError(f"{where}.input_name: the graph has no input {name!r} "
+        raise ModelFolderError(f"{where}: the graph has no input {name if name else index!r} "
                                f"(inputs: {[p.get_any_name() for p in model.inputs]})") from None
     shape = port.get_partial_shape()
-    spec_shape = [int(x) for x in (input_shape if input_shape is not None else entry["input_shape"])]
     if shape.rank.is_dynamic or shape.rank.get_length() != len(spec_shape):
         raise ModelFolderError(f"{where}.input_shape {spec_shape}: the graph's input has shape {shape}")
     for axis, (dim, want) in enumerate(zip(shape, spec_shape)):
@@ -56,6 +50,23 @@ def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str,
             raise ModelFolderError(f"{where}.input_shape {spec_shape}: axis {axis} is {dim.get_length()} in the graph ({shape})")
         if dim.is_static and want <= 0 and axis > 0:
             raise ModelFolderError(f"{where}.input_shape {spec_shape}: axis {axis} is fixed to {dim.get_length()} in the graph")
+
+
+def _check_graph(model, entry: Mapping[str, Any], n_classes: int, *, where: str, sequence: bool = False,
+                 input_shape=None, sources=()) -> list[list[int]]:
+    """Compare an OpenVINO model's ports with the spec entry; returns each output's shape (-1 = dynamic). A
+    ``sequence`` model (on another model's outputs, ``spec.dag``) gives ``[1, windows, ...]``: its shapes are
+    returned without the leading 1. ``input_shape``: the parsed one (a model on another model's output has its
+    width filled in)."""
+    if sources:  # several inputs (spec.dag_inputs): one port per source, by name or position
+        if len(model.inputs) != len(sources):
+            raise ModelFolderError(f"{where}.input: {len(sources)} sources, but the graph has {len(model.inputs)} "
+                                   f"inputs ({[p.get_any_name() for p in model.inputs]})")
+        for i, s in enumerate(sources):
+            _check_port(model, s.name, i, list(s.shape), where=f"{where}.input[{i}]")
+    else:
+        spec_shape = [int(x) for x in (input_shape if input_shape is not None else entry["input_shape"])]
+        _check_port(model, entry.get("input_name"), 0, spec_shape, where=where)
     found = []
     for i, out in enumerate(entry["outputs"]):
         index = int(out.get("index", i))
@@ -140,7 +151,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
             written, model = _copy_variant(ov, core, variant, source_dir, claim, f"{at}.variants.{variant_name}")
             spec = parsed.models[m_index]
             shapes = _check_graph(model, entry, n_classes, where=at, input_shape=spec.input_shape,
-                                  sequence=spec.source is not None and spec.source.sequence)
+                                  sequence=spec.source is not None and spec.source.sequence, sources=spec.sources)
             for o, dims in zip(entry["outputs"], shapes):
                 o["shape"] = dims
             variant.clear()

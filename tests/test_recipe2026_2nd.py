@@ -1,0 +1,569 @@
+"""The 2026 2nd place's Perch stack as a spec (issue 21): models with several inputs, a model's rows after its
+steps, file-name ids, and the sequence model's test-time augmentation.
+
+What is public and reproduced here from the facts of `FlorentinGe/Birdclef2026-2ndplace`'s inference script
+(docs/solutions/2026_2nd.md; nothing of its code): the chain and every rule between the networks: Perch's label
+map (direct, genus max, 0 for the rest), the site / hour prior ``+0.4·logit(clip(p, 1e-4))``, per-class MLP probes
+on ``[PCA(standardised embedding), window, previous, next, file mean, max, std]`` of the class's prior-adjusted
+score blended ``(1 − α)·score + α·probe``, the ProtoSSM on the file's embeddings and *raw* mapped scores with
+site / hour ids and TTA (circular shifts 0, ±1, ±2 of the window axis, outputs shifted back, plus a time flip,
+mean of the six), the first pass ``w·proto + (1 − w)·probed`` (``w`` 0.60 mapped, 0.35 other), the ResidualSSM
+correction on ``[embedding, first pass]``, per-taxon temperatures, sigmoid, top-2 and max file scaling ^0.4,
+adaptive delta smoothing, clip and per-class thresholds. Synthetic (not public): every trained weight (random,
+same roles; small networks of the same interfaces in place of the selective-SSM and attention blocks), the prior
+table, the thresholds, the site vocabulary.
+
+birdinfer runs the ONNX exports through OpenVINO; the reference is the torch modules plus numpy written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from birdinfer.errors import ModelFolderError
+from birdinfer.spec.parse import parse_spec
+
+from conftest import write_ogg
+from test_recipe2026_dag import EMB, N_PERCH, ROW, SR, PerchLike, _windows
+from test_recipe2026_steps import LABELS, TAXONOMY
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+C = len(LABELS)
+#: Perch classes per competition label: three direct names, two of ``strvar``'s genus, one of ``frog1``'s genus;
+#: ``insect9`` has none (a logit of 0, as the script leaves it).
+NAMES = {100: "Corvus brachyrhynchos", 7000: "Tyto alba", N_PERCH - 1: "Bubo virginianus", 5: "Strix aluco",
+         12000: "Strix nebulosa", 300: "Leptodactylus latrans"}
+SOURCES = {"amecro": [100], "tytalb": [7000], "bubvir": [N_PERCH - 1], "strvar": [5, 12000], "frog1": [300], "insect9": []}
+MAPPED = np.array([1, 1, 1, 0, 0, 0], bool)  # a Perch class of the same scientific name
+W_PROTO = np.where(MAPPED, 0.60, 0.35).astype(np.float32)
+TEMPS = np.array([1.10, 1.10, 1.10, 1.10, 0.95, 0.95])  # Aves 1.10, Amphibia / Insecta 0.95
+SITES = {"S05": 1, "S07": 2, "S09": 3}  # S13 is not in the vocabulary: the fallback id 0
+FILE_RE = r"_(?P<site>S\d+)_\d{8}_(?P<hour>\d{2})\d{4}$"
+FILES = [("BC2026_Test_0001_S05_20250227_010002.ogg", 3.0, 1), ("BC2026_Test_0002_S07_20250301_140000.ogg", 12.3, 2),
+         ("BC2026_Test_0003_S09_20250301_050000.ogg", 60.0, 3), ("BC2026_Test_0004_S13_20250302_233000.ogg", 130.0, 4)]
+ALPHA, CORRECTION, LAMBDA, PRIOR_EPS = 0.4, 0.3, 0.4, 1e-4
+SHIFTS = [0, 1, -1, 2, -2]
+PCA, HIDDEN, D, META, MAX_WINDOWS, N_SITES = 16, 8, 32, 16, 32, 4
+
+
+# ---------------------------------------------------------------------------------- the networks (synthetic)
+class Probes(torch.nn.Module):
+    """The per-class MLP probes run as one batched graph (the script's vectorised probes), with the standardise
+    and PCA in front and the α blend behind: ``emb [N, 1536]``, ``scores [N, C, 6]`` → ``probed [N, C]``."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.register_buffer("mean", torch.randn(EMB, generator=g) * 0.5)
+        self.register_buffer("scale", torch.rand(EMB, generator=g) + 0.5)
+        self.register_buffer("components", torch.randn(PCA, EMB, generator=g) / EMB ** 0.5)
+        self.register_buffer("w1", torch.randn(C, PCA + 6, HIDDEN, generator=g) * 0.5)
+        self.register_buffer("b1", torch.randn(C, HIDDEN, generator=g) * 0.1)
+        self.register_buffer("w2", torch.randn(C, HIDDEN, 1, generator=g) * 0.5)
+        self.register_buffer("b2", torch.randn(C, 1, generator=g) * 0.1)
+        self.register_buffer("has_probe", torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool))  # insect9: none
+
+    def forward(self, emb, scores):
+        z = ((emb - self.mean) / self.scale) @ self.components.T
+        x = torch.cat([z[None].expand(C, -1, -1), scores.permute(1, 0, 2)], dim=-1)
+        h = torch.relu(torch.bmm(x, self.w1) + self.b1[:, None, :])
+        probe = (torch.bmm(h, self.w2) + self.b2[:, None, :])[..., 0].T
+        raw = scores[:, :, 0]
+        return torch.where(self.has_probe, (1 - ALPHA) * raw + ALPHA * probe, raw)
+
+
+class Bidirectional(torch.nn.Module):
+    """A forward and a backward causal scan (depthwise convolutions) merged: where the selective SSMs stand."""
+
+    def __init__(self):
+        super().__init__()
+        self.fwd = torch.nn.Conv1d(D, D, 3, groups=D)
+        self.bwd = torch.nn.Conv1d(D, D, 3, groups=D)
+        self.merge = torch.nn.Linear(2 * D, D)
+        self.norm = torch.nn.LayerNorm(D)
+
+    def forward(self, h):
+        t = torch.nn.functional.pad(h.transpose(1, 2), (2, 0))
+        hf = self.fwd(t).transpose(1, 2)
+        hb = self.bwd(torch.nn.functional.pad(h.flip(1).transpose(1, 2), (2, 0))).transpose(1, 2).flip(1)
+        return self.norm(h + self.merge(torch.cat([hf, hb], dim=-1)))
+
+
+class ProtoLike(torch.nn.Module):
+    """LightProtoSSM's interface: ``emb [1, T, 1536]``, ``perch_logits [1, T, C]``, ``site_ids [1]``, ``hours [1]``
+    → ``[1, T, C]``: projection + positional encoding + site / hour embeddings, a bidirectional scan, cosine
+    similarity to class prototypes, fused with the Perch logits by a per-class sigmoid gate."""
+
+    def __init__(self, extra: int = 0):
+        super().__init__()
+        self.proj = torch.nn.Linear(EMB + extra, D)
+        self.pos = torch.nn.Parameter(torch.randn(1, MAX_WINDOWS, D))
+        self.site = torch.nn.Embedding(N_SITES, META)
+        self.hour = torch.nn.Embedding(24, META)
+        self.meta = torch.nn.Linear(2 * META, D)
+        self.scan = Bidirectional()
+        self.prototypes = torch.nn.Parameter(torch.randn(C, D))
+        self.gate = torch.nn.Parameter(torch.randn(C))
+        self.head = torch.nn.Linear(D, C)
+
+    def encode(self, x, site_ids, hours):
+        h = self.proj(x) + self.pos[:, : x.shape[1]]
+        h = h + self.meta(torch.cat([self.site(site_ids), self.hour(hours)], dim=-1))[:, None, :]
+        return self.scan(h)
+
+    def forward(self, emb, perch_logits, site_ids, hours):
+        h = torch.nn.functional.normalize(self.encode(emb, site_ids, hours), dim=-1)
+        sim = h @ torch.nn.functional.normalize(self.prototypes, dim=-1).T * 5.0
+        a = torch.sigmoid(self.gate)
+        return a * sim + (1 - a) * perch_logits
+
+
+class FinalLike(torch.nn.Module):
+    """The first pass and the ResidualSSM in one graph: ``emb``, ``proto``, ``probed`` ``[1, T, ·]``, ``site_ids``,
+    ``hours`` → ``first + correction_weight · ResidualSSM([emb | first])`` with ``first = w·proto + (1 − w)·probed``
+    (``w`` per class, a constant of the graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.residual = ProtoLike(extra=C)
+        self.register_buffer("w", torch.tensor(W_PROTO))
+
+    def forward(self, emb, proto, probed, site_ids, hours):
+        first = self.w * proto + (1 - self.w) * probed
+        correction = self.residual.head(self.residual.encode(torch.cat([emb, first], dim=-1), site_ids, hours))
+        return first + CORRECTION * correction
+
+
+def _export(net, example, path: Path, inputs: list[str], dynamic: dict) -> None:
+    torch.onnx.export(net.eval(), example, str(path), input_names=inputs, output_names=["out"], dynamic_axes=dynamic,
+                      opset_version=17, dynamo=False)
+
+
+# --------------------------------------------------------------------------------------------- the spec
+def _ids(field: str, **more) -> dict:
+    return {"name": field, "file_name": {"pattern": FILE_RE, "field": field, **more}, "sequence": True}
+
+
+def _spec() -> dict:
+    wave = {"windows": {"steps": [{"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0}]}}
+    seq = {"sequence": True}
+    site, hour = _ids("site", vocabulary=SITES, fallback=0), _ids("hour", fallback=23, modulo=24)
+    thresholds = {"step": "class_thresholds", "table": "thresholds.csv"}
+    models = [
+        {"name": "perch", "input": "windows", "input_shape": [-1, ROW],
+         "outputs": [{"name": "label", "kind": "clip_logits", "index": 0},
+                     {"name": "embedding", "kind": "embedding", "index": 1, "shape": [-1, EMB]}],
+         "steps": [{"step": "label_map", "labels": "perch_labels.csv", "taxonomy": "taxonomy.csv", "output": "label",
+                    "fill": 0.0},
+                   {"step": "clip_rows", "output": "label"},
+                   {"step": "file_prior", "table": "prior.csv", "pattern": FILE_RE, "weight": LAMBDA, "input": "logits",
+                    "eps": PRIOR_EPS}],
+         "variants": {"f32": {"onnx": "perch.onnx"}}},
+        {"name": "probe", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding"},
+            {"name": "scores", "model": "perch", "rows": "file_prior", "context": ["prev", "next", "mean", "max", "std"],
+             "per_class": True}],
+         "input_shape": [[-1, EMB], [-1, C, 6]], "outputs": [{"name": "out", "kind": "clip_logits"}],
+         "steps": [{"step": "clip_rows"}], "variants": {"f32": {"onnx": "probe.onnx"}}},
+        {"name": "proto", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding", **seq},
+            {"name": "perch_logits", "model": "perch", "rows": "clip_rows", **seq},
+            {**site, "name": "site_ids"}, {**hour, "name": "hours"}],
+         "input_shape": [[1, -1, EMB], [1, -1, C], [1], [1]], "tta": {"shifts": SHIFTS, "flip": True},
+         "outputs": [{"name": "out", "kind": "clip_logits"}], "steps": [{"step": "clip_rows"}],
+         "variants": {"f32": {"onnx": "proto.onnx"}}},
+        {"name": "final", "input": [
+            {"name": "emb", "model": "perch", "output": "embedding", **seq},
+            {"name": "proto", "model": "proto", "rows": True, **seq},
+            {"name": "probed", "model": "probe", "rows": True, **seq},
+            {**site, "name": "site_ids"}, {**hour, "name": "hours"}],
+         "input_shape": [[1, -1, EMB], [1, -1, C], [1, -1, C], [1], [1]],
+         "outputs": [{"name": "out", "kind": "clip_logits"}],
+         "steps": [{"step": "sigmoid"}, {"step": "clip_rows"},
+                   {"step": "temperature", "taxonomy": "taxonomy.csv", "temperatures": {"Amphibia": 0.95, "Insecta": 0.95},
+                    "default": 1.10},
+                   {"step": "file_scale", "top_k": 2, "power": 0.4}, {"step": "file_scale", "top_k": 1, "power": 0.4},
+                   {"step": "delta_smooth", "alpha": 0.2}, {"step": "clip_values", "min": 0.0, "max": 1.0}, thresholds],
+         "variants": {"f32": {"onnx": "final.onnx"}}},
+    ]
+    return {"format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SR, "labels": LABELS,
+            "rows": {"seconds": 5.0}, "block_seconds": None, "features": wave, "models": models,
+            "ensemble": {"members": [{"model": "perch", "weight": 0.0}, {"model": "probe", "weight": 0.0},
+                                     {"model": "proto", "weight": 0.0}, {"model": "final", "weight": 1.0}]}}
+
+
+def _prior_table() -> dict[tuple[str, int], np.ndarray]:
+    rng = np.random.default_rng(5)
+    out = {}
+    for name, _, _ in FILES:
+        m = re.search(FILE_RE, Path(name).stem)
+        out[(m.group("site"), int(m.group("hour")))] = rng.uniform(0.0, 0.6, C).round(4)
+    out[("S05", 1)][0] = 0.0  # clipped to 1e-4 before the logit
+    return out
+
+
+THRESHOLDS = np.array([0.3, 0.5, 0.7, 0.45, 0.6, 0.25])
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(3)
+    return {"perch": PerchLike().eval(), "probe": Probes().eval(), "proto": ProtoLike().eval(), "final": FinalLike().eval()}
+
+
+@pytest.fixture(scope="module")
+def source(nets, tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("second_src")
+    torch.onnx.export(nets["perch"], torch.zeros(2, ROW), str(src / "perch.onnx"), input_names=["x"],
+                      output_names=["label", "embedding"], dynamic_axes={"x": {0: "n"}, "label": {0: "n"},
+                                                                         "embedding": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    _export(nets["probe"], (torch.zeros(3, EMB), torch.zeros(3, C, 6)), src / "probe.onnx", ["emb", "scores"],
+            {"emb": {0: "n"}, "scores": {0: "n"}, "out": {0: "n"}})
+    one = torch.zeros(1, dtype=torch.long)
+    _export(nets["proto"], (torch.zeros(1, 3, EMB), torch.zeros(1, 3, C), one, one), src / "proto.onnx",
+            ["emb", "perch_logits", "site_ids", "hours"], {"emb": {1: "t"}, "perch_logits": {1: "t"}, "out": {1: "t"}})
+    _export(nets["final"], (torch.zeros(1, 3, EMB), torch.zeros(1, 3, C), torch.zeros(1, 3, C), one, one),
+            src / "final.onnx", ["emb", "proto", "probed", "site_ids", "hours"],
+            {"emb": {1: "t"}, "proto": {1: "t"}, "probed": {1: "t"}, "out": {1: "t"}})
+    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
+    for i, name in NAMES.items():
+        names[i] = name
+    (src / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    (src / "taxonomy.csv").write_text(TAXONOMY)
+    prior = [f"{s},{h}," + ",".join(f"{v:g}" for v in p) for (s, h), p in _prior_table().items()]
+    (src / "prior.csv").write_text("site,hour," + ",".join(LABELS) + "\n" + "\n".join(prior) + "\n")
+    (src / "thresholds.csv").write_text("primary_label,threshold\n" + "".join(f"{l},{t}\n" for l, t in zip(LABELS, THRESHOLDS)))
+    (src / "spec.json").write_text(json.dumps(_spec(), indent=1))
+    return src
+
+
+@pytest.fixture(scope="module")
+def folder(source, tmp_path_factory) -> Path:
+    from birdinfer.tools.importer import import_folder
+
+    out = tmp_path_factory.mktemp("second") / "models"
+    import_folder(source / "spec.json", out, measure=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def soundscapes(tmp_path_factory) -> Path:
+    audio = tmp_path_factory.mktemp("second_audio")
+    for name, seconds, seed in FILES:
+        write_ogg(audio / name, seconds, seed=seed)
+    return audio
+
+
+# ------------------------------------------------------------------------------------ the transcription
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+def probes_reference(net: Probes, emb: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class: features ``[Z, s, s_prev, s_next, mean, max, std]`` of the class's score over the file (edge
+    windows repeated, population std), its MLP, then ``(1 − α)·s + α·probe`` (classes without a probe unchanged)."""
+    b = {k: v.double().numpy() for k, v in net.state_dict().items()}
+    z = ((emb - b["mean"]) / b["scale"]) @ b["components"].T
+    out = scores.astype(np.float64).copy()
+    n = len(scores)
+    for c in range(C):
+        if not b["has_probe"][c]:
+            continue
+        s = scores[:, c].astype(np.float64)
+        prev, nxt = s[np.clip(np.arange(n) - 1, 0, n - 1)], s[np.clip(np.arange(n) + 1, 0, n - 1)]
+        stats = [np.full(n, f(s)) for f in (np.mean, np.max, np.std)]
+        x = np.concatenate([z, np.stack([s, prev, nxt] + stats, axis=1)], axis=1)
+        h = np.maximum(x @ b["w1"][c] + b["b1"][c], 0.0)
+        out[:, c] = (1 - ALPHA) * s + ALPHA * (h @ b["w2"][c] + b["b2"][c])[:, 0]
+    return out
+
+
+def proto_tta_reference(net: ProtoLike, emb: np.ndarray, raw: np.ndarray, site: int, hour: int) -> np.ndarray:
+    """The script's TTA rule: for each shift both sequences rolled along the window axis, the output rolled back;
+    then the flipped sequences, the output flipped back; the mean of the six (ids not shifted)."""
+    ids = torch.tensor([site]), torch.tensor([hour])
+    e, r = torch.tensor(emb[None], dtype=torch.float32), torch.tensor(raw[None], dtype=torch.float32)
+    outs = []
+    with torch.no_grad():
+        for s in SHIFTS:
+            out = net(torch.roll(e, s, dims=1), torch.roll(r, s, dims=1), *ids).numpy()
+            outs.append(np.roll(out, -s, axis=1))
+        outs.append(net(e.flip(1), r.flip(1), *ids).numpy()[:, ::-1])
+    return np.mean(outs, axis=0)[0]
+
+
+def post_reference(z: np.ndarray) -> np.ndarray:
+    """Temperatures, sigmoid, top-2 and max file scaling ^0.4, adaptive delta smoothing, clip, thresholds."""
+    p = sigmoid(z / TEMPS)
+    p = p * np.power(np.sort(p, axis=0)[-2:].mean(axis=0, keepdims=True), 0.4)
+    p = p * np.power(p.max(axis=0, keepdims=True), 0.4)
+    n = len(p)
+    before, after = p[np.clip(np.arange(n) - 1, 0, n - 1)], p[np.clip(np.arange(n) + 1, 0, n - 1)]
+    a = 0.2 * (1 - p.max(axis=1, keepdims=True))
+    p = p if n < 2 else (1 - a) * p + a * (before + after) / 2
+    p = np.clip(p, 0, 1)
+    t = THRESHOLDS[None]
+    return np.clip(np.where(p > t, 0.5 + 0.5 * (p - t) / (1 - t), 0.5 * p / t), 0, 1)
+
+
+def reference(nets, path: Path) -> dict[str, np.ndarray]:
+    """One file through the 2nd place's Perch stack (torch networks, numpy around them)."""
+    x = _windows(path)
+    with torch.no_grad():
+        label, emb = (v.numpy().astype(np.float64) for v in nets["perch"](torch.tensor(x)))
+    raw = np.zeros((len(x), C))
+    for c, name in enumerate(LABELS):
+        if SOURCES[name]:
+            raw[:, c] = label[:, SOURCES[name]].max(axis=1)
+    m = re.search(FILE_RE, path.stem)
+    site, hour = SITES.get(m.group("site"), 0), int(m.group("hour")) % 24
+    prior = np.clip(_prior_table()[(m.group("site"), int(m.group("hour")))], PRIOR_EPS, 1 - PRIOR_EPS)
+    adjusted = raw + LAMBDA * _logit(prior)[None]
+    probed = probes_reference(nets["probe"], emb, adjusted)
+    proto = proto_tta_reference(nets["proto"], emb, raw, site, hour)
+    first = W_PROTO * proto + (1 - W_PROTO) * probed
+    ids = torch.tensor([site]), torch.tensor([hour])
+    with torch.no_grad():
+        t = nets["final"].residual
+        inputs = torch.tensor(np.concatenate([emb, first], axis=1)[None], dtype=torch.float32)
+        correction = t.head(t.encode(inputs, *ids)).numpy()[0]
+    final = first + CORRECTION * correction
+    return {"perch": adjusted, "probe": probed, "proto": proto, "final": post_reference(final)}
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path, caplog):
+    """``birdinfer submit --member-rows`` on a 3 s, a 12.3 s, a 60 s and a 130 s file: every member's rows within
+    1e-4 of the transcription (float32 OpenVINO against float64 numpy around float32 torch)."""
+    from birdinfer.cli import main
+
+    out, member_dir, report = tmp_path / "submission.csv", tmp_path / "members", tmp_path / "report.json"
+    with caplog.at_level(logging.INFO):
+        assert main(["submit", str(soundscapes), "--models", str(folder), "--out", str(out), "--precision", "f32",
+                     "--member-rows", str(member_dir), "--report", str(report)]) == 0
+    paths = sorted(soundscapes.iterdir())
+    want = {name: [] for name in ("perch", "probe", "proto", "final")}
+    for path in paths:
+        for name, rows in reference(nets, path).items():
+            want[name].append(rows)
+    for name, rows in want.items():
+        got = pd.read_csv(member_dir / f"{name}.csv")[LABELS].to_numpy()
+        np.testing.assert_allclose(got, np.concatenate(rows), rtol=0, atol=1e-4, err_msg=name)
+        assert np.ptp(np.concatenate(rows), axis=0).max() > 1e-2  # rows differ: the comparison is not vacuous
+    sub = pd.read_csv(out)
+    np.testing.assert_allclose(sub[LABELS].to_numpy(), np.concatenate(want["final"]), rtol=0, atol=1e-4)
+    # S13 is not in the site vocabulary: the fallback id, and the report says so
+    text = report.read_text()
+    assert "'S13' of file 'BC2026_Test_0004_S13_20250302_233000.ogg' is not in the vocabulary: id 0" in text
+
+
+def test_tta_changes_the_proto_rows(nets, soundscapes):
+    """The TTA is not a no-op on this network: the rows of one pass differ from the mean of six (60 s file)."""
+    path = soundscapes / FILES[2][0]
+    x = _windows(path)
+    with torch.no_grad():
+        label, emb = (v.numpy() for v in nets["perch"](torch.tensor(x)))
+        raw = np.stack([label[:, SOURCES[n]].max(axis=1) if SOURCES[n] else np.zeros(len(x)) for n in LABELS], 1)
+        once = nets["proto"](torch.tensor(emb[None]), torch.tensor(raw[None], dtype=torch.float32),
+                             torch.tensor([3]), torch.tensor([5])).numpy()[0]
+    assert np.abs(once - proto_tta_reference(nets["proto"], emb, raw, 3, 5)).max() > 1e-2
+
+
+def test_an_unmatched_file_name_gets_the_fallback_ids_and_a_note(folder, soundscapes, tmp_path):
+    from birdinfer.runtime.pipeline import Predictor
+
+    odd = tmp_path / "recording_without_fields.ogg"
+    odd.write_bytes((soundscapes / FILES[1][0]).read_bytes())
+    result = next(Predictor(folder, precision="f32").iter_files([odd], members=True))
+    notes = "\n".join(result.notes)
+    assert "model proto: file name 'recording_without_fields.ogg' does not match the pattern" in notes
+    assert "hour id 23 (the fallback)" in notes and "site id 0 (the fallback)" in notes
+    assert "file_prior: file name 'recording_without_fields.ogg' does not match" in notes
+
+
+def test_dropping_or_leaving_out_a_producer(folder, caplog):
+    """The budget drops a model with every model on its outputs or rows; a selection without a producer is refused."""
+    from birdinfer.runtime.pipeline import Predictor
+
+    predictor = Predictor(folder, precision="f32")
+    with caplog.at_level(logging.WARNING):
+        predictor.drop("probe")
+    assert predictor.active == ["perch", "proto"]
+    with pytest.raises(ModelFolderError, match=r"model 'final' reads model 'probe''s rows: select 'probe' too"):
+        Predictor(folder, precision="f32", model_names=["perch", "proto", "final"])
+
+
+def _edit(change) -> dict:
+    spec = _spec()
+    change(spec)
+    return spec
+
+
+def _model(spec: dict, name: str) -> dict:
+    return next(m for m in spec["models"] if m["name"] == name)
+
+
+def _set(name: str, *path, value):
+    def change(spec):
+        node = _model(spec, name)
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("probe", "input_shape", 1, value=[-1, C, 5]),
+     r"models\['probe'\]\.input_shape\[1\] \[-1, 6, 5\]: input 1 \(perch\.rows, context \['prev', 'next', 'mean', "
+     r"'max', 'std'\], per class\) is \[-1, 6, 6\]"),
+    (_set("probe", "input_shape", 0, value=[-1, 1000]),
+     r"models\['probe'\]\.input_shape\[0\] \[-1, 1000\]: input 0 \(perch\.embedding\) is \[-1, 1536\]"),
+    (_set("final", "input", 1, "model", value="protoo"), r"models\['final'\]\.input\[1\]: no model named 'protoo'"),
+    (_set("probe", "input", 0, "output", value="emb"), r"models\['probe'\]\.input\[0\]: model 'perch' has no output 'emb'"),
+    (_set("probe", "input", 1, "rows", value="prior"),
+     r"models\['probe'\]\.input\[1\]\.rows: model 'perch' has no step 'prior' \(its steps: label_map, clip_rows, file_prior\)"),
+    (_set("probe", "input", 1, "rows", value="label_map"),
+     r"models\['probe'\]\.input\[1\]\.rows: step 'label_map' of model 'perch' comes before its rows exist"),
+    (_set("proto", "input", 2, "file_name", "pattern", value="_(?P<site>S[0-9]+"),
+     r"models\['proto'\]\.input\[2\]\.file_name\.pattern '_\(\?P<site>S\[0-9\]\+' is not a regular expression: "
+     r"missing \)"),
+    (_set("proto", "input", 2, "file_name", "field", value="station"),
+     r"models\['proto'\]\.input\[2\]\.file_name\.field 'station' is not a named group of the pattern"),
+    (_set("proto", "input", 2, "file_name", "vocabulary", value={"S05": -1}),
+     r"models\['proto'\]\.input\[2\]\.file_name\.vocabulary\['S05'\] must be a whole number in \[0, 2147483647\], got -1"),
+    (_set("proto", "input", 1, value={"name": "perch_logits", "model": "final", "rows": True, "sequence": True}),
+     r"models: the inputs form a cycle: (proto -> final -> proto|final -> proto -> final)"),
+    (_set("proto", "input", 1, "sequence", value=False),
+     r"models\['proto'\]\.input: either every model source is a file sequence"),
+    (_set("probe", "tta", value={"shifts": [0, 1]}),
+     r"models\['probe'\]\.tta: test-time augmentation shifts a file sequence"),
+    (_set("proto", "tta", value={"shifts": [0, 0]}), r"models\['proto'\]\.tta\.shifts must be distinct, got \[0, 0\]"),
+    (_set("proto", "input_shape", value=[[1, -1, EMB]]),
+     r"models\['proto'\]\.input_shape: a model with 4 inputs takes a list of 4 shapes"),
+    (_set("proto", "input", 3, "name", value=None), r"models\['proto'\]\.input: name every source's graph input or none"),
+    (_set("probe", "input", 1, "output", value="label"), r"models\['probe'\]\.input\[1\]\.rows must be true .* without 'output'"),
+])
+def test_several_inputs_are_checked_at_load(change, message):
+    with pytest.raises(ModelFolderError, match=r"^models/manifest\.json: " + message):
+        parse_spec(_edit(change), source="models/manifest.json")
+
+
+def test_a_graph_whose_inputs_do_not_fit_is_refused_when_read(folder, tmp_path):
+    """The manifest names a graph input the graph does not have, or claims another width: refused when the graph
+    is read, naming the folder, the model, its file and both."""
+    import shutil
+
+    from birdinfer.runtime.pipeline import Predictor
+
+    for edit, message in [
+        (lambda m: m["input"][1].update(name="logits"), r"model 'proto' \(proto\.(xml|onnx)\): the graph has no input "
+                                                        r"named 'logits'"),
+        (lambda m: m["input"].pop(), r"model 'proto' .*: the graph has 4 inputs, the manifest lists 3 sources"),
+    ]:
+        copy_ = tmp_path / f"edited{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(folder, copy_)
+        data = json.loads((copy_ / "manifest.json").read_text())
+        proto = next(m for m in data["models"] if m["name"] == "proto")
+        edit(proto)
+        proto["input_shape"] = proto["input_shape"][: len(proto["input"])]
+        (copy_ / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ModelFolderError, match=message):
+            Predictor(copy_, precision="f32")
+
+
+@pytest.mark.parametrize("how", [{"backend": "onnxruntime"}, {"parallel_models": 2}, {"block_seconds": 60.0}])
+def test_other_backends_threads_and_blocks_give_the_same_rows(folder, nets, soundscapes, tmp_path, how):
+    """The 130 s file on ONNX Runtime (inputs fed by name), with the feature models in worker threads, and in
+    60 s blocks (the rows, context and sequences are still the whole file's): the same member rows."""
+    import shutil
+
+    from birdinfer.runtime.pipeline import Predictor
+
+    how = dict(how)
+    target = folder
+    if "block_seconds" in how:
+        target = tmp_path / "blocks"
+        shutil.copytree(folder, target)
+        data = json.loads((target / "manifest.json").read_text())
+        data["block_seconds"] = how.pop("block_seconds")
+        (target / "manifest.json").write_text(json.dumps(data))
+    predictor = Predictor(target, precision="f32", **how)
+    assert predictor.ran_backends == how.get("backend", "openvino")
+    path = soundscapes / FILES[3][0]
+    result = next(predictor.iter_files([path], members=True))
+    want = reference(nets, path)
+    for name in ("perch", "probe", "proto", "final"):
+        np.testing.assert_allclose(result.members.models[name], want[name], rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_sequence_tta_rule_on_a_position_dependent_function():
+    """:func:`run_sequence` against the rule written out: out_s = roll(f(roll(x, s)), −s); flip: reverse(f(reverse
+    x)); the mean of the passes; the ids are passed unshifted. ``f`` weighs each window by its position, so a
+    pass that is not shifted back (or an id that is shifted) changes the result."""
+    from types import SimpleNamespace
+
+    from birdinfer.runtime.dag import run_sequence
+    from birdinfer.spec.v2 import SequenceTTA
+
+    rng = np.random.default_rng(0)
+    x, ids = rng.normal(size=(1, 5, 3)).astype(np.float32), np.array([7], np.int64)
+    weight = np.arange(1, 6, dtype=np.float64)[None, :, None]
+    seen = []
+
+    def f(xs):
+        seen.append(xs[1].tolist())
+        return {"o": (xs[0] * weight + xs[1][0]).astype(np.float32)}
+
+    entry = SimpleNamespace(tta=SequenceTTA((0, 1, -2), True))
+    got = run_sequence(f, [x, ids], entry, "m")["o"]
+    passes = [np.roll((np.roll(x, s, axis=1) * weight + 7)[0], -s, axis=0) for s in (0, 1, -2)]
+    passes.append(((x[:, ::-1] * weight + 7)[0])[::-1])
+    np.testing.assert_allclose(got, np.mean(passes, axis=0), rtol=0, atol=1e-5)
+    assert seen == [[7]] * 4
+    assert np.abs(got - (x * weight + 7)[0]).max() > 0.1  # the augmentation changes the rows
+    plain = run_sequence(f, [x, ids], SimpleNamespace(tta=None), "m")["o"]
+    np.testing.assert_allclose(plain, (x * weight + 7)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, ids, want, note", [
+    ("BC2026_Test_0002_S07_20250301_140000.ogg", {"vocabulary": {"S07": 5}}, 5, None),
+    ("BC2026_Test_0002_S08_20250301_140000.ogg", {"vocabulary": {"S07": 5}}, 9, "'S08' of file"),
+    ("BC2026_Test_0002_S07_20250301_140000.ogg", {"field": "hour", "modulo": 24}, 14, None),
+    ("BC2026_Test_0002_S07_20250301_250000.ogg", {"field": "hour", "modulo": 24}, 1, None),
+    ("BC2026_Test_0002_S07_2025_140000.ogg", {"field": "hour"}, 9, "does not match the pattern"),
+    (None, {"field": "hour"}, 9, "file name None does not match"),
+])
+def test_file_name_ids(name, ids, want, note):
+    from birdinfer.runtime.dag import file_name_id
+    from birdinfer.spec.v2 import FileNameIds
+
+    spec = FileNameIds(FILE_RE, ids.get("field", "site"), ids.get("vocabulary"), 9, ids.get("modulo"))
+    notes = []
+    assert file_name_id(spec, name, notes, "proto") == want
+    assert (note is None and not notes) or (len(notes) == 1 and note in notes[0] and "9 (the fallback)" in notes[0])
+
+
+def test_per_class_context_layout():
+    from birdinfer.runtime.dag import with_context
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    got = with_context(x, ["prev", "max"], per_class=True)
+    assert got.shape == (4, 3, 3)
+    np.testing.assert_array_equal(got[:, :, 0], x)
+    np.testing.assert_array_equal(got[:, :, 1], x[[0, 0, 1, 2]])
+    np.testing.assert_array_equal(got[:, :, 2], np.broadcast_to(x.max(0), (4, 3)))
+    np.testing.assert_array_equal(with_context(x, ["prev", "max"]), got.transpose(0, 2, 1).reshape(4, 9))
