@@ -44,6 +44,7 @@ class BlockRows(dict):
         self.kept = dict(kept or {})
         self.layouts = dict(layouts or {})
         self.dependents = tuple(dependents)
+        self.passes: dict[str, list[np.ndarray]] = {}  # a model's rows of its shifted TTA passes (spec.tta)
 
 
 def with_context(x: np.ndarray, context: Sequence[str]) -> np.ndarray:

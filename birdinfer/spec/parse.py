@@ -18,6 +18,7 @@ from .options import parse_options
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
 from .dag import parse_source, resolve
+from .tta import parse_tta
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
 __all__ = ["parse_spec", "OUTPUT_KINDS"]
@@ -27,7 +28,7 @@ OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_l
 _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
              "ensemble", "files", "extra", "options"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
-               "variants", "export", "arch"}
+               "variants", "export", "arch", "tta"}
 # The ranges of the manifest's own numbers (the ops' and steps' parameters declare theirs: birdinfer.ops.registry).
 _SAMPLE_RATE = Annotated[int, Range(1, 10**6)]
 _ROW_SECONDS = Annotated[float, Range(0, 3600, low_open=True)]
@@ -162,6 +163,23 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
                      input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
                      export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes,
                      source=source)
+
+
+def _with_tta(models: list[ModelSpec], raw: list, features: dict, statics: dict, *, where: str, sample_rate: int,
+              row_seconds: float) -> list[ModelSpec]:
+    """Models with a ``tta`` field (:mod:`birdinfer.spec.tta`); the features of their shifted passes are added to
+    ``features`` / ``statics`` (windows of the same shape as the model's own feature)."""
+    out = []
+    for model, data in zip(models, raw):
+        if data.get("tta") is None:
+            out.append(model)
+            continue
+        tta, derived = parse_tta(data["tta"], where=where, model=model.name, feature=model.input, features=features,
+                                 sample_rate=sample_rate, row_seconds=row_seconds)
+        for name, steps in derived.items():
+            features[name], statics[name] = steps, statics[model.input]
+        out.append(replace(model, tta=tta))
+    return out
 
 
 def _check_feature_input(static: Static, feature: str, shape: tuple[int, ...], *, where: str, at: str) -> None:
@@ -326,6 +344,8 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     if not isinstance(data["models"], list) or not data["models"]:
         raise _err(where, "'models' must be a non-empty list")
     models = [_model(m, where=where, manifest_labels=labels, statics=statics, folder=folder) for m in data["models"]]
+    models = _with_tta(models, data["models"], features, statics, where=where, sample_rate=sample_rate,
+                       row_seconds=row_seconds)
     names = [m.name for m in models]
     if len(set(names)) != len(names) or not all(names):
         raise _err(where, f"model names must be unique and non-empty, got {names}")

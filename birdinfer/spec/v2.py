@@ -22,7 +22,7 @@ from .manifest import READERS, Manifest
 from .files import ModelVariant
 
 __all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef",
-           "Step"]
+           "Step", "TtaPass", "TtaSpec"]
 
 FORMAT_VERSION_2 = 2
 
@@ -74,6 +74,24 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class TtaPass:
+    """One pass of a model's shifted-window TTA: its windows start ``seconds`` after the model's own; ``feature``
+    is the front end that cuts them (the model's own input for the unshifted pass)."""
+
+    seconds: float
+    weight: float
+    feature: str
+
+
+@dataclass(frozen=True)
+class TtaSpec:
+    """A model's ``tta`` field (:mod:`birdinfer.spec.tta`): ``mode`` "shift" or "roll", the unshifted pass first."""
+
+    mode: str
+    passes: tuple[TtaPass, ...]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One network of a version 2 folder (duck-compatible with :class:`birdinfer.spec.manifest.ModelEntry` where
     the model loader needs it: ``name``, ``weight``, ``input_shape``, ``variants``, ``batch_chunks``)."""
@@ -93,6 +111,7 @@ class ModelSpec:
     arch: str = ""
     n_classes: int = 0  # class axis of every output (the label map's size, else the manifest's label count)
     source: ModelSource | None = None  # set: ``input`` is "" and the model reads another model's output
+    tta: TtaSpec | None = None  # shifted-window passes (their rows combined before the row steps)
 
     group = "ensemble"  # the single pseudo group of version 2 (time budget, Raven frequency range)
 
