@@ -226,7 +226,7 @@ class SpecEngine:
             out.layouts[model.name] = signal.windows
             out[model.name] = self._rows(model.entry, arrays[model.name], signal, n_rows, rows_of)
             if model.entry.tta is not None:
-                out.passes[model.name] = self._passes(model, features, n_rows, rows_of, seconds, calls, clock)
+                out.passes[model.name] = self._passes(model, features, n_rows, rows_of, seconds, clock)
         return out
 
     @staticmethod
@@ -235,7 +235,7 @@ class SpecEngine:
             return rows_of(entry, arrays, signal)
         return block_rows(entry.block_steps, arrays, signal.windows, n_rows)
 
-    def _passes(self, model, features, n_rows: int, rows_of, seconds: dict, calls: dict, clock) -> list[np.ndarray]:
+    def _passes(self, model, features, n_rows: int, rows_of, seconds: dict, clock) -> list[np.ndarray]:
         """The rows of a model's shifted TTA passes on this block (:mod:`birdinfer.spec.tta`), charged to the model."""
         out = []
         for p in model.entry.tta.passes[1:]:
