@@ -528,7 +528,7 @@ def test_sequence_tta_rule_on_a_position_dependent_function():
         seen.append(xs[1].tolist())
         return {"o": (xs[0] * weight + xs[1][0]).astype(np.float32)}
 
-    entry = SimpleNamespace(tta=SequenceTTA((0, 1, -2), True))
+    entry = SimpleNamespace(sequence_tta=SequenceTTA((0, 1, -2), True))
     got = run_sequence(f, [x, ids], entry, "m")["o"]
     passes = [np.roll((np.roll(x, s, axis=1) * weight + 7)[0], -s, axis=0) for s in (0, 1, -2)]
     passes.append(((x[:, ::-1] * weight + 7)[0])[::-1])

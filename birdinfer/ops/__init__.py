@@ -15,9 +15,10 @@ Registration happens here, in one place: this module imports every op module, so
                    class_thresholds, run_row_steps
     submission.py  steps over the whole submission (rank_mean scope "submission", column_normalize)
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
+    tta.py         roll, and the combination of a model's shifted-window passes (its ``tta`` field)
 """
 
-from . import birdnet, frontend, spectral, window  # noqa: F401  (register their ops in OPS)
+from . import birdnet, frontend, spectral, tta, window  # noqa: F401  (register their ops in OPS)
 from . import file_steps, label_map, submission  # noqa: F401  (register their steps)
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout
 from .registry import Entry, Registry

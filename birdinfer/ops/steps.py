@@ -6,7 +6,7 @@ Three registries, each of small pure functions with a frozen parameter dataclass
   ``reduce_frames``, ``blend``, and the row steps ``timeline_rows`` / ``clip_rows`` (output → rows ``(n_rows, C)``).
 * :data:`ROW_STEPS` work on one file's rows ``(R, C)``: ``smooth``, ``gaussian_smooth``, ``box_mean``,
   ``file_scale``, ``file_max_blend``, ``power``, ``clip_values``. :data:`COMBINE_STEPS` merge an ensemble
-  group's members: ``weighted_mean``, ``mean``, ``rank_mean``. Model steps also have a name rule ``names(known,
+  group's members: ``weighted_mean``, ``mean`` (``rank_mean``: :mod:`birdinfer.ops.submission`). Model steps also have a name rule ``names(known,
   params) -> known`` used when a manifest is loaded (a step naming an output that does not exist fails then).
 """
 
@@ -17,7 +17,6 @@ from typing import Annotated, Literal, Mapping
 
 import numpy as np
 import scipy.ndimage
-import scipy.stats
 from scipy.special import expit
 
 from ..errors import ParameterError
@@ -377,20 +376,3 @@ def weighted_sum(members: list[np.ndarray], weights: list[float], p: NoParams) -
 @COMBINE_STEPS.register("mean", NoParams)
 def mean(members: list[np.ndarray], weights: list[float], p: NoParams) -> np.ndarray:
     return np.mean(np.stack([m.astype(np.float64) for m in members]), axis=0)
-
-
-@dataclass(frozen=True)
-class RankParams:
-    scope: Literal["file", "submission"] = "file"  # "submission": birdinfer.ops.submission.rank_fuse
-
-
-@COMBINE_STEPS.register("rank_mean", RankParams)
-def rank_mean(members: list[np.ndarray], weights: list[float], p: RankParams) -> np.ndarray:
-    """Each member's rows ranked per class within the file (ties averaged), scaled to [0, 1] by
-    ``(rank − 1)/(R − 1)`` (0.5 for a single row), then their weighted mean."""
-    ranked = []
-    for m in members:
-        r = scipy.stats.rankdata(m, axis=0, method="average")
-        ranked.append((r - 1) / (len(m) - 1) if len(m) > 1 else np.full(m.shape, 0.5))
-    return weighted_mean(ranked, weights, NoParams())
-

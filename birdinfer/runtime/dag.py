@@ -54,6 +54,7 @@ class BlockRows(dict):
         self.kept = dict(kept or {})
         self.layouts = dict(layouts or {})
         self.dependents = tuple(dependents)
+        self.passes: dict[str, list[np.ndarray]] = {}  # a model's rows of its shifted TTA passes (spec.tta)
 
 
 def with_context(x: np.ndarray, context: Sequence[str], per_class: bool = False) -> np.ndarray:
@@ -190,10 +191,10 @@ class FileDag:
 
 
 def run_sequence(run: Callable, arrays: list[np.ndarray], entry, name: str) -> dict[str, np.ndarray]:
-    """A sequence model on ``[1, W, ...]`` inputs → per-window outputs ``{output: (W, ...)}``. With ``entry.tta``:
+    """A sequence model on ``[1, W, ...]`` inputs → per-window outputs ``{output: (W, ...)}``. With ``entry.sequence_tta``:
     the mean over circular shifts of the window axis (every windowed input shifted by ``s``, the outputs shifted
     back by ``−s``) and, with ``flip``, the time-reversed inputs (outputs reversed back); ids are not shifted."""
-    tta = entry.tta
+    tta = entry.sequence_tta
     windowed = [a is not None and a.ndim >= 3 for a in arrays]
 
     def once(change) -> dict[str, np.ndarray]:

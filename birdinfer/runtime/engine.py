@@ -22,9 +22,11 @@ import numpy as np
 from ..errors import ParameterError
 from ..ops.base import Block, Signal
 from ..ops.spectral import FUSED, frame_sharing_key, stft_resize_mel
+from ..spec.tta import pass_inputs
 from ..spec.v2 import ManifestV2, ModelSpec
 from ..ops.file_steps import run_row_steps
 from ..ops.steps import block_rows
+from ..ops.tta import combine_passes
 from .dag import BlockRows, DagRunner
 from .fusion import FileRows, file_rows, fuse, is_held
 
@@ -204,9 +206,7 @@ class SpecEngine:
 
     # ------------------------------------------------------------------------------ per block
     def features(self, y: np.ndarray, active: Iterable[str]) -> dict[str, Signal]:
-        active = set(active)
-        names = tuple(dict.fromkeys(m.entry.input for m in self.models
-                                    if m.name in active and getattr(m.entry, "source", None) is None))
+        names = pass_inputs([m.entry for m in self.models], set(active))  # shifted TTA passes included
         if names not in self._graphs:
             self._graphs[names] = FrontEndGraph(self.manifest, names)
         return self._graphs[names](y)
@@ -236,10 +236,26 @@ class SpecEngine:
             out.kept.update(self.dag.kept(model.name, arrays[model.name]))
             out.kept.update({(m, o): arrays[m][o] for m, o in self.keep if m == model.name})
             out.layouts[model.name] = signal.windows
-            if rows_of is not None:
-                out[model.name] = rows_of(model.entry, arrays[model.name], signal)
-                continue
-            out[model.name] = block_rows(model.entry.block_steps, arrays[model.name], signal.windows, n_rows)
+            out[model.name] = self._rows(model.entry, arrays[model.name], signal, n_rows, rows_of)
+            if model.entry.tta is not None:
+                out.passes[model.name] = self._passes(model, features, n_rows, rows_of, seconds, clock)
+        return out
+
+    @staticmethod
+    def _rows(entry: ModelSpec, arrays: Mapping[str, np.ndarray], signal: Signal, n_rows: int, rows_of) -> np.ndarray:
+        if rows_of is not None:  # a streamed whole-file block: rows once every window they need has run
+            return rows_of(entry, arrays, signal)
+        return block_rows(entry.block_steps, arrays, signal.windows, n_rows)
+
+    def _passes(self, model, features, n_rows: int, rows_of, seconds: dict, clock) -> list[np.ndarray]:
+        """The rows of a model's shifted TTA passes on this block (:mod:`birdinfer.spec.tta`), charged to the model."""
+        out = []
+        for p in model.entry.tta.passes[1:]:
+            start = clock()
+            arrays = run_named(model, features[p.feature].data)
+            seconds[model.name] += clock() - start
+            entry = replace(model.entry, name=f"{model.name}@{p.feature}", input=p.feature)  # its own row stream
+            out.append(self._rows(entry, arrays, features[p.feature], n_rows, rows_of))
         return out
 
     def _run_parallel(self, models: list, features: Mapping[str, Signal], seconds: dict, calls: dict,
@@ -291,6 +307,8 @@ class SpecEngine:
                 continue
             else:
                 values = np.concatenate([p[model.name] for p in parts], axis=0)
+                if model.entry.tta is not None:  # its shifted-window passes (spec.tta) → the model's rows
+                    values = self._tta_rows(model.entry, values, parts)
             done[model.name] = self._row_steps(model.entry, values, rows, staged)
         rows.models.update((m.name, done[m.name]) for m in self.models if m.name in done)  # manifest order
         file_rows(self.manifest.ensemble, rows.models, rows)
@@ -312,6 +330,15 @@ class SpecEngine:
         if wanted:
             staged[entry.name] = keep
         return values
+
+    def _tta_rows(self, entry: ModelSpec, values: np.ndarray, parts) -> np.ndarray:
+        """A file's rows of every TTA pass → the model's rows (a block of ``block_seconds`` is a file of its own)."""
+        tta = entry.tta
+        rows = [values] + [np.concatenate([p.passes[entry.name][i] for p in parts], axis=0)
+                           for i in range(len(tta.passes) - 1)]
+        segments = None if self.manifest.block_seconds is None else [len(p[entry.name]) for p in parts]
+        return combine_passes(tta.mode, [(p.seconds, p.weight) for p in tta.passes], rows,
+                              self.manifest.window_seconds, segments)
 
     def _charge(self, name: str, seconds: float) -> None:
         if self._charges is not None:

@@ -20,13 +20,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..ops.file_steps import FileContext, run_row_steps
-from ..ops.submission import across_files, is_submission, rank_fuse
+from ..ops.submission import across_files, is_submission, member_weights, rank_fuse
 from ..spec.v2 import GroupSpec, MemberRef
 
 __all__ = ["FileRows", "is_held", "file_rows", "fuse", "node_names", "frontier", "ROOT"]
 
 ROOT = "ensemble"
-#: Combine steps with a submission form: ``fn(members[m][f], weights) -> per-file rows``.
+#: Combine steps with a submission form: ``fn(members[m][f], weights, params) -> per-file rows``.
 _SUBMISSION_COMBINE = {"rank_mean": rank_fuse}
 
 
@@ -63,6 +63,7 @@ def file_rows(group: GroupSpec, models: Mapping[str, np.ndarray], rows: FileRows
     """Fill ``rows.groups`` with every group below ``group`` that is not held (``rows.models`` holds the models
     that ran); returns ``group``'s rows (None when it is held or none of its members ran)."""
     values, weights = [], []
+    weight_of = member_weights(group.combine, [m.weight for m in group.members])  # numbers, or per column
     for i, member in enumerate(group.members):
         if isinstance(member, MemberRef):
             value = models.get(member.model)
@@ -70,7 +71,7 @@ def file_rows(group: GroupSpec, models: Mapping[str, np.ndarray], rows: FileRows
             value = file_rows(member, models, rows, _child(path, i))
         if value is not None:
             values.append(value)
-            weights.append(member.weight)
+            weights.append(weight_of[i])
     if not values or is_held(group):
         return None
     result = run_row_steps(group.steps, group.combine(values, weights), rows.context())
@@ -88,9 +89,9 @@ def _values(group: GroupSpec, path: str, files: Sequence[FileRows]) -> list[np.n
         return [f.groups.get(path) for f in files]
     members = [[f.models.get(m.model) for f in files] if isinstance(m, MemberRef) else _values(m, _child(path, i), files)
                for i, m in enumerate(group.members)]
-    weights = [m.weight for m in group.members]
+    weights = member_weights(group.combine, [m.weight for m in group.members])
     if is_submission(group.combine):
-        out = _SUBMISSION_COMBINE[group.combine.name](members, weights)
+        out = _SUBMISSION_COMBINE[group.combine.name](members, weights, group.combine.params)
     else:
         out = []
         for f in range(len(files)):

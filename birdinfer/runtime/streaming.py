@@ -42,6 +42,7 @@ import numpy as np
 
 from ..io.audio import audio_info, iter_audio_blocks
 from ..ops.base import Signal
+from ..spec.tta import pass_inputs
 from .stream_exec import FileFront, Samples, SamplesEnded, chain_of
 from .streaming_rows import RowStream
 
@@ -216,7 +217,7 @@ class WholeFileStream:
         if first.size <= block_samples:
             yield m.n_rows(first.size), (lambda: whole(first))
             return
-        names = tuple(dict.fromkeys(x.input for x in m.models if x.name in set(active) and x.source is None))
+        names = pass_inputs(m.models, set(active))  # shifted TTA passes included
         if self.passes:  # the first statistics pass counts the samples too
             del first
             pieces.close()

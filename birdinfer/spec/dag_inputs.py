@@ -14,7 +14,7 @@ and including the first step of that name), one row per window. ``context`` work
 ``[windows, classes, 1 + k]`` instead of the concatenated ``[windows, classes · (1 + k)]``). ``file_name``: an
 int64 id per file (``[windows]`` for a batch model, ``[1]`` for a sequence model). ``input_shape`` is then a
 list of shapes, one per source. :func:`parse_inputs` reads the list, :func:`resolve_inputs` checks it against
-the other models when the folder is loaded; :func:`parse_tta` reads a sequence model's ``tta``.
+the other models when the folder is loaded; :func:`parse_sequence_tta` reads a sequence model's ``tta``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import ModelFolderError
 from .v2 import FileNameIds, ModelSource, ModelSpec, SequenceTTA
 
-__all__ = ["CONTEXT", "parse_source", "output_width", "parse_inputs", "parse_tta", "resolve_inputs", "source_shape",
+__all__ = ["CONTEXT", "parse_source", "output_width", "parse_inputs", "parse_sequence_tta", "resolve_inputs", "source_shape",
            "producer_names", "check_tta", "model_inputs"]
 
 _KEYS = {"name", "model", "output", "rows", "context", "sequence", "per_class", "file_name"}
@@ -167,7 +167,7 @@ def parse_inputs(value: list, shapes: Any, *, where: str, at: str) -> tuple[Mode
     return tuple(out)
 
 
-def parse_tta(value: Any, *, where: str, at: str) -> SequenceTTA:
+def parse_sequence_tta(value: Any, *, where: str, at: str) -> SequenceTTA:
     """``{"shifts": [0, 1, -1, 2, -2], "flip": true}`` → :class:`SequenceTTA`."""
     if not isinstance(value, Mapping) or set(value) - {"shifts", "flip"}:
         raise _err(where, f"{at} must be {{\"shifts\": [0, 1, -1], \"flip\": true}}, got {value!r}")
@@ -222,7 +222,7 @@ def resolve_inputs(m: ModelSpec, by_name: Mapping[str, ModelSpec], n_labels: int
                               f"{', context ' + str(list(s.context)) if s.context else ''}"
                               f"{', per class' if s.per_class else ''}) is {list(derived)}")
         out.append(replace(s, shape=derived))
-    if m.tta is not None and not out[0].sequence:
+    if m.sequence_tta is not None and not out[0].sequence:
         raise _err(where, f"models[{m.name!r}].tta: test-time augmentation shifts a file sequence; the model's "
                           f"inputs are not \"sequence\": true")
     first = next(s for s in out if s.model)
@@ -231,7 +231,7 @@ def resolve_inputs(m: ModelSpec, by_name: Mapping[str, ModelSpec], n_labels: int
 
 def check_tta(m: ModelSpec, *, where: str) -> None:
     """``tta`` only on a sequence model (single-source form)."""
-    if m.tta is not None and (m.source is None or not m.source.sequence):
+    if m.sequence_tta is not None and (m.source is None or not m.source.sequence):
         raise _err(where, f"models[{m.name!r}].tta: test-time augmentation shifts a file sequence; the model's "
                           f"input is not \"sequence\": true")
 

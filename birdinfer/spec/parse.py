@@ -18,7 +18,8 @@ from .options import parse_options
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
 from .dag import parse_source, resolve
-from .dag_inputs import parse_inputs, parse_tta
+from .dag_inputs import parse_inputs, parse_sequence_tta
+from .tta import parse_tta
 from .v2 import FORMAT_VERSION_2, GroupSpec, LabelMap, ManifestV2, MemberRef, ModelSpec, OutputSpec, Step
 
 __all__ = ["parse_spec", "OUTPUT_KINDS"]
@@ -108,7 +109,12 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
         if key not in data:
             raise _err(where, f"{at}: missing field {key!r}")
     feature, source, sources = data["input"], None, ()
-    tta = parse_tta(data["tta"], where=where, at=f"{at}.tta") if data.get("tta") is not None else None
+    # "tta" of a model on another model's outputs: a sequence model's TTA (birdinfer.spec.dag_inputs); of a model
+    # on a front-end feature: shifted-window passes, parsed once the features are known (_with_tta)
+    tta = data.get("tta")
+    window_tta = isinstance(tta, Mapping) and ("mode" in tta or "passes" in tta)
+    sequence_tta = (parse_sequence_tta(tta, where=where, at=f"{at}.tta")
+                    if tta is not None and not window_tta and isinstance(feature, (list, Mapping)) else None)
     if isinstance(feature, list):  # several inputs (birdinfer.spec.dag_inputs; checked by resolve)
         sources = parse_inputs(feature, data["input_shape"], where=where, at=at)
         feature, source = "", next(s for s in sources if s.model)
@@ -167,7 +173,24 @@ def _model(data: Any, *, where: str, manifest_labels: tuple[str, ...], statics: 
                      block_steps=tuple(block_steps), row_steps=tuple(row_steps), variants=variants,
                      input_name=data.get("input_name"), label_map=label_map, pad_value=pad_value,
                      export=dict(data.get("export", {})), arch=str(data.get("arch", "")), n_classes=n_classes,
-                     source=source, sources=sources, tta=tta)
+                     source=source, sources=sources, sequence_tta=sequence_tta)
+
+
+def _with_tta(models: list[ModelSpec], raw: list, features: dict, statics: dict, *, where: str, sample_rate: int,
+              row_seconds: float) -> list[ModelSpec]:
+    """Models with a ``tta`` field (:mod:`birdinfer.spec.tta`); the features of their shifted passes are added to
+    ``features`` / ``statics`` (windows of the same shape as the model's own feature)."""
+    out = []
+    for model, data in zip(models, raw):
+        if data.get("tta") is None or model.sequence_tta is not None:
+            out.append(model)
+            continue
+        tta, derived = parse_tta(data["tta"], where=where, model=model.name, feature=model.input, features=features,
+                                 sample_rate=sample_rate, row_seconds=row_seconds)
+        for name, steps in derived.items():
+            features[name], statics[name] = steps, statics[model.input]
+        out.append(replace(model, tta=tta))
+    return out
 
 
 def _check_feature_input(static: Static, feature: str, shape: tuple[int, ...], *, where: str, at: str) -> None:
@@ -332,6 +355,8 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     if not isinstance(data["models"], list) or not data["models"]:
         raise _err(where, "'models' must be a non-empty list")
     models = [_model(m, where=where, manifest_labels=labels, statics=statics, folder=folder) for m in data["models"]]
+    models = _with_tta(models, data["models"], features, statics, where=where, sample_rate=sample_rate,
+                       row_seconds=row_seconds)
     names = [m.name for m in models]
     if len(set(names)) != len(names) or not all(names):
         raise _err(where, f"model names must be unique and non-empty, got {names}")

@@ -22,7 +22,7 @@ from ..errors import ChecksumError, ModelFolderError
 from ..ops.submission import is_submission
 from ..ops.tables import TableSource
 from .files import safe_join, sha256_file
-from .v2 import GroupSpec, ModelSpec, Step
+from .v2 import GroupSpec, MemberRef, ModelSpec, Step
 
 __all__ = ["bind_step_files", "step_file_names", "iter_steps", "plans"]
 
@@ -94,6 +94,8 @@ def _bind(step: Step, reader: _Reader | None, labels, columns, where: str) -> St
         plan = bind(step.params, TableSource(reader.read, tuple(labels), tuple(columns)))
     except ValueError as e:
         raise ModelFolderError(f"{where}: {step.where} (step {step.name!r}): {e}") from None
+    if plan is step.params:  # nothing to read (e.g. rank_mean without taxon_weights)
+        return step
     log.info("%s: %s: %s", where, step.where, plan.summary)
     return replace(step, params=plan)
 
@@ -126,7 +128,14 @@ def _model(m: ModelSpec, reader, labels, where: str) -> ModelSpec:
 def _group(group: GroupSpec, reader, labels, where: str) -> GroupSpec:
     members = tuple(_group(m, reader, labels, where) if isinstance(m, GroupSpec) else m for m in group.members)
     steps = tuple(_bind(s, reader, labels, labels, where) for s in group.steps)
-    return replace(group, members=members, steps=steps)
+    combine = _bind(group.combine, reader, labels, labels, where)
+    if hasattr(combine.params, "for_members"):  # weights per column of each member (rank_mean's taxon_weights)
+        names = [m.model if isinstance(m, MemberRef) else m.name for m in members]
+        try:
+            combine = replace(combine, params=combine.params.for_members(names, [m.weight for m in members]))
+        except ValueError as e:
+            raise ModelFolderError(f"{where}: {combine.where} (step {combine.name!r}): {e}") from None
+    return replace(group, members=members, steps=steps, combine=combine)
 
 
 def bind_step_files(models, ensemble: GroupSpec, *, labels, where: str, folder: Path | None, files: Mapping[str, str],

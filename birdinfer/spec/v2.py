@@ -21,8 +21,8 @@ from ..ops.registry import Entry
 from .manifest import READERS, Manifest
 from .files import ModelVariant
 
-__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "FileNameIds", "SequenceTTA", "OutputSpec", "LabelMap", "GroupSpec", "MemberRef",
-           "Step"]
+__all__ = ["FORMAT_VERSION_2", "ManifestV2", "ModelSpec", "ModelSource", "FileNameIds", "SequenceTTA", "OutputSpec", "LabelMap",
+           "GroupSpec", "MemberRef", "Step", "TtaPass", "TtaSpec"]
 
 FORMAT_VERSION_2 = 2
 
@@ -100,6 +100,24 @@ class SequenceTTA:
 
 
 @dataclass(frozen=True)
+class TtaPass:
+    """One pass of a model's shifted-window TTA: its windows start ``seconds`` after the model's own; ``feature``
+    is the front end that cuts them (the model's own input for the unshifted pass)."""
+
+    seconds: float
+    weight: float
+    feature: str
+
+
+@dataclass(frozen=True)
+class TtaSpec:
+    """A model's ``tta`` field (:mod:`birdinfer.spec.tta`): ``mode`` "shift" or "roll", the unshifted pass first."""
+
+    mode: str
+    passes: tuple[TtaPass, ...]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One network of a version 2 folder (duck-compatible with :class:`birdinfer.spec.manifest.ModelEntry` where
     the model loader needs it: ``name``, ``weight``, ``input_shape``, ``variants``, ``batch_chunks``)."""
@@ -121,7 +139,8 @@ class ModelSpec:
     source: ModelSource | None = None  # set: ``input`` is "" and the model reads another model's output
     sources: tuple[ModelSource, ...] = ()  # ``input`` as a list: one source per graph input (``source``: the first
     # that reads a model)
-    tta: SequenceTTA | None = None  # a sequence model's test-time augmentation
+    sequence_tta: SequenceTTA | None = None  # a sequence model's test-time augmentation (its JSON field 'tta')
+    tta: TtaSpec | None = None  # shifted-window passes (their rows combined before the row steps)
 
     @property
     def inputs(self) -> tuple[ModelSource, ...]:
