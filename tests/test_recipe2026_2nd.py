@@ -535,7 +535,7 @@ def test_sequence_tta_rule_on_a_position_dependent_function():
     np.testing.assert_allclose(got, np.mean(passes, axis=0), rtol=0, atol=1e-5)
     assert seen == [[7]] * 4
     assert np.abs(got - (x * weight + 7)[0]).max() > 0.1  # the augmentation changes the rows
-    plain = run_sequence(f, [x, ids], SimpleNamespace(tta=None), "m")["o"]
+    plain = run_sequence(f, [x, ids], SimpleNamespace(sequence_tta=None), "m")["o"]
     np.testing.assert_allclose(plain, (x * weight + 7)[0], rtol=0, atol=1e-6)
 
 
