@@ -105,13 +105,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     if precision not in ("f32", "int8"):
         raise ParameterError(f"import precision={precision!r}: use 'f32' (the graphs as given) or 'int8' (adds INT8 variants)")
     add_int8 = precision == "int8"
-    if calibration_labels is not None:
-        if not add_int8 or calibration is None:
-            raise ParameterError(f"--calibration-labels {calibration_labels}: goes with --precision int8 and "
-                                 "--calibration (the labelled soundscapes' folder)")
-        if not Path(calibration_labels).is_file():
-            raise ParameterError(f"--calibration-labels {calibration_labels}: no such file; give a CSV with row_id and "
-                                 "one 0/1 column per class")
+    _check_calibration_labels(calibration_labels, int8=add_int8, calibration=calibration)
     data, source_dir, where = _read_spec(spec)
     data.setdefault("format", FORMAT)
     data.setdefault("format_version", 2)
@@ -199,6 +193,18 @@ def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim,
     if not written:
         raise ModelFolderError(f"{v_at}: names no onnx or openvino file")
     return written, model
+
+
+def _check_calibration_labels(labels, *, int8: bool, calibration) -> None:
+    """``--calibration-labels`` goes with INT8 and a calibration folder, and must exist (before anything is written)."""
+    if labels is None:
+        return
+    if not int8 or calibration is None:
+        raise ParameterError(f"--calibration-labels {labels}: goes with --precision int8 and --calibration (the "
+                             "labelled soundscapes' folder)")
+    if not Path(labels).is_file():
+        raise ParameterError(f"--calibration-labels {labels}: no such file; give a CSV with row_id and one 0/1 column "
+                             "per class")
 
 
 def record_precisions(out: Path, *, int8: bool, calibration, measure: bool, progress,
