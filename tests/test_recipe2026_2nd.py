@@ -1,5 +1,5 @@
-"""The 2026 2nd place's Perch stack as a spec (issue 21): models with several inputs, a model's rows after its
-steps, file-name ids, and the sequence model's test-time augmentation.
+"""The 2026 2nd place's Perch stack and SED folds as a spec (issue 21): models with several inputs, a model's rows
+after its steps, file-name ids, the sequence model's test-time augmentation, and the rank fusion.
 
 What is public and reproduced here from the facts of `FlorentinGe/Birdclef2026-2ndplace`'s inference script
 (docs/solutions/2026_2nd.md; nothing of its code): the chain and every rule between the networks: Perch's label
@@ -9,9 +9,13 @@ score blended ``(1 − α)·score + α·probe``, the ProtoSSM on the file's embe
 site / hour ids and TTA (circular shifts 0, ±1, ±2 of the window axis, outputs shifted back, plus a time flip,
 mean of the six), the first pass ``w·proto + (1 − w)·probed`` (``w`` 0.60 mapped, 0.35 other), the ResidualSSM
 correction on ``[embedding, first pass]``, per-taxon temperatures, sigmoid, top-2 and max file scaling ^0.4,
-adaptive delta smoothing, clip and per-class thresholds. Synthetic (not public): every trained weight (random,
-same roles; small networks of the same interfaces in place of the selective-SSM and attention blocks), the prior
-table, the thresholds, the site vocabulary.
+adaptive delta smoothing, clip and per-class thresholds; the SED section (torchaudio-style log-mel with the dB
+floor over the file's windows, unbiased z-score per window, per fold ``0.5·σ(clip) + 0.5·σ(max over frames)``, the
+mean of the folds, a Gaussian over windows) and the final fusion (every member clipped to [1e-5, 1 − 1e-5],
+per-class percentile ranks over the submission, per-taxon weights). Synthetic (not public): every trained weight
+(random, same roles; small networks of the same interfaces in place of the selective-SSM and attention blocks and
+of the SED folds), the prior table, the thresholds, the site vocabulary. Not expressible, left out of spec and
+transcription: the fusion's gates 2 (temporal continuity) and 4 (sonotype mirroring).
 
 birdinfer runs the ONNX exports through OpenVINO; the reference is the torch modules plus numpy written here.
 """
