@@ -36,7 +36,7 @@ from birdinfer.errors import ModelFolderError
 from birdinfer.spec.parse import parse_spec
 
 from conftest import synth_signal, write_ogg
-from test_recipe2026_dag import EMB, N_PERCH, ROW, SR, PerchLike, _windows
+from test_recipe2026_dag import EMB, N_PERCH, ROW, SR, PerchLike, _windows, swap_prone
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -439,17 +439,6 @@ def fused_reference(final: np.ndarray, sed: np.ndarray) -> np.ndarray:
     w = np.array([TAXON_W[taxa[label]] for label in LABELS])
     ranks = [pd.DataFrame(v).rank(axis=0, pct=True).to_numpy(np.float64) for v in (final, sed)]
     return (w * ranks[0] + w * ranks[1]) / (w + w)
-
-
-def swap_prone(values: np.ndarray, bound: float) -> np.ndarray:
-    """Cells whose value lies within ``bound`` of another row's in its column: rows further apart than the
-    members' error keep their order, so only these can change rank between birdinfer and the transcription."""
-    out = np.zeros(values.shape, dtype=bool)
-    for c in range(values.shape[1]):
-        order = np.argsort(values[:, c], kind="stable")
-        close = np.diff(values[order, c]) <= bound
-        out[order[1:][close], c] = out[order[:-1][close], c] = True
-    return out
 
 
 def reference(nets, path: Path) -> dict[str, np.ndarray]:

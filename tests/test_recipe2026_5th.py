@@ -31,7 +31,7 @@ import scipy.ndimage
 import soundfile as sf
 
 from conftest import synth_signal, write_ogg
-from test_recipe2026_dag import DIRECT, EMB, FILL, N_PERCH, NAMES, PerchLike, Sequence, _export
+from test_recipe2026_dag import DIRECT, EMB, FILL, N_PERCH, NAMES, PerchLike, Sequence, _export, swap_prone
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -381,17 +381,6 @@ def _run(spec_path: Path, out: Path, paths: list[Path]):
 
 #: The members' weights in the fusion (perch's rows are read only by proto: weight 0).
 FUSED_WEIGHTS = {**CNN_WEIGHTS, "proto": 0.6, "sed": 0.4}
-
-
-def swap_prone(values: np.ndarray, bound: float) -> np.ndarray:
-    """Cells whose value lies within ``bound`` of another row's in its column: two rows further apart than the
-    members' error keep their order, so only these can change rank between birdinfer and the transcription."""
-    out = np.zeros(values.shape, dtype=bool)
-    for c in range(values.shape[1]):
-        order = np.argsort(values[:, c], kind="stable")
-        close = np.diff(values[order, c]) <= bound
-        out[order[1:][close], c] = out[order[:-1][close], c] = True
-    return out
 
 
 def _check(spec_path: Path, tmp_path: Path, paths: list[Path], atol: dict[str, float] | None = None,

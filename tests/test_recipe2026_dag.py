@@ -255,6 +255,17 @@ def swap_allowance(reference_rows: np.ndarray, got: np.ndarray) -> np.ndarray:
     return allowance
 
 
+def swap_prone(values: np.ndarray, bound: float) -> np.ndarray:
+    """Cells whose value lies within ``bound`` of another row's in its column: two rows further apart than the
+    members' error keep their order, so only these can change rank between birdinfer and the transcription."""
+    out = np.zeros(values.shape, dtype=bool)
+    for c in range(values.shape[1]):
+        order = np.argsort(values[:, c], kind="stable")
+        close = np.diff(values[order, c]) <= bound
+        out[order[1:][close], c] = out[order[:-1][close], c] = True
+    return out
+
+
 def fused_bound(allowance: dict[str, np.ndarray], counts: list[int]) -> np.ndarray:
     """How far the fused rows may be from the reference's: the weighted mean of the members' swap allowances,
     smoothed per file as the ranks are (|smooth(a) − smooth(b)| ≤ smooth(|a − b|) for a kernel of non-negative
