@@ -222,15 +222,14 @@ def resolve_inputs(m: ModelSpec, by_name: Mapping[str, ModelSpec], n_labels: int
                               f"{', context ' + str(list(s.context)) if s.context else ''}"
                               f"{', per class' if s.per_class else ''}) is {list(derived)}")
         out.append(replace(s, shape=derived))
-    if m.sequence_tta is not None and not out[0].sequence:
-        raise _err(where, f"models[{m.name!r}].tta: test-time augmentation shifts a file sequence; the model's "
-                          f"inputs are not \"sequence\": true")
     first = next(s for s in out if s.model)
-    return replace(m, sources=tuple(out), source=first, input_shape=out[0].shape)
+    resolved = replace(m, sources=tuple(out), source=first, input_shape=out[0].shape)
+    check_tta(resolved, where=where)
+    return resolved
 
 
 def check_tta(m: ModelSpec, *, where: str) -> None:
-    """``tta`` only on a sequence model (single-source form)."""
+    """``tta`` only on a sequence model (its first model source says so: every model source is a sequence or none)."""
     if m.sequence_tta is not None and (m.source is None or not m.source.sequence):
         raise _err(where, f"models[{m.name!r}].tta: test-time augmentation shifts a file sequence; the model's "
                           f"input is not \"sequence\": true")
