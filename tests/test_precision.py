@@ -309,6 +309,9 @@ def test_calibration_labels_are_checked(source, tmp_path, capsys):
     table[table.row_id != "s1_15"].to_csv(tmp_path / "holes.csv", index=False)
     with pytest.raises(ParameterError, match=r"holes\.csv: no row for 's1_15'"):
         read_held_out_labels(tmp_path / "holes.csv", [("s1", 4)], 5.0, LABELS)
+    pd.concat([table, table.tail(1)]).to_csv(tmp_path / "twice.csv", index=False)
+    with pytest.raises(ParameterError, match=r"twice\.csv: duplicate row_id 's1_20'"):
+        read_held_out_labels(tmp_path / "twice.csv", [("s1", 4)], 5.0, LABELS)
     table.assign(owl=2).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ParameterError, match=r"bad\.csv: values must be 0 or 1"):
         read_held_out_labels(tmp_path / "bad.csv", [("s1", 4)], 5.0, LABELS)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..io.output import row_ids
-from .metric import binary_roc_auc
+from .metric import _read_table, binary_roc_auc
 
 __all__ = ["DELTA_AUC_BAR", "read_held_out_labels", "labelled_figures"]
 
@@ -28,24 +28,16 @@ def read_held_out_labels(path: str | Path, stems_rows: Sequence[tuple[str, int]]
                          labels: Sequence[str]) -> np.ndarray:
     """The 0/1 truth ``(rows, classes)`` of the held-out rows (each file's ``(stem, n_rows)`` in order), in the
     folder's label order (a label absent from the file counts as never present). :class:`ParameterError`
-    naming the file for a missing file, an unreadable table, a missing ``row_id`` column or row, a value
-    other than 0 / 1, or no label of the folder among the columns."""
-    import pandas as pd
-
+    naming the file for a missing file, an unreadable table, a missing ``row_id`` column or row, a row id listed
+    twice (as the scorer, :func:`birdinfer.tools.metric.score_files`, refuses it), a value other than 0 / 1, or
+    no label of the folder among the columns."""
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"--calibration-labels {path}: no such file; give a CSV with row_id and one 0/1 column per class")
-    try:
-        table = pd.read_csv(path, dtype={"row_id": str})
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise ParameterError(f"--calibration-labels {path}: cannot read it as CSV: {e}") from e
-    if "row_id" not in table.columns:
-        raise ParameterError(f"--calibration-labels {path}: no 'row_id' column; give row_id = <file stem>_<end second>")
+    table = _read_table(path, "--calibration-labels")  # the scorer's reader: row_id present and unique
     known = [name for name in labels if name in table.columns]
     if not known:
         raise ParameterError(f"--calibration-labels {path}: none of the folder's labels ({', '.join(labels[:5])}, ...) "
                              "is a column; give one 0/1 column per class")
-    table = table.drop_duplicates("row_id").set_index("row_id")
+    table = table.set_index("row_id")
     ids = [i for stem, n in stems_rows for i in row_ids(stem, n, window_seconds)]
     missing = [i for i in ids if i not in table.index]
     if missing:

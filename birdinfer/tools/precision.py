@@ -264,7 +264,7 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     features = audio_features(spec, signals, where=audio.describe("held_out"))
     truth = None
     if audio.labels:
-        from .held_out_labels import read_held_out_labels
+        from .held_out_labels import labelled_figures, read_held_out_labels
 
         stems_rows = [(Path(name).stem, spec.n_rows(len(y))) for name, y in zip(audio.held_out, signals)]
         truth = read_held_out_labels(audio.labels, [(s, n) for s, n in stems_rows if n > 0], spec.window_seconds,
@@ -286,8 +286,6 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
                 seconds[name].append(time.perf_counter() - start)
         figures = compare_rows(rows["f32"], rows[variant])
         if truth is not None:
-            from .held_out_labels import labelled_figures
-
             figures.update(labelled_figures(truth, rows["f32"], rows[variant]))
         out[entry.name] = {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran,
                            "reference_ran": reference.ran,
