@@ -13,12 +13,13 @@ Contenders, per class (a child process per class; OpenVINO's kernels capped with
 timed over the same files in interleaved rounds (order rotated per round), whole process per file: decode
 (birdinfer's decoder, a real OGG written here) → 12 windows → the graph → both outputs:
 
-* ``ort tN``  — ONNX Runtime 1.x CPU provider, graph optimisations on, ``intra_op_num_threads`` N (1, 2, 4),
-  sequential execution (the settings the 2026 notebooks use; best of them is the reference);
-* ``ov f32``  — OpenVINO, ``INFERENCE_PRECISION_HINT`` f32, latency hint;
-* ``ov bf16`` — the same with a bf16 hint (only where bf16 is native: elsewhere OpenVINO would run f32);
-* ``ov … 2×1`` — the same hint, the file's 12 windows split over two single-threaded requests run at once
-  (birdinfer's default on 2 cores: ``runtime/models.py``);
+* ``ort tN rR`` — ONNX Runtime 1.x CPU provider, graph optimisations on, ``intra_op_num_threads`` N (1, 2, 4),
+  sequential execution (the settings the 2026 notebooks use), the file's 12 windows as runs of R windows (12:
+  all at once, as the notebooks do; smaller runs were faster on 2 cores); the best of them is the reference;
+* ``ov f32 one`` — OpenVINO, ``INFERENCE_PRECISION_HINT`` f32, latency hint, the 12 windows in one request;
+* ``bi f32 rR`` — birdinfer's own loader (``runtime/models.py``, ``runtime/ov_requests.py``): the graph at a
+  static batch of R windows, requests over two single-threaded streams (R = 2 is birdinfer's default);
+* ``ov bf16 one`` / ``bi bf16 r2`` — the same with a bf16 hint (only where bf16 is native);
 
 ONNX Runtime chooses its own kernels from CPUID (MLAS), so ``ONEDNN_MAX_CPU_ISA`` does not cap it: under a cap
 the ORT column is this CPU's native ORT, which is as fast or faster than ORT on the capped class would be (the
@@ -87,22 +88,36 @@ def write_files(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def _ort_parts(sess, rows: int):
+    """ONNX Runtime on the file's windows as consecutive runs of ``rows`` windows."""
+    def run(x):
+        parts = [sess.run(["label", "embedding"], {"inputs": x[i : i + rows]}) for i in range(0, len(x), rows)]
+        return [np.concatenate([p[k] for p in parts]) for k in (0, 1)]
+    return run
+
+
 def _contenders(onnx: Path, cls: str) -> dict:
     import onnxruntime as ort
     import openvino as ov
+    from types import SimpleNamespace
+
+    from birdinfer.runtime.models import _OpenVinoLoader
 
     runners = {}
-    for threads in (1, 2, 4):
+    for threads, all_rows in ((1, (12,)), (2, (12, 4, 2, 1)), (4, (12, 2))):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
-        runners[f"ort t{threads}"] = lambda x, s=sess: s.run(["label", "embedding"], {"inputs": x})
+        for rows in all_rows:
+            runners[f"ort t{threads} r{rows}"] = _ort_parts(sess, rows)
     core = ov.Core()
     model = core.read_model(str(onnx))
     hints = ["f32"] + (["bf16"] if cls == "native" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else [])
+    # birdinfer's own loader (runtime/models.py + runtime/ov_requests.py), as a Perch folder entry would load
+    entry = SimpleNamespace(name="perch", batch_chunks=None, named_outputs=(0, 1), input_name=None, sources=(), inputs=())
     for hint in hints:
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
@@ -110,20 +125,10 @@ def _contenders(onnx: Path, cls: str) -> dict:
         def run(x, r=request, c=compiled):
             r.infer({0: x})
             return [r.get_tensor(c.output(0)).data.copy(), r.get_tensor(c.output(1)).data.copy()]
-        runners[f"ov {hint}"] = run
-        # birdinfer's default on 2 cores: the file's windows split over one single-threaded request per core
-        compiled2 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT",
-                                                      "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "2"})
-        requests = [compiled2.create_infer_request() for _ in range(2)]
-
-        def run_split(x, rs=requests, c=compiled2):
-            halves = np.array_split(x, len(rs))
-            for r, h in zip(rs, halves):
-                r.start_async({0: np.ascontiguousarray(h)})
-            for r in rs:
-                r.wait()
-            return [np.concatenate([r.get_tensor(c.output(k)).data.copy() for r in rs]) for k in (0, 1)]
-        runners[f"ov {hint} 2×1"] = run_split
+        runners[f"ov {hint} one"] = run
+        for rows in ((2, 1, 3) if hint == "f32" else (2,)):
+            loader = _OpenVinoLoader(cache_dir=None, threads=None, streams=2, request_chunks=rows)
+            runners[f"bi {hint} r{rows}"] = loader.load(onnx, entry, "f32", hint)[0]
     return runners
 
 
@@ -146,7 +151,7 @@ def measure(onnx: Path, files: list[Path], rounds: int, cls: str) -> dict:
                 x = load_audio(f, sample_rate=SR)[: 12 * WINDOW].reshape(12, WINDOW)
                 runners[name](np.ascontiguousarray(x, dtype=np.float32))
             times[name].append((time.perf_counter() - start) / len(files))
-    ref = outputs["ort t1"]
+    ref = outputs["ort t1 r12"]
     return {n: {"best": min(t), "median": statistics.median(t),
                 "max_dlabel": float(np.abs(outputs[n][0] - ref[0]).max()),
                 "max_demb": float(np.abs(outputs[n][1] - ref[1]).max())} for n, t in times.items()}
@@ -185,9 +190,9 @@ def main(argv=None) -> int:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             best_ort = min(v["best"] for n, v in res.items() if n.startswith("ort"))
             print(f"\nclass {cls} (ONEDNN_MAX_CPU_ISA={CAPS[cls] or 'unset'}), load {before:.2f} → {os.getloadavg()[0]:.2f}")
-            print(f"{'contender':10s} {'best s/file':>11s} {'median':>8s} {'× best ORT':>10s} {'max|Δlabel|':>11s} {'max|Δemb|':>10s}")
+            print(f"{'contender':12s} {'best s/file':>11s} {'median':>8s} {'× best ORT':>10s} {'max|Δlabel|':>11s} {'max|Δemb|':>10s}")
             for n, v in res.items():
-                print(f"{n:10s} {v['best']:11.3f} {v['median']:8.3f} {best_ort / v['best']:10.2f} {v['max_dlabel']:11.2e} "
+                print(f"{n:12s} {v['best']:11.3f} {v['median']:8.3f} {best_ort / v['best']:10.2f} {v['max_dlabel']:11.2e} "
                       f"{v['max_demb']:10.2e}")
     return 0
 

@@ -31,7 +31,9 @@ one thread: the model is reshaped to ``chunks / streams`` chunks per request and
 models on 2 cores, f32, rounds interleaved (benchmarks/tune_openvino.py): 5.44 s per file against 6.37 s
 for one 2-thread request per model (``PERFORMANCE_HINT=LATENCY``), 5.65 s for two different 1-thread
 models side by side and 5.65 s for THROUGHPUT with two files in flight (which needs two files' inputs in
-memory). Models whose chunk count does not divide fall back to one LATENCY request.
+memory). Models whose chunk count does not divide fall back to one LATENCY request. A model whose batch axis
+is free (no fixed chunk count; rows are independent windows) runs as small static requests of
+``request_chunks`` rows over the same streams (:mod:`birdinfer.runtime.ov_requests`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .cpu import INT8_FLAGS, ISA_FLAGS, CpuIsa, cpu_flags, physical_cores
 from ..errors import BackendError, MissingDependencyError
 from ..spec.manifest import Manifest, ModelEntry
 from .graphs import GraphPorts, check_graph, onnxruntime_ports, openvino_ports
+from .ov_requests import REQUEST_CHUNKS, RequestPlan, make_runner, request_plan, reshape_batch, rows_independent
 from .plan import (BACKEND_CHOICES, BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
                    variant_valid)
 
@@ -145,6 +148,7 @@ def load_models(
     verify_checksums: bool = True,
     threads: int | None = None,
     streams: int | None = None,
+    request_chunks: int | None = REQUEST_CHUNKS,
     isa: CpuIsa | None = None,
     plans: Sequence[ModelPlan] | None = None,
 ) -> list[LoadedModel]:
@@ -155,7 +159,9 @@ def load_models(
     ``threads``: threads per model (``INFERENCE_NUM_THREADS`` / ONNX Runtime intra-op threads); ``None``
     lets the backend use every core for each call. ``streams`` (OpenVINO): split each call's chunks over
     this many single-threaded requests run at once (default: :func:`physical_cores` when ``threads`` is not
-    given, else 1); see the module docstring. ``plans``: from :func:`plan_models` (planned here when None).
+    given, else 1); see the module docstring. ``request_chunks``: rows per request for a model whose batch axis
+    is free (:mod:`birdinfer.runtime.ov_requests`; ``None``: one request per call; ONNX Runtime runs such
+    calls as consecutive runs of that many rows). ``plans``: from :func:`plan_models` (planned here when None).
     """
     if plans is None:
         plans, summary = plan_models(manifest, precision=precision, backend=backend, isa=isa)
@@ -173,9 +179,11 @@ def load_models(
         if p.backend not in loaders:  # each backend's package is imported only when a model runs on it
             if p.backend == "openvino":
                 ov_streams = (physical_cores() if threads is None else 1) if streams is None else streams
-                loaders[p.backend] = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(ov_streams))
+                loaders[p.backend] = _OpenVinoLoader(cache_dir=cache_dir, threads=threads, streams=int(ov_streams),
+                                                     request_chunks=request_chunks)
             else:
-                loaders[p.backend] = _OnnxRuntimeLoader(precision=precision, threads=threads)
+                loaders[p.backend] = _OnnxRuntimeLoader(precision=precision, threads=threads,
+                                                        request_chunks=request_chunks)
         start = time.perf_counter()
         path = manifest.path_of(name)
         runner, ran = loaders[p.backend].load(path, p.entry, p.variant, p.hint,
@@ -206,7 +214,7 @@ def kernel_families(compiled) -> dict[str, int]:
 
 
 class _OpenVinoLoader:
-    def __init__(self, *, cache_dir, threads: int | None, streams: int = 1):
+    def __init__(self, *, cache_dir, threads: int | None, streams: int = 1, request_chunks: int | None = REQUEST_CHUNKS):
         try:
             import openvino as ov
         except ImportError as e:
@@ -221,6 +229,7 @@ class _OpenVinoLoader:
             self.core.set_property({"CACHE_DIR": str(cache_dir)})
         self.threads = threads
         self.streams = max(1, int(streams))
+        self.request_chunks = request_chunks
 
     def _config(self, hint: str | None, streams: int = 1) -> dict:
         if streams > 1:  # one single-threaded stream per request of the split call
@@ -242,21 +251,16 @@ class _OpenVinoLoader:
             raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
         if check is not None:
             check(openvino_ports(model))
-        streams = self.streams
-        fixed = entry.batch_chunks
-        if streams > 1 and fixed is not None and fixed % streams == 0:
+        plan = request_plan(entry, self.streams, self.request_chunks)
+        if plan.mode != "one":
             try:
-                shape = list(entry.input_shape)
-                shape[0] = fixed // streams
-                model.reshape({model.input(0): shape})
+                reshape_batch(model, plan.rows)
             except Exception as e:  # a graph that cannot be reshaped keeps one request per call
-                log.debug("%s: cannot reshape to %d chunks (%s); one request per call", entry.name, fixed // streams, e)
+                log.debug("%s: cannot reshape to %d chunks (%s); one request per call", entry.name, plan.rows, e)
                 model = self.core.read_model(str(xml))
-                streams = 1
-        else:
-            streams = 1
+                plan = RequestPlan("one", 1)
         try:
-            compiled = self.core.compile_model(model, "CPU", self._config(hint, streams))
+            compiled = self.core.compile_model(model, "CPU", self._config(hint, plan.streams))
         except Exception as e:
             if hint == "f32":
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model in f32: {e}") from e
@@ -264,77 +268,12 @@ class _OpenVinoLoader:
             log.warning("%s: compile failed under precision %r (%s); retrying with f32", entry.name, hint,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             try:
-                compiled = self.core.compile_model(model, "CPU", self._config("f32", streams))
+                compiled = self.core.compile_model(model, "CPU", self._config("f32", plan.streams))
             except Exception as e2:
                 raise BackendError(f"{xml}: OpenVINO cannot compile this model: {e2}") from e2
         ran = _short_type(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
         precision = f"{variant}+{ran}" if variant != "f32" else ran
-        requests = [compiled.create_infer_request() for _ in range(streams)]
-        named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
-        if named is not None:
-            return _named_openvino_runner(compiled, requests, entry, fixed, streams), precision
-        input_port = compiled.input(0)
-        output_port = compiled.output(0)
-
-        if streams == 1:
-            request = requests[0]
-
-            def run(x: np.ndarray) -> np.ndarray:
-                request.infer({input_port: x})
-                return np.array(request.get_tensor(output_port).data, dtype=np.float32, copy=True)
-        else:
-            step = fixed // streams
-
-            def run(x: np.ndarray) -> np.ndarray:
-                for i, r in enumerate(requests):  # all parts start before any is awaited: they run at once
-                    r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
-                for r in requests:
-                    r.wait()
-                return np.concatenate([np.array(r.get_tensor(output_port).data, dtype=np.float32, copy=True) for r in requests])
-
-        run.streams = streams
-        run.kernels = kernel_families(compiled)
-        return run, precision
-
-
-def _named_openvino_runner(compiled, requests, entry, fixed: int | None, streams: int):
-    """Runner returning a list of arrays, one per ``entry.named_outputs`` index (manifest version 2)."""
-    input_port = compiled.input(entry.input_name) if getattr(entry, "input_name", None) else compiled.input(0)
-    ports = [compiled.output(i) for i in entry.named_outputs]  # checked against the manifest when read (graphs.py)
-
-    def collect(r) -> list[np.ndarray]:
-        return [np.array(r.get_tensor(port).data, dtype=np.float32, copy=True) for port in ports]
-
-    sources = getattr(entry, "sources", ())
-    if sources:  # several inputs (spec.dag_inputs): a list of arrays, one per source, fed by name or position
-        inputs = [compiled.input(s.name) if s.name else compiled.input(i) for i, s in enumerate(sources)]
-
-        def run_several(xs: list) -> list[np.ndarray]:
-            requests[0].infer(dict(zip(inputs, xs)))
-            return collect(requests[0])
-
-        run_several.streams = 1
-        run_several.kernels = kernel_families(compiled)
-        return run_several
-
-    if streams == 1:
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            requests[0].infer({input_port: x})
-            return collect(requests[0])
-    else:
-        step = fixed // streams
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            for i, r in enumerate(requests):
-                r.start_async({input_port: np.ascontiguousarray(x[i * step : (i + 1) * step])})
-            for r in requests:
-                r.wait()
-            parts = [collect(r) for r in requests]
-            return [np.concatenate([p[i] for p in parts]) for i in range(len(ports))]
-
-    run.streams = streams
-    run.kernels = kernel_families(compiled)
-    return run
+        return make_runner(compiled, entry, plan, kernel_families(compiled)), precision
 
 
 def _short_type(text: str) -> str:
@@ -346,7 +285,7 @@ def _short_type(text: str) -> str:
 
 
 class _OnnxRuntimeLoader:
-    def __init__(self, *, precision: str, threads: int | None):
+    def __init__(self, *, precision: str, threads: int | None, request_chunks: int | None = REQUEST_CHUNKS):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -358,6 +297,7 @@ class _OnnxRuntimeLoader:
             log.warning("ONNX Runtime runs float32 only: precision=%r ignored", precision)
         self.ort = ort
         self.threads = threads
+        self.request_chunks = request_chunks
 
     def load(self, path: Path, entry: ModelEntry, variant: str, hint: str | None = None,
              check: Callable[[GraphPorts], None] | None = None):
@@ -373,22 +313,36 @@ class _OnnxRuntimeLoader:
             check(onnxruntime_ports(session))
         input_name = session.get_inputs()[0].name
         named = getattr(entry, "named_outputs", None)  # manifest version 2: several outputs, by index
+        free = entry.batch_chunks is None and rows_independent(entry)
+        rows = self.request_chunks if free and self.request_chunks else None  # see ov_requests' docstring
         if named is not None:
             input_name = getattr(entry, "input_name", None) or input_name
             sources = getattr(entry, "sources", ())
             names = [s.name or session.get_inputs()[i].name for i, s in enumerate(sources)]
 
             def run_named(x) -> list[np.ndarray]:
-                feed = dict(zip(names, x)) if sources else {input_name: x}
-                outs = session.run(None, feed)
-                return [np.asarray(outs[i], dtype=np.float32) for i in named]
+                if sources:
+                    outs = session.run(None, dict(zip(names, x)))
+                    return [np.asarray(outs[i], dtype=np.float32) for i in named]
+                return _in_parts(lambda part: session.run(None, {input_name: part}), x, rows, named)
 
+            run_named.request_plan = RequestPlan("small" if rows and not sources else "one", 1, rows)
             return run_named, "f32"
 
         def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
+            return _in_parts(lambda part: session.run(None, {input_name: part}), x, rows, (0,))[0]
 
+        run.request_plan = RequestPlan("small" if rows else "one", 1, rows)
         return run, "f32"
+
+
+def _in_parts(run_one, x: np.ndarray, rows: int | None, indices) -> list[np.ndarray]:
+    """ONNX Runtime: ``x`` run as consecutive parts of ``rows`` rows (``None``: at once); outputs ``indices``."""
+    if rows is None or x.shape[0] <= rows:
+        outs = run_one(x)
+        return [np.asarray(outs[i], dtype=np.float32) for i in indices]
+    parts = [run_one(x[i : i + rows]) for i in range(0, x.shape[0], rows)]
+    return [np.concatenate([np.asarray(p[i], dtype=np.float32) for p in parts]) for i in indices]
 
 
 def describe_precisions(models: Sequence[LoadedModel]) -> str:

@@ -42,6 +42,7 @@ from ..spec.dag import dependents
 from ..spec.manifest import Manifest
 from .cpu import effective_isa, spare_siblings
 from .models import LoadedModel, describe_precisions, load_models, plan_models
+from .ov_requests import REQUEST_CHUNKS
 from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
 
 __all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
@@ -106,6 +107,7 @@ class Predictor:
         parallel_models: int | None = None,
         pin_decode_thread: bool = True,
         keep_outputs: Sequence[tuple[str, str]] = (),
+        request_chunks: int | None = REQUEST_CHUNKS,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
@@ -114,7 +116,8 @@ class Predictor:
         ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
         logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use.
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
-        the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``)."""
+        the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
+        rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`)."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -136,7 +139,7 @@ class Predictor:
         log.info("%s", self.plan_summary)
         self.models: list[LoadedModel] = load_models(
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
-            threads=threads, isa=self.isa, plans=plans,
+            threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks,
         )
         self.decode_cpus = spare_siblings() if pin_decode_thread else []
         if self.parallel_models > 1 and len(self.models) > 1:

@@ -28,7 +28,9 @@ def format_report(report: dict) -> str:
     ok = [r for r in report["modes"] if "error" not in r]
     for r in ok:
         lines.append(f"== mode {r['mode']} ({r['backend']}; ran {r['precision_ran']}; {r['parallel_models']} model(s) at once, "
-                     f"{r['streams_per_model']} request(s) per call of {r['threads_per_model'] or 'default'} thread(s); load {r['load_seconds']} s)")
+                     f"{r['threads_per_model'] or 'default'} thread(s) per model; load {r['load_seconds']} s)")
+        if r.get("requests"):
+            lines.append("requests: " + ", ".join(f"{k} ×{n}" for k, n in r["requests"].items()))
         lines.append(f"plan: {r['precision_plan']}")
         lines.append("kernels: " + ", ".join(f"{k} ×{n}" for k, n in r["kernel_families"].items()))
         lines.append("| stage | s / file |")

@@ -336,6 +336,7 @@ def bench_mode(manifest: ManifestV2, mode: str, paths: Sequence[Path], *, peak: 
             "parallel_models": predictor.parallel_models,
             "threads_per_model": first.threads if first else None,
             "streams_per_model": first.streams if first else None,
+            "requests": _requests(predictor.models),
             "load_seconds": round(predictor.load_seconds, 2),
             "block_seconds": None if manifest.block_seconds is None else manifest.block_seconds,
             "stages_seconds_per_file": stages,
@@ -359,3 +360,13 @@ def bench_mode(manifest: ManifestV2, mode: str, paths: Sequence[Path], *, peak: 
         predictor.close()
         del predictor
         gc.collect()
+
+
+def _requests(models) -> dict[str, int]:
+    """How the models' calls ran (runtime.ov_requests), description → model count."""
+    counts: dict[str, int] = {}
+    for m in models:
+        plan = getattr(m.runner, "request_plan", None)
+        key = f"{m.backend}: {plan.describe() if plan is not None else 'one request per call'}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
