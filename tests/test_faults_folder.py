@@ -9,6 +9,7 @@ model), copied into ``tmp_path`` and edited there."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -185,6 +186,9 @@ def _numbers_without_range(hint, path: str) -> list[str]:
         return [path]
     if origin is typing.Literal:
         return []
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a parameter made of parts (rank_mean's gates)
+        inner = typing.get_type_hints(hint, include_extras=True)
+        return [p for name, h in inner.items() for p in _numbers_without_range(h, f"{path}.{name}")]
     return [p for a in args if a is not Ellipsis for p in _numbers_without_range(a, path)]
 
 

@@ -8,10 +8,13 @@ centred on each row; the 384 × 384 resize of the EfficientNet-B3 input), their 
 pooling, FrequencySE and channel attention for HGNet) on random-weight timm backbones, the 2.5 s TTA pass with its
 fusion, the ``[0.1, 0.8, 0.1]`` smoothing and file peak scaling, the distilled SED's librosa front end and
 ``0.5·σ(clip) + 0.5·σ(max frame)`` with a Gaussian over rows, percentile-rank blends over the submission and the
-final ``0.6 × CNN + 0.4 × (0.6 proto + 0.4 sed)``. Synthetic (same shapes): ProtoSSM is a small sequence model on a
-Perch-v2-shaped stand-in's embedding (the public ProtoSSM pipeline reads Perch's scores and site / hour ids too),
-and the distilled SED is a small CNN with random weights. Left out on both sides (not expressible yet): the
-perch/sed blend's three gates, sonotype mirroring and rare-class suppression.
+final ``0.6 × CNN + 0.4 × (0.6 proto + 0.4 sed)``, the perch/sed blend's three gates (``rank_mean``'s ``gates``),
+sonotype mirroring (``column_group_max``) and rare-class suppression (``rare_suppress``). Synthetic (same shapes):
+ProtoSSM is a small sequence model on a Perch-v2-shaped stand-in's embedding (the public ProtoSSM pipeline reads
+Perch's scores and site / hour ids too), and the distilled SED is a small CNN with random weights (two of its class
+biases and one of proto's shifted so that every gate's tests hold in some cells and fail in others). The test's
+labels have no sonotypes: one group of its labels stands for them (``TEST_GROUPS``), and its taxonomy has Amphibia
+but no Mammalia or Reptilia.
 
 Deviations stated by the transcription, each where it is written: files of any length (the notebook cuts or pads to
 60 s: its 12 windows), and the shifted pass's dB floor per file (the notebook's batches of 12 shifted windows run
@@ -20,6 +23,7 @@ across files).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -31,7 +35,8 @@ import scipy.ndimage
 import soundfile as sf
 
 from conftest import synth_signal, write_ogg
-from test_recipe2026_dag import DIRECT, EMB, FILL, N_PERCH, NAMES, PerchLike, Sequence, _export, swap_prone
+from test_recipe2026_dag import (DIRECT, EMB, FILL, N_PERCH, NAMES, SONOTYPE_GROUPS, PerchLike, Sequence, _export,
+                                 mirror_groups, near, pct_ranks, spread_over_groups, swap_prone, temporal_context)
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -47,6 +52,7 @@ ARCHS = {"hgnet": "hgnetv2_b0.ssld_stage2_ft_in1k", "effv2_5s": "tf_efficientnet
          "effv2_10s": "tf_efficientnetv2_s.in21k", "effb3": "tf_efficientnet_b3.ns_jft_in1k"}
 SMALL = {name: "mobilenetv3_small_050" for name in ARCHS}
 CNN_WEIGHTS = {"hgnet": 0.25, "effv2_5s": 0.40, "effv2_10s": 0.25, "effb3": 0.10}
+TAXA = pd.read_csv(io.StringIO(TAXONOMY)).set_index("primary_label")["class_name"].to_dict()  # label → taxon class
 FILES = [("BC2026_Test_0001_S05_20250227_010002.ogg", 12.3, 11), ("BC2026_Test_0002_S07_20250301_140000.ogg", 60.0, 12),
          ("BC2026_Test_0003_S13_20250302_233000.ogg", 75.0, 13)]
 
@@ -63,7 +69,27 @@ def _clamp() -> dict:  # clamp((dB + 80) / 80, 0, 1)
     return {"op": "normalize", "method": "clamp", "scale": 0.0125, "offset": 1.0}
 
 
-def fifth_spec(labels) -> dict:
+def _test(member: str, of: str, above=None, below=None) -> dict:
+    return {"member": member, "of": of, **({"above": above} if above is not None else {"below": below})}
+
+
+#: The perch/sed blend's three gates (the notebook's ``fake_only``, ``proto_cont``, ``sed_only``), in its order.
+GATES = [{"name": "noise", "when": [_test("proto", "value", above=0.5), _test("sed", "value", below=0.05)],
+          "toward": [{"member": "proto", "of": "rank"}], "alpha": 0.08},
+         {"name": "temporal", "when": [_test("proto", "context", above=0.88), _test("proto", "rank", above=0.75),
+                                       _test("sed", "value", below=0.12)],
+          "toward": [{"member": "proto", "of": "rank"}, {"member": "proto", "of": "context"}], "alpha": 0.15,
+          "context": {"radius": 3, "scale": 1.2, "df": 2.0}},
+         {"name": "spike", "when": [_test("sed", "rank", above=0.95), _test("proto", "rank", below=0.80)],
+          "toward": [{"member": "sed", "of": "rank"}], "alpha": 0.12}]
+RARE_CLASSES = ("Amphibia", "Mammalia", "Reptilia")
+#: The test's labels have no sonotypes: one group of its labels stands for them (see test_recipe2026_2nd).
+TEST_GROUPS = SONOTYPE_GROUPS + (("strvar", "bubvir"),)
+
+
+def fifth_spec(labels, groups=TEST_GROUPS, rare=("Amphibia",)) -> dict:
+    """The 5th place's spec for ``labels`` (``groups``: the mirrored groups; ``rare``: the taxon classes suppressed,
+    those of the test's taxonomy). Shipped with the sonotype groups and Amphibia, Mammalia, Reptilia."""
     win5 = [{"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0}]
     channel = {"op": "channels", "layout": ["x"]}
     features = {
@@ -116,15 +142,19 @@ def fifth_spec(labels) -> dict:
         {"name": "cnn", "weight": 0.6, "members": [{"model": m, "weight": w} for m, w in CNN_WEIGHTS.items()],
          "steps": [rank, clip]},
         {"name": "perch_sed", "weight": 0.4, "members": [{"model": "proto", "weight": 0.6}, {"model": "sed", "weight": 0.4},
-                                                          {"model": "perch", "weight": 0.0}], "steps": [rank, clip]}],
-        "steps": [{"step": "weighted_mean"}, clip]}
+                                                          {"model": "perch", "weight": 0.0}],
+         "steps": [{**rank, "gates": GATES}, clip]}],
+        "steps": [{"step": "weighted_mean"}, clip,
+                  {"step": "column_group_max", "groups": [list(g) for g in groups], "missing": "skip"},
+                  {"step": "rare_suppress", "taxonomy": "taxonomy.csv", "classes": list(rare), "margin": 0.05,
+                   "factor": 0.9}]}
     return {"format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SR, "labels": list(labels),
             "rows": {"seconds": 5.0}, "block_seconds": None, "features": features, "models": models, "ensemble": ensemble}
 
 
 def test_shipped_spec_is_this_one():
     shipped = json.loads((REPO / "weights" / "birdclef2026_5th.spec.json").read_text())
-    mine = fifth_spec(shipped["labels"])
+    mine = fifth_spec(shipped["labels"], SONOTYPE_GROUPS, RARE_CLASSES)
     assert len(shipped["labels"]) == 234
     assert {k: v for k, v in shipped.items() if k != "extra"} == mine
 
@@ -247,12 +277,19 @@ def build(root: Path, archs: dict[str, str]) -> Path:
     for name, (net, shape) in nets.items():
         calibrate(net, inputs[name])
         _export(net, torch.zeros(shape), root / f"{name}.onnx", ["x"], ["logits"], {"x": {0: "n"}, "logits": {0: "n"}})
-    _export(DistilledSed(c), torch.zeros(2, 1, 256, 313), root / "sed.onnx", ["x"], ["clip", "frames"],
+    sed = DistilledSed(c)
+    with torch.no_grad():  # SED probabilities of amecro about 0.03–0.08 and of strvar about 0.1: the gates' tests
+        sed.frame.bias[0] -= 0.03  # on p_sed (< 0.05, < 0.12) hold in some cells and not in others
+        sed.frame.bias[3] -= 0.11
+    _export(sed, torch.zeros(2, 1, 256, 313), root / "sed.onnx", ["x"], ["clip", "frames"],
             {"x": {0: "n"}, "clip": {0: "n"}, "frames": {0: "n"}})
     torch.manual_seed(1)
     _export(PerchLike(), torch.zeros(2, ROW), root / "perch.onnx", ["x"], ["label", "embedding"],
             {"x": {0: "n"}, "label": {0: "n"}, "embedding": {0: "n"}})
-    _export(Sequence(), torch.zeros(1, 3, EMB), root / "proto.onnx", ["e"], ["logits"], {"e": {1: "t"}, "logits": {1: "t"}})
+    proto = Sequence()
+    with torch.no_grad():  # amecro's proto probabilities spread around 0.5 (gate 1's p_proto > 0.5 matters)
+        proto.out.bias[0] -= 0.25
+    _export(proto, torch.zeros(1, 3, EMB), root / "proto.onnx", ["e"], ["logits"], {"e": {1: "t"}, "logits": {1: "t"}})
     names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
     for i, name in NAMES.items():
         names[i] = name
@@ -356,12 +393,39 @@ class Reference:
         return out
 
     @staticmethod
-    def fused(members: list[dict[str, np.ndarray]]) -> np.ndarray:
+    def fused(members: list[dict[str, np.ndarray]], gates: bool = True) -> dict[str, np.ndarray]:
+        """The notebook's blends: the CNN ranks; the perch/sed ranks ``0.6·proto + 0.4·sed`` and its gates (``gates``)
+        on the clipped probabilities ``p_proto``, ``p_sed`` and their ranks: 1 ``fake_only`` (p_proto > 0.5 and
+        p_sed < 0.05: 0.92·pred + 0.08·rank_proto), 2 ``proto_cont`` (xctx > 0.88, rank_proto > 0.75, p_sed < 0.12,
+        not gate 1: 0.85·pred + 0.15·max(rank_proto, xctx); xctx: p_proto smoothed per file, ranked), 3
+        ``sed_only`` (rank_sed > 0.95, rank_proto < 0.80, neither gate before: 0.88·pred + 0.12·rank_sed); both
+        blends clipped, ``0.4·perch_sed + 0.6·cnn`` clipped; then sonotype mirroring (``TEST_GROUPS``) and the
+        rare-class suppression (Amphibia here: values < column mean + 0.05 times 0.9). Returns the submission and
+        the quantities the gates compared."""
+        counts = [len(f["proto"]) for f in members]
         whole = {m: np.concatenate([f[m] for f in members]) for m in members[0]}
-        pct = {m: pd.DataFrame(v).rank(axis=0, pct=True).to_numpy(np.float64) for m, v in whole.items()}
+        pct = {m: pct_ranks(v) for m, v in whole.items()}
         rank_cnn = np.clip(sum(w * pct[m] for m, w in CNN_WEIGHTS.items()), EPS, 1 - EPS)
-        rank_perch_sed = np.clip(0.6 * pct["proto"] + 0.4 * pct["sed"], EPS, 1 - EPS)  # gates not reproduced
-        return np.clip(0.4 * rank_perch_sed + 0.6 * rank_cnn, EPS, 1 - EPS)
+        p_proto, p_sed, rank_proto, rank_sed = whole["proto"], whole["sed"], pct["proto"], pct["sed"]
+        pred = 0.6 * rank_proto + 0.4 * rank_sed
+        xctx = pct_ranks(temporal_context(p_proto, counts))
+        fake_only = (p_proto > 0.50) & (p_sed < 0.05)
+        proto_cont = (xctx > 0.88) & (rank_proto > 0.75) & (p_sed < 0.12) & ~fake_only
+        sed_only = (rank_sed > 0.95) & (rank_proto < 0.80) & ~fake_only & ~proto_cont
+        if gates:
+            pred = np.where(fake_only, 0.92 * pred + 0.08 * rank_proto, pred)
+            pred = np.where(proto_cont, 0.85 * pred + 0.15 * np.maximum(rank_proto, xctx), pred)
+            pred = np.where(sed_only, 0.88 * pred + 0.12 * rank_sed, pred)
+        final = np.clip(0.4 * np.clip(pred, EPS, 1 - EPS) + 0.6 * rank_cnn, EPS, 1 - EPS)
+        mirrored = mirror_groups(final, LABELS, TEST_GROUPS) if gates else final
+        sub = mirrored.copy()
+        rare = np.array([TAXA[label] == "Amphibia" for label in LABELS])
+        threshold = sub.mean(axis=0) + 0.05
+        if gates:
+            sub[:, rare] = np.where(sub[:, rare] < threshold[rare], sub[:, rare] * 0.9, sub[:, rare])
+        return {"sub": sub, "mirrored": mirrored, "threshold": threshold, "rare": rare, "p_proto": p_proto,
+                "p_sed": p_sed, "rank_proto": rank_proto, "rank_sed": rank_sed, "xctx": xctx,
+                "gated": {"noise": fake_only, "temporal": proto_cont, "spike": sed_only}, "counts": counts}
 
 
 # -------------------------------------------------------------------------------------------- the tests
@@ -384,7 +448,7 @@ FUSED_WEIGHTS = {**CNN_WEIGHTS, "proto": 0.6, "sed": 0.4}
 
 
 def _check(spec_path: Path, tmp_path: Path, paths: list[Path], atol: dict[str, float] | None = None,
-           max_prone: float = 0.2):
+           max_prone: float = 0.2, max_flip: float = 0.1):
     got = _run(spec_path, tmp_path / "models", paths)
     ref = Reference(spec_path.parent)
     members = [ref.members(p) for p in paths]
@@ -395,17 +459,51 @@ def _check(spec_path: Path, tmp_path: Path, paths: list[Path], atol: dict[str, f
             bound = (atol or {}).get(name, 1e-4)
             np.testing.assert_allclose(r.members.models[name], rows, rtol=0, atol=bound, err_msg=f"{r.path.name} {name}")
             error[name] = max(error[name], float(np.abs(r.members.models[name] - rows).max()))
-    # The fused rows are percentile ranks over the submission: two rows of a member closer than twice that member's
-    # error (measured above) may swap, which moves both by 1/N. Every other cell has the same ranks on both sides,
-    # so its fused value must agree within float error; the swap-prone cells (about 12 % here) are held to one rank step.
-    fused = Reference.fused(members)
-    prone = np.zeros(fused.shape, dtype=bool)
-    for name in FUSED_WEIGHTS:
-        prone |= swap_prone(np.concatenate([f[name] for f in members]), 2 * error[name] + 1e-9)
-    assert prone.mean() < max_prone, f"{prone.mean():.0%} of the fused cells are swap-prone: the test would check little"
-    have = np.concatenate([r.probs for r in got])
-    np.testing.assert_allclose(have[~prone], fused[~prone], rtol=0, atol=1e-4)
-    assert np.abs(have - fused)[prone].max(initial=0.0) <= 1.0 / len(fused) + 1e-4  # a swap moves a rank by 1/N
+    check_fused(np.concatenate([r.probs for r in got]), members, error, max_prone, max_flip)
+
+
+def check_fused(have: np.ndarray, members: list[dict[str, np.ndarray]], error: dict[str, float], max_prone: float,
+                max_flip: float):
+    """birdinfer's submission against :meth:`Reference.fused`, with the bound derived as follows.
+
+    Ranks: the rows are percentile ranks over the submission. Two rows of a member closer than twice that member's
+    error (measured) may swap, which moves both by 1/N; every other cell has the same ranks on both sides, so its
+    fused value must agree within float error (``swap``: about 12 % of the cells here); the same for proto's
+    smoothed context (normalised taps ≥ 0: its error is at most proto's). Gates compare with thresholds: a
+    swap-prone rank within 1/N of a threshold, or a probability within its member's error of one, may fall on the
+    other side and flip a gate (and the gates after it, whose masks exclude it): ``flip``, where the cell may differ
+    by the largest alpha (0.15) plus a rank step. Mirroring takes a group's row max: a flagged cell flags its row's
+    group. Rare-class suppression compares each value with its column's mean + 0.05: that mean moves by at most the
+    column's mean bound, so a value within its own bound plus that of the threshold flips too (a flip there moves
+    it by at most 10 %). Clean cells within 1e-4, swap cells within 1/N + 1e-4, flips within 0.15 + 1/N + 1e-4."""
+    ref = Reference.fused(members)
+    fused, n = ref["sub"], len(have)
+    whole = {m: np.concatenate([f[m] for f in members]) for m in members[0]}
+    prone = {name: swap_prone(whole[name], 2 * error[name] + 1e-9) for name in FUSED_WEIGHTS}
+    prone_ctx = swap_prone(temporal_context(whole["proto"], ref["counts"]), 2 * error["proto"] + 1e-9)
+    swap = np.logical_or.reduce(list(prone.values())) | prone_ctx
+    step = 1.0 / n + 1e-9
+    flip = (near(ref["p_proto"], 0.5, 2 * error["proto"]) | near(ref["p_sed"], 0.05, 2 * error["sed"])
+            | near(ref["p_sed"], 0.12, 2 * error["sed"]) | (prone_ctx & near(ref["xctx"], 0.88, step))
+            | (prone["proto"] & (near(ref["rank_proto"], 0.75, step) | near(ref["rank_proto"], 0.80, step)))
+            | (prone["sed"] & near(ref["rank_sed"], 0.95, step)))
+    swap, flip = spread_over_groups(swap, LABELS, TEST_GROUPS), spread_over_groups(flip, LABELS, TEST_GROUPS)
+    cell = np.where(flip, 0.15 + 1.0 / n, np.where(swap, 1.0 / n, 0.0)) + 1e-4
+    rare_flip = ref["rare"][None, :] & near(ref["mirrored"], ref["threshold"], cell + cell.mean(axis=0))
+    flip |= rare_flip
+    assert swap.mean() < max_prone, f"{swap.mean():.0%} of the fused cells are swap-prone: the test would check little"
+    assert flip.mean() < max_flip, f"{flip.mean():.0%} of the cells may flip a gate"
+    # the data trips every gate, mirroring and the suppression in cells compared exactly
+    clean = ~swap & ~flip
+    for name, gated in ref["gated"].items():
+        assert (gated & clean).sum() > 0, f"gate {name!r} moves no cell that is compared exactly"
+    plain = Reference.fused(members, gates=False)["sub"]
+    cols = [LABELS.index(label) for label in TEST_GROUPS[-1]]
+    assert np.ptp(fused[:, cols], axis=1).max() == 0 and np.ptp(plain[:, cols], axis=1).max() > 0.01
+    assert (ref["sub"] != ref["mirrored"])[clean].sum() > 0
+    np.testing.assert_allclose(have[clean], fused[clean], rtol=0, atol=1e-4)
+    assert np.abs(have - fused)[swap & ~flip].max(initial=0.0) <= 1.0 / n + 1e-4  # a swap moves a rank by 1/N
+    assert np.abs(have - fused)[flip].max(initial=0.0) <= 0.15 + 1.0 / n + 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -426,4 +524,4 @@ def test_fifth_place_end_to_end_real_architectures(audio, tmp_path):
     1.7e-4 (most within 7e-5), so it is held to 2e-4 here; the other members to 1e-4 (measured ≤ 3.3e-5). With these
     larger member errors more fused cells are swap-prone (measured 45 %): the rest are compared."""
     (tmp_path / "src").mkdir()
-    _check(build(tmp_path / "src", ARCHS), tmp_path, audio, atol={"effb3": 2e-4}, max_prone=0.6)
+    _check(build(tmp_path / "src", ARCHS), tmp_path, audio, atol={"effb3": 2e-4}, max_prone=0.6, max_flip=0.25)

@@ -266,6 +266,59 @@ def swap_prone(values: np.ndarray, bound: float) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------- the 2026 scripts' gates after the rank blend (2nd and 5th place)
+#: The sonotype groups both scripts mirror (``MIRROR_PAIRS``): each column of a group takes the group's row max.
+SONOTYPE_GROUPS = (("47158son15", "47158son16"), ("47158son09", "47158son12"), ("47158son02", "47158son14"),
+                   ("47158son13", "47158son21", "47158son22", "47158son23"))
+
+
+def pct_ranks(values: np.ndarray) -> np.ndarray:
+    """pandas ``rank(axis=0, pct=True)`` (ties averaged) over every row of the submission."""
+    return pd.DataFrame(values).rank(axis=0, pct=True).to_numpy(np.float64)
+
+
+def temporal_context(p: np.ndarray, counts: list[int]) -> np.ndarray:
+    """The scripts' ``pa_ctx``: per file of more than one row, ``p`` smoothed over its rows with the kernel
+    ``(1 + (k/1.2)²/2)^−1.5``, ``k = −3 … 3``, normalised, the edge rows repeated; a file of one row unchanged."""
+    offsets = np.arange(-3, 4, dtype=np.float64)
+    kernel = (1.0 + (offsets / 1.2) ** 2 / 2.0) ** -1.5
+    kernel /= kernel.sum()
+    out, start = np.array(p, np.float64), 0
+    for n in counts:
+        if n > 1:
+            padded = np.pad(p[start:start + n], ((3, 3), (0, 0)), mode="edge")
+            out[start:start + n] = sum(kernel[i] * padded[i:i + n] for i in range(7))
+        start += n
+    return out
+
+
+def mirror_groups(sub: np.ndarray, labels, groups) -> np.ndarray:
+    """Gate 4: a group with at least two of its labels among ``labels`` gets the row max over them."""
+    index = {label: i for i, label in enumerate(labels)}
+    out = np.array(sub, np.float64)
+    for group in groups:
+        cols = [index[label] for label in group if label in index]
+        if len(cols) >= 2:
+            out[:, cols] = out[:, cols].max(axis=1, keepdims=True)
+    return out
+
+
+def spread_over_groups(mask: np.ndarray, labels, groups) -> np.ndarray:
+    """A cell flagged in one column of a mirrored group flags the row's whole group (the max reads them all)."""
+    index = {label: i for i, label in enumerate(labels)}
+    out = mask.copy()
+    for group in groups:
+        cols = [index[label] for label in group if label in index]
+        if len(cols) >= 2:
+            out[:, cols] = out[:, cols].any(axis=1, keepdims=True)
+    return out
+
+
+def near(values: np.ndarray, threshold, bound: float) -> np.ndarray:
+    """Cells within ``bound`` of ``threshold``: where a value off by ``bound`` could fall on the other side of it."""
+    return np.abs(values - threshold) <= bound
+
+
 def fused_bound(allowance: dict[str, np.ndarray], counts: list[int]) -> np.ndarray:
     """How far the fused rows may be from the reference's: the weighted mean of the members' swap allowances,
     smoothed per file as the ranks are (|smooth(a) − smooth(b)| ≤ smooth(|a − b|) for a kernel of non-negative

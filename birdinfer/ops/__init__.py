@@ -14,12 +14,13 @@ Registration happens here, in one place: this module imports every op module, so
     file_steps.py  temperature per taxon class, file_prior (file-name fields → prior table), delta_smooth,
                    class_thresholds, run_row_steps
     submission.py  steps over the whole submission (rank_mean scope "submission", column_normalize)
+    gates.py       rank_mean's gates, column_group_max (sonotype mirroring), rare_suppress
     file_stats.py  whole-file statistics accumulated over blocks (streamed execution)
     tta.py         roll, and the combination of a model's shifted-window passes (its ``tta`` field)
 """
 
 from . import birdnet, frontend, spectral, tta, window  # noqa: F401  (register their ops in OPS)
-from . import file_steps, label_map, submission  # noqa: F401  (register their steps)
+from . import file_steps, gates, label_map, submission  # noqa: F401  (register their steps)
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout
 from .registry import Entry, Registry
 from .steps import COMBINE_STEPS, MODEL_STEPS, ROW_PRODUCING, ROW_STEPS, Outputs

@@ -129,8 +129,9 @@ def build_params(cls: type, values: Mapping[str, Any], *, where: str):
 
 
 def coerce(value: Any, hint: Any) -> Any:
-    """A JSON value → the annotated type (int, float, str, bool, Literal, Optional, Union, tuple, dict); a number
-    annotated with a :class:`Range` (``Annotated[float, Range(0, 1000)]``) must be finite and inside it."""
+    """A JSON value → the annotated type (int, float, str, bool, Literal, Optional, Union, tuple, dict, a frozen
+    dataclass from a JSON object); a number annotated with a :class:`Range` (``Annotated[float, Range(0, 1000)]``)
+    must be finite and inside it."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
@@ -162,11 +163,13 @@ def coerce(value: Any, hint: Any) -> Any:
                 errors.append(str(e))
         optional = " (or null)" if type(None) in args else ""
         raise ValueError(("; ".join(errors) or "bad value") + optional)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _nested(hint, value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError("must be a list")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0]) for v in value)
+            return tuple(_item(i, v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ValueError(f"must be a list of {len(args)} values")
         return tuple(coerce(v, a) for v, a in zip(value, args))
@@ -194,6 +197,37 @@ def coerce(value: Any, hint: Any) -> Any:
             raise TypeError("must be a string")
         return value
     raise TypeError(f"unsupported parameter type {hint!r}")
+
+
+def _item(i: int, value: Any, hint: Any) -> Any:
+    """Item ``i`` of a list; an error names its place (``[2]: ...``)."""
+    try:
+        return coerce(value, hint)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[{i}]: {e}") from None
+
+
+def _nested(cls: type, value: Any) -> Any:
+    """A JSON object → the frozen dataclass ``cls`` (a parameter made of named parts, e.g. a gate of ``rank_mean``):
+    unknown and missing fields and each field's value are checked as for a step's own parameters; an error names
+    the field."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"must be a JSON object with fields {', '.join(f.name for f in dataclasses.fields(cls))}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            try:
+                kwargs[name] = coerce(value[name], hints[name])
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"{name}={shown(value[name])}: {e}") from None
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"missing field {name!r}")
+    return cls(**kwargs)
 
 
 def shown(value: Any, limit: int = 60) -> str:

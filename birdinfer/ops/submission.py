@@ -9,7 +9,9 @@ A step has submission scope when its parameter ``scope`` is ``"submission"``:
   renormalised per file; all-zero weights count as equal). The 2026 1st place's rank fusion of its fine-tuned
   models (0.8) with native Perch (0.2); the 2nd place's per-class percentile rank averaging. With
   ``taxon_weights`` a member's weight differs per taxon class of the column (the class of its label in a taxonomy
-  CSV, as ``temperature`` reads it), renormalised per column (the 2nd place's per-taxon weights). With ``scope:
+  CSV, as ``temperature`` reads it), renormalised per column (the 2nd place's per-taxon weights). With ``gates``
+  (``scope: "submission"`` only) the blend is then moved toward one member's rank where thresholds on the members'
+  values, ranks or smoothed context hold (the 2nd and 5th places' gates: :mod:`birdinfer.ops.gates`). With ``scope:
   "file"`` (the default) the ranks are within the file.
 * ``column_normalize`` (a row step): per class over all rows of the submission, ``minmax``
   ``(x − min)/(max − min)`` (0.5 for a constant column) or ``rank`` (as above). With ``scope: "file"`` it works
@@ -28,6 +30,7 @@ from typing import Annotated, Literal, Sequence
 import numpy as np
 import scipy.stats
 
+from .gates import Gate, check_gate_members, gate_blend
 from .registry import Range
 from .steps import COMBINE_STEPS, ROW_STEPS
 from .tables import TableSource, check_known, taxonomy_field, unbound
@@ -60,8 +63,13 @@ class RankParams:
     taxon_weights: dict[str, dict[str, Annotated[float, Range(0, 1e6)]]] = field(default_factory=dict)  # member → class → w
     label_field: str = "primary_label"
     class_field: str = "class_name"
+    gates: tuple[Gate, ...] = ()  # after the blend, in order (birdinfer.ops.gates); scope "submission" only
 
     def __post_init__(self):
+        if self.gates and self.scope != "submission":
+            raise ValueError("gates compare ranks over the whole submission: they need scope 'submission'")
+        if len({g.name for g in self.gates}) != len(self.gates):
+            raise ValueError(f"gates: two gates share a name ({', '.join(g.name for g in self.gates)})")
         if bool(self.taxonomy) != bool(self.taxon_weights):
             raise ValueError("taxon_weights and taxonomy go together (member → {taxon class: weight}, and the CSV "
                              "that gives each label its class)")
@@ -69,15 +77,21 @@ class RankParams:
             if not by_class:
                 raise ValueError(f"taxon_weights of {member!r} names no class")
 
+    def check_members(self, names: Sequence[str]) -> None:
+        """The members the gates name are the group's (``ValueError`` naming the gate and the member)."""
+        check_gate_members(self.gates, names)
+
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class RankPlan:
     """``rank_mean`` with its taxonomy read: the class of each column, then (once its group is known,
-    :meth:`for_members`) each member's weight per column (its ``taxon_weights`` where given, else its weight)."""
+    :meth:`for_members`) each member's weight per column (its ``taxon_weights`` where given, else its weight) and
+    the members' names (the gates name them)."""
 
     params: RankParams
     classes: tuple[str, ...]
     weights: tuple[np.ndarray, ...] | None = None  # per member of the group, (C,)
+    names: tuple[str, ...] = ()
 
     @property
     def scope(self) -> str:
@@ -86,10 +100,13 @@ class RankPlan:
     @property
     def summary(self) -> str:
         parts = [f"{m}: {', '.join(f'{c} {w:g}' for c, w in by.items())}" for m, by in self.params.taxon_weights.items()]
-        return f"rank_mean weights by {self.params.class_field} of {self.params.taxonomy}: {'; '.join(parts)}"
+        text = [f"rank_mean weights by {self.params.class_field} of {self.params.taxonomy}: {'; '.join(parts)}"] if parts else []
+        text += [f"gate {g.describe()}" for g in self.params.gates]
+        return "; ".join(text)
 
     def for_members(self, names: Sequence[str], weights: Sequence[float]) -> "RankPlan":
         check_known(self.params.taxon_weights, set(names), what="taxon_weights: member", name="the group's members")
+        self.params.check_members(names)
         classes = np.asarray(self.classes, dtype=object)
         out = []
         for name, w in zip(names, weights):
@@ -97,12 +114,12 @@ class RankPlan:
             for taxon, value in self.params.taxon_weights.get(name, {}).items():
                 vector[classes == taxon] = value
             out.append(vector)
-        return replace(self, weights=tuple(out))
+        return replace(self, weights=tuple(out), names=tuple(names))
 
 
 def _bind_rank(p: RankParams, source: TableSource) -> RankParams | RankPlan:
     if not p.taxonomy:
-        return p
+        return RankPlan(p, ("",) * len(source.columns)) if p.gates else p
     classes = taxonomy_field(source, p.taxonomy, p.label_field, p.class_field)
     for by_class in p.taxon_weights.values():
         check_known(by_class, set(classes.values()), what=f"taxon_weights: {p.class_field}", name=p.taxonomy)
@@ -115,8 +132,8 @@ def member_weights(combine, weights: Sequence[float]) -> list:
     per_column = getattr(combine.params, "weights", None)
     if getattr(combine.params, "params", None) is not None and per_column is None:
         raise unbound(combine.name, [combine.params.params.taxonomy])
-    if isinstance(combine.params, RankParams) and combine.params.taxonomy:
-        raise unbound(combine.name, [combine.params.taxonomy])
+    if isinstance(combine.params, RankParams) and (combine.params.taxonomy or combine.params.gates):
+        raise unbound(combine.name, [combine.params.taxonomy or "the folder's labels"])
     return list(per_column) if per_column is not None else list(weights)
 
 
@@ -163,6 +180,11 @@ def rank_fuse(members: Sequence[Sequence[np.ndarray | None]], weights: Sequence,
     for f in range(n_files):
         present = [(r[f], w) for r, w in zip(ranked, weights) if r[f] is not None]
         out.append(_weighted([r for r, _ in present], [w for _, w in present]) if present else None)
+    gates = getattr(getattr(p, "params", p), "gates", ())
+    if gates:
+        names = p.names  # a RankPlan bound to its group (member_weights refuses an unbound one)
+        out, _ = gate_blend(out, dict(zip(names, members)), dict(zip(names, ranked)), gates,
+                            lambda files: across_files(lambda x: unit_ranks(x, how), files))
     return out
 
 

@@ -129,12 +129,14 @@ def _group(group: GroupSpec, reader, labels, where: str) -> GroupSpec:
     members = tuple(_group(m, reader, labels, where) if isinstance(m, GroupSpec) else m for m in group.members)
     steps = tuple(_bind(s, reader, labels, labels, where) for s in group.steps)
     combine = _bind(group.combine, reader, labels, labels, where)
-    if hasattr(combine.params, "for_members"):  # weights per column of each member (rank_mean's taxon_weights)
-        names = [m.model if isinstance(m, MemberRef) else m.name for m in members]
-        try:
+    names = [m.model if isinstance(m, MemberRef) else m.name for m in members]
+    try:
+        if hasattr(combine.params, "for_members"):  # weights per column of each member, names (rank_mean's)
             combine = replace(combine, params=combine.params.for_members(names, [m.weight for m in members]))
-        except ValueError as e:
-            raise ModelFolderError(f"{where}: {combine.where} (step {combine.name!r}): {e}") from None
+        elif hasattr(combine.params, "check_members"):  # not bound (no folder): its gates still name members
+            combine.params.check_members(names)
+    except ValueError as e:
+        raise ModelFolderError(f"{where}: {combine.where} (step {combine.name!r}): {e}") from None
     return replace(group, members=members, steps=steps, combine=combine)
 
 
