@@ -94,6 +94,9 @@ def _detection_args(p: argparse.ArgumentParser) -> None:
                    "recordings (birdnet_csv, kaleidoscope, raven of a BirdNET folder)")
     p.add_argument("--species-codes", type=Path, default=None, help="BirdNET's Raven tables: a JSON file of label: "
                    "species code (e.g. BirdNET-Analyzer's eBird_taxonomy_codes_2024E.json); default: the label")
+    p.add_argument("--merge-consecutive", type=int, default=None, metavar="N", help="merge up to N consecutive "
+                   "detections of a species into one row, scored by the mean of its 3 best (BirdNET-Analyzer's "
+                   "--merge_consecutive; default 1: no merging)")
     _location_args(p)
 
 
@@ -109,7 +112,8 @@ def _cmd_predict(args) -> int:
     options = {"overlap": args.overlap, "sensitivity": args.sensitivity}
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
-               "combine": args.combine or None, "species_codes": args.species_codes}
+               "combine": args.combine or None, "species_codes": args.species_codes,
+               "merge_consecutive": args.merge_consecutive}
     if args.engine == "ray" and args.embeddings is not None:
         raise ParameterError("--embeddings needs --engine local (--engine ray writes parquet shards of the scores only)")
     if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])

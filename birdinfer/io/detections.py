@@ -48,7 +48,7 @@ from ..errors import ParameterError
 
 __all__ = ["DETECTION_FORMATS", "BIRDNET_BAND_HZ", "Selection", "select", "window_stamps", "split_label",
            "birdnet_csv_text", "audacity_text", "kaleidoscope_text", "birdnet_raven_text", "table_suffix",
-           "mask_scores", "BIRDNET_RAVEN_COLUMNS", "COMBINED_NAMES", "combined_tables"]
+           "mask_scores", "merge_consecutive", "BIRDNET_RAVEN_COLUMNS", "COMBINED_NAMES", "combined_tables"]
 
 #: Formats of BirdNET-Analyzer written one file per recording (``raven`` too, for a BirdNET folder).
 DETECTION_FORMATS = ("birdnet_csv", "audacity", "kaleidoscope")
@@ -117,6 +117,47 @@ def mask_scores(probs: np.ndarray, selection: Selection) -> np.ndarray:
         for j, _ in found:
             out[k, j] = probs[k, j]
     return out
+
+
+def merge_consecutive(stamps, detections, most: int) -> tuple[list[tuple[str, str]], list[list[tuple[int, float]]]]:
+    """BirdNET-Analyzer's ``--merge_consecutive`` (``merge_consecutive_detections`` in 2.4.0): per label, runs of
+    detections whose windows touch or overlap (end >= next start) become one detection of up to ``most`` windows,
+    from the first start to the last end, scored by the mean of its 3 best scores (in float32, as it computes
+    them). ``most <= 1`` leaves the detections as they are. Returns new ``(stamps, detections)``: the windows
+    ordered by start (stable), each window's labels in the order the labels were first detected, as it
+    regroups them."""
+    if most <= 1:
+        return list(stamps), list(detections)
+    runs: dict[int, list[tuple[str, str, float]]] = {}
+    for (start, end), found in zip(stamps, detections):
+        for j, score in found:
+            runs.setdefault(j, []).append((start, end, score))
+    table: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for j, found in runs.items():
+        for start, end, score in _merged_run(sorted(found, key=lambda r: float(r[0])), most):
+            table.setdefault((start, end), []).append((j, score))
+    keys = sorted(table, key=lambda key: float(key[0]))
+    return keys, [table[key] for key in keys]
+
+
+def _merged_run(found: list[tuple[str, str, float]], most: int) -> list[tuple[str, str, float]]:
+    """One label's detections in start order, consecutive ones merged (BirdNET-Analyzer's loop, step by step)."""
+    i = 0
+    while i < len(found) - 1:
+        start, end, _ = found[i]
+        next_start, next_end, _ = found[i + 1]
+        if float(end) >= float(next_start):
+            scores = [found[i][2], found.pop(i + 1)[2]]
+            while i < len(found) - 1 and float(next_end) >= float(found[i + 1][0]) and len(scores) < most:
+                _, next_end, score = found.pop(i + 1)
+                scores.append(score)
+            best = sorted(scores, reverse=True)[:3]
+            total = np.float32(0.0)
+            for score in best:
+                total = np.float32(total + np.float32(score))
+            found[i] = (start, next_end, float(np.float32(total / np.float32(len(best)))))
+        i += 1
+    return found
 
 
 def window_stamps(n_windows: int, step_seconds: float, span_seconds: float,

@@ -24,8 +24,8 @@ import numpy as np
 from ..errors import BirdinferError, ParameterError
 from ..io.audio import audio_info
 from ..io.detections import (COMBINED_NAMES, DETECTION_FORMATS, Selection, audacity_text, birdnet_csv_text,
-                             birdnet_raven_text, combined_tables, kaleidoscope_text, mask_scores, select, table_suffix,
-                             window_stamps)
+                             birdnet_raven_text, combined_tables, kaleidoscope_text, mask_scores, merge_consecutive, select,
+                             table_suffix, window_stamps)
 from ..io.output import (atomic_write, check_writable, check_writable_folder, raven_table, sweep_temporaries,
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
@@ -60,6 +60,7 @@ class OutputPlan:
     settings: Mapping[str, float] = field(default_factory=dict)
     combine: bool = False
     codes: Mapping[str, str] = field(default_factory=dict)  # label → species code (BirdNET's Raven tables)
+    merge: int = 1  # BirdNET-Analyzer's --merge_consecutive: at most this many consecutive windows per detection
 
     @property
     def suffix(self) -> str:
@@ -69,10 +70,12 @@ class OutputPlan:
 
 
 def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, top_k=None, allowed=None,
-                settings: Mapping[str, float] | None = None, combine: bool = False, species_codes=None) -> OutputPlan:
+                settings: Mapping[str, float] | None = None, combine: bool = False, species_codes=None,
+                merge_consecutive=None) -> OutputPlan:
     """The checked :class:`OutputPlan`: ``threshold`` is ``--threshold`` (Raven tables; an alias of
     ``min_confidence`` for the detection formats), ``allowed`` the species filter's mask, ``combine`` also writes
-    BirdNET-Analyzer's combined tables, ``species_codes`` a JSON file of species codes for them (:func:`read_codes`)."""
+    BirdNET-Analyzer's combined tables, ``species_codes`` a JSON file of species codes for them (:func:`read_codes`),
+    ``merge_consecutive`` merges up to that many consecutive detections of a label (:func:`merge_consecutive`)."""
     if threshold is not None and min_confidence is not None:
         raise ParameterError("--threshold and --min-confidence are the same cut for detection tables: give one")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
@@ -93,7 +96,21 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
         raise ParameterError("--species-codes fills the Species Code column of BirdNET's Raven tables: it goes with "
                              "--format raven and a BirdNET folder")
     codes = read_codes(species_codes) if species_codes is not None else {}
-    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine), codes)
+    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine), codes,
+                      _checked_merge(merge_consecutive, format, birdnet))
+
+
+def _checked_merge(merge, format: str, birdnet: bool) -> int:
+    if merge is None:
+        return 1
+    if isinstance(merge, bool) or not isinstance(merge, (int, np.integer)) or merge < 1:
+        raise ParameterError(f"--merge-consecutive must be a whole number >= 1 (the most windows one detection may "
+                             f"span; 1 merges nothing), got {merge!r}")
+    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
+        raise ParameterError(f"--merge-consecutive merges rows of BirdNET-Analyzer's tables: it goes with --format "
+                             f"birdnet_csv, audacity, kaleidoscope, or raven with a BirdNET folder; not --format {format}"
+                             + (" here" if format == "raven" else ""))
+    return int(merge)
 
 
 def read_codes(path) -> dict[str, str]:
@@ -157,6 +174,7 @@ def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[s
     span = getattr(manifest, "span_seconds", manifest.window_seconds)
     sample_rate, duration = _header(rec.path)
     found, stamps = select(probs, plan.selection), window_stamps(len(probs), manifest.window_seconds, span, duration)
+    stamps, found = merge_consecutive(stamps, found, plan.merge)
     if plan.format == "birdnet_csv":
         return birdnet_csv_text(rec.name, found, stamps, labels)
     if plan.format == "audacity":
