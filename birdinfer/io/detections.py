@@ -22,7 +22,7 @@ end is start + 3 s or the end of the file, whichever comes first), scores with 4
 ``raven`` for a BirdNET folder (``<stem>.BirdNET.selection.table.txt``)
     ``Selection, View, Channel, Begin Time (s), End Time (s), Low Freq (Hz), High Freq (Hz), Common Name,
     Species Code, Confidence, Begin Path, File Offset (s)``; the band is BirdNET-Analyzer's: 0 Hz to
-    min(15 kHz, the file's Nyquist frequency) in whole hertz; the species code comes from a code table given
+    min(15 kHz, the file's Nyquist frequency) in whole hertz, narrowed to ``--fmin``–``--fmax``; the species code comes from a code table given
     with ``--species-codes`` (BirdNET-Analyzer's ``eBird_taxonomy_codes_2024E.json``: birdinfer ships none), else
     it is the label (BirdNET-Analyzer's fallback for a label without a code). A recording without detections gets
     BirdNET-Analyzer's single ``nocall`` row (0–3 s, confidence 1.0), which keeps the table loadable.
@@ -210,23 +210,28 @@ def kaleidoscope_text(name: str, detections, stamps, labels: Sequence[str], *, l
     return _csv_lines(rows)
 
 
-def birdnet_raven_band(sample_rate: float | None) -> tuple[str, str]:
-    """Low and high frequency as BirdNET-Analyzer writes them for a file of ``sample_rate`` Hz: 0 and the
-    Nyquist frequency capped at 15 kHz, as whole hertz."""
+def birdnet_raven_band(sample_rate: float | None, fmin: float = 0.0, fmax: float = 15000.0) -> tuple[str, str]:
+    """Low and high frequency as BirdNET-Analyzer writes them for a file of ``sample_rate`` Hz and its bandpass
+    ``fmin``–``fmax``: ``fmin`` (at least 0) and the Nyquist frequency capped at 15 kHz and at ``fmax``, as
+    whole hertz."""
     low, high = BIRDNET_BAND_HZ
-    return str(low), str(int(min(sample_rate / 2, high)) if sample_rate else high)
+    high = min(sample_rate / 2, high) if sample_rate else high
+    return str(max(low, int(fmin))), str(int(min(high, int(fmax))))
 
 
 def birdnet_raven_text(name: str, detections, stamps, labels: Sequence[str], *, sample_rate: float | None,
-                       codes: Mapping[str, str] | None = None) -> str:
-    """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code."""
-    low, high = birdnet_raven_band(sample_rate)
+                       codes: Mapping[str, str] | None = None, band: tuple[float, float] = BIRDNET_BAND_HZ,
+                       names: Sequence[str] | None = None) -> str:
+    """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code;
+    ``band``: the run's bandpass ``(fmin, fmax)`` in Hz; ``names``: the labels translated (the Common Name column)."""
+    names = labels if names is None else names
+    low, high = birdnet_raven_band(sample_rate, *band)
     codes = codes or {}
     lines, selection = ["\t".join(BIRDNET_RAVEN_COLUMNS) + "\n"], 0
     for (start, end), found in zip(stamps, detections):
         for j, score in found:
             selection += 1
-            lines.append(f"{selection}\tSpectrogram 1\t1\t{start}\t{end}\t{low}\t{high}\t{split_label(labels[j])[1]}\t"
+            lines.append(f"{selection}\tSpectrogram 1\t1\t{start}\t{end}\t{low}\t{high}\t{split_label(names[j])[1]}\t"
                          f"{codes.get(labels[j], labels[j])}\t{score:.4f}\t{name}\t{start}\n")
     if selection == 0:
         lines.append(f"1\tSpectrogram 1\t1\t0\t3\t{low}\t{high}\tnocall\tnocall\t1.0\t{name}\t0\n")
