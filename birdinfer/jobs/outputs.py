@@ -30,9 +30,8 @@ from ..io.output import (atomic_write, check_writable, check_writable_folder, ra
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 
-__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "locale_names", "read_codes",
-           "check_output",
-           "sweep_outputs", "table_paths", "write_output"]
+__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "locale_names",
+           "read_codes", "check_output", "sweep_outputs", "table_paths", "write_output"]
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +102,21 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
                       _checked_merge(merge_consecutive, format, birdnet), locale_names(manifest, locale, format, birdnet))
 
 
+def _need_birdnet_tables(option: str, does: str, format: str, birdnet: bool) -> None:
+    """Refuse ``option`` (which ``does`` something to BirdNET-Analyzer's tables) for any other output."""
+    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
+        raise ParameterError(f"{option} {does} BirdNET-Analyzer's tables: it goes with --format birdnet_csv, audacity, "
+                             f"kaleidoscope, or raven with a BirdNET folder; not --format {format}"
+                             + (" here" if format == "raven" else ""))
+
+
 def _checked_merge(merge, format: str, birdnet: bool) -> int:
     if merge is None:
         return 1
     if isinstance(merge, bool) or not isinstance(merge, (int, np.integer)) or merge < 1:
         raise ParameterError(f"--merge-consecutive must be a whole number >= 1 (the most windows one detection may "
                              f"span; 1 merges nothing), got {merge!r}")
-    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
-        raise ParameterError(f"--merge-consecutive merges rows of BirdNET-Analyzer's tables: it goes with --format "
-                             f"birdnet_csv, audacity, kaleidoscope, or raven with a BirdNET folder; not --format {format}"
-                             + (" here" if format == "raven" else ""))
+    _need_birdnet_tables("--merge-consecutive", "merges rows of", format, birdnet)
     return int(merge)
 
 
@@ -122,9 +126,7 @@ def locale_names(manifest, locale: str | None, format: str = "birdnet_csv", bird
     (no locale, or ``en`` as BirdNET-Analyzer reads it)."""
     if locale is None or locale == "en":
         return None
-    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
-        raise ParameterError(f"--locale names the species in BirdNET-Analyzer's tables: it goes with --format birdnet_csv, "
-                             f"audacity, kaleidoscope, or raven with a BirdNET folder; not --format {format}")
+    _need_birdnet_tables("--locale", "names the species in", format, birdnet)
     table = (getattr(manifest, "extra", None) or {}).get("translated_labels") or {}
     if locale not in table:
         how = (f"choose one of en, {', '.join(sorted(table))}" if table else "import the model again with "

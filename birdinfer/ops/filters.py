@@ -48,8 +48,10 @@ def is_identity(p: BandpassParams) -> bool:
 
 def _infer(s: Static, p: BandpassParams) -> Static:
     _need(s, kind="wave", windowed=False, op="bandpass")
-    if p.fmax >= s.sample_rate / 2 and not is_identity(p) and p.fmax < p.band[1]:
-        raise ValueError(f"fmax {p.fmax:g} Hz is not below the Nyquist frequency of {s.sample_rate} Hz")
+    edges = ([p.fmin] if p.fmin > p.band[0] else []) + ([p.fmax] if p.fmax < p.band[1] else [])
+    for edge in edges:
+        if edge >= s.sample_rate / 2:
+            raise ValueError(f"the filter's edge {edge:g} Hz is not below the Nyquist frequency of {s.sample_rate} Hz")
     return s
 
 
