@@ -73,6 +73,10 @@ def _add_predict(sub) -> None:
                    help="seconds shared by consecutive windows (folders that declare it, e.g. BirdNET: 0-2.9, default 0)")
     p.add_argument("--sensitivity", type=float, default=None,
                    help="score sensitivity (folders that declare it, e.g. BirdNET: 0.5-1.5, default 1.0)")
+    p.add_argument("--fmin", type=float, default=None, help="BirdNET folders: high-pass the audio at this many Hz "
+                   "before the model (BirdNET-Analyzer's bandpass, 0-15000, default 0: none)")
+    p.add_argument("--fmax", type=float, default=None, help="BirdNET folders: low-pass the audio at this many Hz "
+                   "(0-15000, above --fmin; default 15000: none)")
     precision_arg(p)
     backend_arg(p)
     p.add_argument("--embeddings", type=Path, default=None, help="also write each window's embedding (BirdNET: the "
@@ -94,6 +98,11 @@ def _detection_args(p: argparse.ArgumentParser) -> None:
                    "recordings (birdnet_csv, kaleidoscope, raven of a BirdNET folder)")
     p.add_argument("--species-codes", type=Path, default=None, help="BirdNET's Raven tables: a JSON file of label: "
                    "species code (e.g. BirdNET-Analyzer's eBird_taxonomy_codes_2024E.json); default: the label")
+    p.add_argument("--merge-consecutive", type=int, default=None, metavar="N", help="merge up to N consecutive "
+                   "detections of a species into one row, scored by the mean of its 3 best (BirdNET-Analyzer's "
+                   "--merge_consecutive; default 1: no merging)")
+    p.add_argument("--locale", default=None, help="common names in this language in BirdNET-Analyzer's tables (its "
+                   "--locale: de, fr, ja, ...; en: the labels), from a folder imported with --translated-labels")
     _location_args(p)
 
 
@@ -106,16 +115,18 @@ def _location_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args) -> int:
-    options = {"overlap": args.overlap, "sensitivity": args.sensitivity}
+    options = {"overlap": args.overlap, "sensitivity": args.sensitivity, "fmin": args.fmin, "fmax": args.fmax}
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
-               "combine": args.combine or None, "species_codes": args.species_codes}
+               "combine": args.combine or None, "species_codes": args.species_codes,
+               "merge_consecutive": args.merge_consecutive, "locale": args.locale}
     if args.engine == "ray" and args.embeddings is not None:
         raise ParameterError("--embeddings needs --engine local (--engine ray writes parquet shards of the scores only)")
     if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])
                                  or args.format not in (None, "parquet")):
         raise ParameterError("--engine ray writes parquet shards of every score; --format, --overlap, --sensitivity, "
-                             "--min-confidence, --top-k and the species filters need --engine local")
+                             "--fmin, --fmax, --min-confidence, --top-k, --merge-consecutive, --locale and the species "
+                             "filters need --engine local")
     if args.engine == "ray":
         from .jobs.distributed import predict_ray
 

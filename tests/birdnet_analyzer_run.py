@@ -12,7 +12,8 @@ downloaded. The JSON gives ``package_root`` (the folder holding ``birdnet_analyz
 ``"embeddings": {"overlap": s}`` runs its ``embeddings`` command's extraction instead (the settings its
 ``extract_embeddings`` makes, then ``iterate_audio_chunks(file, embeddings=True)`` per file, the windows and vectors
 it stores in its perch-hoplite database, which is not installed here) and writes them to ``output`` as JSON lines
-``[file, start, end, [values]]``.
+``[file, start, end, [values]]``. ``"scores": {"overlap": s, "fmin": hz, "fmax": hz}`` writes the scores its
+analysis computes per window the same way (``iterate_audio_chunks(file)``: bandpass, windows, sigmoid).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def main(args: dict) -> None:
     analysis = importlib.import_module("birdnet_analyzer.analyze.utils")
     if not args.get("codes", True):
         analysis.load_codes = lambda: {}
-    if "embeddings" in args:
-        _embeddings(cfg, utils, analysis, args)
+    if "embeddings" in args or "scores" in args:
+        _chunks(cfg, utils, analysis, args)
         return
     if "places" in args:
         species = importlib.import_module("birdnet_analyzer.species.utils")
@@ -62,17 +63,21 @@ def main(args: dict) -> None:
 
 
 
-def _embeddings(cfg, utils, analysis, args: dict) -> None:
-    """What BirdNET-Analyzer 2.4.0's ``embeddings.utils.extract_embeddings`` sets and computes, without its database."""
+def _chunks(cfg, utils, analysis, args: dict) -> None:
+    """What BirdNET-Analyzer 2.4.0's ``embeddings.utils.extract_embeddings`` sets and computes, without its database
+    (or, with ``scores``, the scores of its analysis of each window)."""
+    embeddings = "embeddings" in args
+    settings = args["embeddings" if embeddings else "scores"]
     cfg.MODEL_PATH, cfg.LABELS_FILE = cfg.BIRDNET_MODEL_PATH, cfg.BIRDNET_LABELS_FILE
     cfg.SAMPLE_RATE, cfg.SIG_LENGTH = cfg.BIRDNET_SAMPLE_RATE, cfg.BIRDNET_SIG_LENGTH
     cfg.INPUT_PATH = args["input"]
     cfg.FILE_LIST = utils.collect_audio_files(cfg.INPUT_PATH)
-    cfg.SIG_OVERLAP = max(0.0, min(2.9, float(args["embeddings"]["overlap"])))
+    cfg.SIG_OVERLAP = max(0.0, min(2.9, float(settings["overlap"])))
+    cfg.BANDPASS_FMIN, cfg.BANDPASS_FMAX = settings.get("fmin", cfg.SIG_FMIN), settings.get("fmax", cfg.SIG_FMAX)
     cfg.AUDIO_SPEED, cfg.CPU_THREADS, cfg.TFLITE_THREADS, cfg.BATCH_SIZE = 1.0, 1, 1, 1
     with open(args["output"], "w", encoding="utf-8") as out:
         for path in cfg.FILE_LIST:
-            for start, end, vector in analysis.iterate_audio_chunks(path, embeddings=True):
+            for start, end, vector in analysis.iterate_audio_chunks(path, embeddings=embeddings):
                 out.write(json.dumps([path, start, end, [float(v) for v in vector]]) + "\n")
 
 

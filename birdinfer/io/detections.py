@@ -22,7 +22,7 @@ end is start + 3 s or the end of the file, whichever comes first), scores with 4
 ``raven`` for a BirdNET folder (``<stem>.BirdNET.selection.table.txt``)
     ``Selection, View, Channel, Begin Time (s), End Time (s), Low Freq (Hz), High Freq (Hz), Common Name,
     Species Code, Confidence, Begin Path, File Offset (s)``; the band is BirdNET-Analyzer's: 0 Hz to
-    min(15 kHz, the file's Nyquist frequency) in whole hertz; the species code comes from a code table given
+    min(15 kHz, the file's Nyquist frequency) in whole hertz, narrowed to ``--fmin``–``--fmax``; the species code comes from a code table given
     with ``--species-codes`` (BirdNET-Analyzer's ``eBird_taxonomy_codes_2024E.json``: birdinfer ships none), else
     it is the label (BirdNET-Analyzer's fallback for a label without a code). A recording without detections gets
     BirdNET-Analyzer's single ``nocall`` row (0–3 s, confidence 1.0), which keeps the table loadable.
@@ -48,7 +48,7 @@ from ..errors import ParameterError
 
 __all__ = ["DETECTION_FORMATS", "BIRDNET_BAND_HZ", "Selection", "select", "window_stamps", "split_label",
            "birdnet_csv_text", "audacity_text", "kaleidoscope_text", "birdnet_raven_text", "table_suffix",
-           "mask_scores", "BIRDNET_RAVEN_COLUMNS", "COMBINED_NAMES", "combined_tables"]
+           "mask_scores", "merge_consecutive", "BIRDNET_RAVEN_COLUMNS", "COMBINED_NAMES", "combined_tables"]
 
 #: Formats of BirdNET-Analyzer written one file per recording (``raven`` too, for a BirdNET folder).
 DETECTION_FORMATS = ("birdnet_csv", "audacity", "kaleidoscope")
@@ -119,6 +119,47 @@ def mask_scores(probs: np.ndarray, selection: Selection) -> np.ndarray:
     return out
 
 
+def merge_consecutive(stamps, detections, most: int) -> tuple[list[tuple[str, str]], list[list[tuple[int, float]]]]:
+    """BirdNET-Analyzer's ``--merge_consecutive`` (``merge_consecutive_detections`` in 2.4.0): per label, runs of
+    detections whose windows touch or overlap (end >= next start) become one detection of up to ``most`` windows,
+    from the first start to the last end, scored by the mean of its 3 best scores (in float32, as it computes
+    them). ``most <= 1`` leaves the detections as they are. Returns new ``(stamps, detections)``: the windows
+    ordered by start (stable), each window's labels in the order the labels were first detected, as it
+    regroups them."""
+    if most <= 1:
+        return list(stamps), list(detections)
+    runs: dict[int, list[tuple[str, str, float]]] = {}
+    for (start, end), found in zip(stamps, detections):
+        for j, score in found:
+            runs.setdefault(j, []).append((start, end, score))
+    table: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for j, found in runs.items():
+        for start, end, score in _merged_run(sorted(found, key=lambda r: float(r[0])), most):
+            table.setdefault((start, end), []).append((j, score))
+    keys = sorted(table, key=lambda key: float(key[0]))
+    return keys, [table[key] for key in keys]
+
+
+def _merged_run(found: list[tuple[str, str, float]], most: int) -> list[tuple[str, str, float]]:
+    """One label's detections in start order, consecutive ones merged (BirdNET-Analyzer's loop, step by step)."""
+    i = 0
+    while i < len(found) - 1:
+        start, end, _ = found[i]
+        next_start, next_end, _ = found[i + 1]
+        if float(end) >= float(next_start):
+            scores = [found[i][2], found.pop(i + 1)[2]]
+            while i < len(found) - 1 and float(next_end) >= float(found[i + 1][0]) and len(scores) < most:
+                _, next_end, score = found.pop(i + 1)
+                scores.append(score)
+            best = sorted(scores, reverse=True)[:3]
+            total = np.float32(0.0)
+            for score in best:
+                total = np.float32(total + np.float32(score))
+            found[i] = (start, next_end, float(np.float32(total / np.float32(len(best)))))
+        i += 1
+    return found
+
+
 def window_stamps(n_windows: int, step_seconds: float, span_seconds: float,
                   duration_s: float | None = None) -> list[tuple[str, str]]:
     """BirdNET-Analyzer's window times as it writes them: window k starts at ``k · step_seconds`` and ends
@@ -169,23 +210,28 @@ def kaleidoscope_text(name: str, detections, stamps, labels: Sequence[str], *, l
     return _csv_lines(rows)
 
 
-def birdnet_raven_band(sample_rate: float | None) -> tuple[str, str]:
-    """Low and high frequency as BirdNET-Analyzer writes them for a file of ``sample_rate`` Hz: 0 and the
-    Nyquist frequency capped at 15 kHz, as whole hertz."""
+def birdnet_raven_band(sample_rate: float | None, fmin: float = 0.0, fmax: float = 15000.0) -> tuple[str, str]:
+    """Low and high frequency as BirdNET-Analyzer writes them for a file of ``sample_rate`` Hz and its bandpass
+    ``fmin``–``fmax``: ``fmin`` (at least 0) and the Nyquist frequency capped at 15 kHz and at ``fmax``, as
+    whole hertz."""
     low, high = BIRDNET_BAND_HZ
-    return str(low), str(int(min(sample_rate / 2, high)) if sample_rate else high)
+    high = min(sample_rate / 2, high) if sample_rate else high
+    return str(max(low, int(fmin))), str(int(min(high, int(fmax))))
 
 
 def birdnet_raven_text(name: str, detections, stamps, labels: Sequence[str], *, sample_rate: float | None,
-                       codes: Mapping[str, str] | None = None) -> str:
-    """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code."""
-    low, high = birdnet_raven_band(sample_rate)
+                       codes: Mapping[str, str] | None = None, band: tuple[float, float] = BIRDNET_BAND_HZ,
+                       names: Sequence[str] | None = None) -> str:
+    """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code;
+    ``band``: the run's bandpass ``(fmin, fmax)`` in Hz; ``names``: the labels translated (the Common Name column)."""
+    names = labels if names is None else names
+    low, high = birdnet_raven_band(sample_rate, *band)
     codes = codes or {}
     lines, selection = ["\t".join(BIRDNET_RAVEN_COLUMNS) + "\n"], 0
     for (start, end), found in zip(stamps, detections):
         for j, score in found:
             selection += 1
-            lines.append(f"{selection}\tSpectrogram 1\t1\t{start}\t{end}\t{low}\t{high}\t{split_label(labels[j])[1]}\t"
+            lines.append(f"{selection}\tSpectrogram 1\t1\t{start}\t{end}\t{low}\t{high}\t{split_label(names[j])[1]}\t"
                          f"{codes.get(labels[j], labels[j])}\t{score:.4f}\t{name}\t{start}\n")
     if selection == 0:
         lines.append(f"1\tSpectrogram 1\t1\t0\t3\t{low}\t{high}\tnocall\tnocall\t1.0\t{name}\t0\n")

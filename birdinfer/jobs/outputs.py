@@ -24,14 +24,14 @@ import numpy as np
 from ..errors import BirdinferError, ParameterError
 from ..io.audio import audio_info
 from ..io.detections import (COMBINED_NAMES, DETECTION_FORMATS, Selection, audacity_text, birdnet_csv_text,
-                             birdnet_raven_text, combined_tables, kaleidoscope_text, mask_scores, select, table_suffix,
-                             window_stamps)
+                             birdnet_raven_text, combined_tables, kaleidoscope_text, mask_scores, merge_consecutive, select,
+                             table_suffix, window_stamps)
 from ..io.output import (atomic_write, check_writable, check_writable_folder, raven_table, sweep_temporaries,
                          temporaries_of, temporary_files, write_window_table)
 from ..spec.info import frequency_band
 
-__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "read_codes", "check_output",
-           "sweep_outputs", "table_paths", "write_output"]
+__all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "locale_names",
+           "read_codes", "check_output", "sweep_outputs", "table_paths", "write_output"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class OutputPlan:
     settings: Mapping[str, float] = field(default_factory=dict)
     combine: bool = False
     codes: Mapping[str, str] = field(default_factory=dict)  # label → species code (BirdNET's Raven tables)
+    merge: int = 1  # BirdNET-Analyzer's --merge_consecutive: at most this many consecutive windows per detection
+    names: tuple[str, ...] | None = None  # the labels as the tables name them (--locale), None: the labels
 
     @property
     def suffix(self) -> str:
@@ -69,10 +71,13 @@ class OutputPlan:
 
 
 def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, top_k=None, allowed=None,
-                settings: Mapping[str, float] | None = None, combine: bool = False, species_codes=None) -> OutputPlan:
+                settings: Mapping[str, float] | None = None, combine: bool = False, species_codes=None,
+                merge_consecutive=None, locale: str | None = None) -> OutputPlan:
     """The checked :class:`OutputPlan`: ``threshold`` is ``--threshold`` (Raven tables; an alias of
     ``min_confidence`` for the detection formats), ``allowed`` the species filter's mask, ``combine`` also writes
-    BirdNET-Analyzer's combined tables, ``species_codes`` a JSON file of species codes for them (:func:`read_codes`)."""
+    BirdNET-Analyzer's combined tables, ``species_codes`` a JSON file of species codes for them (:func:`read_codes`),
+    ``merge_consecutive`` merges up to that many consecutive detections of a label (:func:`merge_consecutive`),
+    ``locale`` names the species in the tables in that language (:func:`locale_names`)."""
     if threshold is not None and min_confidence is not None:
         raise ParameterError("--threshold and --min-confidence are the same cut for detection tables: give one")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
@@ -93,7 +98,46 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
         raise ParameterError("--species-codes fills the Species Code column of BirdNET's Raven tables: it goes with "
                              "--format raven and a BirdNET folder")
     codes = read_codes(species_codes) if species_codes is not None else {}
-    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine), codes)
+    return OutputPlan(format, birdnet, Selection(cut, top_k, allowed), dict(settings or {}), bool(combine), codes,
+                      _checked_merge(merge_consecutive, format, birdnet), locale_names(manifest, locale, format, birdnet))
+
+
+def _need_birdnet_tables(option: str, does: str, format: str, birdnet: bool) -> None:
+    """Refuse ``option`` (which ``does`` something to BirdNET-Analyzer's tables) for any other output."""
+    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
+        raise ParameterError(f"{option} {does} BirdNET-Analyzer's tables: it goes with --format birdnet_csv, audacity, "
+                             f"kaleidoscope, or raven with a BirdNET folder; not --format {format}"
+                             + (" here" if format == "raven" else ""))
+
+
+def _checked_merge(merge, format: str, birdnet: bool) -> int:
+    if merge is None:
+        return 1
+    if isinstance(merge, bool) or not isinstance(merge, (int, np.integer)) or merge < 1:
+        raise ParameterError(f"--merge-consecutive must be a whole number >= 1 (the most windows one detection may "
+                             f"span; 1 merges nothing), got {merge!r}")
+    _need_birdnet_tables("--merge-consecutive", "merges rows of", format, birdnet)
+    return int(merge)
+
+
+def locale_names(manifest, locale: str | None, format: str = "birdnet_csv", birdnet: bool = True) -> tuple[str, ...] | None:
+    """The folder's labels translated to ``locale`` (BirdNET-Analyzer's ``--locale``: ``Scientific_Common`` lines
+    from the files ``birdinfer import --translated-labels`` copied in, checksummed), or None for its own labels
+    (no locale, or ``en`` as BirdNET-Analyzer reads it)."""
+    if locale is None or locale == "en":
+        return None
+    _need_birdnet_tables("--locale", "names the species in", format, birdnet)
+    table = (getattr(manifest, "extra", None) or {}).get("translated_labels") or {}
+    if locale not in table:
+        how = (f"choose one of en, {', '.join(sorted(table))}" if table else "import the model again with "
+               "--translated-labels DIR (BirdNET-Analyzer's labels/V2.4 folder) to add its translations")
+        raise ParameterError(f"--locale {locale!r}: {manifest.folder} has no translated labels for it; {how}")
+    manifest.verify_checksums([table[locale]])
+    path = manifest.path_of(table[locale])
+    names = tuple(path.read_text(encoding="utf-8").splitlines())
+    if len(names) != len(manifest.labels):
+        raise ParameterError(f"{path}: {len(names)} lines for {len(manifest.labels)} labels; import the model again")
+    return names
 
 
 def read_codes(path) -> dict[str, str]:
@@ -156,16 +200,19 @@ def _header(path: Path) -> tuple[float | None, float | None]:
 def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[str], manifest) -> str:
     span = getattr(manifest, "span_seconds", manifest.window_seconds)
     sample_rate, duration = _header(rec.path)
+    names = list(plan.names) if plan.names is not None else labels
     found, stamps = select(probs, plan.selection), window_stamps(len(probs), manifest.window_seconds, span, duration)
+    stamps, found = merge_consecutive(stamps, found, plan.merge)
     if plan.format == "birdnet_csv":
-        return birdnet_csv_text(rec.name, found, stamps, labels)
+        return birdnet_csv_text(rec.name, found, stamps, names)
     if plan.format == "audacity":
-        return audacity_text(found, stamps, labels)
+        return audacity_text(found, stamps, names)
     if plan.format == "kaleidoscope":
         s = plan.settings
-        return kaleidoscope_text(rec.name, found, stamps, labels, lat=s.get("lat", -1), lon=s.get("lon", -1),
+        return kaleidoscope_text(rec.name, found, stamps, names, lat=s.get("lat", -1), lon=s.get("lon", -1),
                                  week=s.get("week", -1), overlap=s.get("overlap", 0.0), sensitivity=s.get("sensitivity", 1.0))
-    return birdnet_raven_text(rec.name, found, stamps, labels, sample_rate=sample_rate, codes=plan.codes)
+    return birdnet_raven_text(rec.name, found, stamps, labels, sample_rate=sample_rate, codes=plan.codes,
+                              band=(plan.settings.get("fmin", 0.0), plan.settings.get("fmax", 15000.0)), names=names)
 
 
 def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequence, load: Callable[[str], np.ndarray],

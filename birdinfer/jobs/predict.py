@@ -208,17 +208,13 @@ def predict(
     models: str | Path | Manifest,
     out: str | Path,
     *,
-    format: str | None = None,
-    threshold: float | None = None,
-    precision: str = "auto",
-    backend: str = "auto",
-    resume: bool = True,
-    progress: bool = True,
-    cache_dir: str | Path | None = None,
+    format: str | None = None, threshold: float | None = None, precision: str = "auto", backend: str = "auto",
+    resume: bool = True, progress: bool = True, cache_dir: str | Path | None = None,
     options: Mapping[str, float | None] | None = None,
     min_confidence: float | None = None, top_k: int | None = None, species_list: str | Path | None = None,
     lat: float | None = None, lon: float | None = None, week: int | None = None, sf_thresh: float | None = None,
     combine: bool = False, species_codes: str | Path | None = None, embeddings: str | Path | None = None,
+    merge_consecutive: int | None = None, locale: str | None = None,
 ) -> Path:
     """Per-5 s-window probabilities of every recording in ``inputs``, written to ``out``.
 
@@ -245,7 +241,8 @@ def predict(
     species_list, lat, lon, week, sf_thresh : the species filter, a list file or a location and week
         (:mod:`birdinfer.jobs.species`); the per-window table keeps only those columns. Filters apply to the
         output, never to the resumable parts. ``combine``: also BirdNET-Analyzer's combined tables;
-        ``species_codes``: a JSON file label → code for BirdNET's Raven tables.
+        ``species_codes``: a JSON file label → code for BirdNET's Raven tables; ``merge_consecutive``, ``locale``:
+        BirdNET-Analyzer's ``--merge_consecutive`` and ``--locale`` (:mod:`birdinfer.jobs.outputs`).
     embeddings : a folder: also each window's embedding (BirdNET's 1024-d layer before the classifier), one
         ``<stem>.birdnet.embeddings.txt`` per recording, from the same run (:mod:`birdinfer.jobs.embeddings`).
 
@@ -260,7 +257,7 @@ def predict(
     plan, manifest, recordings, emb = _checked_run(
         inputs, models, out, format=format, precision=precision, backend=backend, options=options,
         outputs=dict(threshold=threshold, min_confidence=min_confidence, top_k=top_k, combine=combine,
-                     species_codes=species_codes),
+                     species_codes=species_codes, merge_consecutive=merge_consecutive, locale=locale),
         species=dict(species_list=species_list, lat=lat, lon=lon, week=week, sf_thresh=sf_thresh), embeddings=embeddings)
     lock = OutputLock(out).acquire()  # a second run on this output fails here, before any audio work
     try:

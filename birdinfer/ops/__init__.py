@@ -9,6 +9,7 @@ Registration happens here, in one place: this module imports every op module, so
     spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
     window.py      channels, neighbours, gain, crop_time
     birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT)
+    filters.py     bandpass (BirdNET-Analyzer's Butterworth filter on the whole waveform, --fmin / --fmax)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     label_map.py   label_map: a model's classes onto the folder's labels by scientific name (tables.py: CSV files)
     file_steps.py  temperature per taxon class, file_prior (file-name fields → prior table), delta_smooth,
@@ -19,7 +20,7 @@ Registration happens here, in one place: this module imports every op module, so
     tta.py         roll, and the combination of a model's shifted-window passes (its ``tta`` field)
 """
 
-from . import birdnet, frontend, spectral, tta, window  # noqa: F401  (register their ops in OPS)
+from . import birdnet, filters, frontend, spectral, tta, window  # noqa: F401  (register their ops in OPS)
 from . import file_steps, gates, label_map, submission  # noqa: F401  (register their steps)
 from .base import OPS, Block, Scope, Signal, Static, WindowLayout
 from .registry import Entry, Registry

@@ -6,6 +6,9 @@ An option is data: a default, a range, and the manifest fields it sets, each as 
     "options": {"overlap": {"default": 0.0, "min": 0.0, "max": 2.9, "help": "...",
                             "sets": [{"field": "rows.seconds", "scale": -1.0, "offset": 3.0}, ...]}}
 
+``"below": "other"`` makes the option's value (given or default) stay below another option's (BirdNET's
+``fmin`` below ``fmax``).
+
 Field paths are dotted, with ``[i]`` for list items: ``features.birdnet.steps[1].step_seconds``. The manifest
 as written holds the defaults; :func:`with_options` writes the given values into a copy and parses it again,
 so every load-time check (rows, windows, padding) applies to the result, and a resumed run's fingerprint
@@ -42,6 +45,7 @@ class Option:
     maximum: float
     targets: tuple[OptionTarget, ...]
     help: str = ""
+    below: str | None = None  # another option whose value this one's must stay below
 
 
 def _walk(data: Any, path: str) -> tuple[Any, Any]:
@@ -78,8 +82,10 @@ def parse_options(data: Mapping[str, Any], *, where: str) -> dict[str, Option]:
     out = {}
     for name, spec in raw.items():
         at = f"options.{name}"
-        if not isinstance(spec, Mapping) or set(spec) - {"default", "min", "max", "sets", "help"} or "sets" not in spec:
-            raise ModelFolderError(f"{where}: {at} must be {{\"default\", \"min\", \"max\", \"sets\": [...], \"help\"}}")
+        if not isinstance(spec, Mapping) or set(spec) - {"default", "min", "max", "sets", "help", "below"} or "sets" not in spec:
+            raise ModelFolderError(f"{where}: {at} must be {{\"default\", \"min\", \"max\", \"sets\": [...], \"help\", \"below\"}}")
+        if "below" in spec and spec["below"] not in raw:
+            raise ModelFolderError(f"{where}: {at}.below must name another option, got {spec['below']!r}")
         low, high = _number(spec.get("min"), f"{at}.min", where), _number(spec.get("max"), f"{at}.max", where)
         default = _number(spec.get("default"), f"{at}.default", where)
         if not low <= default <= high:
@@ -96,7 +102,7 @@ def parse_options(data: Mapping[str, Any], *, where: str) -> dict[str, Option]:
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise ModelFolderError(f"{where}: {at}.sets[{i}]: no numeric field {target.field!r} in the manifest ({e})") from None
             targets.append(target)
-        out[name] = Option(name, default, low, high, tuple(targets), str(spec.get("help", "")))
+        out[name] = Option(name, default, low, high, tuple(targets), str(spec.get("help", "")), spec.get("below"))
     return out
 
 
@@ -116,14 +122,27 @@ def with_options(manifest, values: Mapping[str, float | None] | None):
         option = declared.get(name)
         if option is None:
             raise ParameterError(f"{where} declares no option {name!r} (its options: {', '.join(declared) or 'none'}); "
-                                 f"leave out --{name.replace('_', '-')} for this model folder")
+                                 f"leave out --{name.replace('_', '-')} for this model folder (or import it again with "
+                                 "this version, if a newer birdinfer adds the option)")
         if not option.minimum <= float(value) <= option.maximum:
             raise ParameterError(f"--{name.replace('_', '-')} {value!r} is outside [{option.minimum:g}, "
                                  f"{option.maximum:g}] for {where}")
         for t in option.targets:
             node, key = _walk(data, t.field)
             node[key] = round(float(value) * t.scale + t.offset, 12)
+    _check_order(declared, values)
     return type(manifest).from_dict(data, folder=manifest.folder)
+
+
+def _check_order(declared: Mapping[str, Option], values: Mapping[str, float]) -> None:
+    for name, option in declared.items():
+        if option.below is None or not ({name, option.below} & set(values)):
+            continue
+        low, high = float(values.get(name, option.default)), float(values.get(option.below, declared[option.below].default))
+        if not low < high:
+            raise ParameterError(f"--{name.replace('_', '-')} {low:g} must be below --{option.below.replace('_', '-')} "
+                                 f"{high:g}: give a lower --{name.replace('_', '-')} or a higher "
+                                 f"--{option.below.replace('_', '-')}")
 
 
 def option_values(manifest) -> dict[str, float]:

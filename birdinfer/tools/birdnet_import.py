@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelFolderError, ParameterError
+from ..io.detections import BIRDNET_BAND_HZ as BAND_HZ
 from ..spec.files import MANIFEST_NAME, sha256_file
+from .birdnet_labels import add_translated_labels, check_translations, read_labels
 from .tflite_graph import TfliteGraph, TfliteOp, read_tflite
 
 __all__ = ["import_birdnet", "birdnet_spec", "EMBEDDING_OUTPUT", "frontend_constants", "WINDOW_SECONDS", "SAMPLE_RATE"]
@@ -284,6 +286,7 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
         "rows": {"seconds": window, "span_seconds": window, "min_seconds": MIN_SECONDS, "partial": "pad_right"},
         "block_seconds": None,
         "features": {"birdnet": {"steps": [
+            {"op": "bandpass", "fmin": 0.0, "fmax": float(BAND_HZ[1]), "order": 5, "band": [0.0, float(BAND_HZ[1])]},
             {"op": "pad", "right_seconds": window},
             {"op": "windows", "length_seconds": window, "step_seconds": window},
             {**params, "constants": CONSTANTS_FILE}]}},
@@ -297,29 +300,25 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
         "options": {
             "overlap": {"default": 0.0, "min": 0.0, "max": 2.9, "help": "seconds shared by consecutive 3 s windows",
                         "sets": [{"field": "rows.seconds", **minus},
-                                 {"field": "features.birdnet.steps[1].step_seconds", **minus}]},
+                                 {"field": "features.birdnet.steps[2].step_seconds", **minus}]},
             "sensitivity": {"default": 1.0, "min": 0.5, "max": 1.5,
                             "help": "score = sigmoid(clip(logit + (sensitivity - 1)·10, -20, 20))",
-                            "sets": [{"field": "models[0].steps[0].offset", "scale": 10.0, "offset": -10.0}]}},
+                            "sets": [{"field": "models[0].steps[0].offset", "scale": 10.0, "offset": -10.0}]},
+            "fmin": {"default": 0.0, "min": 0.0, "max": float(BAND_HZ[1]), "below": "fmax",
+                     "help": "BirdNET-Analyzer's bandpass: Hz below which the audio is filtered out (0: none)",
+                     "sets": [{"field": "features.birdnet.steps[0].fmin"}]},
+            "fmax": {"default": float(BAND_HZ[1]), "min": 0.0, "max": float(BAND_HZ[1]),
+                     "help": f"BirdNET-Analyzer's bandpass: Hz above which the audio is filtered out ({BAND_HZ[1]}: none)",
+                     "sets": [{"field": "features.birdnet.steps[0].fmax"}]}},
         "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)",
                   "precision_check": {"options": CHECK_OPTIONS, "int8_bar": INT8_BAR, "int8_recipe": INT8_RECIPE}},
     }
 
 
-def read_labels(path: str | Path) -> list[str]:
-    path = Path(path)
-    try:
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: cannot read the labels file ({e})") from e
-    if not labels or len(set(labels)) != len(labels):
-        raise ModelFolderError(f"{path}: the labels file must list distinct labels, one per line")
-    return labels
-
-
 def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, overwrite: bool = False,
                    check_parity: bool = True, precision: str = "f32", calibration: str | Path | None = None,
-                   measure: bool = False, progress=None, meta_model: str | Path | None = None):
+                   measure: bool = False, progress=None, meta_model: str | Path | None = None,
+                   translated_labels: str | Path | None = None):
     """Write the model folder ``out`` for BirdNET V2.4's ``model`` (.tflite) and ``labels`` (one per line).
 
     Returns the loaded manifest. The folder's ``extra`` holds the source file's name, size and sha256 and
@@ -327,7 +326,8 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     ``precision="int8"`` adds the INT8 variant (:data:`INT8_RECIPE`, valid per CPU class by :data:`INT8_BAR`)
     and ``measure`` the bf16 record, both measured on ``calibration`` audio as for every import
     (:func:`birdinfer.tools.importer.import_folder`); the CLI measures by default. ``meta_model``: BirdNET's
-    location meta model, converted into the folder (:mod:`birdinfer.tools.birdnet_meta`)."""
+    location meta model, converted into the folder (:mod:`birdinfer.tools.birdnet_meta`); ``translated_labels``: the
+    folder of its translated labels, copied in for ``predict --locale`` (:mod:`birdinfer.tools.birdnet_labels`)."""
     from ..spec.manifest import Manifest
     from .importer import import_folder
 
@@ -338,6 +338,8 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         from .birdnet_meta import check_meta_model
 
         check_meta_model(meta_model, len(names))
+    if translated_labels is not None:  # a bad translation fails before the long import too
+        check_translations(translated_labels, Path(labels).name, names)
     found = frontend_constants(model, len(names))
     source = {"file": model.name, "bytes": model.stat().st_size, "sha256": sha256_file(model)}
     with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
@@ -354,6 +356,8 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         from .birdnet_meta import add_meta_model
 
         add_meta_model(out, meta_model)
+    if translated_labels is not None:
+        add_translated_labels(out, translated_labels, Path(labels).name)
     if check_parity:
         _check_parity(Path(out), model, progress)
     if precision != "f32" or measure:

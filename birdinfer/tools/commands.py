@@ -92,6 +92,9 @@ def _add_import(sub) -> None:
     p.add_argument("--labels", type=Path, default=None, help="with a .tflite model: its labels file, one per line")
     p.add_argument("--meta-model", type=Path, default=None, help="with BirdNET's .tflite: its location meta model "
                    "(BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite), for predict --lat/--lon/--week")
+    p.add_argument("--translated-labels", type=Path, default=None, metavar="DIR", help="with BirdNET's .tflite: the "
+                   "folder of its translated labels (<labels stem>_<locale>.txt, BirdNET-Analyzer's labels/V2.4), "
+                   "copied into the folder for predict --locale")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.add_argument("--precision", default="f32", choices=["f32", "int8"],
@@ -116,6 +119,9 @@ def _cmd_import(args) -> int:
     if args.meta_model is not None and args.spec.suffix.lower() != ".tflite":
         raise ParameterError("--meta-model goes with BirdNET's .tflite model: `birdinfer import MODEL.tflite --labels "
                              "LABELS.txt --meta-model MDATA.tflite --out DIR`")
+    if args.translated_labels is not None and args.spec.suffix.lower() != ".tflite":
+        raise ParameterError("--translated-labels goes with BirdNET's .tflite model: `birdinfer import MODEL.tflite "
+                             "--labels LABELS.txt --translated-labels DIR --out DIR`")
     if args.spec.suffix.lower() == ".tflite" or args.labels is not None:
         if args.labels is None or args.spec.suffix.lower() != ".tflite":
             raise ParameterError("--labels goes with a .tflite model: birdinfer import MODEL.tflite --labels LABELS.txt --out DIR")
@@ -127,7 +133,7 @@ def _cmd_import(args) -> int:
 
         manifest = import_birdnet(args.spec, args.labels, args.out, overwrite=args.force, precision=args.precision,
                                   calibration=args.calibration, measure=not args.no_precision_check, progress=say,
-                                  meta_model=args.meta_model)
+                                  meta_model=args.meta_model, translated_labels=args.translated_labels)
         if not args.quiet:
             print(f"birdinfer import: BirdNET V2.4, {len(manifest.labels)} labels → {args.out}", file=sys.stderr)
         return 0
