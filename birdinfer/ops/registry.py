@@ -108,10 +108,23 @@ class Registry:
 
 def build_params(cls: type, values: Mapping[str, Any], *, where: str):
     """Instantiate the parameter dataclass ``cls`` from JSON values, checking names and types."""
+    try:
+        kwargs = _fields_of(cls, values, word="parameter", named=lambda name: f"parameter {name!r}")
+    except ValueError as e:
+        raise ModelFolderError(f"{where}: {e}") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelFolderError(f"{where}: {e}") from None
+
+
+def _fields_of(cls: type, values: Mapping[str, Any], *, word: str, named: Callable[[str], str]) -> dict:
+    """``values`` checked against the fields of the dataclass ``cls`` (unknown, missing, each value coerced to its
+    annotation) → keyword arguments; a ``ValueError`` names the ``word`` ("parameter", "field") and the value."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ModelFolderError(f"{where}: unknown parameter {unknown[0]!r} (known: {', '.join(fields) or 'none'})")
+        raise ValueError(f"unknown {word} {unknown[0]!r} (known: {', '.join(fields) or 'none'})")
     hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, f in fields.items():
@@ -119,13 +132,10 @@ def build_params(cls: type, values: Mapping[str, Any], *, where: str):
             try:
                 kwargs[name] = coerce(values[name], hints[name])
             except (TypeError, ValueError, OverflowError) as e:
-                raise ModelFolderError(f"{where}: parameter {name!r}={shown(values[name])}: {e}") from None
+                raise ValueError(f"{named(name)}={shown(values[name])}: {e}") from None
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ModelFolderError(f"{where}: missing parameter {name!r}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ModelFolderError(f"{where}: {e}") from None
+            raise ValueError(f"missing {word} {name!r}")
+    return kwargs
 
 
 def coerce(value: Any, hint: Any) -> Any:
@@ -213,21 +223,7 @@ def _nested(cls: type, value: Any) -> Any:
     the field."""
     if not isinstance(value, Mapping):
         raise TypeError(f"must be a JSON object with fields {', '.join(f.name for f in dataclasses.fields(cls))}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r} (known: {', '.join(fields)})")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    kwargs = {}
-    for name, f in fields.items():
-        if name in value:
-            try:
-                kwargs[name] = coerce(value[name], hints[name])
-            except (TypeError, ValueError, OverflowError) as e:
-                raise ValueError(f"{name}={shown(value[name])}: {e}") from None
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"missing field {name!r}")
-    return cls(**kwargs)
+    return cls(**_fields_of(cls, value, word="field", named=str))
 
 
 def shown(value: Any, limit: int = 60) -> str:
