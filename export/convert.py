@@ -22,20 +22,21 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from birdinfer.errors import BirdinferError, CheckpointError, ParameterError
+from birdinfer.errors import CheckpointError, ParameterError
 from birdinfer.spec.manifest import Manifest, ModelEntry
 from birdinfer.spec.files import MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant, sha256_file
 
 from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
 from .network import SEDNet
-from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe, compile_int8, quantize_ir
+from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe
 from .recipe import Recipe, RecipeModel, load_recipe
-from .verify import MelInputs, batches_of, deviation_figures, prepare_inputs
+from .verify import MelInputs, prepare_inputs
+from .int8_variant import ExportError, export_int8, report_export, run_openvino
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -83,8 +84,6 @@ SYNTHETIC_CALIBRATION_CLIPS = 8
 TIME_STRIDE = 32
 
 
-class ExportError(BirdinferError):
-    """An export step failed or an exported model does not reproduce the torch network."""
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -158,12 +157,6 @@ def onnx_to_openvino(onnx_path: str | Path, xml_path: str | Path, *, compress_to
     # save_model compresses weights to fp16 by default; the f32 variant stays f32 unless asked
     ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     return Path(xml_path)
-
-
-def _run_openvino(compiled, batches: Iterable[np.ndarray]) -> np.ndarray:
-    request = compiled.create_infer_request()
-    outputs = [np.array(request.infer({0: b})[0], dtype=np.float32, copy=True) for b in batches]
-    return np.concatenate(outputs, axis=0)
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -306,7 +299,7 @@ def export_models(
         )
         entries.append(entry)
         files.update(entry_files)
-        _report(entry, write=bar.write if progress else print)
+        report_export(entry, write=bar.write if progress else print)
         gc.collect()
     bar.close()
 
@@ -434,7 +427,7 @@ def _export_one(
         f32_verification["onnx_file"] = "verified, then left out (keep_onnx=False)"
     variants = {"f32": ModelVariant(openvino=xml_name, onnx=onnx_name if keep_onnx else None, verification=f32_verification)}
     for name, int8_recipe in (int8_recipes or {}).items():
-        variants[name] = _export_int8(spec, out, xml_name, f32_compiled, inputs, group.name, chunks, core=core,
+        variants[name] = export_int8(spec, out, xml_name, f32_compiled, inputs, group.name, chunks, core=core,
                                       recipe=int8_recipe, variant=name)
 
     files = {name: sha256_file(out / name) for v in variants.values() for name in v.file_names()}
@@ -485,7 +478,7 @@ def _verify_f32(spec: RecipeModel, model: SEDNet, onnx_path: Path, xml_path: Pat
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
     compiled = core.compile_model(str(xml_path), "CPU", dict(F32_CONFIG))
-    openvino_out = _run_openvino(compiled, [batch])
+    openvino_out = run_openvino(compiled, [batch])
     del session
     figures = {}
     for backend, values in (("onnxruntime", onnx_out), ("openvino", openvino_out)):
@@ -519,70 +512,3 @@ def _verify_f32(spec: RecipeModel, model: SEDNet, onnx_path: Path, xml_path: Pat
     return verification, compiled
 
 
-def _export_int8(spec: RecipeModel, out: Path, f32_xml: str, f32_compiled, inputs: MelInputs, group: str, chunks: int, *, core,
-                 recipe: Int8Recipe = Int8Recipe(), variant: str = "int8") -> ModelVariant:
-    from birdinfer.runtime.cpu import effective_isa
-
-    float_ops = tuple(recipe.float_ops)
-    int8_xml = f"{spec.name}.{variant}.xml"
-    calibration_batches = batches_of(inputs.calibration[group], chunks)
-    try:
-        quantized_ops = quantize_ir(core, out / f32_xml, out / int8_xml, calibration_batches, float_ops=float_ops,
-                                    overflow_fix=recipe.overflow_fix)
-    except Exception as e:  # noqa: BLE001 - NNCF raises many types; say which model
-        raise ExportError(f"{spec.name} ({spec.arch}): INT8 quantization failed: {type(e).__name__}: {e}") from e
-    if quantized_ops == 0:
-        raise ExportError(f"{spec.name} ({spec.arch}): NNCF produced no quantized operations in {int8_xml}")
-    try:
-        compiled, config, default_error = compile_int8(core, out / int8_xml)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"{spec.name} ({spec.arch}): the INT8 model {int8_xml} does not compile: {e}") from e
-    if default_error:
-        logger.warning("%s: INT8 model fails to compile with the CPU's float hint (%s); it compiles with %s",
-                       spec.name, default_error, config)
-    held_out = inputs.held_out[group]
-    held_batches = batches_of(held_out, chunks)
-    n = len(held_out)
-    f32_logits = _run_openvino(f32_compiled, held_batches)[:n]
-    int8_logits = _run_openvino(compiled, held_batches)[:n]
-    verification: dict[str, Any] = {
-        "reference": "f32 OpenVINO IR (INFERENCE_PRECISION_HINT f32)",
-        **deviation_figures(f32_logits, int8_logits),
-        "held_out": inputs.held_out_source,
-        "held_out_chunks": n,
-        "held_out_files": list(inputs.held_out_files),
-        "calibration": inputs.calibration_source,
-        "calibration_batches": len(calibration_batches),
-        "calibration_chunks": int(len(inputs.calibration[group])),
-        "quantized_ops": quantized_ops,
-        "compile_config": config,
-        "compiled_precision": _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
-        "default_compile_error": default_error,
-        "tool": "nncf.quantize" + (" (defaults)" if not float_ops and recipe.overflow_fix == "first_layer" else
-                                   f" (overflow_fix={recipe.overflow_fix}{'; ignored_scope types' if float_ops else ''})"),
-        "float_op_types": list(float_ops),
-        "overflow_fix": recipe.overflow_fix,
-        **({"int8_config": recipe.config} if recipe.config else {}),
-        "verified_on_cpu_class": effective_isa().cpu_class,
-        **({"recipe_evidence": recipe.evidence} if recipe.evidence else {}),
-    }
-    # Valid on no class until measured per class (variants.measure_int8, run by export_models / add_int8_variants).
-    return ModelVariant(openvino=int8_xml, verification=verification, cpu_classes=())
-
-
-def _precision_name(element_type) -> str:
-    """``openvino.Type`` → short name (``f32``, ``bf16``, ...)."""
-    name = getattr(element_type, "get_type_name", None)
-    return str(name()) if callable(name) else str(element_type)
-
-
-def _report(entry: ModelEntry, *, write) -> None:
-    f32 = entry.variants["f32"].verification
-    line = (f"{entry.name}: parity max|Δlogit| onnxruntime {f32['max_abs_logit_diff_onnxruntime']:.2e}, "
-            f"openvino {f32['max_abs_logit_diff_openvino']:.2e} ({entry.export.get('seconds', 0):.1f} s)")
-    for name in [k for k in entry.variants if k != "f32"]:
-        v = entry.variants[name].verification
-        line += (f"; {name} vs f32: max|Δp| {v['max_abs_prob_diff']:.4f}, mean|Δp| {v['mean_abs_prob_diff']:.5f}, "
-                 f"Spearman {v['rank_agreement_spearman']:.4f}, top-1 {v['top1_agreement']:.3f}"
-                 + (f" [compiled with {v['compile_config']}]" if v["default_compile_error"] else ""))
-    write(line)

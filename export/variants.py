@@ -21,8 +21,8 @@ from birdinfer.errors import ParameterError
 from birdinfer.spec.manifest import Manifest
 from birdinfer.spec.files import VARIANT_PRECISIONS, sha256_file
 
-from .convert import F32_CONFIG, ExportError, _export_int8, _report
-from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, OVERFLOW_FIXES, PRESETS, Int8Recipe, quantize_ir
+from .int8_variant import ExportError, export_int8, report_export
+from .quantize import DEFAULT_INT8_VARIANTS, F32_CONFIG, INT8_RECIPES, OVERFLOW_FIXES, PRESETS, Int8Recipe, quantize_ir
 from .verify import prepare_inputs
 
 __all__ = ["add_int8_variants", "record_cpu_classes", "add_int8_variants_spec", "measure_int8", "record_precision",
@@ -48,7 +48,7 @@ _EXACT = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx2_vnni")
 _INT8_CLASSES = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2")
 
 
-class _Spec:  # the two fields _export_int8 reads from a recipe model
+class _Spec:  # the two fields export_int8 reads from a recipe model
     def __init__(self, name: str, arch: str):
         self.name, self.arch = name, arch
 
@@ -78,12 +78,12 @@ def add_int8_variants(models: str | Path, *, calibration: str | Path | None,
         f32_compiled = core.compile_model(str(manifest.path_of(entry.variants["f32"].openvino)), "CPU", dict(F32_CONFIG))
         new = dict(entry.variants)
         for name, recipe in recipes.items():
-            new[name] = _export_int8(_Spec(entry.name, entry.arch), folder, entry.variants["f32"].openvino, f32_compiled,
+            new[name] = export_int8(_Spec(entry.name, entry.arch), folder, entry.variants["f32"].openvino, f32_compiled,
                                      inputs, entry.group, chunks, core=core, recipe=recipe, variant=name)
             for file_name in new[name].file_names():
                 files[file_name] = sha256_file(folder / file_name)
         entries.append(replace(entry, variants=new))
-        _report(entries[-1], write=print if progress else (lambda _: None))
+        report_export(entries[-1], write=print if progress else (lambda _: None))
         del f32_compiled
         gc.collect()
     updated = replace(manifest, models=tuple(entries), files=files,
