@@ -33,7 +33,7 @@ from birdinfer.spec.files import MANIFEST_NAME, VARIANT_PRECISIONS, ModelVariant
 
 from .checkpoint import checkpoint_class_count, load_checkpoint, read_state_dict
 from .network import SEDNet
-from .quantize import DEFAULT_INT8_VARIANTS, INT8_RECIPES, Int8Recipe
+from .quantize import DEFAULT_INT8_VARIANTS, F32_CONFIG, INT8_RECIPES, Int8Recipe
 from .recipe import Recipe, RecipeModel, load_recipe
 from .verify import MelInputs, prepare_inputs
 from .int8_variant import ExportError, export_int8, report_export, run_openvino
@@ -77,7 +77,6 @@ FP16_WEIGHTS_RELATIVE_TOLERANCE = 0.1
 ONNX_OPSET = 17
 INPUT_NAME = "mel"
 OUTPUT_NAME = "logits"
-F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 #: Synthetic calibration clips (60 s, 6 chunks each) when INT8 is asked without --calibration.
 SYNTHETIC_CALIBRATION_CLIPS = 8
 #: Encoder downsampling along time: frames per chunk = 2F / 32.
