@@ -103,10 +103,7 @@ def make_submission(
     """
     start = clock()
     wall_start = time.perf_counter()
-    if out is not None:
-        check_writable(out)
-    if report is not None:
-        check_writable(report, option="--report", example="report.json")
+    _check_outputs(out, report)
     member_dir = prepare_member_dir(member_rows) if member_rows is not None else None
     manifest = models if isinstance(models, Manifest) else Manifest.load(models)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
@@ -144,6 +141,14 @@ def make_submission(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_outputs(out, report) -> None:
+    """The submission and the report can be written (checked before any work)."""
+    if out is not None:
+        check_writable(out)
+    if report is not None:
+        check_writable(report, option="--report", example="report.json")
 
 
 def _before_audio(manifest, paths: list[Path]) -> dict:

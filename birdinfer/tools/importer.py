@@ -122,11 +122,7 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
         import openvino as ov
     except ImportError as e:
         raise MissingDependencyError("`birdinfer import` needs the openvino package: pip install openvino") from e
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ModelFolderError(f"{out} exists and is not empty; choose a new folder or pass overwrite=True (--force)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    out = _prepare_out(Path(out), overwrite)
     core = ov.Core()
     files: dict[str, str] = {}
     claimed: dict[str, Path] = {}  # output file name -> what it was made from (two sources may not share a name)
@@ -168,6 +164,15 @@ def import_folder(spec: str | Path | Mapping[str, Any], out: str | Path, *, over
     tmp.replace(out / MANIFEST_NAME)
     return record_precisions(out, int8=add_int8, calibration=calibration, measure=measure, progress=progress,
                              calibration_labels=calibration_labels)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """The output folder, empty (or ``overwrite``), without a manifest until the import writes one last."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelFolderError(f"{out} exists and is not empty; choose a new folder or pass overwrite=True (--force)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    return out
 
 
 def _copy_variant(ov, core, variant: Mapping[str, Any], source_dir: Path, claim, v_at: str) -> tuple[dict, Any]:
