@@ -210,15 +210,29 @@ def test_bandpass_scores_equal_birdnet_analyzers(setting, analyzer, birdnet_file
     assert f"\t{low}\t{high}\t" in tables["long.BirdNET.selection.table.txt"].decode()
 
 
-def test_only_an_active_filter_leaves_the_streamed_execution(folder):
-    """The full band is no filter: long recordings stay streamed in blocks; a filter needs the whole waveform."""
-    from birdinfer.runtime.streaming import plan_reason
+def test_a_filtered_long_recording_streams_with_the_whole_file_scores(folder, recordings, tmp_path):
+    """With --fmin / --fmax a recording longer than a block still streams (the filter runs over the decoded
+    pieces in order, its state carried): its scores equal the whole-recording run's, and differ from the
+    unfiltered ones."""
+    from birdinfer.runtime.pipeline import Predictor
+    from birdinfer.runtime.streaming import WholeFileStream, plan_reason
     from birdinfer.spec.manifest import Manifest
     from birdinfer.spec.options import with_options
 
-    manifest = Manifest.load(folder)
-    assert plan_reason(manifest) is None and plan_reason(with_options(manifest, {"fmin": 0.0, "fmax": 15000.0})) is None
-    assert "'bandpass'" in plan_reason(with_options(manifest, {"fmax": 9000.0}))
+    y = load_audio(recordings / "long.wav", sample_rate=48000)
+    path = tmp_path / "long75.wav"
+    sf.write(path, np.concatenate([y, y[::-1], y[: len(y) // 3]]), 48000, subtype="FLOAT")  # 73.9 s
+    manifest = with_options(Manifest.load(folder), {"fmin": 1000.0, "fmax": 8000.0})
+    assert plan_reason(manifest) is None and WholeFileStream(manifest).prefilter is not None
+    predictor = Predictor(manifest, precision="f32")
+    predictor._stream = WholeFileStream(predictor.manifest, block_seconds=30.0)
+    streamed = predictor.predict_file(path)
+    predictor._stream = None
+    whole = predictor.predict_file(path)
+    plain = Predictor(Manifest.load(folder), precision="f32").predict_file(path)
+    assert streamed.shape == whole.shape == (25, len(manifest.labels))
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-6)
+    assert np.abs(whole - plain).max() > 1e-2
 
 
 def test_a_folder_imported_before_the_filter_says_to_import_it_again(folder, tmp_path, capsys):

@@ -20,6 +20,7 @@ from birdinfer.runtime.stream_exec import FileFront, Samples, resize_columns
 from birdinfer.runtime import streaming
 from birdinfer.runtime.streaming import BLOCK_BUDGET_BYTES, WholeFileStream, block_bytes, choose_block_seconds
 from birdinfer.runtime.streaming_rows import RowStream
+from birdinfer.ops.filters import BandpassParams
 
 from conftest import synth_signal, write_ogg
 
@@ -121,10 +122,12 @@ def streamed(manifest, y: np.ndarray, block_seconds: float):
     stream = WholeFileStream(manifest, block_seconds=block_seconds)
     front = FileFront(manifest, stream.chains, len(y), stream.block_rows)
     for depth in range(1, stream.passes + 1):
-        front.collect(depth, ArraySamples(y))
+        front.collect(depth, stream.source(ArraySamples(y)))
     parts = {name: [] for name in manifest.features}
+    samples = stream.source(ArraySamples(y))  # one reader for all blocks, as WholeFileStream.blocks reads
     for b in range(front.n_blocks):
-        signals, spans = front.features(b, list(manifest.features), ArraySamples(y))
+        signals, spans = front.features(b, list(manifest.features), samples)
+        samples.release()
         for name, signal in signals.items():
             assert signal.data.shape[0] == spans[name][1] - spans[name][0]
             parts[name].append(np.asarray(signal.data))
@@ -150,6 +153,72 @@ def test_shipped_front_ends_streamed_equal_whole_file(name, seconds, block):
     y = synth_signal(seconds, seed=int(seconds))
     passes = assert_streamed_equals_whole(manifest, y, block)
     assert passes == {"birdclef2024_1st": 1, "birdclef2025_1st": 2, "birdclef2025_2nd": 0}[name]
+
+
+BANDPASS = {"op": "bandpass", "fmin": 1000.0, "fmax": 8000.0}
+FILTERED_SPEC = spec_of({
+    "wave_f": [BANDPASS, {"op": "pad", "left_seconds": 2.5, "right_seconds": 2.5}, {"op": "normalize_wave", "method": "peak"},
+               {"op": "windows", "length_seconds": 10.0, "step_seconds": 5.0, "lead_seconds": "centre"}],
+    "spec_f": [BANDPASS, {"op": "pad", "right_seconds": 3.0},
+               {"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0},
+               {"op": "stft", "n_fft": 1024, "hop_length": 320},
+               {"op": "db", "top_db": 80.0, "scope": "file"}],
+})
+
+
+@pytest.mark.parametrize("seconds,block", [(61.7, 15.0), (95.0, 20.0)])
+def test_a_leading_bandpass_streams_with_the_whole_file_result(seconds, block):
+    """An active ``bandpass`` that every feature starts with runs over the samples in order, its state carried
+    from piece to piece: the streamed features equal the whole-file run (the filter restarted per block would
+    not: checked below), and the filter moves the features (the comparison is not vacuous)."""
+    manifest = parse_spec(FILTERED_SPEC)
+    assert streaming.plan_reason(manifest) is None and WholeFileStream(manifest).prefilter is not None
+    y = synth_signal(seconds, seed=7)
+    assert assert_streamed_equals_whole(manifest, y, block) == 1  # peak and file dB: one statistics pass
+    unfiltered = FrontEndGraph(parse_spec(spec_of({k: v["steps"][1:] for k, v in FILTERED_SPEC["features"].items()})))(y)
+    assert np.abs(np.asarray(unfiltered["wave_f"].data) - np.asarray(FrontEndGraph(manifest)(y)["wave_f"].data)).max() > 0.05
+    restart = WholeFileStream(manifest, block_seconds=block)  # a filter that restarts at every read: not equal
+    restart.source = _Restarting
+    with pytest.raises(AssertionError):
+        _assert_equal_with(restart, manifest, y)
+
+
+class _Restarting:
+    """Samples each filtered on their own from a zero state (what streaming without the carried state would do)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get(self, a, b):
+        from birdinfer.ops.filters import PieceFilter
+
+        return PieceFilter(BandpassParams(fmin=1000.0, fmax=8000.0), SR)(self.inner.get(a, b))
+
+    def release(self):
+        self.inner.release()
+
+
+def _assert_equal_with(stream, manifest, y):
+    whole = FrontEndGraph(manifest)(y)
+    front = FileFront(manifest, stream.chains, len(y), stream.block_rows)
+    for depth in range(1, stream.passes + 1):
+        front.collect(depth, stream.source(ArraySamples(y)))
+    samples = stream.source(ArraySamples(y))
+    for b in range(front.n_blocks):
+        signals, spans = front.features(b, list(manifest.features), samples)
+        samples.release()
+        for name, signal in signals.items():
+            want = np.asarray(whole[name].data)[spans[name][0] : spans[name][1]]
+            assert np.abs(np.asarray(signal.data) - want).max() <= 1e-5 * max(float(np.abs(want).max()), 1e-12), name
+
+
+def test_an_active_bandpass_elsewhere_keeps_the_whole_file_way():
+    spec = spec_of({"wave_f": FILTERED_SPEC["features"]["wave_f"]["steps"],
+                    "wave_g": [{"op": "gain", "factor": 2.0}, BANDPASS,
+                               {"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0}]})
+    assert "bandpass" in streaming.plan_reason(parse_spec(spec))
+    full = spec_of({"wave_f": [{**BANDPASS, "fmin": 0.0, "fmax": 15000.0}] + FILTERED_SPEC["features"]["wave_f"]["steps"][1:]})
+    assert streaming.plan_reason(parse_spec(full)) is None and WholeFileStream(parse_spec(full)).prefilter is None
 
 
 @pytest.mark.parametrize("seconds,block", [(61.7, 15.0), (95.0, 20.0), (33.1, 10.0)])

@@ -6,8 +6,9 @@ zero state, in float64, the result rounded to float32. Which filter depends on t
 band ``band`` (0–15 000 Hz): ``fmin`` above its low end and ``fmax`` at its high end: high-pass at ``fmin``;
 ``fmin`` at the low end and ``fmax`` below the high end: low-pass at ``fmax``; both inside: band-pass; the
 full band: no filter (the signal untouched). This op does the same on the block it is given; it is causal and
-stateful, so it belongs in a whole-file spec (``block_seconds: null``) before ``pad`` and ``windows``. An
-active filter has no streamed form (:mod:`birdinfer.runtime.streaming`): recordings are then processed whole.
+stateful, so it belongs in a whole-file spec (``block_seconds: null``) before ``pad`` and ``windows``. Streamed
+(:mod:`birdinfer.runtime.streaming`), the same filter runs over the decoded pieces in order with its state
+carried from piece to piece (:class:`PieceFilter`): the same numbers as one ``lfilter`` over the whole file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from .base import OPS, Block, Signal, Static, _need
 from .registry import Range
 
-__all__ = ["BandpassParams", "bandpass", "is_identity"]
+__all__ = ["BandpassParams", "bandpass", "is_identity", "identity_of", "PieceFilter"]
 
 Hertz = Annotated[float, Range(0, 10**6)]
 
@@ -75,3 +76,25 @@ def bandpass(x: Signal, p: BandpassParams, block: Block) -> Signal:
 
     b, a = _coefficients(p.fmin, p.fmax, p.order, p.band[0], p.band[1], block.sample_rate)
     return replace(x, data=lfilter(b, a, x.data).astype(np.float32))
+
+
+def identity_of(p: BandpassParams) -> BandpassParams:
+    """The same parameters over the full band: the op then returns its input."""
+    return replace(p, fmin=p.band[0], fmax=p.band[1])
+
+
+class PieceFilter:
+    """The op's filter over consecutive pieces of one recording, from the first sample on: each call filters
+    the next piece, the filter's state carried over (``lfilter`` with ``zi``), so the pieces put together
+    equal the op on the whole recording."""
+
+    def __init__(self, p: BandpassParams, sample_rate: int):
+        from scipy.signal import lfilter
+
+        self._lfilter = lfilter
+        self.b, self.a = _coefficients(p.fmin, p.fmax, p.order, p.band[0], p.band[1], sample_rate)
+        self.state = np.zeros(max(len(self.a), len(self.b)) - 1)
+
+    def __call__(self, piece: np.ndarray) -> np.ndarray:
+        y, self.state = self._lfilter(self.b, self.a, piece, zi=self.state)
+        return y.astype(np.float32)

@@ -102,6 +102,40 @@ class Samples:
         self._low = None
 
 
+class FilteredSamples:
+    """Samples of another reader (:class:`Samples` or any object with ``get`` / ``release`` / ``count``) through a
+    filter run over them in order from the first sample (``piece_filter``: e.g. :class:`birdinfer.ops.filters.
+    PieceFilter`): the filtered samples are kept as the inner reader keeps the raw ones, so ranges may overlap
+    as they do there."""
+
+    def __init__(self, inner, piece_filter):
+        self.inner, self.filter = inner, piece_filter
+        self._held: list[tuple[int, np.ndarray]] = []
+        self._end, self._low = 0, None
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        if b <= a:
+            return np.zeros(0, np.float32)
+        if self._end < b:
+            piece = self.inner.get(self._end, b)
+            self.inner.release()  # read forward only: the raw samples before ``b`` are not needed again
+            self._held.append((self._end, self.filter(piece)))
+            self._end = b
+        if a < self._held[0][0]:
+            raise RuntimeError(f"samples [{a}, {b}) were already released (held from {self._held[0][0]})")
+        parts = [p[max(0, a - s) : b - s] for s, p in self._held if s < b and s + p.size > a]
+        self._low = a if self._low is None else min(self._low, a)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def count(self) -> int:
+        return self.inner.count()
+
+    def release(self) -> None:
+        if self._low is not None:
+            self._held = [(s, p) for s, p in self._held if s + p.size > self._low]
+        self._low = None
+
+
 @dataclass
 class _Geometry:
     lengths: list[int]  # columns at positions 0 .. windows_at

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from functools import reduce
 from typing import Callable, Iterator, Mapping
 
@@ -42,9 +43,9 @@ import numpy as np
 
 from ..io.audio import audio_info, iter_audio_blocks
 from ..ops.base import Signal
-from ..ops.filters import is_identity
+from ..ops.filters import PieceFilter, identity_of, is_identity
 from ..spec.tta import pass_inputs
-from .stream_exec import FileFront, Samples, SamplesEnded, chain_of
+from .stream_exec import FileFront, FilteredSamples, Samples, SamplesEnded, chain_of
 from .streaming_rows import RowStream
 
 __all__ = ["WholeFileStream", "plan_reason", "block_bytes", "choose_block_seconds", "StreamedFeatures"]
@@ -66,14 +67,27 @@ BLOCK_BUDGET_BYTES = 256 * 2**20
 READ_SECONDS = 10.0
 
 
+def leading_filter(manifest):
+    """The ``bandpass`` parameters every feature starts with, when it is active (None otherwise): the streamed
+    executor runs it over the decoded samples in order (:class:`birdinfer.ops.filters.PieceFilter`)."""
+    firsts = [steps[0] if steps else None for steps in manifest.features.values()]
+    if not firsts or any(f is None or f.name != "bandpass" or is_identity(f.params) for f in firsts):
+        return None
+    return firsts[0].params if all(f.params == firsts[0].params for f in firsts) else None
+
+
 def plan_reason(manifest) -> str | None:
     """Why this spec's whole-file front end cannot be streamed exactly (None: it can)."""
+    leading = leading_filter(manifest)
     for name, steps in manifest.features.items():
         windowed = False
-        for step in steps:
+        for i, step in enumerate(steps):
             known = WINDOWED_OPS if windowed else UNWINDOWED_OPS
-            if step.name == "bandpass" and is_identity(step.params):
-                continue  # the full band: the op returns its input (an active filter needs the whole waveform)
+            if step.name == "bandpass" and (is_identity(step.params) or (i == 0 and leading is not None)):
+                continue  # the full band returns its input; a filter every feature starts with runs on the samples
+            if step.name == "bandpass":
+                return (f"features.{name}: an active 'bandpass' streams only as the first op of every feature, with "
+                        f"the same parameters")
             if step.name not in known:
                 where = "after" if windowed else "before"
                 return f"features.{name}: op {step.name!r} {where} 'windows' has no streamed form yet"
@@ -167,6 +181,10 @@ class WholeFileStream:
         self.block_rows = max(unit, int(round(seconds / manifest.window_seconds)) // unit * unit)
         self.block_seconds = self.block_rows * manifest.window_seconds
         self.chains = {name: chain_of(manifest, name) for name in manifest.features}
+        self.prefilter = leading_filter(manifest)
+        if self.prefilter is not None:  # run on the decoded samples (source); in the chains the op passes them on
+            self.chains = {name: replace(c, steps=(replace(c.steps[0], params=identity_of(c.steps[0].params)),)
+                                         + c.steps[1:]) for name, c in self.chains.items()}
         self.passes = max((d for c in self.chains.values() for _, d in c.stats), default=0)
 
     @classmethod
@@ -183,6 +201,12 @@ class WholeFileStream:
         log.info("%s", stream.describe())
         return stream
 
+    def source(self, samples):
+        """The samples the chains read: ``samples`` through the spec's leading filter, if it has one."""
+        if self.prefilter is None:
+            return samples
+        return FilteredSamples(samples, PieceFilter(self.prefilter, self.manifest.sample_rate))
+
     def describe(self) -> str:
         ops = sorted({c.steps[i].name for c in self.chains.values() for i, _ in c.stats})
         stats = f"{self.passes} statistics pass(es) ({', '.join(ops)})" if self.passes else "no statistics pass"
@@ -195,7 +219,7 @@ class WholeFileStream:
         """The first statistics pass on the length the header states; the pass then reads on to the end to
         count the samples, and is run again on the count when the header was wrong."""
         m = self.manifest
-        guess, samples = declared_samples(path, m.sample_rate), Samples(path, m.sample_rate, READ_SECONDS)
+        guess, samples = declared_samples(path, m.sample_rate), self.source(Samples(path, m.sample_rate, READ_SECONDS))
         front = FileFront(m, self.chains, guess, self.block_rows)
         try:
             front.collect(1, samples)
@@ -205,7 +229,7 @@ class WholeFileStream:
         if n_samples != guess:
             log.debug("%s: %d samples decoded, the header says %d: first pass again", path, n_samples, guess)
             front = FileFront(m, self.chains, n_samples, self.block_rows)
-            front.collect(1, Samples(path, m.sample_rate, READ_SECONDS))
+            front.collect(1, self.source(Samples(path, m.sample_rate, READ_SECONDS)))
         return front
 
     def blocks(self, path, active, whole: Callable[[np.ndarray], Mapping]) -> Iterator[tuple[int, Callable[[], Mapping]]]:
@@ -229,8 +253,8 @@ class WholeFileStream:
             front = FileFront(m, self.chains, first.size + sum(piece.size for piece in pieces), self.block_rows)
             del first
         for depth in range(2, self.passes + 1):
-            front.collect(depth, Samples(path, sr, READ_SECONDS))
-        samples, rows = Samples(path, sr, READ_SECONDS), RowStream(front.n_rows)
+            front.collect(depth, self.source(Samples(path, sr, READ_SECONDS)))
+        samples, rows = self.source(Samples(path, sr, READ_SECONDS)), RowStream(front.n_rows)
         for b in range(front.n_blocks):
             r0, r1 = b * self.block_rows, min(front.n_rows, (b + 1) * self.block_rows)
 
