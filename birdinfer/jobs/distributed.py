@@ -109,18 +109,20 @@ def _refuse_held(manifest: Manifest) -> Manifest:
     return manifest
 
 
-def _checked_models(models: str | Path | Manifest, options) -> tuple[Manifest, str | Manifest]:
-    """``(the run's manifest, with the option values written in; what the workers load)``: the folder's absolute
-    path, or the manifest itself when it was given loaded or options change it (before any audio work)."""
-    loaded = models if isinstance(models, Manifest) else Manifest.load(Path(models).resolve())
-    manifest = _refuse_held(with_options(loaded, options))
-    if isinstance(models, Manifest) or manifest is not loaded:
-        return manifest, manifest
-    return manifest, str(Path(models).resolve())
+def _checked_models(models: str | Path | Manifest, options) -> tuple[Manifest, dict]:
+    """``(the run's manifest, with the option values written in; what the workers load)``: the manifest itself when
+    it was given loaded, else the folder's absolute path and the option values, which each worker writes into the
+    manifest it loads as here (small actor arguments, kept by Ray for restarts). Before any audio work."""
+    if isinstance(models, Manifest):
+        manifest = _refuse_held(with_options(models, options))
+        return manifest, {"models": manifest, "options": None}
+    folder = str(Path(models).resolve())
+    manifest = _refuse_held(with_options(Manifest.load(folder), options))
+    return manifest, {"models": folder, "options": {k: v for k, v in (options or {}).items() if v is not None} or None}
 
 
 def _checked_run(inputs, models, options, embeddings
-                 ) -> tuple[Manifest, str | Manifest, list[Recording], EmbeddingPlan | None]:
+                 ) -> tuple[Manifest, dict, list[Recording], EmbeddingPlan | None]:
     """What :func:`predict_ray` checks before any audio work: ``(manifest, what the workers load, recordings, the
     embeddings plan or None)``."""
     manifest, worker_models = _checked_models(models, options)
@@ -199,7 +201,7 @@ def predict_ray(
             record = functools.partial(_record, folder=folder, errors=errors, manifest=manifest, emb=emb,
                                        emb_parts=emb_parts)
             run |= _compute(ray, address, todo, record, errors, errors_file=folder.folder / ERRORS_FILE,
-                            models=worker_models, precision=precision, backend=backend, cache_dir=cache_dir,
+                            **worker_models, precision=precision, backend=backend, cache_dir=cache_dir,
                             keep_outputs=[emb.key] if emb else [], num_workers=num_workers,
                             files_per_task=files_per_task, progress=progress, resumed=resumed, total=len(recordings))
         if emb is not None:

@@ -44,9 +44,12 @@ class _Worker:
     """Ray actor body: one compiled ensemble, kept for the life of the process."""
 
     def __init__(self, models: str | Manifest, precision: str, backend: str, threads: int | None, cache_dir: str | None,
-                 keep_outputs: Sequence[tuple[str, str]] = ()):
+                 keep_outputs: Sequence[tuple[str, str]] = (), options: dict[str, float] | None = None):
         from ..runtime.pipeline import Predictor
+        from ..spec.options import with_options
 
+        if options:  # the driver's very manifest, from the folder's path and a few numbers (small arguments)
+            models = with_options(models if isinstance(models, Manifest) else Manifest.load(models), options)
         self.predictor = Predictor(models, precision=precision, backend=backend, threads=threads, cache_dir=cache_dir,
                                    keep_outputs=keep_outputs)
 
@@ -101,7 +104,7 @@ def connect(ray, address: str | None) -> bool:
 
 
 def _start_actors(ray, models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
-                  n_batches: int, keep_outputs: Sequence[tuple[str, str]]
+                  n_batches: int, keep_outputs: Sequence[tuple[str, str]], options: dict[str, float] | None
                   ) -> tuple[list[_Slot], Callable[[], Any], int, list[dict]]:
     """The pool: ``(slots, new_actor, threads per actor, what each actor loaded)``; each actor reserves ``C/N`` of
     the cluster's ``C`` CPUs (default N: one per CPU, never more than there are calls)."""
@@ -118,7 +121,7 @@ def _start_actors(ray, models, precision: str, backend: str, cache_dir: str | No
     )
 
     def new_actor():
-        return actor_class.remote(models, precision, backend, threads, cache_dir, list(keep_outputs))
+        return actor_class.remote(models, precision, backend, threads, cache_dir, list(keep_outputs), options)
 
     slots = [_Slot(new_actor()) for _ in range(num_workers)]
     try:
@@ -134,7 +137,7 @@ def _start_actors(ray, models, precision: str, backend: str, cache_dir: str | No
 # ---------------------------------------------------------------------------------------------- pool
 def run_pool(ray, todo: list[Recording], record: Callable[[list[Recording], list[dict]], float],
              errors: dict[str, str], *, errors_file, models, precision: str, backend: str, cache_dir: str | None,
-             keep_outputs: Sequence[tuple[str, str]] = (), num_workers: int | None, files_per_task: int, progress: bool,
+             keep_outputs: Sequence[tuple[str, str]] = (), options: dict[str, float] | None = None, num_workers: int | None, files_per_task: int, progress: bool,
              resumed: int, total: int) -> dict:
     """Run ``todo`` on a pool of actors; ``record(batch, results)`` stores each call's results as they arrive (and
     returns the seconds of audio stored). Returns run figures: ``workers``, ``threads_per_worker``, ``load_seconds``
@@ -145,7 +148,7 @@ def run_pool(ray, todo: list[Recording], record: Callable[[list[Recording], list
     batches = deque([todo[i : i + files_per_task] for i in range(0, len(todo), files_per_task)])
     load_start = time.perf_counter()
     slots, new_actor, threads, described = _start_actors(ray, models, precision, backend, cache_dir, num_workers,
-                                                         len(batches), keep_outputs)
+                                                         len(batches), keep_outputs, options)
     num_workers = len(slots)
 
     bar = progress_bar(progress, total=total, initial=resumed, desc="birdinfer predict (ray)")
