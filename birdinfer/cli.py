@@ -120,18 +120,16 @@ def _cmd_predict(args) -> int:
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
                "combine": args.combine or None, "species_codes": args.species_codes,
                "merge_consecutive": args.merge_consecutive, "locale": args.locale}
-    if args.engine == "ray" and args.embeddings is not None:
-        raise ParameterError("--embeddings needs --engine local (--engine ray writes parquet shards of the scores only)")
-    if args.engine == "ray" and (any(v is not None for v in [*options.values(), *filters.values()])
-                                 or args.format not in (None, "parquet")):
-        raise ParameterError("--engine ray writes parquet shards of every score; --format, --overlap, --sensitivity, "
-                             "--fmin, --fmax, --min-confidence, --top-k, --merge-consecutive, --locale and the species "
-                             "filters need --engine local")
+    if args.engine == "ray" and (any(v is not None for v in filters.values()) or args.format not in (None, "parquet")
+                                 or args.threshold is not None):
+        raise ParameterError("--engine ray writes parquet shards of every score; --format, --threshold, "
+                             "--min-confidence, --top-k, --merge-consecutive, --locale and the species filters need "
+                             "--engine local")
     if args.engine == "ray":
         from .jobs.distributed import predict_ray
 
         predict_ray(args.inputs, args.models, args.out, address=args.address, precision=args.precision,
-                    backend=args.backend, resume=not args.no_resume)
+                    backend=args.backend, resume=not args.no_resume, options=options, embeddings=args.embeddings)
         return 0
     from .jobs.predict import predict
 

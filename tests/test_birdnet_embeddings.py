@@ -187,12 +187,12 @@ def test_a_folder_imported_before_embeddings_says_to_import_again(birdnet_files,
 
 
 def test_embeddings_refused_where_there_are_none(small_v2_folder, folder, recordings, tmp_path, capsys):
-    """A folder without an embedding output, an embeddings path that is a file, and --engine ray: exit 2, one
+    """A folder without an embedding output (on either engine) and an embeddings path that is a file: exit 2, one
     sentence, before any audio."""
     audio = recordings / "odd.wav"
     cases = [([str(small_v2_folder)], "no model of this folder gives an embedding output"),
              ([str(folder)], "is a file; give a folder"),
-             ([str(folder), "--engine", "ray"], "--embeddings needs --engine local")]
+             ([str(small_v2_folder), "--engine", "ray"], "no model of this folder gives an embedding output")]
     taken = tmp_path / "taken.txt"
     taken.write_text("x", encoding="utf-8")
     for (models, *flags), message in cases:

@@ -44,6 +44,16 @@ Output folder (``OUT_DIR``)
 ``_errors.csv``
     ``file, error`` of the recordings that failed in the last run (absent when none). Failed recordings
     get no rows and are retried by the next run.
+``embeddings/<key>.npy``, ``_embeddings_run.json``, ``_embeddings_done.jsonl``
+    Only with ``--embeddings DIR``: each recording's embedding rows (float32 ``(rows, width)``, the folder's one
+    ``embedding`` output, e.g. BirdNET's 1024-d layer; the workers return them with the scores), journalled as the
+    shards are but under a fingerprint of their own (the run's plus the embedding output). When the scores and
+    the rows of a recording are stored, ``DIR/<path below its folder argument, without suffix>.birdnet.embeddings.txt``
+    is written from them, atomically, by :func:`birdinfer.jobs.embeddings.write_embeddings`: the bytes
+    single-machine ``predict --embeddings`` writes for the same recordings and options. Resuming with or without
+    ``--embeddings``: a run that asks for them computes every recording whose rows are missing (its shard, if
+    stored, is kept), so adding ``--embeddings`` to a finished run computes the models again for every recording
+    but rewrites no shard; a run that does not ask leaves stored rows alone (``--no-resume`` deletes them).
 ``_SUCCESS``
     Written last: the index of the complete output in input order (JSON: ``labels``, ``files`` with each
     shard's sha256, ``failed``, and ``run``: workers, threads per worker, model load seconds, wall and
@@ -57,86 +67,34 @@ once with a sentence naming the holder's PID.
 
 Audio is read by path on the workers: the workers must see the input files and the model folder at
 the same paths as the driver (a shared file system, or identical copies). Only paths go out and only
-probabilities come back (a 60 s file: 12 × n_labels float32); shards are written by the driver, so the
-workers need no write access and ``_done.jsonl`` has a single writer.
+probabilities (and embedding rows when asked) come back (a 60 s file: 12 × n_labels float32); shards and
+embeddings are written by the driver, so the workers need no write access and ``_done.jsonl`` has a single
+writer. The actor and the pool are :mod:`birdinfer.jobs.ray_pool`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from ..errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError  # noqa: F401
 from ..spec.manifest import Manifest
-from .._console import progress_bar, say
+from ..spec.options import with_options
+from .._console import say
 from ..io.lock import OutputLock
+from .embeddings import EmbeddingPlan, embedding_plan, sweep as sweep_embeddings, write_embeddings
 from .predict import Recording, collect_inputs
-from .shards import (ERRORS_FILE, SHARDS_FOLDER, OutputFolder, require_shard_pyarrow, fingerprint, output_schema, read_output,
-                     shard_table)
+from .ray_pool import connect, require_ray, run_pool
+from .shards import (ERRORS_FILE, SHARDS_FOLDER, EmbeddingParts, OutputFolder, require_shard_pyarrow, fingerprint,
+                     output_schema, read_output, shard_table)
 
 __all__ = ["SHARDS_FOLDER", "predict_ray", "read_output", "shard_table", "output_schema"]
 
 log = logging.getLogger(__name__)
-
-#: A worker process that dies is restarted this many times (each restart recompiles the models) ...
-_MAX_RESTARTS = 4
-#: ... and the calls it had in flight are re-run this many times before their files count as failed.
-_MAX_TASK_RETRIES = 2
-
-
-# ------------------------------------------------------------------------------------- dependencies
-def _require_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"--engine ray needs Ray: pip install 'birdinfer[ray]' (ray[default]>=2.9 and pyarrow), "
-            f"or run without --engine ray on one machine ({e})"
-        ) from e
-    return ray
-
-
-# -------------------------------------------------------------------------------------------- worker
-class _Worker:
-    """Ray actor body: one compiled ensemble, kept for the life of the process."""
-
-    def __init__(self, models: str | Manifest, precision: str, backend: str, threads: int | None, cache_dir: str | None):
-        from ..runtime.pipeline import Predictor
-
-        self.predictor = Predictor(models, precision=precision, backend=backend, threads=threads, cache_dir=cache_dir)
-
-    def describe(self) -> dict:
-        return {"pid": os.getpid(), "precision": self.predictor.precision, "load_seconds": self.predictor.load_seconds}
-
-    def run(self, batch: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """``[(key, path), ...]`` → one dict per recording, in order: ``key``, ``probs`` (float32
-        ``(n_windows, n_labels)`` or None), ``error`` (None or the reason), ``audio_s``."""
-        from ..io.audio import audio_info
-
-        window_seconds = self.predictor.manifest.window_seconds
-        results = []
-        for (key, _), result in zip(batch, self.predictor.iter_files([path for _, path in batch])):
-            audio_s = 0.0
-            if result.ok:
-                try:
-                    audio_s = float(audio_info(result.path).duration_s)
-                except BirdinferError:
-                    audio_s = len(result.probs) * window_seconds
-            results.append({"key": key, "probs": result.probs, "error": result.error, "audio_s": audio_s})
-        return results
-
-
-@dataclass
-class _Slot:
-    """One place in the worker pool: its actor handle and how often it was replaced."""
-
-    actor: Any
-    replaced: int = 0
 
 
 # ------------------------------------------------------------------------------------------- predict
@@ -149,6 +107,30 @@ def _refuse_held(manifest: Manifest) -> Manifest:
         raise ParameterError(f"{manifest.folder or 'the model folder'}: its ensemble has steps over the whole submission "
                              "(scope 'submission'), which --engine ray cannot run shard by shard; use --engine local")
     return manifest
+
+
+def _checked_models(models: str | Path | Manifest, options) -> tuple[Manifest, dict]:
+    """``(the run's manifest, with the option values written in; what the workers load)``: the manifest itself when
+    it was given loaded, else the folder's absolute path and the option values, which each worker writes into the
+    manifest it loads as here (small actor arguments, kept by Ray for restarts). Before any audio work."""
+    if isinstance(models, Manifest):
+        manifest = _refuse_held(with_options(models, options))
+        return manifest, {"models": manifest, "options": None}
+    folder = str(Path(models).resolve())
+    manifest = _refuse_held(with_options(Manifest.load(folder), options))
+    return manifest, {"models": folder, "options": {k: v for k, v in (options or {}).items() if v is not None} or None}
+
+
+def _checked_run(inputs, models, options, embeddings
+                 ) -> tuple[Manifest, dict, list[Recording], EmbeddingPlan | None]:
+    """What :func:`predict_ray` checks before any audio work: ``(manifest, what the workers load, recordings, the
+    embeddings plan or None)``."""
+    manifest, worker_models = _checked_models(models, options)
+    recordings = collect_inputs(inputs)
+    if not recordings:
+        raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} "
+                             "(folders are walked recursively)")
+    return manifest, worker_models, recordings, embedding_plan(manifest, embeddings)
 
 
 def predict_ray(
@@ -164,8 +146,10 @@ def predict_ray(
     num_workers: int | None = None,
     files_per_task: int = 1,
     cache_dir: str | Path | None = None,
+    options: dict[str, float | None] | None = None,
+    embeddings: str | Path | None = None,
 ) -> Path:
-    """Per-5 s-window probabilities of every recording in ``inputs``, computed on a Ray cluster.
+    """Per-window probabilities of every recording in ``inputs``, computed on a Ray cluster.
 
     Parameters
     ----------
@@ -173,13 +157,13 @@ def predict_ray(
         :func:`birdinfer.jobs.predict.predict`; the workers read them by path.
     models : model folder written by ``birdinfer export`` (or a loaded :class:`Manifest`), readable by
         the workers at the same path.
-    out_dir : output folder (see the module docstring): one parquet shard per recording, ``_done.jsonl``,
-        ``_errors.csv``, ``_SUCCESS``. :func:`read_output` gives the combined table, equal to
-        ``predict(..., format="parquet")`` for the same inputs.
+    out_dir : output folder (module docstring): one parquet shard per recording, ``_done.jsonl``, ``_errors.csv``,
+        ``_SUCCESS``. :func:`read_output` gives the table ``predict(..., format="parquet")`` writes for the inputs.
     address : Ray cluster to join (``ray.init(address=...)``). Default: if this process is already
         connected to Ray, use that; otherwise start a local instance with ``os.cpu_count()`` CPUs, shut
         down at the end.
-    precision, backend, cache_dir : as for :func:`birdinfer.jobs.predict.predict`.
+    precision, backend, cache_dir, options : as for :func:`birdinfer.jobs.predict.predict` (``options``: the
+        folder's declared options, e.g. BirdNET's ``{"overlap": 1.5}``).
     resume : skip recordings listed in ``_done.jsonl`` by an earlier run with the same settings whose
         shard and input still verify (the others are computed again); ``False`` deletes earlier results first.
     progress : progress bar on stderr (files done, hours of audio per hour of wall time, failures).
@@ -189,73 +173,93 @@ def predict_ray(
         23–28 h/h for 1 worker × 2 threads (3 real models, ``benchmarks/bench_ray.py``).
     files_per_task : recordings per actor call (1 is right for minute-long files; raise it for many
         very short files).
+    embeddings : a folder: also each window's embedding, one ``<stem>.birdnet.embeddings.txt`` per recording, the
+        bytes :func:`birdinfer.jobs.predict.predict` writes for the same recordings and options (module docstring).
 
-    Each actor reserves ``C/N`` of the cluster's ``C`` CPUs and runs OpenVINO with that many threads.
-    Returns ``out_dir``. Fails before any audio work (:class:`BirdinferError`) on: no input files, a
-    missing or invalid model folder, an output folder that cannot be written or that another run is
-    writing (``<out_dir>.lock``), results from other settings, Ray or pyarrow missing, workers that cannot load the models. Recordings that cannot be
-    decoded, or whose worker crashed on every retry, get no rows and are listed in ``_errors.csv``.
+    Each actor reserves ``C/N`` of the cluster's ``C`` CPUs and runs OpenVINO with that many threads. Returns
+    ``out_dir``. Fails before any audio work (:class:`BirdinferError`) on: no input files, a missing or invalid model
+    folder, an option it does not declare, ``embeddings`` from a folder without an embedding output, an output
+    folder that cannot be written or that another run is writing (``<out_dir>.lock``), results from other
+    settings, Ray or pyarrow missing, workers that cannot load the models. Recordings that cannot be decoded, or
+    whose worker crashed on every retry, get no rows and are listed in ``_errors.csv``.
     """
     wall_start = time.perf_counter()
     _check_counts(files_per_task, num_workers)
-    ray = _require_ray()
+    ray = require_ray()
     require_shard_pyarrow()
     out_dir = Path(out_dir)
-    manifest = _refuse_held(models if isinstance(models, Manifest) else Manifest.load(models))
-    recordings = collect_inputs(inputs)
-    if not recordings:
-        raise ParameterError(f"no audio files found in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))} "
-                             "(folders are walked recursively)")
+    manifest, worker_models, recordings, emb = _checked_run(inputs, models, options, embeddings)
     lock = OutputLock(out_dir).acquire()  # the same lock as single-machine predict: a second run fails here
     try:
-        folder, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend, resume=resume)
+        sweep_embeddings(emb, out_dir)
+        folder, emb_parts, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend,
+                                               resume=resume, emb=emb)
         resumed = len(recordings) - len(todo)
         errors: dict[str, str] = {}
         run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
         if todo:
-            run |= _compute(ray, address, todo, folder, errors, manifest=manifest, models=models, precision=precision,
-                            backend=backend, cache_dir=cache_dir, num_workers=num_workers, files_per_task=files_per_task,
-                            progress=progress, resumed=resumed, total=len(recordings))
-        wall = time.perf_counter() - wall_start
-        run["wall_seconds"] = round(wall, 3)
+            record = functools.partial(_record, folder=folder, errors=errors, manifest=manifest, emb=emb,
+                                       emb_parts=emb_parts)
+            run |= _compute(ray, address, todo, record, errors, errors_file=folder.folder / ERRORS_FILE,
+                            **worker_models, precision=precision, backend=backend, cache_dir=cache_dir,
+                            keep_outputs=[emb.key] if emb else [], num_workers=num_workers,
+                            files_per_task=files_per_task, progress=progress, resumed=resumed, total=len(recordings))
+        if emb is not None:
+            _write_embeddings(emb, emb_parts, folder, recordings, manifest)
+            run["embeddings"] = str(emb.folder)
+        run["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
         folder.finish(recordings, errors, manifest.labels, run)
     finally:
         lock.release()
-    audio_this_run = run["audio_seconds"]
-
-    hours = sum(float(folder.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in folder.done) / 3600.0
-    speed = f"{audio_this_run / wall:.0f} h of audio per hour" if audio_this_run and wall > 0 else "nothing new to compute"
-    say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {len(errors)} failed, "
-                   f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out_dir}")
+    _say_summary(progress, recordings, folder, resumed, len(errors), run, out_dir)
     return out_dir
 
 
-def _compute(ray, address: str | None, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *,
-             manifest: Manifest, models, precision: str, backend: str, cache_dir, **pool) -> dict:
+def _say_summary(progress: bool, recordings: list[Recording], folder: OutputFolder, resumed: int, failed: int,
+                 run: dict, out_dir: Path) -> None:
+    wall, audio_this_run = run["wall_seconds"], run["audio_seconds"]
+    hours = sum(float(folder.done[r.key].get("audio_s", 0.0)) for r in recordings if r.key in folder.done) / 3600.0
+    speed = f"{audio_this_run / wall:.0f} h of audio per hour" if audio_this_run and wall > 0 else "nothing new to compute"
+    say(progress, f"birdinfer predict (ray): {len(recordings)} files ({resumed} resumed), {failed} failed, "
+                   f"{hours:.2f} h of audio, {wall:.1f} s, {speed} → {out_dir}")
+
+
+def _compute(ray, address: str | None, todo: list[Recording], record, errors: dict[str, str], *, cache_dir,
+             **pool) -> dict:
     """Connect to Ray (starting a local instance unless ``address``/a connection is given), run ``todo`` on the
-    pool, disconnect when this call connected; returns the run figures of :func:`_run_pool`."""
-    started_here = _connect(ray, address)
+    pool, disconnect when this call connected; returns the run figures of :func:`birdinfer.jobs.ray_pool.run_pool`."""
+    started_here = connect(ray, address)
     try:
-        return _run_pool(
-            ray, todo, folder, errors, manifest=manifest,
-            models=models if isinstance(models, Manifest) else str(Path(models).resolve()),
-            precision=precision, backend=backend, cache_dir=None if cache_dir is None else str(cache_dir), **pool,
-        )
+        return run_pool(ray, todo, record, errors, cache_dir=None if cache_dir is None else str(cache_dir), **pool)
     finally:
         if started_here:
             ray.shutdown()
 
 
 def _open_output(recordings: list[Recording], manifest: Manifest, out_dir: Path, *, precision: str, backend: str,
-                 resume: bool) -> tuple[OutputFolder, list[Recording]]:
-    """``(the output folder, the recordings not done and verified by an earlier run with these settings)``."""
-    folder = OutputFolder(out_dir, fingerprint(manifest, precision, backend), manifest.labels, resume=resume)
+                 resume: bool, emb: EmbeddingPlan | None = None
+                 ) -> tuple[OutputFolder, EmbeddingParts | None, list[Recording]]:
+    """``(the output folder, its embedding parts when asked, the recordings to compute)``: those not done and
+    verified by an earlier run with these settings (their shard, or with ``emb`` their embedding rows, missing)."""
+    run = fingerprint(manifest, precision, backend)
+    folder = OutputFolder(out_dir, run, manifest.labels, resume=resume)
     done = folder.journal.verified(recordings)  # a shard that fails a check is logged and computed again
-    todo = [rec for rec in recordings if rec.key not in done]
+    emb_parts = None
+    if emb is not None:
+        emb_parts = EmbeddingParts(out_dir, {**run, **emb.fingerprint()}, emb.width, resume=resume)
+        emb_parts.journal.verified(recordings)
+        missing = sum(1 for rec in recordings if rec.key in done and rec.key not in emb_parts.done)
+        if missing:
+            log.info("computing again %d recordings whose scores are done in %s but not their embeddings", missing,
+                     out_dir)
+    todo = [rec for rec in recordings
+            if rec.key not in done or (emb_parts is not None and rec.key not in emb_parts.done)]
     folder.journal.watch(todo)
+    if emb_parts is not None:
+        emb_parts.journal.watch(todo)
     if len(todo) < len(recordings):
         log.info("resuming: %d of %d recordings already done in %s", len(recordings) - len(todo), len(recordings), out_dir)
-    return folder, todo
+    return folder, emb_parts, todo
 
 
 def _check_counts(files_per_task, num_workers) -> None:
@@ -265,130 +269,29 @@ def _check_counts(files_per_task, num_workers) -> None:
         raise ParameterError(f"num_workers must be a positive integer or None, got {num_workers!r}")
 
 
-def _connect(ray, address: str | None) -> bool:
-    """Connect to Ray; True when this call connected (and so must disconnect / shut down)."""
-    if ray.is_initialized():
-        if address is not None:
-            log.warning("already connected to Ray; ignoring address=%r", address)
-        return False
-    try:
-        if address is None:
-            # "local": always a new instance, never some other user's cluster found on this machine
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
-        else:
-            ray.init(address=address)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise BackendError(f"cannot start or reach {where}: {e}; check --address (ray status shows it on a node)") from e
-    return True
-
-
-def _record(batch: list[Recording], results: list[dict], folder: OutputFolder, errors: dict[str, str],
-            manifest: Manifest) -> float:
-    """Write the shards of one call's results (or note their errors); returns the seconds of audio done."""
+def _record(batch: list[Recording], results: list[dict], *, folder: OutputFolder, errors: dict[str, str],
+            manifest: Manifest, emb: EmbeddingPlan | None = None, emb_parts: EmbeddingParts | None = None) -> float:
+    """Store one call's results: each recording's embedding rows (when asked) and its shard, whichever is not
+    stored yet (or note why not). Returns the seconds of audio computed."""
     audio = 0.0
+    span = getattr(manifest, "span_seconds", manifest.window_seconds)  # as single-machine predict's tables
     for rec, result in zip(batch, results):
         error = result["error"]
+        if error is None and emb_parts is not None and rec.key not in emb_parts.done:
+            error = emb_parts.add(rec, result["outputs"].get(emb.key), len(result["probs"]), result["audio_s"])
+        if error is None and rec.key not in folder.done:
+            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds, span)
         if error is None:
-            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds)
-            audio += result["audio_s"] if error is None else 0.0
-        if error is not None:
+            audio += result["audio_s"]
+        else:
             errors[rec.key] = error
             log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, error, folder.folder / ERRORS_FILE)
     return audio
 
 
-def _start_actors(ray, models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
-                  n_batches: int) -> tuple[list[_Slot], Callable[[], Any], int, list[dict]]:
-    """The pool: ``(slots, new_actor, threads per actor, what each actor loaded)``; each actor reserves ``C/N`` of
-    the cluster's ``C`` CPUs (default N: one per CPU, never more than there are calls)."""
-    from ray.exceptions import RayError
-
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    if num_workers is None:
-        num_workers = max(1, int(cluster_cpus))
-    num_workers = max(1, min(num_workers, n_batches))
-    cpus_per_worker = cluster_cpus / num_workers
-    threads = max(1, int(cpus_per_worker))
-    actor_class = ray.remote(_Worker).options(
-        num_cpus=cpus_per_worker, max_restarts=_MAX_RESTARTS, max_task_retries=_MAX_TASK_RETRIES
-    )
-
-    def new_actor():
-        return actor_class.remote(models, precision, backend, threads, cache_dir)
-
-    slots = [_Slot(new_actor()) for _ in range(num_workers)]
-    try:
-        described = ray.get([slot.actor.describe.remote() for slot in slots])
-    except RayError as e:
-        raise BackendError(f"Ray workers could not load the models of {models}: {e}") from e
-    log.info("ray: %d workers × %d threads, precision %s, models loaded in %.1f s", num_workers, threads,
-             described[0]["precision"], max(d["load_seconds"] for d in described))
-    return slots, new_actor, threads, described
-
-
-def _run_pool(ray, todo: list[Recording], folder: OutputFolder, errors: dict[str, str], *, manifest: Manifest,
-              models, precision: str, backend: str, cache_dir: str | None, num_workers: int | None,
-              files_per_task: int, progress: bool, resumed: int, total: int) -> dict:
-    """Run ``todo`` on a pool of actors; write shards as results arrive. Returns run figures: ``workers``,
-    ``threads_per_worker``, ``load_seconds`` (actors created and models compiled), ``processing_seconds``
-    (from then to the last result), ``audio_seconds`` done, ``workers_replaced``."""
-    from ray.exceptions import RayActorError, RayTaskError
-
-    batches = deque([todo[i : i + files_per_task] for i in range(0, len(todo), files_per_task)])
-    load_start = time.perf_counter()
-    slots, new_actor, threads, described = _start_actors(ray, models, precision, backend, cache_dir, num_workers,
-                                                         len(batches))
-    num_workers = len(slots)
-
-    bar = progress_bar(progress, total=total, initial=resumed, desc="birdinfer predict (ray)")
-    in_flight: dict[Any, tuple[int, Any, list[Recording]]] = {}  # call → (slot, actor, its recordings)
-    audio_done = 0.0
-    run_start = time.perf_counter()
-
-    def submit(index: int) -> None:
-        if batches:
-            batch = batches.popleft()
-            ref = slots[index].actor.run.remote([(rec.key, str(rec.path)) for rec in batch])
-            in_flight[ref] = (index, slots[index].actor, batch)
-
-    try:
-        # one call in flight per actor: the driver's round trip (~ms) is nothing next to a file's compute, and
-        # a call queued behind one that crashes its worker would lose its retries with it
-        for index in range(num_workers):
-            submit(index)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            index, actor, batch = in_flight.pop(ready[0])
-            try:
-                results = ray.get(ready[0])
-            except RayActorError as e:
-                # the worker died on every retry of this call (or for good): its files fail, the run goes on
-                reason = f"the Ray worker running it died {_MAX_TASK_RETRIES + 1} times ({type(e).__name__})"
-                for rec in batch:
-                    errors[rec.key] = reason
-                    log.warning("%s: %s; no rows written for it (listed in %s)", rec.name, reason, folder.folder / ERRORS_FILE)
-                ray.kill(actor, no_restart=True)  # restarts may be used up: a fresh actor for the next files
-                slots[index] = _Slot(new_actor(), slots[index].replaced + 1)
-                results = []
-            except RayTaskError as e:  # a bug, not a bad file (those come back as results): report, go on
-                for rec in batch:
-                    errors[rec.key] = f"worker error: {getattr(e, 'cause', None) or e}"
-                    log.warning("%s: %s", rec.name, errors[rec.key])
-                results = []
-            audio_done += _record(batch, results, folder, errors, manifest)
-            if bar is not None:
-                elapsed = max(time.perf_counter() - run_start, 1e-9)
-                bar.set_postfix({"audio h/h": f"{audio_done / elapsed:.0f}", "failed": len(errors)}, refresh=False)
-                bar.update(len(batch))
-            submit(index)
-    finally:
-        if bar is not None:
-            bar.close()
-        for slot in slots:
-            ray.kill(slot.actor, no_restart=True)
-    return {
-        "workers": num_workers, "threads_per_worker": threads, "precision": described[0]["precision"],
-        "load_seconds": round(run_start - load_start, 3), "processing_seconds": round(time.perf_counter() - run_start, 3),
-        "audio_seconds": round(audio_done, 3), "workers_replaced": sum(slot.replaced for slot in slots),
-    }
+def _write_embeddings(emb: EmbeddingPlan, emb_parts: EmbeddingParts, folder: OutputFolder,
+                      recordings: list[Recording], manifest: Manifest) -> None:
+    """One ``<stem>.birdnet.embeddings.txt`` per recording with both its shard and its embedding rows, each written
+    atomically, with the names, times and text of single-machine ``predict --embeddings``."""
+    done = [rec for rec in recordings if rec.key in folder.done and rec.key in emb_parts.done]
+    write_embeddings(replace(emb, n_labels=0), recordings, done, emb_parts.load, manifest)

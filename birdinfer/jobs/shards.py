@@ -1,6 +1,7 @@
 """The output folder of ``birdinfer predict --engine ray`` (layout: :mod:`birdinfer.jobs.distributed`): one parquet
 shard per recording, the resume journal (:class:`birdinfer.jobs.journal.Journal`), the error list and ``_SUCCESS``,
-and :func:`read_output`, which reads a finished folder back as one table."""
+:class:`EmbeddingParts` (the embedding rows of ``--embeddings``, a journal of their own), and :func:`read_output`,
+which reads a finished folder back as one table."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from ..spec.manifest import Manifest
 from ..io.output import atomic_write, require_pyarrow, sweep_temporaries, temporaries_of, window_schema, window_table
 from .predict import Recording
 
-__all__ = ["SHARDS_FOLDER", "ERRORS_FILE", "OutputFolder", "fingerprint", "require_shard_pyarrow", "output_schema", "read_output", "shard_table"]
+__all__ = ["SHARDS_FOLDER", "ERRORS_FILE", "EMBEDDINGS_FOLDER", "EmbeddingParts", "OutputFolder", "fingerprint",
+           "require_shard_pyarrow", "output_schema", "read_output", "shard_table"]
 
 #: Sub-folder of ``OUT_DIR`` holding one parquet shard per recording.
 SHARDS_FOLDER = "shards"
@@ -29,6 +31,10 @@ _RUN_FILE = "_run.json"
 _DONE_LIST = "_done.jsonl"
 ERRORS_FILE = "_errors.csv"
 _SUCCESS_FILE = "_SUCCESS"
+#: Sub-folder of ``OUT_DIR`` holding one ``.npy`` of embedding rows per recording (``--embeddings``).
+EMBEDDINGS_FOLDER = "embeddings"
+_EMBEDDINGS_RUN = "_embeddings_run.json"
+_EMBEDDINGS_DONE = "_embeddings_done.jsonl"
 _FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)
@@ -86,8 +92,11 @@ class OutputFolder:
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"--engine ray writes a folder of shards, but {folder} is a file; give a folder as --out")
         if folder.exists() and not resume:
-            for name in (ERRORS_FILE, _SUCCESS_FILE):
+            for name in (ERRORS_FILE, _SUCCESS_FILE, _EMBEDDINGS_RUN, _EMBEDDINGS_DONE):
                 (folder / name).unlink(missing_ok=True)
+            if (folder / EMBEDDINGS_FOLDER).is_dir() and not (folder / EMBEDDINGS_FOLDER).is_symlink():
+                for part in (folder / EMBEDDINGS_FOLDER).glob("*.npy"):  # start over: no embedding rows kept either
+                    part.unlink()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / ".birdinfer-write-probe"
@@ -107,13 +116,13 @@ class OutputFolder:
         return self.journal.done
 
     def add(self, rec: Recording, probs: np.ndarray, audio_seconds: float, labels: Sequence[str],
-            window_seconds: float) -> str | None:
+            window_seconds: float, span_seconds: float | None = None) -> str | None:
         """Write one recording's shard and journal it; None, or why it was not stored (:meth:`Journal.add`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         sink = pa.BufferOutputStream()
-        pq.write_table(shard_table(rec.name, probs, labels, window_seconds), sink)
+        pq.write_table(shard_table(rec.name, probs, labels, window_seconds, span_seconds), sink)
         return self.journal.add(rec, sink.getvalue().to_pybytes(), probs.shape, audio_seconds)
 
     def finish(self, recordings: Sequence[Recording], errors: dict[str, str], labels: Sequence[str], run: dict) -> None:
@@ -148,6 +157,43 @@ class OutputFolder:
             "run": run,
         }
         _atomic_text(self.folder / _SUCCESS_FILE, json.dumps(index, indent=1) + "\n")
+
+
+class EmbeddingParts:
+    """``OUT_DIR/embeddings/<key>.npy`` (float32 ``(rows, width)``: a recording's embedding rows), journalled in
+    ``_embeddings_done.jsonl`` under the fingerprint ``_embeddings_run.json`` (the run's and the embedding output's):
+    a journal of their own beside the shards', so the scores of a run stay resumable whether or not a later run
+    asks for embeddings, and a run that asks for them computes the recordings whose rows are missing."""
+
+    def __init__(self, folder: Path, fingerprint: dict, width: int, *, resume: bool):
+        self.journal = Journal(folder, fingerprint, run_name=_EMBEDDINGS_RUN, done_name=_EMBEDDINGS_DONE,
+                               parts=EMBEDDINGS_FOLDER, suffix=".npy",
+                               inspect=functools.partial(_npy_shape, width=width)).open(resume=resume)
+        self.width = width
+
+    @property
+    def done(self) -> dict[str, dict]:
+        return self.journal.done
+
+    def add(self, rec: Recording, rows, n_windows: int, audio_seconds: float) -> str | None:
+        """Store one recording's embedding rows (one per window of its scores); None, or why they were not stored."""
+        rows = None if rows is None else np.ascontiguousarray(rows, np.float32)
+        if rows is None or rows.shape != (n_windows, self.width):
+            shape = None if rows is None else list(rows.shape)
+            return f"its embedding rows have shape {shape}, not ({n_windows}, {self.width}); no embeddings stored"
+        buffer = io.BytesIO()
+        np.save(buffer, rows)
+        return self.journal.add(rec, buffer.getvalue(), rows.shape, audio_seconds)
+
+    def load(self, key: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.journal.read_part(key)), allow_pickle=False)
+
+
+def _npy_shape(data: bytes, width: int) -> tuple[int, int]:
+    rows = np.load(io.BytesIO(data), allow_pickle=False)
+    if rows.ndim != 2 or rows.shape[1] != width or rows.dtype != np.float32:
+        raise ValueError(f"a {rows.dtype} array of shape {rows.shape}, not float32 (rows, {width})")
+    return rows.shape
 
 
 def _shard_shape(data: bytes, labels: list[str]) -> tuple[int, int]:
