@@ -64,30 +64,49 @@ class SamplesEnded(AudioDecodeError):
     """The recording ended before a requested sample (its length was taken from its header and was wrong)."""
 
 
-class Samples:
-    """Decoded samples of one recording, read forward in pieces; ``get(a, b)`` for ranges that never go back
-    before what :meth:`release` let go (the start of the previous block's requests)."""
+class _Held:
+    """Pieces of a recording read forward, held from the lowest sample asked since the last :meth:`release`."""
 
-    def __init__(self, path, sample_rate: int, read_seconds: float):
-        self.path = path
-        self._pieces = iter_audio_blocks(path, block_seconds=read_seconds, sample_rate=sample_rate)
+    def __init__(self):
         self._held: list[tuple[int, np.ndarray]] = []
         self._end, self._low = 0, None
+
+    def _fill_to(self, b: int) -> None:  # add pieces until sample ``b`` is held
+        raise NotImplementedError
 
     def get(self, a: int, b: int) -> np.ndarray:
         if b <= a:
             return np.zeros(0, np.float32)
+        if self._end < b:
+            self._fill_to(b)
+        if a < self._held[0][0]:
+            raise RuntimeError(f"samples [{a}, {b}) were already released (held from {self._held[0][0]})")
+        parts = [p[max(0, a - s) : b - s] for s, p in self._held if s < b and s + p.size > a]
+        self._low = a if self._low is None else min(self._low, a)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def release(self) -> None:
+        if self._low is not None:
+            self._held = [(s, p) for s, p in self._held if s + p.size > self._low]
+        self._low = None
+
+
+class Samples(_Held):
+    """Decoded samples of one recording, read forward in pieces; ``get(a, b)`` for ranges that never go back
+    before what :meth:`release` let go (the start of the previous block's requests)."""
+
+    def __init__(self, path, sample_rate: int, read_seconds: float):
+        super().__init__()
+        self.path = path
+        self._pieces = iter_audio_blocks(path, block_seconds=read_seconds, sample_rate=sample_rate)
+
+    def _fill_to(self, b: int) -> None:
         while self._end < b:
             piece = next(self._pieces, None)
             if piece is None:
                 raise SamplesEnded(self.path, f"the file changed while it was read (ends at sample {self._end}, needed {b})")
             self._held.append((self._end, piece))
             self._end += piece.size
-        if a < self._held[0][0]:
-            raise RuntimeError(f"samples [{a}, {b}) were already released (held from {self._held[0][0]})")
-        parts = [p[max(0, a - s) : b - s] for s, p in self._held if s < b and s + p.size > a]
-        self._low = a if self._low is None else min(self._low, a)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def count(self) -> int:
         """Read to the end: the recording's length in samples."""
@@ -96,44 +115,25 @@ class Samples:
         self._held = []
         return self._end
 
-    def release(self) -> None:
-        if self._low is not None:
-            self._held = [(s, p) for s, p in self._held if s + p.size > self._low]
-        self._low = None
 
-
-class FilteredSamples:
+class FilteredSamples(_Held):
     """Samples of another reader (:class:`Samples` or any object with ``get`` / ``release`` / ``count``) through a
     filter run over them in order from the first sample (``piece_filter``: e.g. :class:`birdinfer.ops.filters.
     PieceFilter`): the filtered samples are kept as the inner reader keeps the raw ones, so ranges may overlap
     as they do there."""
 
     def __init__(self, inner, piece_filter):
+        super().__init__()
         self.inner, self.filter = inner, piece_filter
-        self._held: list[tuple[int, np.ndarray]] = []
-        self._end, self._low = 0, None
 
-    def get(self, a: int, b: int) -> np.ndarray:
-        if b <= a:
-            return np.zeros(0, np.float32)
-        if self._end < b:
-            piece = self.inner.get(self._end, b)
-            self.inner.release()  # read forward only: the raw samples before ``b`` are not needed again
-            self._held.append((self._end, self.filter(piece)))
-            self._end = b
-        if a < self._held[0][0]:
-            raise RuntimeError(f"samples [{a}, {b}) were already released (held from {self._held[0][0]})")
-        parts = [p[max(0, a - s) : b - s] for s, p in self._held if s < b and s + p.size > a]
-        self._low = a if self._low is None else min(self._low, a)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def _fill_to(self, b: int) -> None:
+        piece = self.inner.get(self._end, b)
+        self.inner.release()  # read forward only: the raw samples before ``b`` are not needed again
+        self._held.append((self._end, self.filter(piece)))
+        self._end = b
 
     def count(self) -> int:
         return self.inner.count()
-
-    def release(self) -> None:
-        if self._low is not None:
-            self._held = [(s, p) for s, p in self._held if s + p.size > self._low]
-        self._low = None
 
 
 @dataclass
