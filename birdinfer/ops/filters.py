@@ -72,10 +72,7 @@ def _coefficients(fmin: float, fmax: float, order: int, low: float, high: float,
 def bandpass(x: Signal, p: BandpassParams, block: Block) -> Signal:
     if is_identity(p):
         return x
-    from scipy.signal import lfilter
-
-    b, a = _coefficients(p.fmin, p.fmax, p.order, p.band[0], p.band[1], block.sample_rate)
-    return replace(x, data=lfilter(b, a, x.data).astype(np.float32))
+    return replace(x, data=PieceFilter(p, block.sample_rate)(x.data))  # the whole block as one piece
 
 
 def identity_of(p: BandpassParams) -> BandpassParams:
