@@ -91,9 +91,8 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
         cut = min_confidence  # the per-window table keeps every score unless asked
     if top_k is not None and len(manifest.labels) and isinstance(top_k, int) and top_k > len(manifest.labels):
         raise ParameterError(f"--top-k {top_k} is more than the folder's {len(manifest.labels)} labels")
-    if combine and (format not in COMBINED_NAMES or (format == "raven" and not birdnet)):
-        raise ParameterError(f"--combine writes BirdNET-Analyzer's combined tables: --format birdnet_csv, kaleidoscope, or "
-                             f"raven with a BirdNET folder; not --format {format}" + (" here" if format == "raven" else ""))
+    if combine:
+        _need_birdnet_tables("--combine", "writes", format, birdnet, formats=COMBINED_NAMES, what="combined tables")
     if species_codes is not None and not (format == "raven" and birdnet):
         raise ParameterError("--species-codes fills the Species Code column of BirdNET's Raven tables: it goes with "
                              "--format raven and a BirdNET folder")
@@ -102,12 +101,14 @@ def output_plan(manifest, format: str, *, threshold=None, min_confidence=None, t
                       _checked_merge(merge_consecutive, format, birdnet), locale_names(manifest, locale, format, birdnet))
 
 
-def _need_birdnet_tables(option: str, does: str, format: str, birdnet: bool) -> None:
-    """Refuse ``option`` (which ``does`` something to BirdNET-Analyzer's tables) for any other output."""
-    if format not in DETECTION_FORMATS and not (format == "raven" and birdnet):
-        raise ParameterError(f"{option} {does} BirdNET-Analyzer's tables: it goes with --format birdnet_csv, audacity, "
-                             f"kaleidoscope, or raven with a BirdNET folder; not --format {format}"
-                             + (" here" if format == "raven" else ""))
+def _need_birdnet_tables(option: str, does: str, format: str, birdnet: bool, *, formats=DETECTION_FORMATS,
+                         what: str = "tables") -> None:
+    """Refuse ``option`` (which ``does`` something to BirdNET-Analyzer's ``what``) for any output but ``formats``
+    (without raven) and raven with a BirdNET folder."""
+    listed = [f for f in formats if f != "raven"]
+    if format not in listed and not (format == "raven" and birdnet):
+        raise ParameterError(f"{option} {does} BirdNET-Analyzer's {what}: it goes with --format {', '.join(listed)}, "
+                             f"or raven with a BirdNET folder; not --format {format}" + (" here" if format == "raven" else ""))
 
 
 def _checked_merge(merge, format: str, birdnet: bool) -> int:
