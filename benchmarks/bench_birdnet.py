@@ -85,6 +85,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="minutes of audio made from the sample (default 6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
+    parser.add_argument("--schedules", default="", help="also time birdinfer f32 with these front-end schedules "
+                        "(comma list of thread, inline1, inline: a background thread / inline on one thread / inline "
+                        "on every core); the default contender runs the machine's default schedule")
+    parser.add_argument("--precisions", default="", help="also time birdinfer with these precisions (comma list, "
+                        "e.g. int8,fast: the folder then gets an INT8 variant at import)")
     parser.add_argument("--request-chunks", default="", help="also time birdinfer with these request sizes "
                         "(comma list; 0: one request per call), e.g. 0,6")
     args = parser.parse_args()
@@ -95,12 +100,22 @@ def main() -> int:
         paths = list_audio_files(args.audio, recursive=True) if args.audio else recordings(tmp, args.minutes)
         hours = sum(sf.info(p).duration for p in paths) / 3600
         t = time.perf_counter()
-        import_birdnet(model, labels, tmp / "models", check_parity=False)
+        int8 = any(v.strip() in ("int8", "fast") for v in args.precisions.split(","))
+        calibration = args.audio if args.audio else tmp  # speed only: the timed recordings calibrate the INT8 variant
+        import_birdnet(model, labels, tmp / "models", check_parity=False, precision="int8" if int8 else "f32",
+                       calibration=calibration if int8 else None)
         print(f"birdinfer import: {time.perf_counter() - t:.1f} s; {len(paths)} recordings, {hours * 60:.1f} min of audio")
         predictor = Predictor(tmp / "models", precision="f32")
         contenders = {"LiteRT b1": (run_litert, LiteRT(model, threads=args.threads, batch=1)),
                       "LiteRT b16": (run_litert, LiteRT(model, threads=args.threads, batch=16)),
                       "birdinfer f32": (run_birdinfer, predictor)}
+        schedules = {"thread": {"frontend_thread": True}, "inline1": {"frontend_thread": False, "frontend_threads": 1},
+                     "inline": {"frontend_thread": False}}
+        for name in [v.strip() for v in args.schedules.split(",") if v.strip()]:
+            contenders[f"birdinfer f32 {name}"] = (run_birdinfer, Predictor(tmp / "models", precision="f32",
+                                                                            **schedules[name]))
+        for mode in [v.strip() for v in args.precisions.split(",") if v.strip()]:
+            contenders[f"birdinfer {mode}"] = (run_birdinfer, Predictor(tmp / "models", precision=mode))
         for rows in [int(v) for v in args.request_chunks.split(",") if v.strip()]:
             contenders[f"birdinfer f32 r{rows}"] = (run_birdinfer, Predictor(tmp / "models", precision="f32",
                                                                              request_chunks=rows or None))

@@ -39,6 +39,8 @@ def test_run_bench_report_and_plot(small_model_folder, tmp_path):
         assert mode["models_gflop_per_file"] == pytest.approx(sum(m["gflop_per_file"] for m in mode["models"]), rel=1e-3)
         assert stages["models"] == pytest.approx(sum(m["seconds_per_file"] for m in mode["models"]), rel=1e-3, abs=1e-3)
         assert mode["pipelined_seconds_per_file"] > 0 and mode["real_time_factor"] > 0
+        assert mode["schedule"] in ("front end in a background thread", "front end inline, 1 thread") or (
+            mode["schedule"].startswith("front end inline, ") and mode["schedule"].endswith(" threads"))
         p = mode["projection"]
         assert p["seconds"] > 700 * mode["pipelined_seconds_per_file"] * 0.99  # 700 files + load time
         assert p["fits"] == (p["seconds"] <= 5400)

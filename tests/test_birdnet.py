@@ -163,6 +163,26 @@ def test_long_recording_streamed_in_blocks(folder, recording, reference, tmp_pat
     assert np.abs(ours - expected).max() <= TOLERANCE
 
 
+def test_front_end_threads_give_the_same_spectrograms(folder, recording, tmp_path):
+    """The FFTs split over two threads (inline schedule) or one: the same features, bit for bit, whole file
+    and streamed, and the same scores through both schedules."""
+    y, rate = sf.read(recording, dtype="float32")
+    path = tmp_path / "long.wav"
+    sf.write(path, np.tile(y, 7)[: int(65.3 * rate)], rate)
+    rows, features = {}, {}
+    for threads, thread in ((1, True), (2, False)):
+        predictor = Predictor(folder, precision="f32", frontend_thread=thread, frontend_threads=threads)
+        try:
+            assert predictor.frontend_threads == threads
+            features[threads] = predictor.features(load_audio(recording, sample_rate=48000))["birdnet"].data
+            rows[threads] = [r.probs for r in predictor.iter_files([path, recording])]
+        finally:
+            predictor.close()
+    assert features[1].shape[0] > 1 and np.array_equal(features[1], features[2])
+    for a, b in zip(rows[1], rows[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------- windowing
 @pytest.mark.parametrize("seconds, overlap", [(0.5, 0.0), (0.999, 0.0), (1.0, 0.0), (2.5, 0.0), (3.0, 0.0), (3.99, 0.0),
                                               (4.0, 0.0), (4.0001, 0.0), (7.3, 1.5), (10.01, 2.9), (6.0, 2.0)])

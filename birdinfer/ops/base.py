@@ -38,7 +38,9 @@ class Block:
     """The block being processed: its unpadded sample count and row count, and how a partial last row is
     treated (``rows.partial``: "drop", "pad_left", "pad_right"). ``file_stats``: set only by the streamed
     whole-file executor (:mod:`birdinfer.runtime.streaming`) for the file-scope op being called: the statistics of the
-    whole array (gathered in a pass over the file) that the op then uses instead of its input's own."""
+    whole array (gathered in a pass over the file) that the op then uses instead of its input's own.
+    ``threads``: how many threads an op may use on this block (the executor's choice: the CPUs the front end has
+    to itself; an op's result never depends on it)."""
 
     n_samples: int
     n_rows: int
@@ -46,6 +48,7 @@ class Block:
     row_samples: int
     partial: str = "drop"
     file_stats: Mapping[str, Any] | None = None
+    threads: int = 1
 
 
 @dataclass(frozen=True)

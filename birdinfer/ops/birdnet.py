@@ -110,17 +110,19 @@ def _minmax(x: np.ndarray, p: BirdnetStftParams) -> np.ndarray:
 
 
 def _real_parts(v: np.ndarray, n: int, hop: int, window: np.ndarray, bins: tuple[int, int], frames: int,
-                out: np.ndarray) -> None:
-    """One window's branch into ``out`` ``(end − first, frames)``: Re rfft(frame · window) over ``bins``."""
+                out: np.ndarray, threads: int = 1) -> None:
+    """One window's branch into ``out`` ``(end − first, frames)``: Re rfft(frame · window) over ``bins``. With
+    ``threads`` > 1 the FFTs of all its frames are one call split over that many threads (same numbers: each
+    frame's FFT is computed alone either way)."""
     first, end = bins
     view = np.lib.stride_tricks.sliding_window_view(v, n)[::hop][:frames]
-    product = np.empty((_CHUNK_FRAMES, n), np.float32)
-    chunk = np.empty((_CHUNK_FRAMES, n), np.float64)
-    for at in range(0, frames, _CHUNK_FRAMES):
-        k = min(_CHUNK_FRAMES, frames - at)
-        np.multiply(view[at : at + k], window, out=product[:k])  # the float32 product, as the graph
-        chunk[:k] = product[:k]
-        out[:, at : at + k] = scipy.fft.rfft(chunk[:k], axis=-1)[:, first:end].real.T
+    rows = _CHUNK_FRAMES if threads <= 1 else frames
+    chunk = np.empty((min(rows, frames), n), np.float64)
+    for at in range(0, frames, rows):
+        k = min(rows, frames - at)
+        np.multiply(view[at : at + k], window, out=chunk[:k], dtype=np.float32)  # the float32 product, as the graph
+        spectrum = scipy.fft.rfft(chunk[:k], axis=-1, overwrite_x=True, workers=max(1, threads))
+        out[:, at : at + k] = spectrum[:, first:end].real.T
 
 
 @OPS.register("birdnet_stft", BirdnetStftParams, infer=_infer)
@@ -132,6 +134,6 @@ def birdnet_stft(x: Signal, p: BirdnetStftParams, block: Block) -> Signal:
     for w in range(len(scaled)):
         row = 0
         for n, hop, window, bins in zip(p.frame_lengths, p.frame_steps, windows, p.bins):
-            _real_parts(scaled[w], n, hop, window, bins, p.frames, out[w, row : row + bins[1] - bins[0]])
+            _real_parts(scaled[w], n, hop, window, bins, p.frames, out[w, row : row + bins[1] - bins[0]], block.threads)
             row += bins[1] - bins[0]
     return replace(x, data=out, kind="spec", hop=None, n_fft=None)

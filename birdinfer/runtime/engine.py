@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 class FrontEndGraph:
     """The ``features`` of a version 2 manifest, run on one block; identical prefixes computed once."""
 
-    def __init__(self, manifest: ManifestV2, names: Iterable[str] | None = None):
+    def __init__(self, manifest: ManifestV2, names: Iterable[str] | None = None, *, threads: int = 1):
         self.manifest = manifest
+        self.threads = max(1, int(threads))  # threads the ops may use (Block.threads)
         self.names = tuple(names) if names is not None else tuple(manifest.features)
         self.row_samples = manifest.window_samples
         self._keys = {name: [f"{s.name}:{s.params!r}" for s in manifest.features[name]] for name in manifest.features}
@@ -86,7 +87,8 @@ class FrontEndGraph:
             n_rows = self.manifest.n_rows(len(y))
         if n_rows == 0:
             raise ParameterError("the front end needs at least one row of audio")
-        block = Block(len(y), n_rows, self.manifest.sample_rate, self.row_samples, self.manifest.row_partial)
+        block = Block(len(y), n_rows, self.manifest.sample_rate, self.row_samples, self.manifest.row_partial,
+                      threads=self.threads)
         cache: dict[tuple[str, ...], Signal] = {}
         for keys, chains in self._chains:  # frames shared by every chain of one n_fft
             cache.update(zip(keys, stft_resize_mel(Signal(y), chains, block)))
@@ -184,6 +186,7 @@ class SpecEngine:
         self.models = list(models)
         self.keep = tuple((str(m), str(o)) for m, o in keep)  # (model, output) kept per window for the caller
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
+        self.frontend_threads = 1  # threads the front-end ops may use (Predictor: its cores when run inline)
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
         self.dag = DagRunner(manifest, self.models)  # models on other models' outputs: per file (runtime.dag)
         self._charges: tuple[dict, dict] | None = None  # the seconds / calls of the last infer_block (dag models)
@@ -208,7 +211,7 @@ class SpecEngine:
     def features(self, y: np.ndarray, active: Iterable[str]) -> dict[str, Signal]:
         names = pass_inputs([m.entry for m in self.models], set(active))  # shifted TTA passes included
         if names not in self._graphs:
-            self._graphs[names] = FrontEndGraph(self.manifest, names)
+            self._graphs[names] = FrontEndGraph(self.manifest, names, threads=self.frontend_threads)
         return self._graphs[names](y)
 
     def infer_block(self, features: Mapping[str, Signal], n_rows: int, active: Iterable[str],

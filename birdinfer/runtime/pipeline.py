@@ -14,16 +14,15 @@ a block of N samples gives ``N // row`` rows (a trailing remainder shorter than 
 input. So a 60 s file gives 12 rows of 5 s, a 62 s file 12, a 65 s file 13, a 3 s file 1. The file-scope
 steps (row steps, smoothing, the ensemble tree) run over all rows of a file.
 
-Decoding and the front end of the next block run in a background thread while the models run on the
-current one (numpy, soundfile and OpenVINO release the GIL), so the front end is mostly hidden.
+Where the machine has logical CPUs OpenVINO's streams leave free (hyper-thread siblings), decoding and the front
+end of the next block run there in a background thread while the models run on the current one (numpy,
+soundfile and OpenVINO release the GIL), so the front end is hidden; elsewhere they run inline, between the
+models' calls (:mod:`birdinfer.runtime.block_feed`: a thread without a CPU of its own was measured slower).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..io.audio import iter_audio_blocks
+from .block_feed import SKIPPED, ThreadFeed, feed_blocks
 from .engine import WHOLE_FILE_SECONDS, SpecEngine
 from .fusion import FileRows, fuse
 from .dag import checked_keep, output_rows
@@ -40,7 +40,7 @@ from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline 
 from ..errors import AudioDecodeError, ParameterError
 from ..spec.dag import dependents
 from ..spec.manifest import Manifest
-from .cpu import effective_isa, spare_siblings
+from .cpu import effective_isa, physical_cores, spare_siblings
 from .models import LoadedModel, describe_precisions, load_models, plan_models
 from .ov_requests import REQUEST_CHUNKS
 from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
@@ -75,18 +75,6 @@ class FileResult:
         return self.error is None
 
 
-@dataclass
-class _Block:
-    file_index: int
-    features: dict | None
-    n_windows: int
-    last: bool
-    error: str | None = None
-    decode_seconds: float = 0.0
-    front_end_seconds: float = 0.0
-    cpu_seconds: float = 0.0  # CPU time of this thread for decode + front end (excludes time preempted by inference)
-
-
 class Predictor:
     """A model folder, loaded: front end + compiled networks + ensemble rules.
 
@@ -106,6 +94,8 @@ class Predictor:
         threads: int | None = None,
         parallel_models: int | None = None,
         pin_decode_thread: bool = True,
+        frontend_thread: bool | None = None,
+        frontend_threads: int | None = None,
         keep_outputs: Sequence[tuple[str, str]] = (),
         request_chunks: int | None = REQUEST_CHUNKS,
     ):
@@ -115,6 +105,10 @@ class Predictor:
         2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
         ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
         logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use.
+        ``frontend_thread``: decode and compute the front end in a background thread (True) or inline between
+        the models' calls (False); default: in a thread only where there are such spare siblings
+        (:mod:`birdinfer.runtime.block_feed`). ``frontend_threads``: threads the front-end ops may use
+        (``Block.threads``; default: every physical core inline, one in the background thread).
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
         the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
         rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`)."""
@@ -141,7 +135,9 @@ class Predictor:
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
             threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks,
         )
-        self.decode_cpus = spare_siblings() if pin_decode_thread else []
+        spare = spare_siblings()
+        self.decode_cpus = spare if pin_decode_thread else []
+        self.frontend_thread = bool(spare) if frontend_thread is None else bool(frontend_thread)
         if self.parallel_models > 1 and len(self.models) > 1:
             self._first_calls()
         self.load_seconds = time.perf_counter() - start
@@ -149,6 +145,14 @@ class Predictor:
         self.keep_outputs = checked_keep(self.models, keep_outputs)
         self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models, keep=self.keep_outputs)
         self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
+        if frontend_threads is None:  # inline, the front end has every core while the models wait
+            frontend_threads = 1 if self.frontend_thread else physical_cores()
+        if int(frontend_threads) < 1:
+            raise ParameterError(f"frontend_threads must be >= 1, got {frontend_threads!r}")
+        self.frontend_threads = int(frontend_threads)
+        self._engine.frontend_threads = self.frontend_threads
+        if self._stream is not None:
+            self._stream.threads = self.frontend_threads
         self.backend = backend  # as asked ("auto": per model, birdinfer.runtime.plan); what ran: ran_backends
         self.active: list[str] = [m.name for m in self.models]
         self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}
@@ -282,46 +286,6 @@ class Predictor:
         return self.finish(parts, Path(path).name)  # no rows when the file is shorter than the spec's rows.min_seconds
 
     # ------------------------------------------------------------------ many recordings
-    def _produce(self, paths: Sequence[Path], out: "queue.Queue[_Block | None]", stop: threading.Event) -> None:
-        """Background thread: decode and compute features block by block, a bounded queue ahead."""
-        if self.decode_cpus and hasattr(os, "sched_setaffinity"):
-            try:  # Linux: pid 0 is this thread only
-                os.sched_setaffinity(0, self.decode_cpus)
-            except OSError as e:
-                log.debug("cannot pin the decode thread to %s: %s", self.decode_cpus, e)
-        try:
-            for index, path in enumerate(paths):
-                if stop.is_set():
-                    return
-                try:
-                    blocks = self._file_blocks(path)
-                    block_index = 0
-                    pending: _Block | None = None
-                    while True:
-                        t0, c0 = time.perf_counter(), time.thread_time()
-                        block = next(blocks, None)
-                        t1 = time.perf_counter()
-                        if block is None:
-                            break
-                        n, compute = block
-                        features = compute() if n else None
-                        t2, c2 = time.perf_counter(), time.thread_time()
-                        if pending is not None:
-                            out.put(pending)
-                        pending = _Block(index, features, n, False, None, t1 - t0, t2 - t1, c2 - c0)
-                        block_index += 1
-                    if pending is None:
-                        raise AudioDecodeError(path, "no samples")
-                    pending.last = True
-                    out.put(pending)
-                except AudioDecodeError as e:
-                    out.put(_Block(index, None, 0, True, e.reason))
-                except Exception as e:  # noqa: BLE001 - one bad file must not cost the run; reported per file
-                    log.debug("unexpected error on %s", path, exc_info=True)
-                    out.put(_Block(index, None, 0, True, f"{type(e).__name__}: {e}"))
-        finally:
-            out.put(None)
-
     def iter_files(
         self,
         paths: Sequence[str | Path],
@@ -333,26 +297,30 @@ class Predictor:
         members: bool = False,
     ) -> Iterator[FileResult]:
         """Yield one :class:`FileResult` per path, in order. Decoding and the front end of upcoming blocks
-        run in a background thread (``prefetch`` blocks ahead). ``on_file_start(i)`` is called before file
+        run in a background thread (``prefetch`` blocks ahead) or inline (:attr:`frontend_thread`). ``on_file_start(i)`` is called before file
         ``i``'s models run; returning False skips the rest (they are yielded as failed with reason
         "skipped"). ``members``: keep each file's rows before fusion (always kept for a :attr:`held` spec,
         whose ``probs`` are set by :meth:`fuse` once every file is done)."""
         paths = [Path(p) for p in paths]
-        blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(paths, blocks, stop), name="birdinfer-decode", daemon=True)
-        worker.start()
+        started: set[int] = set()
+
+        def ask(index: int) -> bool:  # inline: asked before the file is decoded
+            started.add(index)
+            return on_file_start(index)
+
+        feed = (ThreadFeed(paths, self._file_blocks, prefetch=prefetch, cpus=self.decode_cpus) if self.frontend_thread
+                else None)
+        blocks = iter(feed) if feed is not None else feed_blocks(paths, self._file_blocks,
+                                                                 ask if on_file_start is not None else None)
         stats = stats if stats is not None else {}
-        stats.setdefault("decode_seconds", 0.0)
-        stats.setdefault("front_end_seconds", 0.0)
-        stats.setdefault("front_end_cpu_seconds", 0.0)
-        stats.setdefault("wait_seconds", 0.0)
+        for key in ("decode_seconds", "front_end_seconds", "front_end_cpu_seconds", "wait_seconds"):
+            stats.setdefault(key, 0.0)
         try:
-            current, parts, file_start, started = -1, [], 0.0, set()
+            current, parts, file_start = -1, [], 0.0
             skipping = False
             while True:
                 t_wait = time.perf_counter()
-                item = blocks.get()
+                item = next(blocks, None)
                 stats["wait_seconds"] += time.perf_counter() - t_wait
                 if item is None:
                     break
@@ -367,7 +335,7 @@ class Predictor:
                 path = paths[item.file_index]
                 if skipping:
                     if item.last:
-                        yield FileResult(path, None, "skipped: time budget exhausted", 0.0)
+                        yield FileResult(path, None, SKIPPED, 0.0)
                     continue
                 if item.error is not None:
                     yield FileResult(path, None, item.error, clock() - file_start)
@@ -377,13 +345,8 @@ class Predictor:
                 if item.last:
                     yield self._result(path, parts, clock() - file_start, members)
         finally:
-            stop.set()
-            while worker.is_alive():  # unblock the producer if it waits on a full queue
-                try:
-                    blocks.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            worker.join()
+            if feed is not None:
+                feed.close()
 
     def _result(self, path: Path, parts: list, seconds: float, members: bool) -> FileResult:
         if not parts:  # no block gave a row

@@ -149,11 +149,12 @@ class FileFront:
     """One recording's streamed front end: its geometry, the statistics of its file-scope ops, and the
     features of each output block."""
 
-    def __init__(self, manifest, chains: dict, n_samples: int, block_rows: int):
+    def __init__(self, manifest, chains: dict, n_samples: int, block_rows: int, threads: int = 1):
         self.m, self.chains, self.block_rows = manifest, chains, block_rows
         self.n_samples, self.n_rows = n_samples, manifest.n_rows(n_samples)
         self.n_blocks = -(-self.n_rows // block_rows)
-        self.block = Block(n_samples, self.n_rows, manifest.sample_rate, manifest.window_samples, manifest.row_partial)
+        self.block = Block(n_samples, self.n_rows, manifest.sample_rate, manifest.window_samples, manifest.row_partial,
+                           threads=threads)
         self.geo = {name: self._geometry(chain) for name, chain in chains.items()}
         self.stats: dict[tuple, dict] = {}
         self.cache: dict = {}

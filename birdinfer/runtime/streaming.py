@@ -186,6 +186,7 @@ class WholeFileStream:
             self.chains = {name: replace(c, steps=(replace(c.steps[0], params=identity_of(c.steps[0].params)),)
                                          + c.steps[1:]) for name, c in self.chains.items()}
         self.passes = max((d for c in self.chains.values() for _, d in c.stats), default=0)
+        self.threads = 1  # threads the front-end ops may use (Block.threads; Predictor: its cores when run inline)
 
     @classmethod
     def for_manifest(cls, manifest) -> "WholeFileStream | None":
@@ -220,7 +221,7 @@ class WholeFileStream:
         count the samples, and is run again on the count when the header was wrong."""
         m = self.manifest
         guess, samples = declared_samples(path, m.sample_rate), self.source(Samples(path, m.sample_rate, READ_SECONDS))
-        front = FileFront(m, self.chains, guess, self.block_rows)
+        front = FileFront(m, self.chains, guess, self.block_rows, self.threads)
         try:
             front.collect(1, samples)
         except SamplesEnded:
@@ -228,7 +229,7 @@ class WholeFileStream:
         n_samples = samples.count()
         if n_samples != guess:
             log.debug("%s: %d samples decoded, the header says %d: first pass again", path, n_samples, guess)
-            front = FileFront(m, self.chains, n_samples, self.block_rows)
+            front = FileFront(m, self.chains, n_samples, self.block_rows, self.threads)
             front.collect(1, self.source(Samples(path, m.sample_rate, READ_SECONDS)))
         return front
 
@@ -250,7 +251,8 @@ class WholeFileStream:
             pieces.close()
             front = self._first_pass(path)
         else:  # a counting pass
-            front = FileFront(m, self.chains, first.size + sum(piece.size for piece in pieces), self.block_rows)
+            front = FileFront(m, self.chains, first.size + sum(piece.size for piece in pieces), self.block_rows,
+                              self.threads)
             del first
         for depth in range(2, self.passes + 1):
             front.collect(depth, self.source(Samples(path, sr, READ_SECONDS)))

@@ -7,8 +7,8 @@ per *mode* (a backend + precision, e.g. OpenVINO f32, OpenVINO INT8, ONNX Runtim
   feature alone), the models (as the pipeline runs them: side by side when it runs several at once, each
   model then charged its share of the wall time, in proportion to its own run time), post-processing
   (model row steps, the ensemble tree, output rows); each model's effective weight in the ensemble tree;
-* the real pipeline (:meth:`birdinfer.runtime.pipeline.Predictor.iter_files`, front end in its background thread)
-  end to end: seconds per file, × real time, and the projected wall time of 700 × 60 s files plus the model
+* the real pipeline (:meth:`birdinfer.runtime.pipeline.Predictor.iter_files`, its front end in a background thread
+  or inline, as the machine's default schedule: :mod:`birdinfer.runtime.block_feed`) end to end: seconds per file, × real time, and the projected wall time of 700 × 60 s files plus the model
   load time against the 90-minute Kaggle budget, and the models the notebook's time budget would drop;
 * this machine's float32 matrix-multiply peak (numpy ``float32`` 4096² product) and the fraction of it each
   model reaches. A model's cost in GFLOP per file is computed from its OpenVINO IR: 2 × the

@@ -43,7 +43,8 @@ def format_report(report: dict) -> str:
         lines.append(f"| models (all, as the pipeline runs them) | {st['models']:.3f} |")
         lines.append(f"| post-processing (row steps, ensemble tree, output) | {st['ensemble_output']:.4f} |")
         lines.append(f"| **stages, one after another** | {r['staged_seconds_per_file']:.3f} |")
-        lines.append(f"| **pipeline (front end in background)** | {r['pipelined_seconds_per_file']:.3f} |")
+        lines.append(f"| **pipeline ({r.get('schedule', 'front end in a background thread')})** | "
+                     f"{r['pipelined_seconds_per_file']:.3f} |")
         lines.append("")
         lines.append("| model | feature | weight in the ensemble | precision | s / file | GFLOP / file | GFLOP/s | of f32 peak |")
         lines.append("|---|---|---|---|---|---|---|---|")

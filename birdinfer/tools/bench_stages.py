@@ -304,6 +304,14 @@ def _projection(predictor: Predictor, models: list[dict], pipelined: float, audi
     }
 
 
+def schedule_of(predictor: Predictor) -> str:
+    """How the pipeline fed the models: the front end in a background thread, or inline on N threads."""
+    threads = predictor.frontend_threads
+    if predictor.frontend_thread:
+        return "front end in a background thread"
+    return f"front end inline, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def bench_mode(manifest: ManifestV2, mode: str, paths: Sequence[Path], *, peak: float | None, audio_seconds: float) -> dict:
     """Every figure of one mode (see the module docstring) for the files ``paths``."""
     backend, precision = parse_mode(mode)
@@ -344,6 +352,7 @@ def bench_mode(manifest: ManifestV2, mode: str, paths: Sequence[Path], *, peak: 
             "windows_per_file": {k: round(_mean(v), 2) for k, v in tally.windows.items()},
             "staged_seconds_per_file": round(sum(stages.values()), 4),
             "pipelined_seconds_per_file": round(pipelined, 4),
+            "schedule": schedule_of(predictor),
             "pipeline_waited_for_front_end_seconds_per_file": round(stats.get("wait_seconds", 0.0) / len(paths), 4),
             "front_end_share_of_wall": round(stages["front_end"] / pipelined, 4) if pipelined > 0 else None,
             "real_time_factor": round(audio_seconds / pipelined, 1) if pipelined > 0 else None,
