@@ -108,6 +108,7 @@ class Predictor:
         pin_decode_thread: bool = True,
         keep_outputs: Sequence[tuple[str, str]] = (),
         request_chunks: int | None = REQUEST_CHUNKS,
+        prune_outputs: bool = True,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
@@ -117,7 +118,8 @@ class Predictor:
         logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use.
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
         the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
-        rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`)."""
+        rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`). ``prune_outputs``:
+        only the columns a ``label_map`` reads (:mod:`birdinfer.runtime.prune_outputs`); False: every column."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -139,8 +141,8 @@ class Predictor:
         log.info("%s", self.plan_summary)
         self.models: list[LoadedModel] = load_models(
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
-            threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks,
-        )
+            threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks, prune_outputs=prune_outputs,
+            keep_outputs=keep_outputs)
         self.decode_cpus = spare_siblings() if pin_decode_thread else []
         if self.parallel_models > 1 and len(self.models) > 1:
             self._first_calls()
