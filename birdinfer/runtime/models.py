@@ -52,6 +52,7 @@ from ..errors import BackendError, MissingDependencyError
 from ..spec.manifest import Manifest, ModelEntry
 from .graphs import GraphPorts, check_graph, onnxruntime_ports, openvino_ports
 from .ov_requests import REQUEST_CHUNKS, RequestPlan, make_runner, request_plan, reshape_batch, rows_independent
+from .prune_outputs import OutputCut, describe, label_map_columns, remapped_entry
 from .plan import (BACKEND_CHOICES, BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
                    variant_valid)
 
@@ -98,6 +99,7 @@ class LoadedModel:
     threads: int | None = None  # threads this model was compiled for (None: the backend's default)
     streams: int = 1  # requests run at once per call (OpenVINO split-batch streams)
     kernels: dict[str, int] | None = None  # OpenVINO kernel (primitiveType) → count, over KERNEL_LAYERS
+    columns: str = ""  # a label map's output cut to the columns it reads, or why not (runtime.prune_outputs)
 
     @property
     def name(self) -> str:
@@ -151,6 +153,8 @@ def load_models(
     request_chunks: int | None = REQUEST_CHUNKS,
     isa: CpuIsa | None = None,
     plans: Sequence[ModelPlan] | None = None,
+    prune_outputs: bool = True,
+    keep_outputs: Sequence[tuple[str, str]] = (),
 ) -> list[LoadedModel]:
     """Compile every model of ``manifest`` once, as :func:`plan_models` decides (logged). Checksums of the
     files used are verified first; each graph, once read, is checked against the manifest before it is
@@ -162,6 +166,9 @@ def load_models(
     given, else 1); see the module docstring. ``request_chunks``: rows per request for a model whose batch axis
     is free (:mod:`birdinfer.runtime.ov_requests`; ``None``: one request per call; ONNX Runtime runs such
     calls as consecutive runs of that many rows). ``plans``: from :func:`plan_models` (planned here when None).
+    ``prune_outputs`` (OpenVINO): a model whose steps start with ``label_map`` computes only the columns its map
+    reads (:mod:`birdinfer.runtime.prune_outputs`; the loaded entry's map gathers from them), unless another model
+    or ``keep_outputs`` (``(model, output)`` the caller takes raw) reads that output; logged per model either way.
     """
     if plans is None:
         plans, summary = plan_models(manifest, precision=precision, backend=backend, isa=isa)
@@ -174,6 +181,7 @@ def load_models(
             names += [name] + ([p.entry.variants[p.variant].openvino_bin] if p.backend == "openvino" else [])
         manifest.verify_checksums(names + list(getattr(manifest, "op_files", ())))  # and files front-end ops read
     loaders: dict[str, _OpenVinoLoader | _OnnxRuntimeLoader] = {}
+    wanted, reasons = label_map_columns(getattr(manifest, "models", ()), keep_outputs)
     loaded = []
     for p, name in zip(plans, files):
         if p.backend not in loaders:  # each backend's package is imported only when a model runs on it
@@ -186,13 +194,33 @@ def load_models(
                                                         request_chunks=request_chunks)
         start = time.perf_counter()
         path = manifest.path_of(name)
+        need = wanted.get(p.entry.name)
+        cut = OutputCut(need) if need is not None and prune_outputs and p.backend == "openvino" else None
+        extra = {"rewrite": cut} if cut is not None else {}
         runner, ran = loaders[p.backend].load(path, p.entry, p.variant, p.hint,
-                                              check=partial(check_graph, manifest, p.entry, path))
+                                              check=partial(check_graph, manifest, p.entry, path), **extra)
+        entry, columns = _columns(p, need, cut, reasons.get(p.entry.name), prune_outputs)
         used_streams = getattr(runner, "streams", 1)
-        loaded.append(LoadedModel(p.entry, p.variant, ran, p.backend, runner, time.perf_counter() - start,
-                                  1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None)))
+        loaded.append(LoadedModel(entry, p.variant, ran, p.backend, runner, time.perf_counter() - start,
+                                  1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None),
+                                  columns))
         log.debug("loaded %s (%s, %s, %s) in %.2f s", p.entry.name, p.variant, ran, p.backend, loaded[-1].load_seconds)
     return loaded
+
+
+def _columns(p: ModelPlan, need, cut: OutputCut | None, reason: str | None, prune: bool) -> tuple[ModelEntry, str]:
+    """The entry the loaded model runs (its label map remapped when its output was cut) and the load log's line."""
+    if cut is not None and cut.reason is None:
+        text = describe(need)
+        log.info("%s: %s", p.entry.name, text)
+        return remapped_entry(p.entry, need), text
+    if need is not None:
+        why = ("output pruning is off" if not prune else cut.reason if cut is not None
+               else f"the {p.backend} backend computes every column")
+        reason = f"{need.output}: all {need.width} columns computed: {why}"
+    if reason:
+        log.info("%s: %s", p.entry.name, reason)
+    return p.entry, reason or ""
 
 
 def kernel_families(compiled) -> dict[str, int]:
@@ -243,14 +271,17 @@ class _OpenVinoLoader:
         return config
 
     def load(self, xml: Path, entry: ModelEntry, variant: str, hint: str,
-             check: Callable[[GraphPorts], None] | None = None):
-        """Read, check (``check``: called with the graph's ports before compiling) and compile one IR."""
+             check: Callable[[GraphPorts], None] | None = None, rewrite: Callable[[object], None] | None = None):
+        """Read, check (``check``: called with the graph's ports before compiling) and compile one IR;
+        ``rewrite``: called with the read ``openvino.Model`` after the check (e.g. :class:`OutputCut`)."""
         try:
             model = self.core.read_model(str(xml))
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
             raise BackendError(f"{xml}: OpenVINO cannot read this IR ({e}); re-export the model folder") from e
         if check is not None:
             check(openvino_ports(model))
+        if rewrite is not None:
+            rewrite(model)
         plan = request_plan(entry, self.streams, self.request_chunks)
         if plan.mode != "one":
             try:
@@ -258,6 +289,8 @@ class _OpenVinoLoader:
             except Exception as e:  # a graph that cannot be reshaped keeps one request per call
                 log.debug("%s: cannot reshape to %d chunks (%s); one request per call", entry.name, plan.rows, e)
                 model = self.core.read_model(str(xml))
+                if rewrite is not None:
+                    rewrite(model)
                 plan = RequestPlan("one", 1)
         try:
             compiled = self.core.compile_model(model, "CPU", self._config(hint, plan.streams))

@@ -98,6 +98,7 @@ class Predictor:
         frontend_threads: int | None = None,
         keep_outputs: Sequence[tuple[str, str]] = (),
         request_chunks: int | None = REQUEST_CHUNKS,
+        prune_outputs: bool = True,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
@@ -111,7 +112,8 @@ class Predictor:
         (``Block.threads``; default: every physical core inline, one in the background thread).
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
         the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
-        rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`)."""
+        rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`). ``prune_outputs``:
+        only the columns a ``label_map`` reads (:mod:`birdinfer.runtime.prune_outputs`); False: every column."""
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -133,8 +135,8 @@ class Predictor:
         log.info("%s", self.plan_summary)
         self.models: list[LoadedModel] = load_models(
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
-            threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks,
-        )
+            threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks, prune_outputs=prune_outputs,
+            keep_outputs=keep_outputs)
         spare = spare_siblings()
         self.decode_cpus = spare if pin_decode_thread else []
         self.frontend_thread = bool(spare) if frontend_thread is None else bool(frontend_thread)

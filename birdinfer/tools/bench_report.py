@@ -33,6 +33,7 @@ def format_report(report: dict) -> str:
             lines.append("requests: " + ", ".join(f"{k} ×{n}" for k, n in r["requests"].items()))
         lines.append(f"plan: {r['precision_plan']}")
         lines.append("kernels: " + ", ".join(f"{k} ×{n}" for k, n in r["kernel_families"].items()))
+        lines += [f"outputs: {x['name']}: {x['columns']}" for x in r["models"] if x.get("columns")]  # label_map cuts
         lines.append("| stage | s / file |")
         lines.append("|---|---|")
         st = r["stages_seconds_per_file"]

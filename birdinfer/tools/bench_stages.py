@@ -256,7 +256,7 @@ def _model_rows(predictor: Predictor, tally: _Tally, peak: float | None) -> list
             "name": m.name, "arch": m.entry.arch, "weight": round(weights[m.name], 4),
             "feature": f"{m.entry.source.model}.{m.entry.source.output}" if on_output else m.entry.input,
             "variant": m.variant, "precision": m.precision, "load_seconds": round(m.load_seconds, 3),
-            "kernels": m.kernels or {}, "seconds_per_file": round(seconds, 4),
+            "kernels": m.kernels or {}, "columns": m.columns, "seconds_per_file": round(seconds, 4),
             "gflop_per_file": None if g is None else round(g, 2),
             "gflops": None if g is None or seconds <= 0 else round(g / seconds, 1),
             "f32_peak_fraction": None if g is None or not peak or seconds <= 0 else round(g / seconds / peak, 3),
