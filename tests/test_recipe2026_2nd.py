@@ -288,6 +288,16 @@ TEMPORAL_GATE = {"name": "temporal", "when": [{"member": "final", "of": "context
                                               {"member": "final", "of": "rank", "above": 0.75}],
                  "toward": [{"member": "final", "of": "rank"}, {"member": "final", "of": "context"}], "alpha": 0.15,
                  "context": {"radius": 3, "scale": 1.2, "df": 2.0}}
+#: The script's members on the CNN side (``cnns``: every member but its anchor, ``final``).
+CNN_SIDE = ["sed", "exp53", "exp72e", "exp79b", "exp85", "exp88"]
+#: Gates 1 (noise) and 3 (CNN spike) of the script, switched off there (``GATE1_NOISE``, ``GATE3_SPIKE`` False):
+#: stated, ``enabled`` false. Gate 1 tests the CNNs' mean probability, gate 3 any CNN's rank (their max).
+NOISE_GATE = {"name": "noise", "enabled": False, "alpha": 0.08, "toward": [{"member": "final", "of": "rank"}],
+              "when": [{"member": "final", "of": "value", "above": 0.5},
+                       {"members": CNN_SIDE, "reduce": "mean", "of": "value", "below": 0.05}]}
+SPIKE_GATE = {"name": "spike", "enabled": False, "alpha": 0.12, "toward": [{"member": m, "of": "rank"} for m in CNN_SIDE],
+              "when": [{"members": CNN_SIDE, "reduce": "max", "of": "rank", "above": 0.95},
+                       {"member": "final", "of": "rank", "below": 0.80}]}
 #: The test's labels have no sonotypes: one group of its labels stands for them (the sonotype groups stay in the
 #: spec, skipped with a line in the load report, as in a folder without those labels).
 TEST_GROUPS = SONOTYPE_GROUPS + (("strvar", "bubvir"),)
@@ -348,7 +358,7 @@ def second_spec(labels, folds: int = 2, taxa=("Aves", "Amphibia", "Insecta"), gr
     rank = {"step": "rank_mean", "scope": "submission", "ranks": "percent", "taxonomy": "taxonomy.csv",
             "taxon_weights": {"final": {t: TAXON_W[t] for t in taxa}, "sed": {t: TAXON_W[t] for t in taxa},
                               **{name: _cnn_weights(name, taxa) for name in CNNS}},
-            "gates": [TEMPORAL_GATE]}
+            "gates": [NOISE_GATE, TEMPORAL_GATE, SPIKE_GATE]}
     mirror = {"step": "column_group_max", "groups": [list(g) for g in groups], "missing": "skip"}
     return {"format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SR, "labels": list(labels),
             "rows": {"seconds": 5.0}, "block_seconds": None, "features": wave, "models": models,
@@ -604,7 +614,8 @@ def blend_weights() -> dict[str, np.ndarray]:
             {"final": TAXON_W, "sed": TAXON_W, **cnn}.items()}
 
 
-def fused_reference(members: dict[str, np.ndarray], counts: list[int], gates: bool = True) -> dict[str, np.ndarray]:
+def fused_reference(members: dict[str, np.ndarray], counts: list[int], gates: bool = True, off: bool = False,
+                    noise_below: float = 0.05) -> dict[str, np.ndarray]:
     """The script's "Ensembling" of its seven members (``members``: ``final``, the Perch stack; ``sed``; exp53,
     exp72e, exp79b, exp85, exp88): the taxon-weighted blend of per-class percentile ranks over the whole submission
     (pandas ``rank(pct=True)``, ties averaged; ``Σ w_m·rank_m / Σ w_m`` per class, :func:`blend_weights`), then
@@ -612,17 +623,30 @@ def fused_reference(members: dict[str, np.ndarray], counts: list[int], gates: bo
     the percentile rank of ``p_anchor`` smoothed per file; where ``xctx > 0.88`` and ``r_anchor > 0.75``,
     ``0.85·blended + 0.15·max(r_anchor, xctx)``; then gate 4, each mirrored group's columns set to its row max
     (``TEST_GROUPS``: the sonotype groups, absent here, and one group of the test's labels). Gates 1, 3, 5, 6 and
-    SoftmaxRichness are off in the script. Returns the submission and the quantities the gates compared."""
+    SoftmaxRichness are off in the script; ``off``: gates 1 and 3 switched on (``GATE1_NOISE``, ``GATE3_SPIKE``):
+    gate 1 before gate 2, ``fake_only = (p_anchor > 0.5) & (mean of the CNNs' p < 0.05)`` (``noise_below``) →
+    ``0.92·blended +
+    0.08·r_anchor``, gate 2 then excludes those cells, gate 3 after it, ``cnn_only = (max of the CNNs' ranks > 0.95)
+    & (r_anchor < 0.80) & ~fake_only & ~proto_cont`` → ``0.88·blended + 0.12·r_cnn_max`` (``cnns``: every member
+    but the anchor). Returns the submission and the quantities the gates compared."""
     weights = blend_weights()
     final = members["final"]
-    r_anchor = pct_ranks(final)
-    blended = sum(weights[m] * pct_ranks(rows) for m, rows in members.items()) / sum(weights[m] for m in members)
+    ranks = {m: pct_ranks(rows) for m, rows in members.items()}
+    r_anchor = ranks["final"]
+    blended = sum(weights[m] * ranks[m] for m in members) / sum(weights[m] for m in members)
     xctx = pct_ranks(temporal_context(final, counts))
-    temporal = (xctx > 0.88) & (r_anchor > 0.75)
+    p_cnn_mean = np.mean([members[m] for m in CNN_SIDE], axis=0)
+    r_cnn_max = np.max([ranks[m] for m in CNN_SIDE], axis=0)
+    fake_only = (final > 0.5) & (p_cnn_mean < noise_below) & off
+    temporal = (xctx > 0.88) & (r_anchor > 0.75) & ~fake_only
+    cnn_only = (r_cnn_max > 0.95) & (r_anchor < 0.80) & ~fake_only & ~temporal & off
     if gates:
+        blended = np.where(fake_only, 0.92 * blended + 0.08 * r_anchor, blended)
         blended = np.where(temporal, 0.85 * blended + 0.15 * np.maximum(r_anchor, xctx), blended)
+        blended = np.where(cnn_only, 0.88 * blended + 0.12 * r_cnn_max, blended)
         blended = mirror_groups(blended, LABELS, TEST_GROUPS)
-    return {"sub": blended, "r_anchor": r_anchor, "xctx": xctx, "temporal": temporal}
+    return {"sub": blended, "r_anchor": r_anchor, "xctx": xctx, "temporal": temporal, "noise": fake_only,
+            "spike": cnn_only, "p_cnn_mean": p_cnn_mean, "r_cnn_max": r_cnn_max}
 
 
 _REFERENCE: dict[tuple[int, str], dict[str, np.ndarray]] = {}
@@ -669,17 +693,21 @@ MEMBERS = ["perch", "probe", "proto", "final"] + [f"sed_fold{k}" for k in range(
 FUSED = ["final", "sed"] + list(CNNS)  # the members of the script's rank blend
 
 
-def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path, caplog):
+def _submit(folder: Path, soundscapes: Path, out_dir: Path, *more: str) -> Path:
+    from birdinfer.cli import main
+
+    out = out_dir / "submission.csv"
+    assert main(["submit", str(soundscapes), "--models", str(folder), "--out", str(out), "--precision", "f32", *more]) == 0
+    return out
+
+
+def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path):
     """``birdinfer submit --member-rows`` on a 3 s, a 12.3 s, a 20 s (loud, then quiet), a 60 s and a 130 s file:
     every member's rows (the Perch stack's models, each SED fold, the SED, the five other CNN sections) within 1e-4
     of the transcription
     (float32 OpenVINO against float64 numpy around float32 torch); the fused rows as below."""
-    from birdinfer.cli import main
-
-    out, member_dir, report = tmp_path / "submission.csv", tmp_path / "members", tmp_path / "report.json"
-    with caplog.at_level(logging.INFO):
-        assert main(["submit", str(soundscapes), "--models", str(folder), "--out", str(out), "--precision", "f32",
-                     "--member-rows", str(member_dir), "--report", str(report)]) == 0
+    member_dir, report = tmp_path / "members", tmp_path / "report.json"
+    out = _submit(folder, soundscapes, tmp_path, "--member-rows", str(member_dir), "--report", str(report))
     paths = sorted(soundscapes.iterdir())
     want = {name: [] for name in MEMBERS}
     for path in paths:
@@ -695,6 +723,7 @@ def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path
         error[name] = float(np.abs(got - rows).max())
     have = pd.read_csv(out)[LABELS].to_numpy()
     check_fused(have, {m: want[m] for m in FUSED}, counts, error)
+    _MEASURED.update(want={m: want[m] for m in FUSED}, counts=counts, error=error)
     # the fusion is not one member's ranks: each counts
     for name in FUSED:
         assert np.abs(have - pd.DataFrame(want[name]).rank(axis=0, pct=True).to_numpy()).max() > 0.05
@@ -703,7 +732,35 @@ def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path
     assert "'S13' of file 'BC2026_Test_0004_S13_20250302_233000.ogg' is not in the vocabulary: id 0" in text
 
 
-def check_fused(have: np.ndarray, members: dict[str, np.ndarray], counts: list[int], error: dict[str, float]) -> None:
+#: The transcription's fused members, the files' row counts and the members' measured errors (the test above).
+_MEASURED: dict = {}
+
+
+def test_the_switched_off_gates_1_and_3_switched_on(folder, soundscapes, tmp_path):
+    """The shipped spec states the script's gates 1 and 3 with ``"enabled": false``; switched on, the submission
+    follows the script's rules for them (:func:`fused_reference` with ``off``: the CNNs' mean probability, the max
+    of their ranks, gate 2 after gate 1 and gate 3 after both), with the bound of :func:`check_fused`. The random
+    networks never give the CNNs a mean below 0.05 where the Perch stack is above 0.5 (there it is ≥ 0.34): here
+    gate 1's CNN threshold is 0.45 in the folder and in the transcription, so that it moves cells."""
+    import shutil
+
+    if not _MEASURED:
+        pytest.skip("needs test_the_stack_against_the_transcription's measured rows (run the module)")
+    on = tmp_path / "gates_on"
+    shutil.copytree(folder, on)
+    data = json.loads((on / "manifest.json").read_text())
+    for gate in data["ensemble"]["steps"][0]["gates"]:
+        gate.pop("enabled", None)
+    noise = data["ensemble"]["steps"][0]["gates"][0]
+    assert noise["name"] == "noise" and noise["when"][1]["below"] == 0.05
+    noise["when"][1]["below"] = 0.45
+    (on / "manifest.json").write_text(json.dumps(data))
+    have = pd.read_csv(_submit(on, soundscapes, tmp_path))[LABELS].to_numpy()
+    check_fused(have, _MEASURED["want"], _MEASURED["counts"], _MEASURED["error"], off=True, noise_below=0.45)
+
+
+def check_fused(have: np.ndarray, members: dict[str, np.ndarray], counts: list[int], error: dict[str, float],
+                off: bool = False, noise_below: float = 0.05) -> None:
     """birdinfer's submission against :func:`fused_reference`, with the bound derived as follows.
 
     Ranks: the rows are percentile ranks over the submission. Two rows of a member closer than twice that member's
@@ -713,24 +770,37 @@ def check_fused(have: np.ndarray, members: dict[str, np.ndarray], counts: list[i
     still move it by at most 1/N. The same holds for the anchor's smoothed context (normalised taps ≥ 0:
     its error is at most the anchor's). A member's ties (values clipped to 1e-5) are tied on both sides.
     Gate 2 compares ranks with thresholds: a swap-prone rank within 1/N of its threshold may fall on the other side
-    and flip the gate (``flip``): that cell may then differ by alpha (0.15) plus a rank step. Gate 4 sets a row of a
+    and flip the gate (``flip``): that cell may then differ by alpha (0.15) plus a rank step. With gates 1 and 3
+    on (``off``): every member's ranks and values count in every column (gate 3 reads exp85's ranks, gate 1 its
+    values), gate 1 may flip where the anchor's value or the CNNs' mean lies within their error of 0.5 / 0.05, gate 3
+    where a swap-prone CNN rank or the anchor's lies within 1/N of 0.95 / 0.80; a flipped gate moves a cell by at
+    most its alpha (≤ 0.15: a cell is moved by one gate at most). Gate 4 sets a row of a
     group to its max: a flagged cell in one column of a group flags the row's group.
     So: clean cells within 1e-4, swap cells within 1/N + 1e-4, flip cells within 0.15 + 1/N + 1e-4; flips are few."""
     n = len(have)
-    ref = fused_reference(members, counts)
+    ref = fused_reference(members, counts, off=off, noise_below=noise_below)
     fused, final, weights = ref["sub"], members["final"], blend_weights()
     prone_final = swap_prone(final, 2 * error["final"] + 1e-9)
     prone_ctx = swap_prone(temporal_context(final, counts), 2 * error["final"] + 1e-9)
     swap = prone_final | prone_ctx
+    prone_cnn = np.zeros(final.shape, dtype=bool)
     for m, rows in members.items():  # a member of weight 0 in a column (exp85 outside insects) cannot move it
-        swap |= swap_prone(rows, 2 * error[m] + 1e-9) & (weights[m] > 0)[None, :]
+        prone = swap_prone(rows, 2 * error[m] + 1e-9)
+        swap |= prone & ((weights[m] > 0)[None, :] | off)
+        prone_cnn |= prone & (m in CNN_SIDE)
     flip = (prone_final & near(ref["r_anchor"], 0.75, 1.0 / n + 1e-9)) | (prone_ctx & near(ref["xctx"], 0.88, 1.0 / n + 1e-9))
+    if off:
+        cnn_error = max(error[m] for m in CNN_SIDE)
+        flip |= near(final, 0.5, error["final"] + 1e-9) | near(ref["p_cnn_mean"], noise_below, cnn_error + 1e-9)
+        flip |= (prone_cnn & near(ref["r_cnn_max"], 0.95, 1.0 / n + 1e-9)) | (prone_final & near(ref["r_anchor"], 0.80, 1.0 / n + 1e-9))
     swap, flip = spread_over_groups(swap, LABELS, TEST_GROUPS), spread_over_groups(flip, LABELS, TEST_GROUPS)
     assert swap.mean() < 0.3, f"{swap.mean():.0%} of the fused cells are swap-prone: the test would check little"
     assert flip.mean() < 0.05, f"{flip.mean():.0%} of the cells may flip gate 2"
-    # the data trips the gate, in cells compared exactly, and mirroring changes the group's columns
+    # the data trips the gates, in cells compared exactly, and mirroring changes the group's columns
     assert (ref["temporal"] & ~swap & ~flip).sum() >= 10
-    plain = fused_reference(members, counts, gates=False)["sub"]
+    if off:
+        assert (ref["noise"] & ~swap & ~flip).sum() >= 3 and (ref["spike"] & ~swap & ~flip).sum() >= 10
+    plain = fused_reference(members, counts, gates=False, off=off, noise_below=noise_below)["sub"]
     assert np.abs(fused - plain)[~swap & ~flip].max() > 0.01
     cols = [LABELS.index(label) for label in TEST_GROUPS[-1]]
     assert np.ptp(fused[:, cols], axis=1).max() == 0 and np.ptp(plain[:, cols], axis=1).max() > 0.01
