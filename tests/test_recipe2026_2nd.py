@@ -17,7 +17,8 @@ shared front end; exp85 on 20 s windows every 5 s for insects only: log-mel with
 min-max per window, three channels, σ of the logits, exp85's overlap-average-max of its frames, the file's top-2 mean
 scaling) and the final fusion (every member clipped to [1e-5, 1 − 1e-5],
 per-class percentile ranks over the submission, per-taxon weights, then the gates the script switches on: gate 2,
-temporal continuity on the Perch stack's probabilities, and gate 4, sonotype mirroring). Synthetic (not public):
+temporal continuity on the Perch stack's probabilities, and gate 4, sonotype mirroring; gates 1 and 3, over the CNN
+side's mean probability and max rank, are stated off as in the script and checked switched on). Synthetic (not public):
 every trained weight (random, same roles; small networks of the same interfaces in place of the selective-SSM and
 attention blocks, of the SED folds and of the CNN sections' timm backbones), the prior table, the thresholds, the site
 vocabulary. The test's labels have
@@ -224,7 +225,6 @@ SED_FRONT = [{"op": "windows", "length_seconds": 5.0, "step_seconds": 5.0},
 SED_FRAMES, EPS = 313, 1e-5  # 1 + 160000 // 512 frames per window; the fusion's clip of every member's probabilities
 #: The script's per-taxon weights of its Perch stack and its SED in the rank blend (0.25 each for every taxon).
 TAXON_W = {"Aves": 0.25, "Amphibia": 0.25, "Insecta": 0.25, "Mammalia": 0.25, "Reptilia": 0.25}
-
 
 
 def _mel_front(n_fft: int, n_mels: int, fmin: float, hop: int = 512, windows=(5.0, 5.0), pad: float = 0.0) -> list[dict]:
