@@ -110,6 +110,53 @@ def test_a_file_where_a_gate_member_did_not_run_keeps_its_blend(tmp_path):
     np.testing.assert_allclose(got[1][:, 0], [2 / 3])  # a's rank only (0.5 among 0.1, 0.9, 0.5): not gated
 
 
+def test_tests_over_several_members_are_the_2nd_places_gates_1_and_3():
+    """The 2nd place's gates 1 and 3 written from its script on random ranks / probabilities of two files: gate 1
+    ``(p_anchor > 0.5) & (mean of the CNNs' p < 0.05)`` → ``0.92·blended + 0.08·r_anchor``; gate 3 ``(max of the
+    CNNs' ranks > 0.95) & (r_anchor < 0.80) & ~gate 1`` → ``0.88·blended + 0.12·max of the CNNs' ranks``; as gates
+    whose tests reduce several members (mean of values, max of ranks). The thresholds are met in many cells."""
+    rng = np.random.default_rng(4)
+    cnns = ["sed", "c1", "c2"]
+    shape = [(7, 5), (4, 5)]
+    values = {m: [rng.uniform(0, 1, s) ** (4 if m != "perch" else 1) for s in shape] for m in ["perch"] + cnns}
+    ranked = {m: [rng.uniform(0, 1, s) for s in shape] for m in ["perch"] + cnns}
+    for f in range(2):  # spikes: some CNN ranks above 0.95
+        ranked["c2"][f][::2, ::2] = 0.97
+    blended = [rng.uniform(0, 1, s) for s in shape]
+    g1 = Gate("noise", (GateTest("perch", "value", above=0.5), GateTest(members=tuple(cnns), of="value", below=0.05,
+                                                                         reduce="mean")), (GateTarget("perch"),), 0.08)
+    g3 = Gate("spike", (GateTest(members=tuple(cnns), of="rank", above=0.95, reduce="max"),
+                        GateTest("perch", "rank", below=0.80)), tuple(GateTarget(m) for m in cnns), 0.12)
+    out, counts = gate_blend(blended, values, ranked, [g1, g3], rank_all=None)
+    for f in range(2):
+        p_mean = np.mean([values[m][f] for m in cnns], axis=0)
+        r_max = np.max([ranked[m][f] for m in cnns], axis=0)
+        fake_only = (values["perch"][f] > 0.5) & (p_mean < 0.05)
+        want = np.where(fake_only, 0.92 * blended[f] + 0.08 * ranked["perch"][f], blended[f])
+        cnn_only = (r_max > 0.95) & (ranked["perch"][f] < 0.80) & ~fake_only
+        want = np.where(cnn_only, 0.88 * want + 0.12 * r_max, want)
+        np.testing.assert_allclose(out[f], want, rtol=0, atol=1e-12)
+    assert counts[0] >= 3 and counts[1] >= 3
+    # the reduction matters: the max of the values in place of their mean moves other cells
+    g1_max = Gate("noise", (g1.when[0], GateTest(members=tuple(cnns), of="value", below=0.05, reduce="max")),
+                  g1.toward, 0.08)
+    assert gate_blend(blended, values, ranked, [g1_max], rank_all=None)[1][0] < counts[0]
+
+
+def test_a_switched_off_gate_is_stated_and_moves_nothing(tmp_path, caplog):
+    gate = _gate(when=[{"members": ["a", "b"], "of": "rank", "above": 0.0, "reduce": "min"}], alpha=1.0)
+    with caplog.at_level(logging.INFO):
+        on = _parsed(tmp_path, [_rank(gates=[gate])])
+        off = _parsed(tmp_path, [_rank(gates=[{**gate, "enabled": False}])])
+    files = _one_column({"a": [[0.1, 0.9], [0.5]], "b": [[0.2, 0.3], [0.4]]})
+    rank_a, rank_b = np.array([1, 3, 2]) / 3, np.array([1, 2, 3]) / 3  # percent ranks over the 3 rows
+    np.testing.assert_allclose(np.concatenate(fuse(on.ensemble, files))[:, 0], rank_a)  # alpha 1: a's rank
+    plain = np.concatenate(fuse(off.ensemble, files))[:, 0]
+    np.testing.assert_allclose(plain, (rank_a + rank_b) / 2)
+    assert "gate g: where min(a, b) rank > 0: 0·blend + 1·max(a rank)" in caplog.text
+    assert "gate g (off): where min(a, b) rank > 0" in caplog.text
+
+
 # ----------------------------------------------------------------------------- column_group_max, rare_suppress
 def test_column_group_max_by_hand_and_the_load_report(tmp_path, caplog):
     step = {"step": "column_group_max", "groups": [["amecro", "strvar"], ["tytalb", "47158son15"], ["frog1", "insect9", "x"]],
@@ -162,6 +209,19 @@ def test_rare_suppress_by_hand_over_the_submission(tmp_path):
     ([_rank(gates=[_gate(), _gate()])], "two gates share a name"),
     ([{"step": "rank_mean", "gates": [_gate()]}], "they need scope 'submission'"),
     ([_rank(gates=[_gate(context={"radius": 0})])], r"radius=0: must be a whole number in \[1, 1000\]"),
+    ([_rank(gates=[_gate(when=[{"members": ["a", "perch"], "of": "value", "below": 0.05, "reduce": "mean"}])])],
+     r"gates\[0\] \('g'\): member 'perch' is not in the group \(members: a, b\)"),
+    ([_rank(gates=[_gate(when=[{"members": ["a", "b"], "of": "value", "below": 0.05}])])],
+     r"a test of members \['a', 'b'\] needs 'reduce' \(mean, max or min\)"),
+    ([_rank(gates=[_gate(when=[{"member": "a", "of": "value", "below": 0.05, "reduce": "max"}])])],
+     r"'reduce' goes with a list of 'members', not with one member 'a'"),
+    ([_rank(gates=[_gate(when=[{"member": "a", "members": ["a", "b"], "below": 0.05, "reduce": "max"}])])],
+     r"a test names either one 'member' or a list of 'members'"),
+    ([_rank(gates=[_gate(when=[{"members": ["a", "a"], "below": 0.05, "reduce": "max"}])])],
+     r"a test's 'members' must be at least two different members, got \['a', 'a'\]"),
+    ([_rank(gates=[_gate(when=[{"members": ["a", "b"], "below": 0.05, "reduce": "median"}])])],
+     r"reduce='median': must be one of"),
+    ([_rank(gates=[_gate(enabled="no")])], r"enabled='no'"),
     ([_rank(), {"step": "column_group_max", "groups": [["amecro", "47158son15"]]}],
      r"groups\[0\]: label '47158son15' is not one of the folder's labels \(set \"missing\": \"skip\""),
     ([_rank(), {"step": "column_group_max", "groups": [["amecro"]]}], "needs at least two different labels"),

@@ -8,7 +8,10 @@
   repeated, a file of one row left as it is, then ranked like the members) with a threshold (``above``: ``>``,
   ``below``: ``<``). Gates run in the order given and a cell moved by one gate is not moved by a later one (the
   scripts' masks accumulate: ``~fake_only & ~proto_cont``). A file where a member named by a gate did not run
-  keeps its blend for that gate.
+  keeps its blend for that gate. A test may read several ``members`` instead of one, reduced per cell by
+  ``reduce`` (``mean``, ``max``, ``min``): the 2nd place's gate 1 tests the CNNs' mean probability, its gate 3
+  any CNN's rank (their max). A gate with ``"enabled": false`` is stated but moves nothing (the scripts' switched-off
+  gates).
 * ``column_group_max`` (a row step): each column of a group of labels takes the row's max over the group (the
   scripts' sonotype mirroring). With ``"missing": "skip"`` labels the folder lacks are left out of their group
   and a group with fewer than two present is skipped; the load report says which groups matched.
@@ -53,14 +56,30 @@ class ContextKernel:
 
 @dataclass(frozen=True)
 class GateTest:
-    member: str
+    member: str | None = None  # one member's quantity, or:
     of: Quantity = "rank"
     above: Annotated[float, Range(0, 1)] | None = None  # holds where the quantity is > above
     below: Annotated[float, Range(0, 1)] | None = None  # holds where the quantity is < below
+    members: tuple[str, ...] = ()  # several members' quantity, reduced per cell by ``reduce``
+    reduce: Literal["mean", "max", "min"] | None = None
 
     def __post_init__(self):
+        if (self.member is None) == (not self.members):
+            raise ValueError("a test names either one 'member' or a list of 'members' (with 'reduce')")
+        if self.members and (len(set(self.members)) != len(self.members) or len(self.members) < 2):
+            raise ValueError(f"a test's 'members' must be at least two different members, got {list(self.members)}")
+        if self.members and self.reduce is None:
+            raise ValueError(f"a test of members {list(self.members)} needs 'reduce' (mean, max or min)")
+        if self.member is not None and self.reduce is not None:
+            raise ValueError(f"'reduce' goes with a list of 'members', not with one member {self.member!r}")
         if (self.above is None) == (self.below is None):
-            raise ValueError(f"a test of {self.member!r} ({self.of}) needs exactly one of 'above' and 'below'")
+            raise ValueError(f"a test of {self.label()!r} ({self.of}) needs exactly one of 'above' and 'below'")
+
+    def names(self) -> list[str]:
+        return list(self.members) if self.members else [self.member]
+
+    def label(self) -> str:
+        return f"{self.reduce}({', '.join(self.members)})" if self.members else str(self.member)
 
 
 @dataclass(frozen=True)
@@ -76,19 +95,21 @@ class Gate:
     toward: tuple[GateTarget, ...]  # the cell moves toward the max of these
     alpha: Annotated[float, Range(0, 1)]
     context: ContextKernel = field(default_factory=ContextKernel)
+    enabled: bool = True  # false: stated, moves nothing (a switched-off gate)
 
     def __post_init__(self):
         if not self.when or not self.toward:
             raise ValueError(f"gate {self.name!r} needs at least one test in 'when' and one target in 'toward'")
 
     def members(self) -> list[str]:
-        return [t.member for t in self.when] + [t.member for t in self.toward]
+        return [m for t in self.when for m in t.names()] + [t.member for t in self.toward]
 
     def describe(self) -> str:
-        tests = " & ".join(f"{t.member} {t.of} {'>' if t.above is not None else '<'} "
+        tests = " & ".join(f"{t.label()} {t.of} {'>' if t.above is not None else '<'} "
                            f"{t.above if t.above is not None else t.below:g}" for t in self.when)
         toward = ", ".join(f"{t.member} {t.of}" for t in self.toward)
-        return f"{self.name}: where {tests}: {1 - self.alpha:g}·blend + {self.alpha:g}·max({toward})"
+        off = "" if self.enabled else " (off)"
+        return f"{self.name}{off}: where {tests}: {1 - self.alpha:g}·blend + {self.alpha:g}·max({toward})"
 
 
 def check_gate_members(gates: Sequence[Gate], names: Sequence[str]) -> None:
@@ -126,11 +147,22 @@ def gate_blend(blended: list[np.ndarray | None], values: dict[str, list], ranked
             contexts[member, kernel] = rank_all([None if v is None else context_rows(v, kernel) for v in values[member]])
         return contexts[member, kernel]
 
+    def reduced(test: GateTest, kernel: ContextKernel) -> list:
+        if not test.members:
+            return quantity(test.member, test.of, kernel)
+        parts = [quantity(m, test.of, kernel) for m in test.members]
+        how = {"mean": np.mean, "max": np.max, "min": np.min}[test.reduce]
+        return [None if any(q[f] is None for q in parts) else how([q[f] for q in parts], axis=0)
+                for f in range(len(blended))]
+
     out = [None if b is None else np.asarray(b, np.float64) for b in blended]
     taken = [None if b is None else np.zeros(b.shape, dtype=bool) for b in blended]
     counts = []
     for gate in gates:
-        tests = [(quantity(t.member, t.of, gate.context), t) for t in gate.when]
+        if not gate.enabled:
+            counts.append(0)
+            continue
+        tests = [(reduced(t, gate.context), t) for t in gate.when]
         targets = [quantity(t.member, t.of, gate.context) for t in gate.toward]
         moved = 0
         for f, rows in enumerate(out):
