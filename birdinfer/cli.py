@@ -77,6 +77,9 @@ def _add_predict(sub) -> None:
                    "before the model (BirdNET-Analyzer's bandpass, 0-15000, default 0: none)")
     p.add_argument("--fmax", type=float, default=None, help="BirdNET folders: low-pass the audio at this many Hz "
                    "(0-15000, above --fmin; default 15000: none)")
+    p.add_argument("--audio-speed", type=float, default=None, help="BirdNET folders: read each recording as if "
+                   "sampled at its rate × this (BirdNET-Analyzer's --audio_speed, 0.01-100, default 1; 0.1: ultrasound "
+                   "ten times slower); times in the outputs are of the recording")
     precision_arg(p)
     backend_arg(p)
     p.add_argument("--embeddings", type=Path, default=None, help="also write each window's embedding (BirdNET: the "
@@ -115,7 +118,8 @@ def _location_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args) -> int:
-    options = {"overlap": args.overlap, "sensitivity": args.sensitivity, "fmin": args.fmin, "fmax": args.fmax}
+    options = {"overlap": args.overlap, "sensitivity": args.sensitivity, "fmin": args.fmin, "fmax": args.fmax,
+               "audio_speed": args.audio_speed}
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
                "combine": args.combine or None, "species_codes": args.species_codes,

@@ -87,6 +87,7 @@ from ..spec.options import with_options
 from .._console import say
 from ..io.lock import OutputLock
 from .embeddings import EmbeddingPlan, embedding_plan, sweep as sweep_embeddings, write_embeddings
+from .outputs import row_seconds
 from .predict import Recording, collect_inputs
 from .ray_pool import connect, require_ray, run_pool
 from .shards import (ERRORS_FILE, SHARDS_FOLDER, EmbeddingParts, OutputFolder, require_shard_pyarrow, fingerprint,
@@ -274,13 +275,13 @@ def _record(batch: list[Recording], results: list[dict], *, folder: OutputFolder
     """Store one call's results: each recording's embedding rows (when asked) and its shard, whichever is not
     stored yet (or note why not). Returns the seconds of audio computed."""
     audio = 0.0
-    span = getattr(manifest, "span_seconds", manifest.window_seconds)  # as single-machine predict's tables
+    step, span = row_seconds(manifest)  # as single-machine predict's tables
     for rec, result in zip(batch, results):
         error = result["error"]
         if error is None and emb_parts is not None and rec.key not in emb_parts.done:
             error = emb_parts.add(rec, result["outputs"].get(emb.key), len(result["probs"]), result["audio_s"])
         if error is None and rec.key not in folder.done:
-            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds, span)
+            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, step, span)
         if error is None:
             audio += result["audio_s"]
         else:
