@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import BirdinferError, ParameterError
+from .errors import BirdinferError
 from .tools.commands import TOOL_COMMANDS, backend_arg, precision_arg
 
 __all__ = ["main", "build_parser"]
@@ -124,16 +124,12 @@ def _cmd_predict(args) -> int:
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
                "combine": args.combine or None, "species_codes": args.species_codes,
                "merge_consecutive": args.merge_consecutive, "locale": args.locale}
-    if args.engine == "ray" and (any(v is not None for v in filters.values()) or args.format not in (None, "parquet")
-                                 or args.threshold is not None):
-        raise ParameterError("--engine ray writes parquet shards of every score; --format, --threshold, "
-                             "--min-confidence, --top-k, --merge-consecutive, --locale and the species filters need "
-                             "--engine local")
-    if args.engine == "ray":
+    if args.engine == "ray":  # the shards, and the tables --format asks for written from them
         from .jobs.distributed import predict_ray
 
         predict_ray(args.inputs, args.models, args.out, address=args.address, precision=args.precision,
-                    backend=args.backend, resume=not args.no_resume, options=options, embeddings=args.embeddings)
+                    backend=args.backend, resume=not args.no_resume, options=options, embeddings=args.embeddings,
+                    format=args.format, threshold=args.threshold, **filters)
         return 0
     from .jobs.predict import predict
 
