@@ -220,3 +220,18 @@ def test_equal_to_birdnet_analyzers_own_run(setting, analyzer, birdnet_files, fo
     for name in theirs:
         assert mine[name] == theirs[name] or _same_but_rounding(mine[name], theirs[name]), \
             f"{name} differs:\n{mine[name][:800]!r}\n{theirs[name][:800]!r}"
+
+
+def test_a_rate_too_low_at_this_speed_fails_that_recording_only(folder, tmp_path):
+    """A file whose rate × speed is under 1000 Hz is no audio to resample: it fails naming its rates and the flag,
+    listed in the errors; the other recordings are computed."""
+    rng = np.random.default_rng(7)
+    sf.write(tmp_path / "low.wav", rng.normal(0, 0.1, 8000 * 2).astype(np.float32), 8000)
+    sf.write(tmp_path / "ok.wav", rng.normal(0, 0.1, 48000 * 4).astype(np.float32), 48000)
+    out = tmp_path / "o.csv"
+    assert main(["-q", "predict", str(tmp_path / "low.wav"), str(tmp_path / "ok.wav"), "--models", str(folder),
+                 "--out", str(out), "--audio-speed", "0.1"]) == 0
+    (error,) = out.with_name("o.csv.errors.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert error.startswith(str(tmp_path / "low.wav")) and "8000 Hz are read as 800 Hz" in error and "--audio-speed" in error
+    rows = pd.read_csv(out)
+    assert set(rows["file"]) == {str(tmp_path / "ok.wav")} and len(rows) == _windows(4 * 480000, 0.0) == 14
