@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import BirdinferError, ParameterError
+from .errors import BirdinferError
 from .tools.commands import TOOL_COMMANDS, backend_arg, precision_arg
 
 __all__ = ["main", "build_parser"]
@@ -77,6 +77,9 @@ def _add_predict(sub) -> None:
                    "before the model (BirdNET-Analyzer's bandpass, 0-15000, default 0: none)")
     p.add_argument("--fmax", type=float, default=None, help="BirdNET folders: low-pass the audio at this many Hz "
                    "(0-15000, above --fmin; default 15000: none)")
+    p.add_argument("--audio-speed", type=float, default=None, help="BirdNET folders: read each recording as if "
+                   "sampled at its rate × this (BirdNET-Analyzer's --audio_speed, 0.01-100, default 1; 0.1: ultrasound "
+                   "ten times slower); times in the outputs are of the recording")
     precision_arg(p)
     backend_arg(p)
     p.add_argument("--embeddings", type=Path, default=None, help="also write each window's embedding (BirdNET: the "
@@ -115,21 +118,18 @@ def _location_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args) -> int:
-    options = {"overlap": args.overlap, "sensitivity": args.sensitivity, "fmin": args.fmin, "fmax": args.fmax}
+    options = {"overlap": args.overlap, "sensitivity": args.sensitivity, "fmin": args.fmin, "fmax": args.fmax,
+               "audio_speed": args.audio_speed}
     filters = {"min_confidence": args.min_confidence, "top_k": args.top_k, "species_list": args.species_list,
                "lat": args.lat, "lon": args.lon, "week": args.week, "sf_thresh": args.sf_thresh,
                "combine": args.combine or None, "species_codes": args.species_codes,
                "merge_consecutive": args.merge_consecutive, "locale": args.locale}
-    if args.engine == "ray" and (any(v is not None for v in filters.values()) or args.format not in (None, "parquet")
-                                 or args.threshold is not None):
-        raise ParameterError("--engine ray writes parquet shards of every score; --format, --threshold, "
-                             "--min-confidence, --top-k, --merge-consecutive, --locale and the species filters need "
-                             "--engine local")
-    if args.engine == "ray":
+    if args.engine == "ray":  # the shards, and the tables --format asks for written from them
         from .jobs.distributed import predict_ray
 
         predict_ray(args.inputs, args.models, args.out, address=args.address, precision=args.precision,
-                    backend=args.backend, resume=not args.no_resume, options=options, embeddings=args.embeddings)
+                    backend=args.backend, resume=not args.no_resume, options=options, embeddings=args.embeddings,
+                    format=args.format, threshold=args.threshold, **filters)
         return 0
     from .jobs.predict import predict
 

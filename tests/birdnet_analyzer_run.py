@@ -9,10 +9,12 @@ downloaded. The JSON gives ``package_root`` (the folder holding ``birdnet_analyz
 ``meta``, then either ``input``, ``output`` and ``options`` (keyword arguments of its ``analyze``), or
 ``places`` (``[[lat, lon, week], ...]``) and ``sf_thresh`` to print its species lists as JSON.
 ``"codes": false`` leaves out its eBird code table (birdinfer ships none: the species code is then the label).
+``"resample": "soxr_hq"`` makes its ``librosa.resample`` calls use that resampler instead of ``kaiser_fast`` (which
+needs resampy, not installed here; birdinfer resamples with soxr HQ): its ``--audio_speed`` resamples every file.
 ``"embeddings": {"overlap": s}`` runs its ``embeddings`` command's extraction instead (the settings its
 ``extract_embeddings`` makes, then ``iterate_audio_chunks(file, embeddings=True)`` per file, the windows and vectors
 it stores in its perch-hoplite database, which is not installed here) and writes them to ``output`` as JSON lines
-``[file, start, end, [values]]``. ``"scores": {"overlap": s, "fmin": hz, "fmax": hz}`` writes the scores its
+``[file, start, end, [values]]``. ``"scores": {"overlap": s, "fmin": hz, "fmax": hz, "audio_speed": f}`` writes the scores its
 analysis computes per window the same way (``iterate_audio_chunks(file)``: bandpass, windows, sigmoid).
 """
 
@@ -46,6 +48,8 @@ def main(args: dict) -> None:
     utils = importlib.import_module("birdnet_analyzer.utils")
     cfg.BIRDNET_MODEL_PATH, cfg.BIRDNET_LABELS_FILE, cfg.MDATA_MODEL_PATH = args["model"], args["labels"], args["meta"]
     utils.ensure_model_exists = lambda **kw: None
+    if args.get("resample"):
+        _resample_with(args["resample"])
     analysis = importlib.import_module("birdnet_analyzer.analyze.utils")
     if not args.get("codes", True):
         analysis.load_codes = lambda: {}
@@ -63,6 +67,18 @@ def main(args: dict) -> None:
 
 
 
+def _resample_with(res_type: str) -> None:
+    import librosa
+
+    original = librosa.resample
+
+    def resample(y, *, orig_sr, target_sr, **kwargs):
+        kwargs.pop("res_type", None)
+        return original(y, orig_sr=orig_sr, target_sr=target_sr, res_type=res_type, **kwargs)
+
+    librosa.resample = resample
+
+
 def _chunks(cfg, utils, analysis, args: dict) -> None:
     """What BirdNET-Analyzer 2.4.0's ``embeddings.utils.extract_embeddings`` sets and computes, without its database
     (or, with ``scores``, the scores of its analysis of each window)."""
@@ -74,7 +90,7 @@ def _chunks(cfg, utils, analysis, args: dict) -> None:
     cfg.FILE_LIST = utils.collect_audio_files(cfg.INPUT_PATH)
     cfg.SIG_OVERLAP = max(0.0, min(2.9, float(settings["overlap"])))
     cfg.BANDPASS_FMIN, cfg.BANDPASS_FMAX = settings.get("fmin", cfg.SIG_FMIN), settings.get("fmax", cfg.SIG_FMAX)
-    cfg.AUDIO_SPEED, cfg.CPU_THREADS, cfg.TFLITE_THREADS, cfg.BATCH_SIZE = 1.0, 1, 1, 1
+    cfg.AUDIO_SPEED, cfg.CPU_THREADS, cfg.TFLITE_THREADS, cfg.BATCH_SIZE = settings.get("audio_speed", 1.0), 1, 1, 1
     with open(args["output"], "w", encoding="utf-8") as out:
         for path in cfg.FILE_LIST:
             for start, end, vector in analysis.iterate_audio_chunks(path, embeddings=embeddings):

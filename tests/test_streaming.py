@@ -416,7 +416,7 @@ def test_blocks_of_a_file_equal_whole_file_even_when_its_header_is_wrong(tmp_pat
     path = write_ogg(tmp_path / "a.ogg", 71.3, seed=9)
     y = load_audio(path, sample_rate=SR)
     declared = streaming.declared_samples
-    monkeypatch.setattr(streaming, "declared_samples", lambda p, sr: declared(p, sr) + header_error)
+    monkeypatch.setattr(streaming, "declared_samples", lambda p, sr, *speed: declared(p, sr, *speed) + header_error)
     calls = []
     monkeypatch.setattr(FileFront, "collect", lambda self, depth, samples, f=FileFront.collect: calls.append(depth) or f(self, depth, samples))
     stream = WholeFileStream(manifest, block_seconds=20.0)

@@ -49,6 +49,7 @@ __all__ = [
     "iter_audio_blocks",
     "list_audio_files",
     "repair_non_finite",
+    "speed_rate",
 ]
 
 #: soxr quality used for resampling (= librosa.load's default res_type "soxr_hq").
@@ -280,8 +281,13 @@ def _fix_length(y: np.ndarray, size: int) -> np.ndarray:
     return y
 
 
-def iter_audio_blocks(path, *, block_seconds: float = 60.0, sample_rate: int = 32000) -> Iterator[np.ndarray]:
+def iter_audio_blocks(path, *, block_seconds: float = 60.0, sample_rate: int = 32000,
+                      speed: float = 1.0) -> Iterator[np.ndarray]:
     """Decode a file piece by piece: consecutive float32 mono blocks ``(block_samples,)`` at ``sample_rate``.
+
+    ``speed`` (BirdNET-Analyzer's ``--audio_speed``): the file's samples are taken as recorded at
+    ``int(native rate · speed)`` Hz (:func:`speed_rate`) and resampled from that rate, so the audio plays ``speed``
+    times faster (0.1: a 384 kHz bat recording becomes 38.4 kHz audio ten times longer).
 
     ``block_samples = round(block_seconds * sample_rate)``; the last block may be shorter. Memory stays
     bounded by a few blocks whatever the file length. For a file already at ``sample_rate`` without
@@ -301,7 +307,7 @@ def iter_audio_blocks(path, *, block_seconds: float = 60.0, sample_rate: int = 3
         raise ParameterError(f"block_seconds={block_seconds} gives less than one sample at {sample_rate} Hz")
     p = checked_file(path)
     with _open(p) as f:
-        native_rate, declared = int(f.samplerate), int(f.frames)
+        native_rate, declared = speed_rate(p, int(f.samplerate), speed), int(f.frames)
         if declared == 0:
             raise AudioDecodeError(p, "the file contains no audio samples")
         _check_ogg_complete(p, f)  # before any block is yielded
@@ -309,6 +315,19 @@ def iter_audio_blocks(path, *, block_seconds: float = 60.0, sample_rate: int = 3
             yield from _blocks_same_rate(p, f, block, declared)
         else:
             yield from _blocks_resampled(p, f, block, native_rate, sample_rate, declared)
+
+
+def speed_rate(path, native_rate: int, speed: float = 1.0) -> int:
+    """The rate a file of ``native_rate`` Hz is read at with ``speed``: ``int(native_rate · speed)``, as
+    BirdNET-Analyzer's ``open_audio_file`` takes it (``native_rate`` itself at speed 1). Raises
+    :class:`AudioDecodeError` naming the file when that leaves less than :data:`MIN_SAMPLE_RATE` Hz."""
+    if speed == 1.0:
+        return native_rate
+    rate = int(native_rate * speed)
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioDecodeError(path, f"at audio speed {speed:g} its {native_rate} Hz are read as {rate} Hz, under "
+                                     f"{MIN_SAMPLE_RATE} Hz; give a higher --audio-speed for this recording")
+    return rate
 
 
 def _read_pieces(p: Path, f: sf.SoundFile, piece: int) -> Iterator[np.ndarray]:

@@ -161,14 +161,16 @@ def _merged_run(found: list[tuple[str, str, float]], most: int) -> list[tuple[st
 
 
 def window_stamps(n_windows: int, step_seconds: float, span_seconds: float,
-                  duration_s: float | None = None) -> list[tuple[str, str]]:
-    """BirdNET-Analyzer's window times as it writes them: window k starts at ``k · step_seconds`` and ends
-    ``span_seconds`` later or at the end of the file (``duration_s``), both rounded to 0.01 s and written as
-    Python floats (``0.0``, ``10.13``)."""
+                  duration_s: float | None = None, speed: float = 1.0) -> list[tuple[str, str]]:
+    """BirdNET-Analyzer's window times as it writes them: window k starts at ``k · step_seconds · speed`` and ends
+    ``span_seconds · speed`` later or at the end of the file (``duration_s``), both rounded to 0.01 s and written as
+    Python floats (``0.0``, ``10.13``). ``speed``: its ``--audio_speed`` (the steps are of the audio as read, the
+    times of the recording)."""
     stamps = []
     for k in range(n_windows):
-        start = k * step_seconds
-        end = start + span_seconds if duration_s is None else min(start + span_seconds, duration_s)
+        start = k * step_seconds * speed
+        end = start + span_seconds * speed
+        end = end if duration_s is None else min(end, duration_s)
         stamps.append((str(round(start, 2)), str(round(end, 2))))
     return stamps
 
@@ -210,22 +212,26 @@ def kaleidoscope_text(name: str, detections, stamps, labels: Sequence[str], *, l
     return _csv_lines(rows)
 
 
-def birdnet_raven_band(sample_rate: float | None, fmin: float = 0.0, fmax: float = 15000.0) -> tuple[str, str]:
+def birdnet_raven_band(sample_rate: float | None, fmin: float = 0.0, fmax: float = 15000.0,
+                       speed: float = 1.0) -> tuple[str, str]:
     """Low and high frequency as BirdNET-Analyzer writes them for a file of ``sample_rate`` Hz and its bandpass
     ``fmin``–``fmax``: ``fmin`` (at least 0) and the Nyquist frequency capped at 15 kHz and at ``fmax``, as
-    whole hertz."""
+    whole hertz; with ``--audio_speed`` ``speed`` the caps and ``fmin`` are divided by it (frequencies of the
+    recording)."""
     low, high = BIRDNET_BAND_HZ
+    high = int(high / speed)
     high = min(sample_rate / 2, high) if sample_rate else high
-    return str(max(low, int(fmin))), str(int(min(high, int(fmax))))
+    return str(max(low, int(fmin / speed))), str(int(min(high, int(fmax / speed))))
 
 
 def birdnet_raven_text(name: str, detections, stamps, labels: Sequence[str], *, sample_rate: float | None,
                        codes: Mapping[str, str] | None = None, band: tuple[float, float] = BIRDNET_BAND_HZ,
-                       names: Sequence[str] | None = None) -> str:
+                       names: Sequence[str] | None = None, speed: float = 1.0) -> str:
     """``codes``: label → species code (BirdNET-Analyzer's eBird code table); a label without one is its own code;
-    ``band``: the run's bandpass ``(fmin, fmax)`` in Hz; ``names``: the labels translated (the Common Name column)."""
+    ``band``: the run's bandpass ``(fmin, fmax)`` in Hz; ``names``: the labels translated (the Common Name column);
+    ``speed``: the run's audio speed (:func:`birdnet_raven_band`)."""
     names = labels if names is None else names
-    low, high = birdnet_raven_band(sample_rate, *band)
+    low, high = birdnet_raven_band(sample_rate, *band, speed=speed)
     codes = codes or {}
     lines, selection = ["\t".join(BIRDNET_RAVEN_COLUMNS) + "\n"], 0
     for (start, end), found in zip(stamps, detections):

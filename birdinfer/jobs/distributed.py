@@ -60,6 +60,12 @@ Output folder (``OUT_DIR``)
     processing seconds, seconds of audio computed by this run); it lists only shards that exist and verify
     when it is written. :func:`read_output` reads the shards in that order (checking their sha256); the table
     equals the single-machine ``predict`` output for the same inputs.
+Tables (``--format raven|birdnet_csv|audacity|kaleidoscope``)
+    One per recording with a shard (and ``--combine``'s combined tables), named as single-machine ``predict`` names
+    them in its ``--out`` folder, written when the run ends from the shards' scores by
+    :func:`birdinfer.jobs.outputs.write_output` with the filters given (:func:`_table_plan`): the local engine's
+    bytes. The shards keep every score (a resumed run reuses them, whatever it writes from them), so a filter without
+    a table format is refused, as is ``--format csv``.
 
 One run per output folder: a run holds ``<OUT_DIR>.lock`` (:mod:`birdinfer.io.lock`, the lock of
 single-machine ``predict``) from before Ray starts until the end; a second run on the same folder stops at
@@ -79,7 +85,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import BackendError, BirdinferError, MissingDependencyError, OutputError, ParameterError  # noqa: F401
 from ..spec.manifest import Manifest
@@ -87,7 +93,8 @@ from ..spec.options import with_options
 from .._console import say
 from ..io.lock import OutputLock
 from .embeddings import EmbeddingPlan, embedding_plan, sweep as sweep_embeddings, write_embeddings
-from .predict import Recording, collect_inputs
+from .outputs import FOLDER_FORMATS, OutputPlan, row_seconds, sweep_outputs, write_output
+from .predict import Recording, checked_plan, collect_inputs
 from .ray_pool import connect, require_ray, run_pool
 from .shards import (ERRORS_FILE, SHARDS_FOLDER, EmbeddingParts, OutputFolder, require_shard_pyarrow, fingerprint,
                      output_schema, read_output, shard_table)
@@ -121,6 +128,40 @@ def _checked_models(models: str | Path | Manifest, options) -> tuple[Manifest, d
     return manifest, {"models": folder, "options": {k: v for k, v in (options or {}).items() if v is not None} or None}
 
 
+#: ``predict`` keywords of the outputs written from the shards after the run (:func:`_table_plan`).
+TABLE_KEYWORDS = ("threshold", "min_confidence", "top_k", "combine", "species_codes", "merge_consecutive", "locale")
+SPECIES_KEYWORDS = ("species_list", "lat", "lon", "week", "sf_thresh")
+
+
+def _table_plan(manifest: Manifest, out_dir: Path, format: str | None, options, tables: Mapping) -> OutputPlan | None:
+    """The plan of the tables written from the shards when the run ends (``--format raven`` and BirdNET-Analyzer's
+    formats, with ``tables``' filters), checked before any audio work; None for the shards alone. The shards keep
+    every score whatever is asked (a resumed run reuses them), so what would filter them is refused, naming the flag."""
+    given = [k for k in (*TABLE_KEYWORDS, *SPECIES_KEYWORDS) if tables.get(k) not in (None, False)]
+    formats = ", ".join(FOLDER_FORMATS)
+    if format in (None, "parquet"):
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ParameterError(f"{flag} with --engine ray goes with the tables written from its shards (--format "
+                                 f"{formats}): the parquet shards in {out_dir} keep every score; for a filtered "
+                                 "per-window csv / parquet table use --engine local")
+        return None
+    if format not in FOLDER_FORMATS:
+        raise ParameterError(f"--format {format} with --engine ray: the run writes parquet shards into {out_dir} "
+                             "(birdinfer.jobs.distributed.read_output reads them as one table); give --format "
+                             f"{formats} for tables written from them, or use --engine local for one {format} file")
+    return checked_plan(manifest, format, options, {k: tables.get(k) for k in TABLE_KEYWORDS},
+                        {k: tables.get(k) for k in SPECIES_KEYWORDS})
+
+
+def _write_tables(plan: OutputPlan | None, folder: OutputFolder, recordings: list[Recording], manifest: Manifest) -> None:
+    """The tables of every recording with a shard, into the output folder: :func:`birdinfer.jobs.outputs.write_output`
+    on the shards' scores, as single-machine ``predict`` writes them from its parts (the same bytes)."""
+    if plan is not None:
+        done = [rec for rec in recordings if rec.key in folder.done]
+        write_output(folder.folder, plan, recordings, done, folder.load, manifest)
+
+
 def _checked_run(inputs, models, options, embeddings
                  ) -> tuple[Manifest, dict, list[Recording], EmbeddingPlan | None]:
     """What :func:`predict_ray` checks before any audio work: ``(manifest, what the workers load, recordings, the
@@ -148,6 +189,8 @@ def predict_ray(
     cache_dir: str | Path | None = None,
     options: dict[str, float | None] | None = None,
     embeddings: str | Path | None = None,
+    format: str | None = None,
+    **tables,
 ) -> Path:
     """Per-window probabilities of every recording in ``inputs``, computed on a Ray cluster.
 
@@ -175,6 +218,11 @@ def predict_ray(
         very short files).
     embeddings : a folder: also each window's embedding, one ``<stem>.birdnet.embeddings.txt`` per recording, the
         bytes :func:`birdinfer.jobs.predict.predict` writes for the same recordings and options (module docstring).
+    format, tables : ``raven``, ``birdnet_csv``, ``audacity`` or ``kaleidoscope``: also one table per recording in
+        ``out_dir``, written from the shards when the run ends, with ``predict``'s keywords of :data:`TABLE_KEYWORDS`
+        and :data:`SPECIES_KEYWORDS` (``min_confidence``, ``top_k``, ``species_list``, ``merge_consecutive``, ...):
+        the files :func:`birdinfer.jobs.predict.predict` writes for the same arguments. ``None``/``parquet``: the
+        shards alone (a filter is then refused, as is ``csv``).
 
     Each actor reserves ``C/N`` of the cluster's ``C`` CPUs and runs OpenVINO with that many threads. Returns
     ``out_dir``. Fails before any audio work (:class:`BirdinferError`) on: no input files, a missing or invalid model
@@ -188,10 +236,16 @@ def predict_ray(
     ray = require_ray()
     require_shard_pyarrow()
     out_dir = Path(out_dir)
+    unknown = sorted(set(tables) - set(TABLE_KEYWORDS) - set(SPECIES_KEYWORDS))
+    if unknown:
+        raise TypeError(f"predict_ray() got an unexpected keyword argument {unknown[0]!r}")
     manifest, worker_models, recordings, emb = _checked_run(inputs, models, options, embeddings)
+    plan = _table_plan(manifest, out_dir, format, options, tables)
     lock = OutputLock(out_dir).acquire()  # the same lock as single-machine predict: a second run fails here
     try:
         sweep_embeddings(emb, out_dir)
+        if plan is not None:
+            sweep_outputs(out_dir, plan)
         folder, emb_parts, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend,
                                                resume=resume, emb=emb)
         resumed = len(recordings) - len(todo)
@@ -207,6 +261,7 @@ def predict_ray(
         if emb is not None:
             _write_embeddings(emb, emb_parts, folder, recordings, manifest)
             run["embeddings"] = str(emb.folder)
+        _write_tables(plan, folder, recordings, manifest)
         run["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
         folder.finish(recordings, errors, manifest.labels, run)
     finally:
@@ -274,13 +329,13 @@ def _record(batch: list[Recording], results: list[dict], *, folder: OutputFolder
     """Store one call's results: each recording's embedding rows (when asked) and its shard, whichever is not
     stored yet (or note why not). Returns the seconds of audio computed."""
     audio = 0.0
-    span = getattr(manifest, "span_seconds", manifest.window_seconds)  # as single-machine predict's tables
+    step, span = row_seconds(manifest)  # as single-machine predict's tables
     for rec, result in zip(batch, results):
         error = result["error"]
         if error is None and emb_parts is not None and rec.key not in emb_parts.done:
             error = emb_parts.add(rec, result["outputs"].get(emb.key), len(result["probs"]), result["audio_s"])
         if error is None and rec.key not in folder.done:
-            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, manifest.window_seconds, span)
+            error = folder.add(rec, result["probs"], result["audio_s"], manifest.labels, step, span)
         if error is None:
             audio += result["audio_s"]
         else:

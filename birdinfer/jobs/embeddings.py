@@ -116,6 +116,6 @@ def write_embeddings(plan: EmbeddingPlan, recordings: Sequence, done: Sequence, 
             duration = float(audio_info(rec.path).duration_s)
         except BirdinferError:
             duration = None
-        text = embeddings_text(rows, window_stamps(len(rows), manifest.window_seconds, span, duration))
+        text = embeddings_text(rows, window_stamps(len(rows), manifest.window_seconds, span, duration, manifest.audio_speed))
         paths[rec.key].parent.mkdir(parents=True, exist_ok=True)
         atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8")))

@@ -31,7 +31,7 @@ from ..io.output import (atomic_write, check_writable, check_writable_folder, ra
 from ..spec.info import frequency_band
 
 __all__ = ["FOLDER_FORMATS", "BIRDNET_MIN_CONFIDENCE", "OutputPlan", "is_birdnet", "output_plan", "locale_names",
-           "read_codes", "check_output", "sweep_outputs", "table_paths", "write_output"]
+           "read_codes", "check_output", "sweep_outputs", "table_paths", "write_output", "row_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,18 @@ def _header(path: Path) -> tuple[float | None, float | None]:
     return float(info.sample_rate), float(info.duration_s)
 
 
-def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[str], manifest) -> str:
+def row_seconds(manifest) -> tuple[float, float]:
+    """``(step, span)`` of the rows in seconds of the recording: the folder's rows × its audio speed (BirdNET's
+    ``--audio-speed``: the rows are of the audio as read)."""
     span = getattr(manifest, "span_seconds", manifest.window_seconds)
+    return manifest.window_seconds * manifest.audio_speed, span * manifest.audio_speed
+
+
+def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[str], manifest) -> str:
+    span, speed = getattr(manifest, "span_seconds", manifest.window_seconds), manifest.audio_speed
     sample_rate, duration = _header(rec.path)
     names = list(plan.names) if plan.names is not None else labels
-    found, stamps = select(probs, plan.selection), window_stamps(len(probs), manifest.window_seconds, span, duration)
+    found, stamps = select(probs, plan.selection), window_stamps(len(probs), manifest.window_seconds, span, duration, speed)
     stamps, found = merge_consecutive(stamps, found, plan.merge)
     if plan.format == "birdnet_csv":
         return birdnet_csv_text(rec.name, found, stamps, names)
@@ -213,7 +220,8 @@ def _detection_text(plan: OutputPlan, rec, probs: np.ndarray, labels: Sequence[s
         return kaleidoscope_text(rec.name, found, stamps, names, lat=s.get("lat", -1), lon=s.get("lon", -1),
                                  week=s.get("week", -1), overlap=s.get("overlap", 0.0), sensitivity=s.get("sensitivity", 1.0))
     return birdnet_raven_text(rec.name, found, stamps, labels, sample_rate=sample_rate, codes=plan.codes,
-                              band=(plan.settings.get("fmin", 0.0), plan.settings.get("fmax", 15000.0)), names=names)
+                              band=(plan.settings.get("fmin", 0.0), plan.settings.get("fmax", 15000.0)), names=names,
+                              speed=speed)
 
 
 def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequence, load: Callable[[str], np.ndarray],
@@ -221,7 +229,7 @@ def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequen
     """Write the output of the finished recordings ``done`` (in input order; ``load(key)`` gives one's rows); table
     names are chosen over all ``recordings``, so a failed one never renames another's."""
     labels = list(manifest.labels)
-    span = getattr(manifest, "span_seconds", manifest.window_seconds)
+    step, span = row_seconds(manifest)
     if plan.format not in FOLDER_FORMATS:
         allowed = plan.selection.allowed
         keep = np.arange(len(labels)) if allowed is None else np.flatnonzero(allowed)
@@ -232,7 +240,7 @@ def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequen
             return mask_scores(probs, cut) if cut.active else probs
 
         write_window_table(out, plan.format, ((rec.name, rows(load(rec.key))) for rec in done), [labels[j] for j in keep],
-                           manifest.window_seconds, span)
+                           step, span)
         return
     paths = table_paths(out, recordings, plan.suffix)
     if plan.format == "raven" and not plan.birdnet:
@@ -245,7 +253,7 @@ def write_output(out: Path, plan: OutputPlan, recordings: Sequence, done: Sequen
                 found = select(probs, plan.selection)
                 probs = _only(probs, found)
             text = raven_table(probs, labels, threshold=plan.selection.min_confidence or 0.0,
-                               window_seconds=manifest.window_seconds, low_hz=low, high_hz=high, span_seconds=span)
+                               window_seconds=step, low_hz=low, high_hz=high, span_seconds=span)
         else:
             text = _detection_text(plan, rec, probs, labels, manifest)
         atomic_write(paths[rec.key], lambda f, text=text: f.write(text.encode("utf-8", "surrogateescape")))

@@ -65,8 +65,8 @@ from .outputs import OutputPlan, check_output, output_plan, sweep_outputs, write
 from .species import species_mask
 from .embeddings import EmbeddingPlan, embedding_plan, sweep as sweep_embeddings, write_embeddings
 
-__all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "collect_inputs", "predict", "raven_table",
-           "run_fingerprint"]
+__all__ = ["ENGINE_VERSION", "FORMATS", "RAVEN_COLUMNS", "Recording", "checked_plan", "collect_inputs", "predict",
+           "raven_table", "run_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +300,7 @@ def _checked_run(inputs, models, out: Path, *, format: str | None, precision: st
     if format == "parquet":
         require_pyarrow("--format parquet", "'birdinfer[parquet]' (or pyarrow), or use --format csv")
     manifest = with_options(models if isinstance(models, Manifest) else Manifest.load(models), options)
-    allowed = species_mask(manifest, **species)  # lat/lon/week checked, the meta model run: before any audio
-    settings = {**option_values(manifest), **{k: v for k, v in (options or {}).items() if v is not None},
-                **{k: v for k, v in species.items() if k in ("lat", "lon", "week") and v is not None}}
-    plan = output_plan(manifest, format, allowed=allowed, settings=settings, **outputs)
+    plan = checked_plan(manifest, format, options, outputs, species)
     plan_variants(manifest, precision=precision, backend=backend)  # e.g. no ONNX files for onnxruntime: fail now
     recordings = collect_inputs(inputs)
     if not recordings:
@@ -313,6 +310,15 @@ def _checked_run(inputs, models, out: Path, *, format: str | None, precision: st
         )
     check_output(out, format)
     return plan, manifest, recordings, embedding_plan(manifest, embeddings)
+
+
+def checked_plan(manifest: Manifest, format: str, options: Mapping | None, outputs: Mapping, species: Mapping) -> OutputPlan:
+    """The run's checked output plan (``outputs``: :func:`output_plan`'s keywords, ``species``: :func:`species_mask`'s;
+    the meta model runs here), before any audio work; Kaleidoscope reports the folder's options and the location."""
+    allowed = species_mask(manifest, **species)  # lat/lon/week checked, the meta model run: before any audio
+    settings = {**option_values(manifest), **{k: v for k, v in (options or {}).items() if v is not None},
+                **{k: v for k, v in species.items() if k in ("lat", "lon", "week") and v is not None}}
+    return output_plan(manifest, format, allowed=allowed, settings=settings, **outputs)
 
 
 def _open_parts(out: Path, plan: OutputPlan, manifest: Manifest, precision: str, backend: str,

@@ -125,6 +125,18 @@ class OutputFolder:
         pq.write_table(shard_table(rec.name, probs, labels, window_seconds, span_seconds), sink)
         return self.journal.add(rec, sink.getvalue().to_pybytes(), probs.shape, audio_seconds)
 
+    def load(self, key: str) -> np.ndarray:
+        """A done recording's scores as its shard holds them (checked once more): float32 ``(rows, labels)``, the
+        part single-machine ``predict`` keeps for it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(pa.BufferReader(self.journal.read_part(key)))
+        probs = np.empty((table.num_rows, table.num_columns - 3), np.float32)
+        for j in range(probs.shape[1]):
+            probs[:, j] = table.column(j + 3).to_numpy()
+        return probs
+
     def finish(self, recordings: Sequence[Recording], errors: dict[str, str], labels: Sequence[str], run: dict) -> None:
         """Write ``_errors.csv`` and, last, ``_SUCCESS``: it lists only shards that exist and verify now."""
         files = []

@@ -273,7 +273,9 @@ class Predictor:
         if self._stream is not None:
             yield from self._stream.blocks(path, self.active, self.features)
             return
-        for index, block in enumerate(iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate)):
+        blocks = iter_audio_blocks(path, block_seconds=self.block_seconds, sample_rate=self.sample_rate,
+                                   speed=self.manifest.audio_speed)
+        for index, block in enumerate(blocks):
             yield self.block_windows(block.size, index), (lambda block=block: self.features(block))
 
     def predict_file(self, path: str | Path) -> np.ndarray:

@@ -95,10 +95,10 @@ class Samples(_Held):
     """Decoded samples of one recording, read forward in pieces; ``get(a, b)`` for ranges that never go back
     before what :meth:`release` let go (the start of the previous block's requests)."""
 
-    def __init__(self, path, sample_rate: int, read_seconds: float):
+    def __init__(self, path, sample_rate: int, read_seconds: float, *, speed: float = 1.0):
         super().__init__()
         self.path = path
-        self._pieces = iter_audio_blocks(path, block_seconds=read_seconds, sample_rate=sample_rate)
+        self._pieces = iter_audio_blocks(path, block_seconds=read_seconds, sample_rate=sample_rate, speed=speed)
 
     def _fill_to(self, b: int) -> None:
         while self._end < b:

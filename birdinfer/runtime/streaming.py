@@ -41,7 +41,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from ..io.audio import audio_info, iter_audio_blocks
+from ..io.audio import audio_info, iter_audio_blocks, speed_rate
 from ..ops.base import Signal
 from ..ops.filters import PieceFilter, identity_of, is_identity
 from ..spec.tta import pass_inputs
@@ -163,12 +163,14 @@ class StreamedFeatures(dict):
         return self._rows.rows(entry, arrays, signal.windows, w0, w1, self._last)
 
 
-def declared_samples(path, sample_rate: int) -> int:
-    """The recording's length at ``sample_rate`` as its header states it (the decoder may find more)."""
+def declared_samples(path, sample_rate: int, speed: float = 1.0) -> int:
+    """The recording's length at ``sample_rate`` as its header states it (the decoder may find more), read at
+    ``speed`` (:func:`birdinfer.io.audio.speed_rate`)."""
     info = audio_info(path)
-    if info.sample_rate == sample_rate:
+    rate = speed_rate(path, info.sample_rate, speed)
+    if rate == sample_rate:
         return info.frames
-    return int(math.ceil(info.frames * (float(sample_rate) / info.sample_rate)))
+    return int(math.ceil(info.frames * (float(sample_rate) / rate)))
 
 
 class WholeFileStream:
@@ -220,7 +222,8 @@ class WholeFileStream:
         """The first statistics pass on the length the header states; the pass then reads on to the end to
         count the samples, and is run again on the count when the header was wrong."""
         m = self.manifest
-        guess, samples = declared_samples(path, m.sample_rate), self.source(Samples(path, m.sample_rate, READ_SECONDS))
+        guess = declared_samples(path, m.sample_rate, m.audio_speed)
+        samples = self.source(Samples(path, m.sample_rate, READ_SECONDS, speed=m.audio_speed))
         front = FileFront(m, self.chains, guess, self.block_rows, self.threads)
         try:
             front.collect(1, samples)
@@ -230,7 +233,7 @@ class WholeFileStream:
         if n_samples != guess:
             log.debug("%s: %d samples decoded, the header says %d: first pass again", path, n_samples, guess)
             front = FileFront(m, self.chains, n_samples, self.block_rows, self.threads)
-            front.collect(1, self.source(Samples(path, m.sample_rate, READ_SECONDS)))
+            front.collect(1, self.source(Samples(path, m.sample_rate, READ_SECONDS, speed=m.audio_speed)))
         return front
 
     def blocks(self, path, active, whole: Callable[[np.ndarray], Mapping]) -> Iterator[tuple[int, Callable[[], Mapping]]]:
@@ -238,7 +241,7 @@ class WholeFileStream:
         one block computed by ``whole`` (the whole-file front end)."""
         m = self.manifest
         sr, block_samples = m.sample_rate, self.block_rows * m.window_samples
-        pieces = iter_audio_blocks(path, block_seconds=(block_samples + 1) / sr, sample_rate=sr)
+        pieces = iter_audio_blocks(path, block_seconds=(block_samples + 1) / sr, sample_rate=sr, speed=m.audio_speed)
         first = next(pieces, None)
         if first is None:
             return
@@ -255,8 +258,8 @@ class WholeFileStream:
                               self.threads)
             del first
         for depth in range(2, self.passes + 1):
-            front.collect(depth, self.source(Samples(path, sr, READ_SECONDS)))
-        samples, rows = self.source(Samples(path, sr, READ_SECONDS)), RowStream(front.n_rows)
+            front.collect(depth, self.source(Samples(path, sr, READ_SECONDS, speed=m.audio_speed)))
+        samples, rows = self.source(Samples(path, sr, READ_SECONDS, speed=m.audio_speed)), RowStream(front.n_rows)
         for b in range(front.n_blocks):
             r0, r1 = b * self.block_rows, min(front.n_rows, (b + 1) * self.block_rows)
 

@@ -158,6 +158,7 @@ class Manifest:
     extra: Mapping[str, Any] = field(default_factory=dict)  # free-form provenance (not interpreted)
 
     format_version = FORMAT_VERSION  # class attribute; birdinfer.spec.v2.ManifestV2 says 2
+    audio_speed = 1.0  # class attribute: a version 2 spec may declare another (birdinfer.spec.v2.ManifestV2)
 
     # ----------------------------------------------------------------- derived
     @property

@@ -27,13 +27,14 @@ __all__ = ["parse_spec", "OUTPUT_KINDS"]
 OUTPUT_KINDS = {"frame_logits": "frame", "frame_probabilities": "frame", "clip_logits": "clip", "probabilities": "clip",
                 "embedding": "vector"}  # embedding (W, D): any width, no classes; read by other models (spec.dag)
 _TOP_KEYS = {"format", "format_version", "sample_rate", "labels", "rows", "block_seconds", "features", "models",
-             "ensemble", "files", "extra", "options"}
+             "ensemble", "files", "extra", "options", "audio_speed"}
 _MODEL_KEYS = {"name", "input", "weight", "input_name", "input_shape", "pad_value", "outputs", "label_map", "steps",
                "variants", "export", "arch", "tta"}
 # The ranges of the manifest's own numbers (the ops' and steps' parameters declare theirs: birdinfer.ops.registry).
 _SAMPLE_RATE = Annotated[int, Range(1, 10**6)]
 _ROW_SECONDS = Annotated[float, Range(0, 3600, low_open=True)]
 _BLOCK_SECONDS = Annotated[float, Range(0, 10**6, low_open=True)]
+_AUDIO_SPEED = Annotated[float, Range(0, 1000, low_open=True)]  # the file's rate taken as rate · speed
 _DIM = Annotated[int, Range(-1, 10**7)]  # a tensor dimension; -1 (or 0): any size
 _INDEX = Annotated[int, Range(0, 1000)]
 _VALUE = Annotated[float, VALUE]
@@ -337,6 +338,7 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     if not labels or len(set(labels)) != len(labels):
         raise _err(where, "'labels' must be a non-empty list without duplicates")
     sample_rate = _number(data.get("sample_rate", 32000), _SAMPLE_RATE, where=where, at="sample_rate")
+    audio_speed = _number(data.get("audio_speed", 1.0), _AUDIO_SPEED, where=where, at="audio_speed")
     rows = data.get("rows", {"seconds": 5.0})
     partial, row_seconds, row_min, row_span = _rows(rows, sample_rate, where)
     block = data.get("block_seconds")
@@ -388,7 +390,8 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
                       chunk_seconds=2 * row_seconds, smoothing=0.0, files=dict(files), folder=Path(folder) if folder else None,
                       extra=dict(data.get("extra", {})), features=features, feature_shapes=statics, ensemble=ensemble,
                       block_seconds=float(block) if block is not None else None, row_partial=partial, raw=dict(data),
-                      op_files=tuple(dict.fromkeys(op_files)), row_min_seconds=row_min, row_span_seconds=row_span)
+                      op_files=tuple(dict.fromkeys(op_files)), row_min_seconds=row_min, row_span_seconds=row_span,
+                      audio_speed=float(audio_speed))
 
 
 READERS[FORMAT_VERSION_2] = parse_spec  # Manifest.from_dict / Manifest.load read version 2 through this

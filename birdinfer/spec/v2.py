@@ -203,6 +203,7 @@ class ManifestV2(Manifest):
     op_files: tuple[str, ...] = ()  # folder files read by front-end ops (checksums verified with the graphs')
     row_min_seconds: float | None = None  # rows.min_seconds: a row is kept when this much audio starts at it
     row_span_seconds: float | None = None  # rows.span_seconds: the time a row's window covers (output tables)
+    audio_speed: float = 1.0  # audio_speed: a file of rate r is read as if recorded at r · speed (times: × speed)
 
     @property
     def span_seconds(self) -> float:

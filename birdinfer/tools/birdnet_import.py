@@ -41,6 +41,7 @@ __all__ = ["import_birdnet", "birdnet_spec", "EMBEDDING_OUTPUT", "frontend_const
 
 SAMPLE_RATE = 48000
 WINDOW_SECONDS = 3.0
+AUDIO_SPEED_RANGE = (0.01, 100.0)  # --audio-speed: BirdNET-Analyzer raises less to 0.01, sets no maximum
 MIN_SECONDS = 1.0  # BirdNET-Analyzer keeps a last partial window holding at least this much audio
 CONSTANTS_FILE = "birdnet_frontend.npz"
 GRAPH_NAME = "birdnet_v24"
@@ -284,7 +285,7 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
     return {
         "format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SAMPLE_RATE, "labels": labels,
         "rows": {"seconds": window, "span_seconds": window, "min_seconds": MIN_SECONDS, "partial": "pad_right"},
-        "block_seconds": None,
+        "block_seconds": None, "audio_speed": 1.0,
         "features": {"birdnet": {"steps": [
             {"op": "bandpass", "fmin": 0.0, "fmax": float(BAND_HZ[1]), "order": 5, "band": [0.0, float(BAND_HZ[1])]},
             {"op": "pad", "right_seconds": window},
@@ -309,7 +310,10 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
                      "sets": [{"field": "features.birdnet.steps[0].fmin"}]},
             "fmax": {"default": float(BAND_HZ[1]), "min": 0.0, "max": float(BAND_HZ[1]),
                      "help": f"BirdNET-Analyzer's bandpass: Hz above which the audio is filtered out ({BAND_HZ[1]}: none)",
-                     "sets": [{"field": "features.birdnet.steps[0].fmax"}]}},
+                     "sets": [{"field": "features.birdnet.steps[0].fmax"}]},
+            "audio_speed": {"default": 1.0, "min": AUDIO_SPEED_RANGE[0], "max": AUDIO_SPEED_RANGE[1],
+                            "help": "BirdNET-Analyzer's --audio_speed: a file of rate r read as if sampled at r × speed",
+                            "sets": [{"field": "audio_speed"}]}},
         "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)",
                   "precision_check": {"options": CHECK_OPTIONS, "int8_bar": INT8_BAR, "int8_recipe": INT8_RECIPE}},
     }
