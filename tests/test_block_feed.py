@@ -97,10 +97,11 @@ def test_predictor_rows_are_the_same_inline_and_threaded(small_model_folder, tmp
     assert [len(r.probs) for r in results[False] if r.ok] == [2, 1, 13]
 
 
-def test_default_schedule_follows_the_spare_cpus(small_model_folder):
+def test_default_schedule_is_the_background_thread_on_its_spare_cpus(small_model_folder):
     predictor = Predictor(small_model_folder, precision="f32")
     try:
-        assert predictor.frontend_thread is bool(spare_siblings())
+        assert predictor.frontend_thread is True and predictor.frontend_threads == 1
+        assert predictor.decode_cpus == spare_siblings()
     finally:
         predictor.close()
 

@@ -2,15 +2,15 @@
 
 Two ways to feed the models, the same blocks either way:
 
-* **inline** (:func:`feed_blocks`): the caller's thread decodes and computes a block's features, then the models
-  run on it. On a machine without spare logical CPUs (no hyper-threads: every CPU already runs one of
-  OpenVINO's streams) this is the faster one: a front-end thread beside the streams only takes turns with them
-  on the same cores. Measured on a 2-core Zen 4 without hyper-threads, BirdNET V2.4 (front end 76 ms, models
-  69 ms per minute of audio): 0.172 s per minute inline against 0.212 s with the thread
-  (benchmarks/frontend_schedule.py).
-* **background** (:class:`ThreadFeed`): a thread decodes and computes the next blocks (``prefetch`` ahead) while
-  the models run, pinned to the hyper-thread siblings OpenVINO's streams leave free, so the front end is
-  hidden where there is a CPU for it (Kaggle's 2 cores with 4 logical CPUs).
+* **background** (:class:`ThreadFeed`, the default): a thread decodes and computes the next blocks (``prefetch``
+  ahead) while the models run, pinned to the hyper-thread siblings OpenVINO's streams leave free where there are
+  some (Kaggle's 2 cores with 4 logical CPUs), so the front end is hidden behind the models.
+* **inline** (:func:`feed_blocks`, ``Predictor(frontend_thread=False)``): the caller's thread decodes and computes
+  a block's features, then the models run on it; the time budget is asked before a file is decoded. Measured
+  slower than the thread even on 2 cores without hyper-threads (BirdNET V2.4, front end as heavy as the model,
+  ``benchmarks/bench_birdnet.py --schedules thread,inline1``, 2-core Zen 4: 10.2 s per hour of audio with the
+  thread, 10.5 inline on one thread, 11.3 inline with the FFTs on two threads): OpenVINO's workers, still
+  spinning after a call, take the cores the front end would use.
 """
 
 from __future__ import annotations

@@ -14,10 +14,9 @@ a block of N samples gives ``N // row`` rows (a trailing remainder shorter than 
 input. So a 60 s file gives 12 rows of 5 s, a 62 s file 12, a 65 s file 13, a 3 s file 1. The file-scope
 steps (row steps, smoothing, the ensemble tree) run over all rows of a file.
 
-Where the machine has logical CPUs OpenVINO's streams leave free (hyper-thread siblings), decoding and the front
-end of the next block run there in a background thread while the models run on the current one (numpy,
-soundfile and OpenVINO release the GIL), so the front end is hidden; elsewhere they run inline, between the
-models' calls (:mod:`birdinfer.runtime.block_feed`: a thread without a CPU of its own was measured slower).
+Decoding and the front end of the next block run in a background thread while the models run on the current
+one (numpy, soundfile and OpenVINO release the GIL), so the front end is mostly hidden; ``frontend_thread=False``
+runs them inline (:mod:`birdinfer.runtime.block_feed`).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from .budget import TimeBudget  # noqa: F401 - `from birdinfer.runtime.pipeline 
 from ..errors import AudioDecodeError, ParameterError
 from ..spec.dag import dependents
 from ..spec.manifest import Manifest
-from .cpu import effective_isa, physical_cores, spare_siblings
+from .cpu import effective_isa, spare_siblings
 from .models import LoadedModel, describe_precisions, load_models, plan_models
 from .ov_requests import REQUEST_CHUNKS
 from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
@@ -106,10 +105,10 @@ class Predictor:
         2 cores, split-batch streams were the fastest of the three (benchmarks/tune_openvino.py).
         ``pin_decode_thread``: on CPUs with hyper-threads, keep the decode / front-end thread on the sibling
         logical CPUs (:func:`birdinfer.runtime.cpu.spare_siblings`), off the ones OpenVINO's streams use.
-        ``frontend_thread``: decode and compute the front end in a background thread (True) or inline between
-        the models' calls (False); default: in a thread only where there are such spare siblings
-        (:mod:`birdinfer.runtime.block_feed`). ``frontend_threads``: threads the front-end ops may use
-        (``Block.threads``; default: every physical core inline, one in the background thread).
+        ``frontend_thread``: decode and compute the front end in a background thread (True, the default) or
+        inline between the models' calls (False; :mod:`birdinfer.runtime.block_feed` has the figures).
+        ``frontend_threads``: threads the front-end ops may use (``Block.threads``, default 1; BirdNET's FFTs
+        split over them, measured slower on 2 cores).
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
         the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
         rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`). ``prune_outputs``:
@@ -137,9 +136,8 @@ class Predictor:
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
             threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks, prune_outputs=prune_outputs,
             keep_outputs=keep_outputs)
-        spare = spare_siblings()
-        self.decode_cpus = spare if pin_decode_thread else []
-        self.frontend_thread = bool(spare) if frontend_thread is None else bool(frontend_thread)
+        self.decode_cpus = spare_siblings() if pin_decode_thread else []
+        self.frontend_thread = True if frontend_thread is None else bool(frontend_thread)
         if self.parallel_models > 1 and len(self.models) > 1:
             self._first_calls()
         self.load_seconds = time.perf_counter() - start
@@ -147,8 +145,8 @@ class Predictor:
         self.keep_outputs = checked_keep(self.models, keep_outputs)
         self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models, keep=self.keep_outputs)
         self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
-        if frontend_threads is None:  # inline, the front end has every core while the models wait
-            frontend_threads = 1 if self.frontend_thread else physical_cores()
+        if frontend_threads is None:
+            frontend_threads = 1
         if int(frontend_threads) < 1:
             raise ParameterError(f"frontend_threads must be >= 1, got {frontend_threads!r}")
         self.frontend_threads = int(frontend_threads)
