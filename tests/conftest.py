@@ -213,3 +213,16 @@ def small_v2_folder(small_model_folder, tmp_path_factory) -> Path:
         shutil.copyfile(small_model_folder / name, out / name)
     (out / "manifest.json").write_text(json.dumps(spec, indent=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A local Ray head on loopback with 2 worker CPUs, one for the whole session (this process is its driver;
+    starting Ray again in the same process after a shutdown can crash it on exit). → GCS address."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'birdinfer[ray]' to run the Ray tests")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -52,17 +52,6 @@ def reference(audio_folder, small_model_folder, tmp_path_factory):
     return pq.read_table(out), sorted(line.split(",")[0] for line in errors)
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A local Ray head on loopback with 2 worker CPUs; this process is its driver. → GCS address."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
 def _failed(out_dir: Path) -> list[str]:
     path = out_dir / "_errors.csv"
     return sorted(line.split(",")[0] for line in path.read_text().splitlines()[1:]) if path.exists() else []

@@ -71,16 +71,6 @@ def local(folder, recordings, tmp_path_factory):
     return pq.read_table(table), _files(out / "emb")
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*" + SUFFIX))}
 

@@ -22,7 +22,7 @@ from birdinfer.io.detections import COMBINED_NAMES, table_suffix
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'birdinfer[ray]' to run the Ray tests")
 
-from test_ray_embeddings import _fetched, folder, ray_head  # noqa: E402,F401 (fixtures: BirdNET imported, a Ray head)
+from test_ray_embeddings import _fetched, folder  # noqa: E402,F401 (fixture: BirdNET imported)
 
 pytestmark = pytest.mark.ray
 
