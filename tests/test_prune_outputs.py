@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import write_ogg
-from test_recipe2026_dag import DIRECT, EMB, FILL, N_PERCH, NAMES, ROW, SR, PerchLike, Probe, _export, _windows
+from test_recipe2026_dag import (DIRECT, EMB, FILL, N_PERCH, ROW, SR, PerchLike, Probe, _export, _windows,
+                                 write_perch_labels)
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -65,10 +66,7 @@ def _folder(root: Path, net) -> tuple[Path, Path]:
     _export(net(), torch.zeros(2, ROW), src / "perch.onnx", ["x"], ["label", "embedding"],
             {"x": {0: "n"}, "label": {0: "n"}, "embedding": {0: "n"}})
     _export(Probe(), torch.zeros(2, 3 * EMB), src / "probe.onnx", ["x"], ["logits"], {"x": {0: "n"}, "logits": {0: "n"}})
-    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
-    for i, name in NAMES.items():
-        names[i] = name
-    (src / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    write_perch_labels(src)
     (src / "taxonomy.csv").write_text(TAXONOMY)
     (src / "spec.json").write_text(json.dumps(_spec(), indent=1))
     import_folder(src / "spec.json", root / "models", measure=False)

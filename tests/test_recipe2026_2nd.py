@@ -44,7 +44,7 @@ from birdinfer.spec.parse import parse_spec
 
 from conftest import synth_signal, write_ogg
 from test_recipe2026_dag import (EMB, N_PERCH, ROW, SONOTYPE_GROUPS, SR, PerchLike, _windows, mirror_groups, near,
-                                 pct_ranks, spread_over_groups, swap_prone, temporal_context)
+                                 pct_ranks, spread_over_groups, swap_prone, temporal_context, write_perch_labels)
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -415,10 +415,7 @@ def source(nets, tmp_path_factory) -> Path:
         out = "logits" if kind == "clip" else "frames"
         _export(nets[name], (torch.zeros(2, 3, mels, frames),), src / f"{name}.onnx", ["mel_spec"],
                 {"mel_spec": {0: "n"}, out: {0: "n"}}, outputs=[out])
-    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
-    for i, name in NAMES.items():
-        names[i] = name
-    (src / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    write_perch_labels(src, NAMES)
     (src / "taxonomy.csv").write_text(TAXONOMY)
     prior = [f"{s},{h}," + ",".join(f"{v:g}" for v in p) for (s, h), p in _prior_table().items()]
     (src / "prior.csv").write_text("site,hour," + ",".join(LABELS) + "\n" + "\n".join(prior) + "\n")

@@ -35,8 +35,9 @@ import scipy.ndimage
 import soundfile as sf
 
 from conftest import synth_signal, write_ogg
-from test_recipe2026_dag import (DIRECT, EMB, FILL, N_PERCH, NAMES, SONOTYPE_GROUPS, PerchLike, Sequence, _export,
-                                 mirror_groups, near, pct_ranks, spread_over_groups, swap_prone, temporal_context)
+from test_recipe2026_dag import (DIRECT, EMB, FILL, SONOTYPE_GROUPS, PerchLike, Sequence, _export,
+                                 mirror_groups, near, pct_ranks, spread_over_groups, swap_prone, temporal_context,
+                                 write_perch_labels)
 from test_recipe2026_steps import LABELS, TAXONOMY
 
 torch = pytest.importorskip("torch")
@@ -290,10 +291,7 @@ def build(root: Path, archs: dict[str, str]) -> Path:
     with torch.no_grad():  # amecro's proto probabilities spread around 0.5 (gate 1's p_proto > 0.5 matters)
         proto.out.bias[0] -= 0.25
     _export(proto, torch.zeros(1, 3, EMB), root / "proto.onnx", ["e"], ["logits"], {"e": {1: "t"}, "logits": {1: "t"}})
-    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
-    for i, name in NAMES.items():
-        names[i] = name
-    (root / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    write_perch_labels(root)
     (root / "taxonomy.csv").write_text(TAXONOMY)
     (root / "spec.json").write_text(json.dumps(fifth_spec(LABELS), indent=1))
     return root / "spec.json"

@@ -153,6 +153,16 @@ def _spec() -> dict:
                          "steps": [{"step": "rank_mean", "scope": "submission"}, {"step": "smooth", "kernel": [0.1, 0.8, 0.1]}]}}
 
 
+
+def write_perch_labels(folder: Path, named: dict[int, str] | None = None) -> None:
+    """The stand-in's ``perch_labels.csv``: ``Genus<i> species<i>`` for each of its classes, ``named`` (default
+    :data:`NAMES`) where set."""
+    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
+    for i, name in (NAMES if named is None else named).items():
+        names[i] = name
+    (folder / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("dag_src")
@@ -162,10 +172,7 @@ def source(tmp_path_factory) -> Path:
     _export(Probe(), torch.zeros(2, 3 * EMB), src / "probe.onnx", ["x"], ["logits"], {"x": {0: "n"}, "logits": {0: "n"}})
     _export(Sequence(), torch.zeros(1, 3, EMB), src / "seq.onnx", ["e"], ["logits"], {"e": {1: "t"}, "logits": {1: "t"}})
     _export(Sed(), torch.zeros(2, ROW), src / "sed.onnx", ["x"], ["frames"], {"x": {0: "n"}, "frames": {0: "n"}})
-    names = [f"Genus{i} species{i}" for i in range(N_PERCH)]
-    for i, name in NAMES.items():
-        names[i] = name
-    (src / "perch_labels.csv").write_text("inat2024_fsd50k\n" + "\n".join(names) + "\n")
+    write_perch_labels(src)
     (src / "taxonomy.csv").write_text(TAXONOMY)
     (src / "spec.json").write_text(json.dumps(_spec(), indent=1))
     return src

@@ -181,12 +181,12 @@ class SpecEngine:
     in proportion to its own run time, so the charges add up to wall time as the time budget assumes."""
 
     def __init__(self, manifest: ManifestV2, models: Sequence, *, parallel_models: int = 1,
-                 keep: Sequence[tuple[str, str]] = ()):
+                 keep: Sequence[tuple[str, str]] = (), frontend_threads: int = 1):
         self.manifest = manifest
         self.models = list(models)
         self.keep = tuple((str(m), str(o)) for m, o in keep)  # (model, output) kept per window for the caller
         self._graphs: dict[tuple[str, ...], FrontEndGraph] = {}
-        self.frontend_threads = 1  # threads the front-end ops may use (Predictor: its cores when run inline)
+        self.frontend_threads = frontend_threads  # threads the front-end ops may use (Block.threads)
         self._label_index = {m.name: self._scatter_plan(m.entry) for m in self.models}
         self.dag = DagRunner(manifest, self.models)  # models on other models' outputs: per file (runtime.dag)
         self._charges: tuple[dict, dict] | None = None  # the seconds / calls of the last infer_block (dag models)

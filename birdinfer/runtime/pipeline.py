@@ -117,6 +117,9 @@ class Predictor:
             parallel_models = 1
         if int(parallel_models) < 1:
             raise ParameterError(f"parallel_models must be >= 1, got {parallel_models!r}")
+        if frontend_threads is not None and int(frontend_threads) < 1:
+            raise ParameterError(f"frontend_threads must be >= 1, got {frontend_threads!r}")
+        self.frontend_threads = 1 if frontend_threads is None else int(frontend_threads)
         self.parallel_models = int(parallel_models)
         if threads is None and self.parallel_models > 1:
             threads = 1
@@ -143,16 +146,9 @@ class Predictor:
         self.load_seconds = time.perf_counter() - start
         self.precision = describe_precisions(self.models)
         self.keep_outputs = checked_keep(self.models, keep_outputs)
-        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models, keep=self.keep_outputs)
-        self._stream = WholeFileStream.for_manifest(manifest)  # whole-file specs in bounded memory
-        if frontend_threads is None:
-            frontend_threads = 1
-        if int(frontend_threads) < 1:
-            raise ParameterError(f"frontend_threads must be >= 1, got {frontend_threads!r}")
-        self.frontend_threads = int(frontend_threads)
-        self._engine.frontend_threads = self.frontend_threads
-        if self._stream is not None:
-            self._stream.threads = self.frontend_threads
+        self._engine = SpecEngine(manifest, self.models, parallel_models=self.parallel_models, keep=self.keep_outputs,
+                                  frontend_threads=self.frontend_threads)
+        self._stream = WholeFileStream.for_manifest(manifest, threads=self.frontend_threads)  # bounded memory
         self.backend = backend  # as asked ("auto": per model, birdinfer.runtime.plan); what ran: ran_backends
         self.active: list[str] = [m.name for m in self.models]
         self.model_seconds: dict[str, float] = {m.name: 0.0 for m in self.models}

@@ -176,8 +176,9 @@ def declared_samples(path, sample_rate: int, speed: float = 1.0) -> int:
 class WholeFileStream:
     """Streamed execution of one whole-file spec (see the module docstring)."""
 
-    def __init__(self, manifest, block_seconds: float | None = None):
+    def __init__(self, manifest, block_seconds: float | None = None, *, threads: int = 1):
         self.manifest = manifest
+        self.threads = threads  # threads the front-end ops may use (Block.threads)
         unit = _unit_rows(manifest)
         seconds = block_seconds if block_seconds is not None else choose_block_seconds(manifest)
         self.block_rows = max(unit, int(round(seconds / manifest.window_seconds)) // unit * unit)
@@ -188,10 +189,9 @@ class WholeFileStream:
             self.chains = {name: replace(c, steps=(replace(c.steps[0], params=identity_of(c.steps[0].params)),)
                                          + c.steps[1:]) for name, c in self.chains.items()}
         self.passes = max((d for c in self.chains.values() for _, d in c.stats), default=0)
-        self.threads = 1  # threads the front-end ops may use (Block.threads; Predictor: its cores when run inline)
 
     @classmethod
-    def for_manifest(cls, manifest) -> "WholeFileStream | None":
+    def for_manifest(cls, manifest, *, threads: int = 1) -> "WholeFileStream | None":
         """The streamed executor for a version 2 spec with ``block_seconds: null`` (None otherwise, or when
         the spec cannot be streamed exactly: then a log line says why)."""
         if getattr(manifest, "format_version", 1) != 2 or manifest.block_seconds is not None:
@@ -200,7 +200,7 @@ class WholeFileStream:
         if reason is not None:
             log.warning("whole-file spec: recordings are processed whole (memory grows with their length): %s", reason)
             return None
-        stream = cls(manifest)
+        stream = cls(manifest, threads=threads)
         log.info("%s", stream.describe())
         return stream
 
