@@ -159,6 +159,21 @@ def test_cut_graph_outputs_the_read_columns(perch_folder, audio):
     np.testing.assert_array_equal(plan.targets, original.targets)
 
 
+def test_bench_counts_the_cut_head(perch_folder):
+    """``birdinfer bench``'s GFLOP per window of a cut model counts the head it runs: the whole graph's count less
+    2 × width × (14,795 − K) multiply-adds of the columns not computed; a model computed whole keeps no cut."""
+    from birdinfer.tools.bench_stages import gflop_per_window
+
+    _, folder = perch_folder
+    cut, whole = Predictor(folder, precision="f32"), Predictor(folder, precision="f32", prune_outputs=False)
+    assert _model(cut).cut is not None and _model(cut).cut.count == len(COLUMNS) and _model(whole).cut is None
+    manifest = cut.manifest
+    full = gflop_per_window(manifest, _model(whole).entry)
+    counted = gflop_per_window(manifest, _model(cut).entry, cut=_model(cut).cut)
+    width = PerchLike().width
+    np.testing.assert_allclose(full - counted, 2 * width * (N_PERCH - len(COLUMNS)) / 1e9, rtol=1e-9)
+
+
 def test_output_not_a_constant_matmul_runs_whole(softmax_folder, audio, caplog):
     """A log-softmax after the head mixes every column: the graph is compiled whole, the log says why, the rows
     are the reference's."""

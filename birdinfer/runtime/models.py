@@ -52,7 +52,7 @@ from ..errors import BackendError, MissingDependencyError
 from ..spec.manifest import Manifest, ModelEntry
 from .graphs import GraphPorts, check_graph, onnxruntime_ports, openvino_ports
 from .ov_requests import REQUEST_CHUNKS, RequestPlan, make_runner, request_plan, reshape_batch, rows_independent
-from .prune_outputs import OutputCut, describe, label_map_columns, remapped_entry
+from .prune_outputs import OutputColumns, OutputCut, describe, label_map_columns, remapped_entry
 from .plan import (BACKEND_CHOICES, BACKENDS, INT8_VARIANTS, PRECISIONS, ModelPlan, bf16_valid, plan_models, plan_variants,
                    variant_valid)
 
@@ -100,6 +100,7 @@ class LoadedModel:
     streams: int = 1  # requests run at once per call (OpenVINO split-batch streams)
     kernels: dict[str, int] | None = None  # OpenVINO kernel (primitiveType) → count, over KERNEL_LAYERS
     columns: str = ""  # a label map's output cut to the columns it reads, or why not (runtime.prune_outputs)
+    cut: OutputColumns | None = None  # the columns its graph output was cut to (None: computed whole)
 
     @property
     def name(self) -> str:
@@ -203,7 +204,7 @@ def load_models(
         used_streams = getattr(runner, "streams", 1)
         loaded.append(LoadedModel(entry, p.variant, ran, p.backend, runner, time.perf_counter() - start,
                                   1 if used_streams > 1 else threads, used_streams, getattr(runner, "kernels", None),
-                                  columns))
+                                  columns, need if cut is not None and cut.reason is None else None))
         log.debug("loaded %s (%s, %s, %s) in %.2f s", p.entry.name, p.variant, ran, p.backend, loaded[-1].load_seconds)
     return loaded
 

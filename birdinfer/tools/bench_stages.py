@@ -28,6 +28,7 @@ from ..errors import BirdinferError, ParameterError
 from ..runtime.models import ISA_FLAGS, cpu_capabilities, cpu_flags
 from ..io.output import plan_columns, row_ids, submission_frame
 from ..runtime.pipeline import Predictor
+from ..runtime.prune_outputs import prune_output
 from ..spec.v2 import ManifestV2
 from ..spec.info import effective_weights, features_of
 
@@ -102,15 +103,19 @@ def machine_info(*, peak: bool = True) -> dict:
 
 
 # ============================================================================================ model cost
-def ir_gflop(xml: str | Path, *, batch: int | None = None) -> float | None:
+def ir_gflop(xml: str | Path, *, batch: int | None = None, cut=None) -> float | None:
     """GFLOP of one call of the OpenVINO IR ``xml``: 2 × multiply-adds of Convolution, GroupConvolution and
     MatMul operations, from static shapes. ``batch``: first set the input's first axis to this (for a graph
-    with a dynamic batch axis). ``None`` when OpenVINO is missing or a shape stays dynamic."""
+    with a dynamic batch axis). ``cut``: the :class:`~birdinfer.runtime.prune_outputs.OutputColumns` the loaded
+    model computes (its head cut as when it was loaded). ``None`` when OpenVINO is missing or a shape stays
+    dynamic."""
     try:
         import openvino as ov
     except ImportError:
         return None
     model = ov.Core().read_model(str(xml))
+    if cut is not None and prune_output(model, cut) is not None:
+        return None  # it was cut when loaded: a count of the whole graph would not be what ran
     if batch is not None:
         try:
             shape = model.input(0).get_partial_shape()
@@ -140,19 +145,21 @@ def ir_gflop(xml: str | Path, *, batch: int | None = None) -> float | None:
     return 2.0 * macs / 1e9
 
 
-def gflop_per_file(manifest, entry, windows_per_file: float) -> float | None:
-    """GFLOP a model spends on one file of ``windows_per_file`` input windows (``None``: cannot be counted)."""
-    per_window = gflop_per_window(manifest, entry)
+def gflop_per_file(manifest, entry, windows_per_file: float, *, cut=None) -> float | None:
+    """GFLOP a model spends on one file of ``windows_per_file`` input windows (``None``: cannot be counted);
+    ``cut``: the columns its head computes (:attr:`birdinfer.runtime.models.LoadedModel.cut`)."""
+    per_window = gflop_per_window(manifest, entry, cut=cut)
     return None if per_window is None else per_window * windows_per_file
 
 
-def gflop_per_window(manifest: ManifestV2, entry) -> float | None:
-    """GFLOP of one input window of a model (its f32 variant's IR; ``None`` when it cannot be counted)."""
+def gflop_per_window(manifest: ManifestV2, entry, *, cut=None) -> float | None:
+    """GFLOP of one input window of a model (its f32 variant's IR, its head cut to ``cut`` when given; ``None``
+    when it cannot be counted)."""
     variant = entry.variants.get("f32") or next(iter(entry.variants.values()))
     if not variant.openvino:
         return None
     fixed = entry.batch_chunks
-    per_call = ir_gflop(manifest.path_of(variant.openvino), batch=None if fixed else 1)
+    per_call = ir_gflop(manifest.path_of(variant.openvino), batch=None if fixed else 1, cut=cut)
     return None if per_call is None else per_call / (fixed or 1)
 
 
@@ -251,7 +258,7 @@ def _model_rows(predictor: Predictor, tally: _Tally, peak: float | None) -> list
     for m in predictor.models:
         seconds = _mean(tally.model[m.name])
         on_output = getattr(m.entry, "source", None) is not None  # reads another model's output: not counted
-        g = None if on_output else gflop_per_file(manifest, m.entry, _mean(tally.windows[m.entry.input]))
+        g = None if on_output else gflop_per_file(manifest, m.entry, _mean(tally.windows[m.entry.input]), cut=m.cut)
         rows.append({
             "name": m.name, "arch": m.entry.arch, "weight": round(weights[m.name], 4),
             "feature": f"{m.entry.source.model}.{m.entry.source.output}" if on_output else m.entry.input,
