@@ -395,7 +395,11 @@ def nets():
 
 @pytest.fixture(scope="module")
 def source(nets, tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("second_src")
+    return write_source(nets, tmp_path_factory.mktemp("second_src"))
+
+
+def write_source(nets, src: Path) -> Path:
+    """The ONNX exports of ``nets``, the label, taxonomy, prior and threshold files and the spec in ``src``."""
     torch.onnx.export(nets["perch"], torch.zeros(2, ROW), str(src / "perch.onnx"), input_names=["x"],
                       output_names=["label", "embedding"], dynamic_axes={"x": {0: "n"}, "label": {0: "n"},
                                                                          "embedding": {0: "n"}},
@@ -703,6 +707,16 @@ def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path
     every member's rows (the Perch stack's models, each SED fold, the SED, the five other CNN sections) within 1e-4
     of the transcription
     (float32 OpenVINO against float64 numpy around float32 torch); the fused rows as below."""
+    _MEASURED.update(compare_stack(folder, nets, soundscapes, tmp_path))
+
+
+def compare_stack(folder: Path, nets, soundscapes: Path, tmp_path: Path, ill: dict[str, np.ndarray] | None = None,
+                  spread: float = 1e-2) -> dict:
+    """The comparison of the test above; returns the transcription's fused members, the row counts and the
+    measured errors. ``ill``: per member, rows whose transcription moves by more than the bar under rounding-level
+    changes of the networks' inputs (the full-size test): those are not compared, and where there are any the
+    fused rows are compared with the transcription's fusion of birdinfer's own member rows. ``spread``: how far
+    apart a member's compared rows must be somewhere (the comparison is not vacuous)."""
     member_dir, report = tmp_path / "members", tmp_path / "report.json"
     out = _submit(folder, soundscapes, tmp_path, "--member-rows", str(member_dir), "--report", str(report))
     paths = sorted(soundscapes.iterdir())
@@ -712,21 +726,26 @@ def test_the_stack_against_the_transcription(folder, nets, soundscapes, tmp_path
             want[name].append(rows)
     counts = [len(rows) for rows in want["final"]]
     want = {name: np.concatenate(rows) for name, rows in want.items()}
-    error = {}
+    error, got = {}, {}
     for name, rows in want.items():
-        got = pd.read_csv(member_dir / f"{name}.csv")[LABELS].to_numpy()
-        np.testing.assert_allclose(got, rows, rtol=0, atol=1e-4, err_msg=name)
-        assert np.ptp(rows, axis=0).max() > 1e-2  # rows differ: the comparison is not vacuous
-        error[name] = float(np.abs(got - rows).max())
+        got[name] = pd.read_csv(member_dir / f"{name}.csv")[LABELS].to_numpy()
+        keep = ~ill[name] if ill else np.ones(len(rows), bool)
+        np.testing.assert_allclose(got[name][keep], rows[keep], rtol=0, atol=1e-4, err_msg=name)
+        assert np.ptp(rows[keep], axis=0).max() > spread, name  # rows differ: the comparison is not vacuous
+        error[name] = float(np.abs(got[name] - rows)[keep].max())
     have = pd.read_csv(out)[LABELS].to_numpy()
-    check_fused(have, {m: want[m] for m in FUSED}, counts, error)
-    _MEASURED.update(want={m: want[m] for m in FUSED}, counts=counts, error=error)
+    if ill and any(mask.any() for mask in ill.values()):
+        own = fused_reference({m: got[m] for m in FUSED}, counts)["sub"]
+        np.testing.assert_allclose(have, own, rtol=0, atol=1e-4)
+    else:
+        check_fused(have, {m: want[m] for m in FUSED}, counts, error)
     # the fusion is not one member's ranks: each counts
     for name in FUSED:
         assert np.abs(have - pd.DataFrame(want[name]).rank(axis=0, pct=True).to_numpy()).max() > 0.05
     # S13 is not in the site vocabulary: the fallback id, and the report says so
     text = report.read_text()
     assert "'S13' of file 'BC2026_Test_0004_S13_20250302_233000.ogg' is not in the vocabulary: id 0" in text
+    return {"want": {m: want[m] for m in FUSED}, "counts": counts, "error": error}
 
 
 #: The transcription's fused members, the files' row counts and the members' measured errors (the test above).
