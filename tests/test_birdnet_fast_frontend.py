@@ -121,3 +121,33 @@ def test_bad_fft_value_is_refused_at_load(folder, tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--models", str(bad), "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err
     assert "float16" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def test_frontend_record_is_parsed_and_written_back(folder, tmp_path):
+    ok = _copy(folder, tmp_path / "models", _with_int8)
+    manifest = Manifest.load(ok)
+    int8 = manifest.models[0].variants["int8"]
+    assert int8.frontend == FLOAT32 and manifest.models[0].variants["f32"].frontend is None
+    assert int8.to_dict()["frontend"] == FLOAT32 and "frontend" not in manifest.models[0].variants["f32"].to_dict()
+
+
+@pytest.mark.parametrize("record, variant, expected", [
+    ({"no_such_op": {"fft": "float32"}}, "int8", r"op 'no_such_op' is not a step of feature 'birdnet'"),
+    ({"windows": {"length_seconds": 2.0}, "mel": {"n_mels": 8}}, "int8", r"op 'mel' is not a step of feature 'birdnet'"),
+    ({"birdnet_stft": {"fft_size": 512}}, "int8", r"birdnet_stft: op 'birdnet_stft' has no parameter 'fft_size'"),
+    ({"birdnet_stft": {"fft": "float16"}}, "int8", r"birdnet_stft: fft='float16': must be one of 'float64', 'float32'"),
+    ({"birdnet_stft": {"constants": "other.npz"}}, "int8", r"'constants' names a file"),
+    ({"birdnet_stft": {"frames": 510}}, "int8", r"510"),
+    ({"birdnet_stft": {"fft": "float32"}}, "f32", r"variants\.f32\.frontend .*exact reference"),
+    ({"birdnet_stft": "float32"}, "int8", r"frontend must map op names"),
+])
+def test_bad_frontend_records_are_refused_at_load(folder, tmp_path, record, variant, expected):
+    def edit(data):
+        _with_int8(data, frontend=None)
+        data["models"][0]["variants"][variant]["frontend"] = record
+    bad = _copy(folder, tmp_path / "models", edit)
+    with pytest.raises(ModelFolderError, match=expected) as e:
+        Manifest.load(bad)
+    message = str(e.value)
+    assert str(bad / "manifest.json") in message and "birdnet_v24" in message and f"variants.{variant}" in message
