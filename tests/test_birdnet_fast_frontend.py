@@ -151,3 +151,86 @@ def test_bad_frontend_records_are_refused_at_load(folder, tmp_path, record, vari
         Manifest.load(bad)
     message = str(e.value)
     assert str(bad / "manifest.json") in message and "birdnet_v24" in message and f"variants.{variant}" in message
+
+
+# ------------------------------------------------------------------------------------------------------ run
+@pytest.fixture(scope="module")
+def fast_folder(folder, tmp_path_factory) -> Path:
+    return _copy(folder, tmp_path_factory.mktemp("fast") / "models", _with_int8)
+
+
+def test_fast_runs_the_recorded_front_end_and_f32_the_exact_one(folder, fast_folder, recording, reference, tmp_path):
+    """``fast`` (INT8 stand-in valid on every class) runs the float32 FFT: its scores equal a folder whose feature
+    itself computes the float32 FFT, and differ from the float64 ones; ``f32`` is unchanged (equal to the plain
+    folder's scores, bit for bit, and to LiteRT's within 1e-4)."""
+    fast = Predictor(fast_folder, precision="fast", backend="openvino")
+    assert fast.models[0].variant == "int8" and fast.frontend_plan.features == {"birdnet": FLOAT32}
+    assert "front end birdnet: birdnet_stft fft=float32 (int8's record)" in fast.plan_summary
+    assert fast.manifest.features["birdnet"][-1].params.fft == "float32"
+
+    def in_feature(data):
+        data["features"]["birdnet"]["steps"][-1]["fft"] = "float32"
+    manual = Predictor(_copy(folder, tmp_path / "manual", in_feature), precision="f32", backend="openvino")
+    exact = Predictor(fast_folder, precision="f32", backend="openvino")
+    plain = Predictor(folder, precision="f32", backend="openvino")
+    assert exact.frontend_plan.features == {} and "front end" not in exact.plan_summary
+    rows = {name: p.predict_file(recording) for name, p in
+            [("fast", fast), ("manual", manual), ("exact", exact), ("plain", plain)]}
+    np.testing.assert_array_equal(rows["fast"], rows["manual"])
+    assert np.abs(rows["fast"] - rows["exact"]).max() > 0
+    np.testing.assert_array_equal(rows["exact"], rows["plain"])
+    assert np.abs(rows["exact"] - _reference_scores(reference, recording)).max() <= TOLERANCE
+    print(f"fast (float32 FFT) vs f32: max |Δscore| {np.abs(rows['fast'] - rows['exact']).max():.3g}")
+
+
+def test_no_record_where_int8_is_not_valid(folder, tmp_path):
+    """On a class where the INT8 variant is not valid, ``fast`` runs f32 and so the feature's own front end."""
+    other = [c for c in CPU_CLASSES if c != effective_isa().cpu_class]
+    path = _copy(folder, tmp_path / "models", lambda d: _with_int8(d, classes=other))
+    plans, summary = plan_models(Manifest.load(path), precision="fast", backend="openvino")
+    assert plans[0].variant == "f32" and "front end" not in summary
+    predictor = Predictor(path, precision="fast", backend="openvino")
+    assert predictor.frontend_plan.features == {} and predictor.manifest.features["birdnet"][-1].params.fft == "float64"
+
+
+@pytest.mark.parametrize("second", [None, {"birdnet_stft": {"fft": "float64"}}])
+def test_models_sharing_a_feature_with_different_records_run_the_plain_steps(folder, recording, tmp_path, second):
+    def edit(data):
+        twin = json.loads(json.dumps(data["models"][0]))
+        twin["name"] = "birdnet_twin"
+        data["models"].append(twin)
+        _with_int8(data)
+        _with_int8(data, frontend=second, model=1)
+    path = _copy(folder, tmp_path / "models", edit)
+    fast = Predictor(path, precision="fast", backend="openvino")
+    assert [m.variant for m in fast.models] == ["int8", "int8"] and fast.frontend_plan.features == {}
+    assert fast.manifest.features["birdnet"][-1].params.fft == "float64"
+    note = next(p for p in fast.frontend_plan.phrases if "its own parameters" in p)
+    assert note in fast.plan_summary and "birdnet_v24 int8 birdnet_stft fft=float32" in note
+    assert ("birdnet_twin int8 without a record" if second is None else "birdnet_twin int8 birdnet_stft fft=float64") in note
+    exact = Predictor(path, precision="f32", backend="openvino")
+    np.testing.assert_array_equal(fast.predict_file(recording), exact.predict_file(recording))
+
+
+def test_resume_journal_names_the_front_end(fast_folder, folder, recording, tmp_path):
+    """The fingerprint of a run records the front-end record a feature runs (none for f32): a journal written by
+    a run of another front end under the same precision mode (e.g. ``fast`` on a class where INT8 is not valid)
+    is not resumed; one of the same front end is."""
+    from birdinfer.errors import OutputError
+    from birdinfer.jobs.journal import run_fingerprint
+    from birdinfer.jobs.predict import predict
+
+    manifest = Manifest.load(fast_folder)
+    fingerprint = run_fingerprint(manifest, "fast", "openvino")
+    assert fingerprint["frontend"] == {"birdnet": FLOAT32}
+    assert "frontend" not in run_fingerprint(manifest, "f32", "openvino")
+    assert "frontend" not in run_fingerprint(Manifest.load(folder), "fast", "openvino")
+    out = tmp_path / "o.csv"
+    parts = tmp_path / "o.csv.parts"
+    parts.mkdir()
+    (parts / "run.json").write_text(json.dumps({**fingerprint, "frontend": {"birdnet": {"birdnet_stft": {"fft": "float64"}}}}))
+    with pytest.raises(OutputError, match=r"differing: frontend"):
+        predict([recording], fast_folder, out, precision="fast", backend="openvino", progress=False)
+    (parts / "run.json").write_text(json.dumps(fingerprint, sort_keys=True))
+    predict([recording], fast_folder, out, precision="fast", backend="openvino", progress=False)
+    assert out.is_file()
