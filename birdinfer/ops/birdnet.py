@@ -39,7 +39,7 @@ __all__ = ["BirdnetStftParams", "birdnet_stft", "load_windows", "FILE_FIELD", "F
 
 #: Metadata of a parameter that names a file of the model folder (the manifest parser resolves it).
 FILE_FIELD = {"file": True}
-#: Frames per FFT call: keeps a float64 chunk in cache.
+#: Frames per FFT call: keeps a float64 chunk in cache (a float32 chunk holds twice as many in the same bytes).
 _CHUNK_FRAMES = 32
 #: Float type of the frames × window product and the RFFT (``fft`` parameter): float64 is TFLite's (exact).
 FFT_DTYPES = {"float64": np.float64, "float32": np.float32}
