@@ -21,6 +21,9 @@ from birdinfer.errors import ParameterError
 from birdinfer.spec.manifest import Manifest
 from birdinfer.spec.files import VARIANT_PRECISIONS, sha256_file
 
+from birdinfer.spec.variant_frontend import describe_frontend
+
+from .frontend_check import checks_with_frontend, folder_frontend
 from .int8_variant import ExportError, export_int8, report_export
 from .quantize import DEFAULT_INT8_VARIANTS, F32_CONFIG, INT8_RECIPES, OVERFLOW_FIXES, PRESETS, Int8Recipe, quantize_ir
 from .verify import prepare_inputs
@@ -197,7 +200,9 @@ def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_
     folder's ``extra.precision_check.int8_bar`` (:data:`INT8_BAR_FIGURES`); ``mean_dp_bar`` replaces its mean
     |Δp| term. With labelled held-out audio (``audio.labels``) the label-free mean |Δp| term gives way to
     ΔAUC: ``delta_auc >= -DELTA_AUC_BAR`` (the folder's own terms stay). The figures per class and the bar are
-    recorded beside it."""
+    recorded beside it. A folder naming a faster front end (``extra.precision_check.int8_frontend``) has the
+    variant measured with it first and recorded with ``frontend`` where that loses no class
+    (:mod:`birdinfer_export.frontend_check`)."""
     from birdinfer.tools.held_out_labels import DELTA_AUC_BAR
     from birdinfer.tools.precision import update_variants
 
@@ -209,22 +214,29 @@ def measure_int8(folder: str | Path, variants: Sequence[str], audio, *, mean_dp_
     if mean_dp_bar is not None:
         bar["mean_abs_dp"] = float(mean_dp_bar)
     updates: dict[str, dict[str, dict]] = {}
+    candidate = folder_frontend(folder, Manifest.load(folder))  # a faster front end to validate the variant with
     for variant in variants:
-        checks = _check_classes(folder, variant, audio, classes)
+        checks, fronts = checks_with_frontend(lambda frontend: _check_classes(folder, variant, audio, classes, frontend),
+                                              lambda per_class: _valid_classes(per_class, bar), candidate, progress,
+                                              variant)
         entries = {m.name: m for m in Manifest.load(folder).models}
         for name, per_class in checks.items():
             valid = _valid_classes(per_class, bar)
             stored = entries[name].variants[variant]
+            front = fronts.get(name, {})
             verification = {**dict(stored.verification), "per_class": per_class, "bar": bar,
+                            **({"frontend_check": front["frontend_check"]} if front else {}),
                             "held_out": audio.describe("held_out"),
                             "cpu_classes_evidence": "measured per class at write time (the bar's figures of the "
                             "model's rows vs f32 under the same class" + (", ΔAUC on the labelled held-out files"
                                                                            if audio.labels else "") +
                             "; exact-INT8 classes share the measured exact class's arithmetic)"}
-            updates.setdefault(name, {})[variant] = {"cpu_classes": valid, "verification": verification}
+            updates.setdefault(name, {})[variant] = {"cpu_classes": valid, "verification": verification,
+                                                      **({"frontend": front["frontend"]} if front else {})}
             if progress:
                 progress(f"{name} ({variant}): {'; '.join(_figures(c, f) for c, f in per_class.items())}; valid on "
-                         f"{', '.join(valid) or 'no class'} (bar {_bar_text(bar)})")
+                         f"{', '.join(valid) or 'no class'} (bar {_bar_text(bar)})"
+                         + (f"; front end: {_front_text(front)}" if front else ""))
     return update_variants(folder, updates)
 
 
@@ -243,8 +255,16 @@ def _bar_text(bar: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {'<=' if INT8_BAR_FIGURES[k] == 'max' else '>='} {v:g}" for k, v in bar.items())
 
 
-def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) -> dict[str, dict[str, dict]]:
-    """``{model: {class: figures}}``: the INT8 check run in a child process per emulable class."""
+def _front_text(front: Mapping) -> str:
+    check = front["frontend_check"]
+    return (f"{describe_frontend(check['candidate'])} recorded" if front["frontend"] else
+            f"the feature's own ({describe_frontend(check['candidate'])} loses a class: not recorded)")
+
+
+def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str],
+                   frontend: Mapping | None = None) -> dict[str, dict[str, dict]]:
+    """``{model: {class: figures}}``: the INT8 check run in a child process per emulable class (``frontend``: the
+    variant's features computed with that record, :func:`birdinfer.tools.precision.measure_variants`)."""
     from birdinfer.runtime.cpu import cap_for_class, run_in_cpu_class
     from birdinfer.errors import ParameterError as _ParameterError
 
@@ -258,7 +278,8 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str]) ->
         except _ParameterError:
             continue  # this CPU cannot emulate it: not measured, not listed
         result = run_in_cpu_class(cpu_class, "birdinfer.tools.precision:measure_variants",
-                                  {"folder": str(folder), "variant": variant, "audio": audio.to_dict(), "hint": "f32"})
+                                  {"folder": str(folder), "variant": variant, "audio": audio.to_dict(), "hint": "f32",
+                                   **({"frontend": dict(frontend)} if frontend else {})})
         for model, figures in result.items():
             out.setdefault(model, {})[figures["cpu_class"]] = figures
     return out

@@ -4,7 +4,7 @@ recordings are done, and proof that each stored result still belongs to its inpu
 A journal folder (``<out>.parts/`` for ``predict``, ``OUT_DIR`` for the Ray engine) holds
 
 * a *fingerprint* file (JSON: the folder's labels, model files and checksums, the spec's sha256, precision,
-  backend and :data:`ENGINE_VERSION`). A run with other settings, or after an upgrade that may change the
+  backend, the front-end record a feature runs, if any, and :data:`ENGINE_VERSION`). A run with other settings, or after an upgrade that may change the
   outputs of the same folder, is refused (``resume=False`` starts over), so one output never mixes rows of
   two engines;
 * one *part* per finished recording (its rows: ``.npy`` or a parquet shard), written to a temporary file,
@@ -52,6 +52,7 @@ from ..errors import OutputError
 from ..io.output import atomic_write, sweep_temporaries, temporaries_of, temporary_files
 from ..spec.manifest import Manifest
 from ..spec.upgrade import upgrade
+from ..runtime.frontend_plan import plan_frontend
 from ..runtime.plan import plan_models
 
 __all__ = ["ENGINE_VERSION", "Journal", "file_sha256", "input_identity", "run_fingerprint", "resolved_backend"]
@@ -81,7 +82,16 @@ def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
         "precision": precision,
         "backend": resolved_backend(manifest, precision, backend),
         "window_seconds": manifest.window_seconds,
+        **_frontend(manifest, precision, backend),
     }
+
+
+def _frontend(manifest: Manifest, precision: str, backend: str) -> dict:
+    """``{"frontend": {feature: record}}`` when the plan runs a feature with a variant's front-end record
+    (:mod:`birdinfer.runtime.frontend_plan`), else nothing (so runs of the feature's own steps resume as before)."""
+    spec = upgrade(manifest)
+    identity = plan_frontend(spec, plan_models(spec, precision=precision, backend=backend)[0]).identity()
+    return {"frontend": identity} if identity else {}
 
 
 def resolved_backend(manifest: Manifest, precision: str, backend: str) -> str | dict[str, str]:

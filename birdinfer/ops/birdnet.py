@@ -16,7 +16,9 @@ channel. OpenVINO cannot convert that RFFT, so the work is split where it is che
 The windows are the model's own (``constants``: a ``.npz`` of the model folder holding ``window_<b>``,
 checksummed like the graphs). Numbers: the RFFT runs in float64 (TFLite's RFFT2D kernel computes in double
 and rounds to complex64; a float32 FFT gave score errors up to 4e-3 against LiteRT), the rest in float32 in
-the graph's order.
+the graph's order. ``fft="float32"`` computes frames × window and the RFFT in float32 instead (faster, not
+exact: it runs only where a model variant was validated with it, ``frontend`` of
+:class:`birdinfer.spec.files.ModelVariant`; the f32 variant never records it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field, replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.fft
@@ -33,12 +35,14 @@ from ..errors import ModelFolderError
 from .base import OPS, Block, Signal, Static, _need
 from .registry import VALUE, Range
 
-__all__ = ["BirdnetStftParams", "birdnet_stft", "load_windows", "FILE_FIELD"]
+__all__ = ["BirdnetStftParams", "birdnet_stft", "load_windows", "FILE_FIELD", "FFT_DTYPES"]
 
 #: Metadata of a parameter that names a file of the model folder (the manifest parser resolves it).
 FILE_FIELD = {"file": True}
-#: Frames per FFT call: keeps a float64 chunk in cache.
+#: Frames per FFT call: keeps a float64 chunk in cache (a float32 chunk holds twice as many in the same bytes).
 _CHUNK_FRAMES = 32
+#: Float type of the frames × window product and the RFFT (``fft`` parameter): float64 is TFLite's (exact).
+FFT_DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class BirdnetStftParams:
     minmax_eps: Annotated[float, Range(0, 1e3)] = 1e-6
     minmax_centre: Annotated[float, VALUE] = 0.5
     minmax_scale: Annotated[float, VALUE] = 2.0
+    fft: Literal["float64", "float32"] = "float64"  # the RFFT's float type (module docstring)
 
     def __post_init__(self):
         n = len(self.frame_lengths)
@@ -110,14 +115,14 @@ def _minmax(x: np.ndarray, p: BirdnetStftParams) -> np.ndarray:
 
 
 def _real_parts(v: np.ndarray, n: int, hop: int, window: np.ndarray, bins: tuple[int, int], frames: int,
-                out: np.ndarray, threads: int = 1) -> None:
+                out: np.ndarray, threads: int = 1, fft: str = "float64") -> None:
     """One window's branch into ``out`` ``(end − first, frames)``: Re rfft(frame · window) over ``bins``. With
     ``threads`` > 1 the FFTs of all its frames are one call split over that many threads (same numbers: each
-    frame's FFT is computed alone either way)."""
+    frame's FFT is computed alone either way). ``fft``: the chunk's float type (float32: no float64 copy)."""
     first, end = bins
     view = np.lib.stride_tricks.sliding_window_view(v, n)[::hop][:frames]
-    rows = _CHUNK_FRAMES if threads <= 1 else frames
-    chunk = np.empty((min(rows, frames), n), np.float64)
+    rows = (_CHUNK_FRAMES if fft == "float64" else 2 * _CHUNK_FRAMES) if threads <= 1 else frames
+    chunk = np.empty((min(rows, frames), n), FFT_DTYPES[fft])
     for at in range(0, frames, rows):
         k = min(rows, frames - at)
         np.multiply(view[at : at + k], window, out=chunk[:k], dtype=np.float32)  # the float32 product, as the graph
@@ -134,6 +139,7 @@ def birdnet_stft(x: Signal, p: BirdnetStftParams, block: Block) -> Signal:
     for w in range(len(scaled)):
         row = 0
         for n, hop, window, bins in zip(p.frame_lengths, p.frame_steps, windows, p.bins):
-            _real_parts(scaled[w], n, hop, window, bins, p.frames, out[w, row : row + bins[1] - bins[0]], block.threads)
+            _real_parts(scaled[w], n, hop, window, bins, p.frames, out[w, row : row + bins[1] - bins[0]], block.threads,
+                        p.fft)
             row += bins[1] - bins[0]
     return replace(x, data=out, kind="spec", hop=None, n_fft=None)

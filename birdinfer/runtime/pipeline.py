@@ -40,6 +40,7 @@ from ..errors import AudioDecodeError, ParameterError
 from ..spec.dag import dependents
 from ..spec.manifest import Manifest
 from .cpu import effective_isa, spare_siblings
+from .frontend_plan import plan_frontend, with_planned_frontend
 from .models import LoadedModel, describe_precisions, load_models, plan_models
 from .ov_requests import REQUEST_CHUNKS
 from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
@@ -135,6 +136,8 @@ class Predictor:
         self.isa = effective_isa()
         plans, self.plan_summary = plan_models(manifest, precision=precision, backend=backend, isa=self.isa)
         log.info("%s", self.plan_summary)
+        self.frontend_plan = plan_frontend(manifest, plans)  # a feature runs a variant's front-end record, or its own
+        manifest = self.manifest = with_planned_frontend(manifest, self.frontend_plan)
         self.models: list[LoadedModel] = load_models(
             manifest, precision=precision, backend=backend, cache_dir=cache_dir, verify_checksums=verify_checksums,
             threads=threads, isa=self.isa, plans=plans, request_chunks=request_chunks, prune_outputs=prune_outputs,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .cpu import CpuIsa, effective_isa
+from .frontend_plan import plan_frontend
 from ..errors import ModelFolderError, ParameterError
 from ..spec.manifest import Manifest, ModelEntry
 from ..spec.files import ModelVariant
@@ -97,7 +98,8 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
                 isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
     """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
     effective ISA) without loading anything. Returns the plans and one sentence saying what runs, per model,
-    and why (never the CPU's float hint where f32 runs)."""
+    and why (never the CPU's float hint where f32 runs), and which front end a feature runs where a planned
+    variant records one (:mod:`birdinfer.runtime.frontend_plan`)."""
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
     if backend not in BACKEND_CHOICES:
@@ -149,7 +151,7 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
     ran = ", ".join(f"{k} ×{n}" for k, n in counts.items())
     per_model = ", ".join(f"{p.entry.name} {p.label}" + (" on ONNX Runtime" if ov and p.backend == "onnxruntime" else "")
                           for p in plans)
-    notes = list(dict.fromkeys(notes + [p.note for p in plans if p.note]))
+    notes = list(dict.fromkeys(notes + [p.note for p in plans if p.note] + list(plan_frontend(manifest, plans).phrases)))
     summary = (f"precision {precision} on CPU class {isa.label()}: runs {ran}"
                + ("" if ov else " (ONNX Runtime float32)") + f" [{per_model}]"
                + (f"; {'; '.join(notes)}" if notes else ""))

@@ -44,6 +44,12 @@ class ModelVariant:
     were measured (``birdinfer bench --record-backends``): ``{class: {"openvino": s, "onnxruntime": s,
     "files": n, ...}}``. ``--backend auto`` runs a model on ONNX Runtime only where this records it faster on
     the class (:func:`birdinfer.runtime.plan.plan_models`); ``None``: never measured (OpenVINO).
+
+    ``frontend``: front-end parameters this variant was validated with, ``{op name: {parameter: value}}`` (e.g.
+    ``{"birdnet_stft": {"fft": "float32"}}``), applied to the ops of the feature the model reads when the plan
+    runs this variant and every model reading that feature states the same (:mod:`birdinfer.runtime.frontend_plan`);
+    checked against the feature when the folder loads (:mod:`birdinfer.spec.variant_frontend`). ``None``: the
+    feature's own parameters. The f32 variant (the exact reference) never has one.
     """
 
     openvino: str | None = None  # .xml file name; the .bin sits beside it with the same stem
@@ -52,6 +58,7 @@ class ModelVariant:
     cpu_classes: tuple[str, ...] | None = None
     bf16: Mapping[str, Any] | None = None
     backends: Mapping[str, Mapping[str, Any]] | None = None
+    frontend: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def bf16_classes(self) -> tuple[str, ...]:
@@ -83,6 +90,8 @@ class ModelVariant:
             out["bf16"] = dict(self.bf16)
         if self.backends is not None:
             out["backends"] = {k: dict(v) for k, v in self.backends.items()}
+        if self.frontend is not None:
+            out["frontend"] = {op: dict(params) for op, params in self.frontend.items()}
         return out
 
     @classmethod
@@ -110,9 +119,16 @@ class ModelVariant:
             raise ValueError(f"variant {name!r}: backends must map CPU classes to {{'openvino': seconds, 'onnxruntime': "
                              f"seconds}} (positive numbers), got {backends!r}; re-measure with birdinfer bench "
                              f"--record-backends")
+        frontend = data.get("frontend")
+        if frontend is not None and not (isinstance(frontend, Mapping) and frontend and all(
+                isinstance(op, str) and isinstance(p, Mapping) and p and all(isinstance(k, str) for k in p)
+                for op, p in frontend.items())):
+            raise ValueError(f"variant {name!r}: frontend must map op names to {{parameter: value}} (e.g. "
+                             f"{{\"birdnet_stft\": {{\"fft\": \"float32\"}}}}), got {frontend!r}; remove it or re-import")
         return cls(openvino=data.get("openvino"), onnx=data.get("onnx"), verification=dict(data.get("verification", {})),
                    cpu_classes=None if classes is None else tuple(classes), bf16=None if bf16 is None else dict(bf16),
-                   backends=None if backends is None else {k: dict(v) for k, v in backends.items()})
+                   backends=None if backends is None else {k: dict(v) for k, v in backends.items()},
+                   frontend=None if frontend is None else {op: dict(p) for op, p in frontend.items()})
 
 
 def read_json_object(path: str | Path, *, what: str) -> dict:

@@ -136,6 +136,9 @@ class ModelEntry:
                 raise ModelFolderError(f"{where}: model {entry.name!r} variant {precision!r} names no file")
             if v.openvino and not v.openvino.endswith(".xml"):
                 raise ModelFolderError(f"{where}: model {entry.name!r}: OpenVINO file must end in .xml, got {v.openvino!r}")
+            if v.frontend is not None:
+                raise ModelFolderError(f"{where}: model {entry.name!r} variant {precision!r}: 'frontend' is for version 2 "
+                                       f"folders (a version 1 folder's mel groups take none); remove it")
         if len(entry.input_shape) != 4 or entry.input_shape[1] != 1:
             raise ModelFolderError(f"{where}: model {entry.name!r}: input_shape must be (chunks, 1, n_mels, 2F), got {entry.input_shape}")
         check_weight(entry.name, entry.weight, where=where)

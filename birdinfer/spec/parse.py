@@ -15,6 +15,7 @@ from ..errors import ModelFolderError
 from ..ops import COMBINE_STEPS, MODEL_STEPS, OPS, ROW_PRODUCING, ROW_STEPS, Static
 from ..ops.registry import VALUE, Range, coerce, shown
 from .options import parse_options
+from .variant_frontend import check_variant_frontends
 from .manifest import FORMAT, MANIFEST_NAME, READERS, VARIANT_PRECISIONS, Manifest, ModelVariant, safe_join
 from .step_files import bind_step_files
 from .dag import parse_source, resolve
@@ -363,6 +364,7 @@ def parse_spec(data: Mapping[str, Any], *, folder: Path | None = None, require_f
     if len(set(names)) != len(names) or not all(names):
         raise _err(where, f"model names must be unique and non-empty, got {names}")
     models = resolve(models, where=where, n_labels=len(labels))  # models on other models' outputs: names, widths, no cycle
+    check_variant_frontends(models, features, statics, where=where)  # variants' front-end records
     by_name = {m.name: m for m in models}
     ensemble = _group(data["ensemble"], by_name, where=where, at="ensemble")
     used = ensemble.model_names()

@@ -326,7 +326,7 @@ def bench_mode(manifest: ManifestV2, mode: str, paths: Sequence[Path], *, peak: 
     predictor = Predictor(manifest, precision=precision, backend=backend)
     try:
         used = features_of(manifest, predictor.active)
-        alone = {name: FrontEndGraph(manifest, [name]) for name in used}
+        alone = {name: FrontEndGraph(predictor.manifest, [name]) for name in used}  # the front end the plan runs
         columns = plan_columns(manifest.labels)
         tally = _Tally(used, predictor.active)
         for path in paths[:_WARMUP_FILES]:

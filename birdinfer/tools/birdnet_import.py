@@ -67,6 +67,8 @@ INT8_RECIPE = {"overflow_fix": "enable", "float_ops": ["GroupConvolution", "Mult
 #: INT8 changed (0.1137 vs 0.1123) bf16 changed too; top-1 agreement over every confident window is recorded
 #: beside it (``top1_agreement_confident``) for a stricter bar.
 INT8_BAR = {"top1_agreement_decided": 0.99, "mean_abs_dp": 0.0125}
+#: The INT8 variant is validated with the RFFT in float32 (birdinfer_export.frontend_check; recorded when it loses no class).
+INT8_FRONTEND = {"birdnet_stft": {"fft": "float32"}}
 #: Precision checks run with 0.5 s between windows: six windows per held-out second of real recording.
 CHECK_OPTIONS = {"overlap": 2.5}
 
@@ -315,7 +317,8 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
                             "help": "BirdNET-Analyzer's --audio_speed: a file of rate r read as if sampled at r × speed",
                             "sets": [{"field": "audio_speed"}]}},
         "extra": {"source": source, "licence": "the model's own (BirdNET V2.4: CC BY-NC-SA 4.0)",
-                  "precision_check": {"options": CHECK_OPTIONS, "int8_bar": INT8_BAR, "int8_recipe": INT8_RECIPE}},
+                  "precision_check": {"options": CHECK_OPTIONS, "int8_bar": INT8_BAR, "int8_recipe": INT8_RECIPE,
+                                      "int8_frontend": INT8_FRONTEND}},
     }
 
 

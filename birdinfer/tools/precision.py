@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
@@ -253,15 +253,23 @@ def measure_bf16(folder: str | Path, audio: AudioSet, *, variants: Sequence[str]
 
 
 def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
-                     models: Sequence[str] | None = None, rounds: int = 3) -> dict:
+                     models: Sequence[str] | None = None, rounds: int = 3, frontend: Mapping | None = None) -> dict:
     """Child side of a per-class check (:func:`birdinfer.runtime.cpu.run_in_cpu_class`): ``variant`` of each model
     (all, or ``models``) compiled with ``hint`` against its f32 variant compiled with f32, both under this
     process's class, on the held-out audio. Returns ``{model: figures + class + what ran + speedup_vs_f32}``
-    (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps)."""
+    (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps). ``frontend``: a
+    front-end record (``{op: {parameter: value}}``, :mod:`birdinfer.spec.variant_frontend`) the variant's features
+    are computed with; the f32 reference keeps the feature's own steps."""
+    from ..spec.variant_frontend import with_frontend
+
     spec = check_spec(folder)
     audio = AudioSet.from_dict(audio)
     signals = list(audio.signals("held_out"))
     features = audio_features(spec, signals, where=audio.describe("held_out"))
+    own = features
+    if frontend:
+        changed = replace(spec, features={n: with_frontend(steps, frontend) for n, steps in spec.features.items()})
+        own = audio_features(changed, signals, where=audio.describe("held_out"))
     truth = None
     if audio.labels:
         from .held_out_labels import labelled_figures, read_held_out_labels
@@ -280,14 +288,15 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
         other = ModelRunner(spec, entry, variant, hint)
         seconds: dict[str, list[float]] = {"f32": [], variant: []}
         for _ in range(rounds):  # interleaved, so both see the same machine load
-            for name, runner in (("f32", reference), (variant, other)):
+            for name, runner, feats in (("f32", reference, features), (variant, other, own)):
                 start = time.perf_counter()
-                rows[name] = rows_of(runner, features)
+                rows[name] = rows_of(runner, feats)
                 seconds[name].append(time.perf_counter() - start)
         figures = compare_rows(rows["f32"], rows[variant])
         if truth is not None:
             figures.update(labelled_figures(truth, rows["f32"], rows[variant]))
         out[entry.name] = {**figures, "cpu_class": effective_isa().cpu_class, "ran": other.ran,
+                           **({"frontend": dict(frontend)} if frontend else {}),
                            "reference_ran": reference.ran,
                            "speedup_vs_f32": float(np.median(seconds["f32"]) / np.median(seconds[variant]))}
     return out
