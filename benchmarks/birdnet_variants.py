@@ -139,12 +139,12 @@ def _share(f: dict, which: str) -> str:
 def _print_class(result: dict, hours: float) -> None:
     acc, spd = result["accuracy"], result["speed"]
     print(f"\n## CPU class {acc['cpu_class']} (load average {spd['load'][0]:.2f} → {spd['load'][1]:.2f})")
-    print(f"{'mode vs f32':<26}{'set':<10}{'windows':>8}{'top-1':>8}{'confident':>16}{'decided':>16}{'mean|Δ|':>10}"
+    print(f"{'mode vs f32':<36}{'set':<10}{'windows':>8}{'top-1':>8}{'confident':>16}{'decided':>16}{'mean|Δ|':>10}"
           f"{'max|Δ|':>8}")
     for mode, sets in acc["modes"].items():
         for which, f in sets.items():
             conf, decided = (_share(f, k) for k in ("confident", "decided"))
-            print(f"{mode:<26}{which:<10}{f['windows']:>8}{f['top1_agreement']:>8.4f}{conf:>16}{decided:>16}"
+            print(f"{mode:<36}{which:<10}{f['windows']:>8}{f['top1_agreement']:>8.4f}{conf:>16}{decided:>16}"
                   f"{f['mean_abs_dp']:>10.2e}{f['max_abs_dp']:>8.3f}")
     times = spd["times"]
     best = min(min(times["LiteRT b1"]), min(times["LiteRT b16"]))
