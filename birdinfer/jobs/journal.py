@@ -69,6 +69,7 @@ _CHUNK = 1 << 20
 
 def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
     """What decides the rows of a run: compared before resuming one."""
+    plans = plan_models(upgrade(manifest), precision=precision, backend=backend)[0]  # planned once for both uses
     spec = upgrade(manifest).to_dict()
     spec.pop("files", None)
     spec.pop("extra", None)
@@ -80,28 +81,28 @@ def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
         "models": [m.name for m in manifest.models],
         "spec_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode("utf-8")).hexdigest(),
         "precision": precision,
-        "backend": resolved_backend(manifest, precision, backend),
+        "backend": resolved_backend(manifest, precision, backend, plans=plans),
         "window_seconds": manifest.window_seconds,
-        **_frontend(manifest, precision, backend),
+        **_frontend(manifest, plans),
     }
 
 
-def _frontend(manifest: Manifest, precision: str, backend: str) -> dict:
-    """``{"frontend": {feature: record}}`` when the plan runs a feature with a variant's front-end record
+def _frontend(manifest: Manifest, plans) -> dict:
+    """``{"frontend": {feature: record}}`` when ``plans`` run a feature with a variant's front-end record
     (:mod:`birdinfer.runtime.frontend_plan`), else nothing (so runs of the feature's own steps resume as before)."""
-    spec = upgrade(manifest)
-    identity = plan_frontend(spec, plan_models(spec, precision=precision, backend=backend)[0]).identity()
+    identity = plan_frontend(upgrade(manifest), plans).identity()
     return {"frontend": identity} if identity else {}
 
 
-def resolved_backend(manifest: Manifest, precision: str, backend: str) -> str | dict[str, str]:
+def resolved_backend(manifest: Manifest, precision: str, backend: str, plans=None) -> str | dict[str, str]:
     """The backend the models run on: ``backend`` itself, or for ``auto`` what the plan picks here
-    (:func:`birdinfer.runtime.plan.plan_models`): one name when every model runs on the same backend (so a
-    run started with ``openvino`` resumes under ``auto`` on a folder without backend records), else
-    ``{model: backend}``."""
+    (:func:`birdinfer.runtime.plan.plan_models`; ``plans``: already planned for this precision and backend): one
+    name when every model runs on the same backend (so a run started with ``openvino`` resumes under ``auto`` on a
+    folder without backend records), else ``{model: backend}``."""
     if backend != "auto":
         return backend
-    picked = {p.entry.name: p.backend for p in plan_models(manifest, precision=precision, backend="auto")[0]}
+    plans = plans if plans is not None else plan_models(manifest, precision=precision, backend="auto")[0]
+    picked = {p.entry.name: p.backend for p in plans}
     return next(iter(picked.values())) if len(set(picked.values())) == 1 else picked
 
 
