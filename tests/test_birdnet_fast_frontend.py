@@ -15,6 +15,7 @@ exercised for real (child process, real recording) at small size; the whole INT8
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -192,6 +193,23 @@ def test_no_record_where_int8_is_not_valid(folder, tmp_path):
     assert plans[0].variant == "f32" and "front end" not in summary
     predictor = Predictor(path, precision="fast", backend="openvino")
     assert predictor.frontend_plan.features == {} and predictor.manifest.features["birdnet"][-1].params.fft == "float64"
+
+
+def test_a_plan_warning_is_logged_once_per_run(folder, recording, tmp_path, caplog):
+    """``--precision int8`` where the INT8 variant is not valid warns that accuracy may drop: once per run, though
+    the resume journal's fingerprint plans the models again (``plan_models(warn=False)``)."""
+    from birdinfer.jobs.predict import predict
+
+    other = [c for c in CPU_CLASSES if c != effective_isa().cpu_class]
+    path = _copy(folder, tmp_path / "models", lambda d: _with_int8(d, classes=other))
+    with caplog.at_level(logging.WARNING, logger="birdinfer"):
+        predict([recording], path, tmp_path / "o.csv", precision="int8", backend="auto", progress=False)
+    warned = [r for r in caplog.records if "accuracy may drop" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="birdinfer"):
+        plan_models(Manifest.load(path), precision="int8", backend="auto", warn=False)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("second", [None, {"birdnet_stft": {"fft": "float64"}}])

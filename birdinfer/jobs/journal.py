@@ -69,7 +69,7 @@ _CHUNK = 1 << 20
 
 def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
     """What decides the rows of a run: compared before resuming one."""
-    plans = plan_models(upgrade(manifest), precision=precision, backend=backend)[0]  # planned once for both uses
+    plans = plan_models(upgrade(manifest), precision=precision, backend=backend, warn=False)[0]  # the run warns
     spec = upgrade(manifest).to_dict()
     spec.pop("files", None)
     spec.pop("extra", None)
@@ -101,7 +101,7 @@ def resolved_backend(manifest: Manifest, precision: str, backend: str, plans=Non
     folder without backend records), else ``{model: backend}``."""
     if backend != "auto":
         return backend
-    plans = plans if plans is not None else plan_models(manifest, precision=precision, backend="auto")[0]
+    plans = plans if plans is not None else plan_models(manifest, precision=precision, backend="auto", warn=False)[0]
     picked = {p.entry.name: p.backend for p in plans}
     return next(iter(picked.values())) if len(set(picked.values())) == 1 else picked
 

@@ -95,11 +95,12 @@ def _trusted_hint(entry: ModelEntry, variant: str, isa: CpuIsa, notes: list[str]
 
 
 def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "auto",
-                isa: CpuIsa | None = None) -> tuple[list[ModelPlan], str]:
+                isa: CpuIsa | None = None, warn: bool = True) -> tuple[list[ModelPlan], str]:
     """Decide every model's variant and precision hint for ``precision`` on ``isa`` (default: this process's
     effective ISA) without loading anything. Returns the plans and one sentence saying what runs, per model,
     and why (never the CPU's float hint where f32 runs), and which front end a feature runs where a planned
-    variant records one (:mod:`birdinfer.runtime.frontend_plan`)."""
+    variant records one (:mod:`birdinfer.runtime.frontend_plan`). ``warn=False``: no warning logged (a caller
+    planning the same run again, e.g. a resume journal's fingerprint)."""
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r} is not one of {PRECISIONS}")
     if backend not in BACKEND_CHOICES:
@@ -136,10 +137,12 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
             plans.append(ModelPlan(entry, valid[0], isa.float_hint))
         elif int8:
             note = f"{int8[0]} is not validated on {isa.cpu_class} ({_validity(entry, int8)}): accuracy may drop"
-            log.warning("model %s: %s", entry.name, note)
+            if warn:
+                log.warning("model %s: %s", entry.name, note)
             plans.append(ModelPlan(entry, int8[0], isa.float_hint, note))
         else:
-            log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
+            if warn:
+                log.warning("model %s has no INT8 variant: running its f32 variant", entry.name)
             plans.append(ModelPlan(entry, "f32", isa.float_hint, "no INT8 variant"))
     if not ov:
         plans = [replace(p, backend="onnxruntime") for p in plans]
@@ -155,7 +158,7 @@ def plan_models(manifest: Manifest, *, precision: str = "auto", backend: str = "
     summary = (f"precision {precision} on CPU class {isa.label()}: runs {ran}"
                + ("" if ov else " (ONNX Runtime float32)") + f" [{per_model}]"
                + (f"; {'; '.join(notes)}" if notes else ""))
-    if precision == "bf16" and ov and not isa.bf16_native:
+    if precision == "bf16" and ov and not isa.bf16_native and warn:
         log.warning("bf16 is not native on %s (OpenVINO would emulate it, slower than f32): running f32", isa.cpu_class)
     return plans, summary
 
@@ -217,8 +220,8 @@ def plan_variants(manifest: Manifest, *, precision: str = "auto", backend: str =
     manifest (e.g. ONNX Runtime asked of a folder bundled without ONNX), so callers can check this before
     any audio work.
     """
-    if plans is None:
-        plans = plan_models(manifest, precision=precision, backend=backend, isa=isa)[0]
+    if plans is None:  # a check before the run (which plans again and says what it runs): no warning here
+        plans = plan_models(manifest, precision=precision, backend=backend, isa=isa, warn=False)[0]
     where = manifest.folder if manifest.folder is not None else "model folder"
     out = []
     for p in plans:
