@@ -83,11 +83,9 @@ def accuracy(folder: str, paths: list[str], overlap: float) -> dict:
     out = {"cpu_class": isa.cpu_class, "modes": {}}
     record = entry.variants["int8"].frontend if "int8" in entry.variants else None
     if record:  # what fast runs: the INT8 variant on the front end it records (e.g. the float32 FFT)
-        from dataclasses import replace
+        from birdinfer.spec.variant_frontend import describe_frontend, spec_with_frontends
 
-        from birdinfer.spec.variant_frontend import describe_frontend, with_frontend
-
-        fast_spec = replace(spec, features={n: with_frontend(steps, record) for n, steps in spec.features.items()})
+        fast_spec = spec_with_frontends(spec, dict.fromkeys(spec.features, record))
         modes[f"int8+f32, {describe_frontend(record)}"] = ("int8", "f32", [file_features(fast_spec, y) for _, y in kept])
     for mode, (variant, hint, *own) in modes.items():
         rows = _rows(spec, entry, variant, hint, own[0] if own else features)

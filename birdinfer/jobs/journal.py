@@ -69,8 +69,9 @@ _CHUNK = 1 << 20
 
 def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
     """What decides the rows of a run: compared before resuming one."""
-    plans = plan_models(upgrade(manifest), precision=precision, backend=backend, warn=False)[0]  # the run warns
-    spec = upgrade(manifest).to_dict()
+    upgraded = upgrade(manifest)
+    plans = plan_models(upgraded, precision=precision, backend=backend, warn=False)[0]  # the run warns
+    spec = upgraded.to_dict()
     spec.pop("files", None)
     spec.pop("extra", None)
     return {
@@ -83,14 +84,15 @@ def run_fingerprint(manifest: Manifest, precision: str, backend: str) -> dict:
         "precision": precision,
         "backend": resolved_backend(manifest, precision, backend, plans=plans),
         "window_seconds": manifest.window_seconds,
-        **_frontend(manifest, plans),
+        **_frontend(upgraded, plans),
     }
 
 
-def _frontend(manifest: Manifest, plans) -> dict:
-    """``{"frontend": {feature: record}}`` when ``plans`` run a feature with a variant's front-end record
-    (:mod:`birdinfer.runtime.frontend_plan`), else nothing (so runs of the feature's own steps resume as before)."""
-    identity = plan_frontend(upgrade(manifest), plans).identity()
+def _frontend(spec, plans) -> dict:
+    """``{"frontend": {feature: record}}`` when ``plans`` run a feature of ``spec`` (version 2) with a variant's
+    front-end record (:mod:`birdinfer.runtime.frontend_plan`), else nothing (so runs of the feature's own steps
+    resume as before)."""
+    identity = plan_frontend(spec, plans).identity()
     return {"frontend": identity} if identity else {}
 
 

@@ -8,10 +8,10 @@ records one, so ``--precision f32`` (and ``auto`` where it runs f32) is the exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..spec.variant_frontend import describe_frontend, with_frontend
+from ..spec.variant_frontend import describe_frontend, spec_with_frontends
 
 __all__ = ["FrontendPlan", "plan_frontend", "with_planned_frontend"]
 
@@ -66,8 +66,4 @@ def plan_frontend(manifest, plans: Sequence) -> FrontendPlan:
 
 def with_planned_frontend(manifest, plan: FrontendPlan):
     """``manifest`` with the features of ``plan`` running their records (the same manifest when it names none)."""
-    if not plan.features:
-        return manifest
-    features = {name: with_frontend(steps, plan.features[name]) if name in plan.features else steps
-                for name, steps in manifest.features.items()}
-    return replace(manifest, features=features)
+    return spec_with_frontends(manifest, plan.features)

@@ -12,14 +12,13 @@ reference and may not carry one.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any, Mapping, Sequence
 
 from ..errors import ModelFolderError
-from ..ops import Static
-from ..ops.registry import coerce, shown
+from ..ops import OPS, Static
+from ..ops.registry import shown
 
-__all__ = ["check_variant_frontends", "with_frontend", "describe_frontend"]
+__all__ = ["check_variant_frontends", "with_frontend", "spec_with_frontends", "describe_frontend"]
 
 
 def with_frontend(steps: Sequence, record: Mapping[str, Mapping[str, Any]]) -> tuple:
@@ -30,7 +29,6 @@ def with_frontend(steps: Sequence, record: Mapping[str, Mapping[str, Any]]) -> t
         changes = record.get(step.name)
         if changes:
             fields = {f.name: f for f in dataclasses.fields(step.params)}
-            hints = typing.get_type_hints(type(step.params), include_extras=True)
             values = {}
             for param, value in changes.items():
                 if param not in fields:
@@ -38,12 +36,21 @@ def with_frontend(steps: Sequence, record: Mapping[str, Mapping[str, Any]]) -> t
                 if fields[param].metadata.get("file"):
                     raise ValueError(f"parameter {param!r} names a file of the folder; a variant cannot change it")
                 try:
-                    values[param] = coerce(value, hints[param])
+                    values[param] = OPS.check_param(step.name, param, value)
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"{param}={shown(value)}: {e}") from None
             step = dataclasses.replace(step, params=dataclasses.replace(step.params, **values))  # __post_init__ checks
         out.append(step)
     return tuple(out)
+
+
+def spec_with_frontends(spec, records: Mapping[str, Mapping[str, Mapping[str, Any]]]):
+    """``spec`` (a version 2 manifest) with each feature named in ``records`` running its record
+    (:func:`with_frontend`); ``spec`` itself when ``records`` names none."""
+    if not records:
+        return spec
+    return dataclasses.replace(spec, features={name: with_frontend(steps, records[name]) if name in records else steps
+                                               for name, steps in spec.features.items()})
 
 
 def describe_frontend(record: Mapping[str, Mapping[str, Any]]) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable, Mapping, Sequence
@@ -260,7 +260,7 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     (JSON; the speed is the median of ``rounds`` interleaved runs of the model and its steps). ``frontend``: a
     front-end record (``{op: {parameter: value}}``, :mod:`birdinfer.spec.variant_frontend`) the variant's features
     are computed with; the f32 reference keeps the feature's own steps."""
-    from ..spec.variant_frontend import with_frontend
+    from ..spec.variant_frontend import spec_with_frontends
 
     spec = check_spec(folder)
     audio = AudioSet.from_dict(audio)
@@ -268,7 +268,7 @@ def measure_variants(folder: str, variant: str, audio: dict, hint: str = "f32",
     features = audio_features(spec, signals, where=audio.describe("held_out"))
     own = features
     if frontend:
-        changed = replace(spec, features={n: with_frontend(steps, frontend) for n, steps in spec.features.items()})
+        changed = spec_with_frontends(spec, dict.fromkeys(spec.features, frontend))
         own = audio_features(changed, signals, where=audio.describe("held_out"))
     truth = None
     if audio.labels:
