@@ -110,6 +110,11 @@ class ThreadFeed:
         finally:
             self._queue.put(None)
 
+    @property
+    def native_id(self) -> int | None:
+        """The feeding thread's id in the OS (:func:`threading.get_native_id`)."""
+        return self._thread.native_id
+
     def __iter__(self) -> Iterator[FedBlock]:
         while (item := self._queue.get()) is not None:
             yield item

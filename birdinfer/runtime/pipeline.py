@@ -22,6 +22,7 @@ runs them inline (:mod:`birdinfer.runtime.block_feed`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from .cpu import effective_isa, spare_siblings
 from .frontend_plan import plan_frontend, with_planned_frontend
 from .models import LoadedModel, describe_precisions, load_models, plan_models
 from .ov_requests import REQUEST_CHUNKS
+from .threads import BlasThreads, InferencePriority, process_threads
 from ..spec.upgrade import V1_BLOCK_SECONDS, upgrade
 
 __all__ = ["BLOCK_SECONDS", "Predictor", "FileResult", "TimeBudget"]
@@ -99,6 +101,7 @@ class Predictor:
         keep_outputs: Sequence[tuple[str, str]] = (),
         request_chunks: int | None = REQUEST_CHUNKS,
         prune_outputs: bool = True,
+        frontend_priority: bool = True,
     ):
         """``threads``: threads per model call (default: the backend's split-batch streams, one single-threaded
         request per physical core; see :mod:`birdinfer.runtime.models`); ``parallel_models``: how many different
@@ -113,7 +116,10 @@ class Predictor:
         ``keep_outputs``: ``(model, output)`` graph outputs (e.g. BirdNET's ``embedding``) also given per file, on
         the model's rows (``FileResult.outputs``, :meth:`predict_array` with ``outputs=True``). ``request_chunks``:
         rows per request of a model with a free batch axis (:mod:`birdinfer.runtime.ov_requests`). ``prune_outputs``:
-        only the columns a ``label_map`` reads (:mod:`birdinfer.runtime.prune_outputs`); False: every column."""
+        only the columns a ``label_map`` reads (:mod:`birdinfer.runtime.prune_outputs`); False: every column.
+        ``frontend_priority``: while the front end runs in its own single thread, the threads this Predictor
+        started for inference run at nice +5 so that thread goes first (:mod:`birdinfer.runtime.threads`)."""
+        threads_before = process_threads()  # the threads started from here on are the inference's
         if parallel_models is None:
             parallel_models = 1
         if int(parallel_models) < 1:
@@ -144,6 +150,8 @@ class Predictor:
             keep_outputs=keep_outputs)
         self.decode_cpus = spare_siblings() if pin_decode_thread else []
         self.frontend_thread = True if frontend_thread is None else bool(frontend_thread)
+        self._priority = InferencePriority(threads_before) if frontend_priority else None
+        self._blas = BlasThreads()  # numpy's BLAS on the calling thread while this Predictor runs
         if self.parallel_models > 1 and len(self.models) > 1:
             self._first_calls()
         self.load_seconds = time.perf_counter() - start
@@ -253,12 +261,13 @@ class Predictor:
         if y.size == 0:
             raise ParameterError("predict_array got no samples")
         parts = []
-        for index, start in enumerate(range(0, y.size, self.block_samples)):
-            block = y[start : start + self.block_samples]
-            n = self.block_windows(block.size, index)
-            if n:
-                parts.append(self.infer_block(self.features(block), n))
-        return (self.finish(parts), self._kept_rows(parts)) if outputs else self.finish(parts)
+        with self._blas.single():
+            for index, start in enumerate(range(0, y.size, self.block_samples)):
+                block = y[start : start + self.block_samples]
+                n = self.block_windows(block.size, index)
+                if n:
+                    parts.append(self.infer_block(self.features(block), n))
+            return (self.finish(parts), self._kept_rows(parts)) if outputs else self.finish(parts)
 
     def _kept_rows(self, parts: list) -> dict:
         whole = self.manifest.block_seconds is None
@@ -278,13 +287,14 @@ class Predictor:
     def predict_file(self, path: str | Path) -> np.ndarray:
         """Decode one recording (any length, any rate, mono or not) → ``(n_windows, n_labels)``."""
         parts, blocks = [], 0
-        for n, compute in self._file_blocks(path):
-            blocks += 1
-            if n:
-                parts.append(self.infer_block(compute(), n))
-        if not blocks:
-            raise AudioDecodeError(path, "no samples")
-        return self.finish(parts, Path(path).name)  # no rows when the file is shorter than the spec's rows.min_seconds
+        with self._blas.single():
+            for n, compute in self._file_blocks(path):
+                blocks += 1
+                if n:
+                    parts.append(self.infer_block(compute(), n))
+            if not blocks:
+                raise AudioDecodeError(path, "no samples")
+            return self.finish(parts, Path(path).name)  # no rows when the file is shorter than the spec's rows.min_seconds
 
     # ------------------------------------------------------------------ many recordings
     def iter_files(
@@ -301,8 +311,12 @@ class Predictor:
         run in a background thread (``prefetch`` blocks ahead) or inline (:attr:`frontend_thread`). ``on_file_start(i)`` is called before file
         ``i``'s models run; returning False skips the rest (they are yielded as failed with reason
         "skipped"). ``members``: keep each file's rows before fusion (always kept for a :attr:`held` spec,
-        whose ``probs`` are set by :meth:`fuse` once every file is done)."""
-        paths = [Path(p) for p in paths]
+        whose ``probs`` are set by :meth:`fuse` once every file is done). numpy's BLAS runs on one thread meanwhile
+        (:class:`birdinfer.runtime.threads.BlasThreads`)."""
+        with self._blas.single():
+            yield from self._iter_files([Path(p) for p in paths], prefetch, on_file_start, clock, stats, members)
+
+    def _iter_files(self, paths: list[Path], prefetch: int, on_file_start, clock, stats, members: bool):
         started: set[int] = set()
 
         def ask(index: int) -> bool:  # inline: asked before the file is decoded
@@ -313,6 +327,7 @@ class Predictor:
                 else None)
         blocks = iter(feed) if feed is not None else feed_blocks(paths, self._file_blocks,
                                                                  ask if on_file_start is not None else None)
+        prioritise = feed is not None and self._priority is not None and self.frontend_threads == 1
         stats = stats if stats is not None else {}
         for key in ("decode_seconds", "front_end_seconds", "front_end_cpu_seconds", "wait_seconds"):
             stats.setdefault(key, 0.0)
@@ -343,6 +358,9 @@ class Predictor:
                     continue
                 if item.n_windows:
                     parts.append(self.infer_block(item.features, item.n_windows, clock))
+                    if prioritise:  # once the models have run: every inference thread exists
+                        self._priority.lower(keep=(threading.get_native_id(), feed.native_id))
+                        prioritise = False
                 if item.last:
                     yield self._result(path, parts, clock() - file_start, members)
         finally:

@@ -13,8 +13,8 @@ TFLite frontend does not lower, and ``convert_model`` cannot cut a TFLite graph 
    ``birdnet_frontend.npz`` of the folder);
 3. OpenVINO converts the graph *partially* (the RFFT2D nodes stay framework nodes); the output of the
    channel scaling is then fed from a new Parameter ``[-1, bins, 511]`` through the spectrogram's tail built
-   from the file's constants (mel products with the flip folded into the matrices' rows, square, power,
-   stacking, per-channel scaling), so the framework nodes are unreachable and dropped: a plain IR;
+   from the file's constants (mel products with the flip folded into the matrices' rows, square, power as
+   ``exp(c · log x)``, stacking, per-channel scaling), so the framework nodes are unreachable and dropped: a plain IR;
 4. windows and scores follow BirdNET-Analyzer (:func:`birdnet_spec`: 3 s windows at 48 kHz, options
    ``overlap`` and ``sensitivity``), and the folder is written by :func:`birdinfer.tools.importer.import_folder`
    (checksums) with the source file's sha256 and the parity measured against LiteRT
@@ -51,21 +51,19 @@ EMBEDDING_OUTPUT = "embedding"
 PARITY_BAR = 1e-4
 #: Name prefix of the spectrogram's tail in the IR (mel products, square, power, per-channel scaling).
 TAIL_PREFIX = "spectrogram/"
-#: How ``--precision int8`` quantizes BirdNET (``birdinfer_export.variants.folder_int8_settings``), chosen on
-#: 267 windows of real recordings (benchmarks/birdnet_variants.py; top-1 agreement with f32 on the 178
-#: windows whose f32 top score is >= 0.1, mean |Δscore|, model speed vs f32, this Zen 4): NNCF's defaults with
-#: the overflow fix 0.19 top-1, ×1.0 (its activation quantizers split every swish, x·sigmoid(x), from its
-#: convolution); the spectrogram tail in float 0.74; swish products (Multiply) in float 0.97, ×1.7; asymmetric
-#: activations (preset mixed) 0.978; depthwise convolutions in float too 0.994 (×1.5), the same figures
-#: under AVX512_CORE and AVX2 (7-bit weights: no saturation).
+#: How ``--precision int8`` quantizes BirdNET (``birdinfer_export.variants.folder_int8_settings``), chosen on 267
+#: windows of real recordings (benchmarks/birdnet_variants.py; top-1 agreement with f32 on the 178 windows whose f32
+#: top score is >= 0.1, model speed vs f32, Zen 4): NNCF's defaults with the overflow fix 0.19 top-1, ×1.0 (its
+#: activation quantizers split every swish, x·sigmoid(x), from its convolution); the spectrogram tail in float 0.74;
+#: swish products (Multiply) in float 0.97, ×1.7; asymmetric activations (preset mixed) 0.978; depthwise
+#: convolutions in float too 0.994 (×1.5), the same under AVX512_CORE and AVX2 (7-bit weights: no saturation).
 INT8_RECIPE = {"overflow_fix": "enable", "float_ops": ["GroupConvolution", "Multiply"], "float_names": ["^spectrogram/.*"],
                "preset": "mixed"}
-#: BirdNET's INT8 bar: 6,522 mostly-zero scores make mean |Δp| a weak figure (0.0004 for an INT8 graph whose top
-#: label differs on half the windows, measured): the top label must also agree with f32's on 99 % of the
-#: decided confident windows (f32 top score >= 0.1, leading its second by >= 0.01: birdinfer.tools.precision).
-#: Ties are left out because any rounding flips them: on the held-out recordings the one confident window
-#: INT8 changed (0.1137 vs 0.1123) bf16 changed too; top-1 agreement over every confident window is recorded
-#: beside it (``top1_agreement_confident``) for a stricter bar.
+#: BirdNET's INT8 bar: 6,522 mostly-zero scores make mean |Δp| a weak figure (0.0004 for an INT8 graph whose top label
+#: differs on half the windows, measured): the top label must also agree with f32's on 99 % of the decided confident
+#: windows (f32 top score >= 0.1, leading its second by >= 0.01: birdinfer.tools.precision). Ties are left out, any
+#: rounding flips them (the one confident held-out window INT8 changed, 0.1137 vs 0.1123, bf16 changed too);
+#: agreement over every confident window is recorded beside it (``top1_agreement_confident``) for a stricter bar.
 INT8_BAR = {"top1_agreement_decided": 0.99, "mean_abs_dp": 0.0125}
 #: The INT8 variant is validated with the RFFT in float32 (birdinfer_export.frontend_check; recorded when it loses no class).
 INT8_FRONTEND = {"birdnet_stft": {"fft": "float32"}}
@@ -222,6 +220,13 @@ def _named(node, name: str):
     return node
 
 
+def _power(ops, x, exponent: float, b: int):
+    """TFLite's POW ``x ** c`` (x >= 0) as ``exp(c · log x)``, 0 at x = 0 for c > 0 as POW: OpenVINO's CPU Power with a
+    non-integer exponent is scalar code (0.6 of 4.5 ms per window of the INT8 network on a Zen 4 thread)."""
+    scaled = ops.multiply(_named(ops.log(x), f"log_{b}"), ops.constant(np.float32(exponent)))
+    return _named(ops.exp(_named(scaled, f"log_scaled_{b}")), f"power_{b}")
+
+
 def _tail(ov, param, params: dict, tail: dict):
     """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``; every node named
     ``spectrogram/...`` (INT8 leaves them in float: :data:`INT8_RECIPE`)."""
@@ -232,7 +237,7 @@ def _tail(ov, param, params: dict, tail: dict):
         b = len(branches)
         _named(part, f"bins_{b}")
         m = _named(ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False), f"mel_{b}")
-        m = _named(ops.power(_named(ops.multiply(m, m), f"square_{b}"), ops.constant(np.float32(exponent))), f"power_{b}")
+        m = _power(ops, _named(ops.multiply(m, m), f"square_{b}"), exponent, b)
         branches.append(_named(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))), f"channel_{b}"))
         row += end - first
     stacked = _named(ops.concat(branches, 1), "stack")
@@ -282,8 +287,7 @@ def network_ir(path: str | Path, found: dict):
 def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict, embedding_width: int = 1024) -> dict:
     """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores; outputs the logits and the
     embedding (``embedding_width`` wide, the layer before the classifier)."""
-    window = WINDOW_SECONDS
-    minus = {"scale": -1.0, "offset": window}
+    window, minus = WINDOW_SECONDS, {"scale": -1.0, "offset": WINDOW_SECONDS}
     return {
         "format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SAMPLE_RATE, "labels": labels,
         "rows": {"seconds": window, "span_seconds": window, "min_seconds": MIN_SECONDS, "partial": "pad_right"},
@@ -343,7 +347,6 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     model, names = Path(model), read_labels(labels)
     if meta_model is not None:  # a bad meta model fails before the long import
         from .birdnet_meta import check_meta_model
-
         check_meta_model(meta_model, len(names))
     if translated_labels is not None:  # a bad translation fails before the long import too
         check_translations(translated_labels, Path(labels).name, names)
@@ -352,7 +355,6 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
         stage = Path(stage)
         import openvino as ov
-
         ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
         np.savez(stage / CONSTANTS_FILE, **found["arrays"])
         spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source,
@@ -361,7 +363,6 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)
     if meta_model is not None:
         from .birdnet_meta import add_meta_model
-
         add_meta_model(out, meta_model)
     if translated_labels is not None:
         add_translated_labels(out, translated_labels, Path(labels).name)
@@ -369,7 +370,6 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         _check_parity(Path(out), model, progress)
     if precision != "f32" or measure:
         from .importer import record_precisions
-
         record_precisions(Path(out), int8=precision == "int8", calibration=calibration, measure=measure, progress=progress)
     return Manifest.load(out)
 
