@@ -1,6 +1,6 @@
 """The inference threads yield to the front-end thread (birdinfer.runtime.threads): the threads started after
 the snapshot run at nice +5, once, except the ones kept; a Predictor lowers the threads its models started, never the
-feeding thread nor the caller's, and nothing with ``frontend_priority=False``."""
+feeding thread nor the caller's, and nothing with ``frontend_priority=False``; numpy's BLAS runs on one thread while a Predictor runs, restored after.
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from birdinfer.runtime.threads import INFERENCE_NICE, InferencePriority, process_threads
@@ -92,3 +93,23 @@ def test_a_predictor_lowers_its_inference_threads_not_the_front_end(small_model_
     inference = {int(t): n for t, n in got["new"].items() if int(t) not in feeder}
     assert inference  # OpenVINO's threads, started by the Predictor
     assert set(inference.values()) == {min(19, base + INFERENCE_NICE) if flag else base}
+
+
+def test_blas_runs_on_one_thread_while_a_predictor_runs_and_is_restored(small_model_folder, tmp_path: Path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from birdinfer.runtime.pipeline import Predictor
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    paths = [write_ogg(tmp_path / f"b{i}.ogg", 4.0, seed=i) for i in range(2)]
+    predictor = Predictor(small_model_folder, frontend_priority=False)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() and set(blas_threads()) == {2}
+        during = []
+        results = list(predictor.iter_files(paths, on_file_start=lambda i: during.append(blas_threads()) or True))
+        assert [r.ok for r in results] == [True, True] and during and all(set(d) == {1} for d in during)
+        assert set(blas_threads()) == {2}  # restored when the iteration ends
+        probs = predictor.predict_file(paths[0])
+        np.testing.assert_array_equal(probs, results[0].probs)
+        assert set(blas_threads()) == {2}
