@@ -1,6 +1,7 @@
 """The inference threads yield to the front-end thread (birdinfer.runtime.threads): the threads started after
 the snapshot run at nice +5, once, except the ones kept; a Predictor lowers the threads its models started, never the
-feeding thread nor the caller's, and nothing with ``frontend_priority=False``; numpy's BLAS runs on one thread while a Predictor runs, restored after.
+feeding thread nor the caller's, and nothing with ``frontend_priority=False``; numpy's BLAS runs on one thread while
+a Predictor runs, restored after."""
 
 from __future__ import annotations
 
