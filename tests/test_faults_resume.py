@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import LABELS, SR, cli_env, stop_process, synth_signal, wait_for_lock, write_ogg
+from conftest import LABELS, SR, assert_same_rows, cli_env, stop_process, synth_signal, wait_for_lock, write_ogg
 
 
 #: Runs ``birdinfer`` (argv[3:]) and sends itself the signal argv[2] when it is about to rename a finished
@@ -373,7 +373,7 @@ def test_ray_takes_the_output_lock_and_resume_verifies_its_shards(audio, small_m
 
     reference = pq.read_table(predict([audio], small_model_folder, tmp_path / "ref.parquet", precision="f32",
                                       progress=False))
-    assert read_output(out).equals(reference)
+    assert_same_rows(read_output(out), reference)
     entries = {Path(e["file"]).name: e for e in map(json.loads, (out / "_done.jsonl").read_text().splitlines())}
     garbled, lost = out / entries["b.ogg"]["part"], out / entries["d.wav"]["part"]
     data = bytearray(garbled.read_bytes())
@@ -388,4 +388,4 @@ def test_ray_takes_the_output_lock_and_resume_verifies_its_shards(audio, small_m
     assert set(redone) == {"b.ogg", "d.wav"}, again.stderr[-3000:]
     assert "sha256" in redone["b.ogg"] and "missing" in redone["d.wav"]
     assert len(_listed_shards_verify(out)) == 4
-    assert read_output(out).equals(reference)
+    assert_same_rows(read_output(out), reference)
