@@ -155,6 +155,19 @@ def write_ogg(path: Path, seconds: float, seed: int, sr: int = SR) -> Path:
     return path
 
 
+def can_emulate(cpu_class: str) -> bool:
+    """Whether this machine can run ``cpu_class`` under a oneDNN cap (a cap hides features: an AVX2 CPU cannot
+    emulate AVX-512)."""
+    from birdinfer.errors import ParameterError
+    from birdinfer.runtime.cpu import cap_for_class
+
+    try:
+        cap_for_class(cpu_class)
+    except ParameterError:
+        return False
+    return True
+
+
 #: CPU classes whose oneDNN kernels give the same sums whatever the thread split (Ray workers run one thread, local
 #: predict two streams); on the others (AVX2 and below: a capped run or a real CPU) 1.2e-7 was measured between them.
 THREAD_EXACT_CLASSES = ("amx", "avx512_vnni_bf16", "avx512_vnni", "avx512")

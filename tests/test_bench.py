@@ -37,7 +37,10 @@ def test_run_bench_report_and_plot(small_model_folder, tmp_path):
             assert m["seconds_per_file"] > 0 and m["gflop_per_file"] > 0 and m["gflops"] > 0
             assert 0 < m["f32_peak_fraction"]
         assert mode["models_gflop_per_file"] == pytest.approx(sum(m["gflop_per_file"] for m in mode["models"]), rel=1e-3)
-        assert stages["models"] == pytest.approx(sum(m["seconds_per_file"] for m in mode["models"]), rel=1e-3, abs=1e-3)
+        # the stage is the models' own seconds plus infer_block's dispatch around them (1.1 ms per file measured on a
+        # slow AVX2 host): never less than their sum (4-decimal rounding aside), never much more
+        in_models = sum(m["seconds_per_file"] for m in mode["models"])
+        assert in_models - 5e-4 <= stages["models"] <= in_models * 1.05 + 5e-3
         assert mode["pipelined_seconds_per_file"] > 0 and mode["real_time_factor"] > 0
         assert mode["schedule"] in ("front end in a background thread", "front end inline, 1 thread") or (
             mode["schedule"].startswith("front end inline, ") and mode["schedule"].endswith(" threads"))

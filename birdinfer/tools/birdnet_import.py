@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelFolderError, ParameterError
+from ..errors import ModelFolderError, ParameterError
 from ..io.detections import BIRDNET_BAND_HZ as BAND_HZ
 from ..spec.files import MANIFEST_NAME, sha256_file
+from .birdnet_ir import EMBEDDING_OUTPUT, GRAPH_NAME, TAIL_PREFIX, network_ir
 from .birdnet_labels import add_translated_labels, check_translations, read_labels
 from .tflite_graph import TfliteGraph, TfliteOp, read_tflite
 
@@ -44,26 +45,23 @@ WINDOW_SECONDS = 3.0
 AUDIO_SPEED_RANGE = (0.01, 100.0)  # --audio-speed: BirdNET-Analyzer raises less to 0.01, sets no maximum
 MIN_SECONDS = 1.0  # BirdNET-Analyzer keeps a last partial window holding at least this much audio
 CONSTANTS_FILE = "birdnet_frontend.npz"
-GRAPH_NAME = "birdnet_v24"
-#: The graph's second output: the 1024-d input of the classifier, what BirdNET-Analyzer's ``embeddings`` reads.
-EMBEDDING_OUTPUT = "embedding"
 #: Parity at import above this (max |Δscore| against LiteRT on the check windows) refuses the folder.
 PARITY_BAR = 1e-4
-#: Name prefix of the spectrogram's tail in the IR (mel products, square, power, per-channel scaling).
-TAIL_PREFIX = "spectrogram/"
-#: How ``--precision int8`` quantizes BirdNET (``birdinfer_export.variants.folder_int8_settings``), chosen on 267
-#: windows of real recordings (benchmarks/birdnet_variants.py; top-1 agreement with f32 on the 178 windows whose f32
-#: top score is >= 0.1, model speed vs f32, Zen 4): NNCF's defaults with the overflow fix 0.19 top-1, ×1.0 (its
-#: activation quantizers split every swish, x·sigmoid(x), from its convolution); the spectrogram tail in float 0.74;
-#: swish products (Multiply) in float 0.97, ×1.7; asymmetric activations (preset mixed) 0.978; depthwise
-#: convolutions in float too 0.994 (×1.5), the same under AVX512_CORE and AVX2 (7-bit weights: no saturation).
-INT8_RECIPE = {"overflow_fix": "enable", "float_ops": ["GroupConvolution", "Multiply"], "float_names": ["^spectrogram/.*"],
+#: How ``--precision int8`` quantizes BirdNET (``birdinfer_export.variants.folder_int8_settings``), chosen on
+#: 267 windows of real recordings (benchmarks/birdnet_variants.py; top-1 agreement with f32 on the 178
+#: windows whose f32 top score is >= 0.1, mean |Δscore|, model speed vs f32, this Zen 4): NNCF's defaults with
+#: the overflow fix 0.19 top-1, ×1.0 (its activation quantizers split every swish, x·sigmoid(x), from its
+#: convolution); the spectrogram tail in float 0.74; swish products (Multiply) in float 0.97, ×1.7; asymmetric
+#: activations (preset mixed) 0.978; depthwise convolutions in float too 0.994 (×1.5), the same figures
+#: under AVX512_CORE and AVX2 (7-bit weights: no saturation).
+INT8_RECIPE = {"overflow_fix": "enable", "float_ops": ["GroupConvolution", "Multiply"], "float_names": [f"^{TAIL_PREFIX}.*"],
                "preset": "mixed"}
-#: BirdNET's INT8 bar: 6,522 mostly-zero scores make mean |Δp| a weak figure (0.0004 for an INT8 graph whose top label
-#: differs on half the windows, measured): the top label must also agree with f32's on 99 % of the decided confident
-#: windows (f32 top score >= 0.1, leading its second by >= 0.01: birdinfer.tools.precision). Ties are left out, any
-#: rounding flips them (the one confident held-out window INT8 changed, 0.1137 vs 0.1123, bf16 changed too);
-#: agreement over every confident window is recorded beside it (``top1_agreement_confident``) for a stricter bar.
+#: BirdNET's INT8 bar: 6,522 mostly-zero scores make mean |Δp| a weak figure (0.0004 for an INT8 graph whose top
+#: label differs on half the windows, measured): the top label must also agree with f32's on 99 % of the
+#: decided confident windows (f32 top score >= 0.1, leading its second by >= 0.01: birdinfer.tools.precision).
+#: Ties are left out because any rounding flips them: on the held-out recordings the one confident window
+#: INT8 changed (0.1137 vs 0.1123) bf16 changed too; top-1 agreement over every confident window is recorded
+#: beside it (``top1_agreement_confident``) for a stricter bar.
 INT8_BAR = {"top1_agreement_decided": 0.99, "mean_abs_dp": 0.0125}
 #: The INT8 variant is validated with the RFFT in float32 (birdinfer_export.frontend_check; recorded when it loses no class).
 INT8_FRONTEND = {"birdnet_stft": {"fft": "float32"}}
@@ -215,79 +213,11 @@ def _embedding_tensor(g: TfliteGraph) -> int:
     return tensor
 
 
-def _named(node, name: str):
-    node.set_friendly_name(TAIL_PREFIX + name)
-    return node
-
-
-def _power(ops, x, exponent: float, b: int):
-    """TFLite's POW ``x ** c`` (x >= 0) as ``exp(c · log x)``, 0 at x = 0 for c > 0 as POW: OpenVINO's CPU Power with a
-    non-integer exponent is scalar code (0.6 of 4.5 ms per window of the INT8 network on a Zen 4 thread)."""
-    scaled = ops.multiply(_named(ops.log(x), f"log_{b}"), ops.constant(np.float32(exponent)))
-    return _named(ops.exp(_named(scaled, f"log_scaled_{b}")), f"power_{b}")
-
-
-def _tail(ov, param, params: dict, tail: dict):
-    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``; every node named
-    ``spectrogram/...`` (INT8 leaves them in float: :data:`INT8_RECIPE`)."""
-    ops, branches, row = ov.opset13, [], 0
-    for (first, end), mel, exponent in zip(params["bins"], tail["mels"], tail["exponents"]):
-        part = ops.slice(param, np.array([row], np.int64), np.array([row + end - first], np.int64),
-                         np.array([1], np.int64), np.array([1], np.int64))
-        b = len(branches)
-        _named(part, f"bins_{b}")
-        m = _named(ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False), f"mel_{b}")
-        m = _power(ops, _named(ops.multiply(m, m), f"square_{b}"), exponent, b)
-        branches.append(_named(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))), f"channel_{b}"))
-        row += end - first
-    stacked = _named(ops.concat(branches, 1), "stack")
-    shape = [1, len(branches), 1, 1]
-    scaled = _named(ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape))), "scale")
-    return _named(ops.add(scaled, ops.constant(tail["offset"].reshape(shape))), "offset")
-
-
-def network_ir(path: str | Path, found: dict):
-    """OpenVINO's partial conversion of the TFLite file with the tensor ``found["cut_tensor"]`` fed from a
-    Parameter ``[-1, bins, frames]`` through the spectrogram's tail (:func:`_tail`): an ``openvino.Model``."""
-    try:
-        import openvino as ov
-        from openvino.frontend import FrontEndManager
-    except ImportError as e:
-        raise MissingDependencyError(f"birdinfer import needs openvino: pip install openvino ({e})") from e
-    params, cut = found["params"], found["cut_tensor"]
-    frontend = FrontEndManager().load_by_framework("tflite")
-    partial = frontend.convert_partially(frontend.load(str(path)))
-    target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut in o.get_names()), None)
-    if target is None:
-        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut!r} to cut at")
-    bins = sum(end - first for first, end in params["bins"])
-    param = ov.opset13.parameter([-1, bins, params["frames"]], ov.Type.f32, name="real_stft")
-    source = _tail(ov, param, params, found["tail"]).output(0)
-    dims = target.get_partial_shape()
-    if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
-        source = _named(ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))),
-                        "nhwc").output(0)
-    for consumer in list(target.get_target_inputs()):
-        consumer.replace_source_output(source)
-    embedding = next((o for op in partial.get_ordered_ops() for o in op.outputs()
-                      if found["embedding_tensor"] in o.get_names()), None)
-    if embedding is None:
-        raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {found['embedding_tensor']!r} (the embedding)")
-    result = ov.opset13.result(embedding)
-    result.set_friendly_name(EMBEDDING_OUTPUT)
-    model = ov.Model(list(partial.get_results()) + [result], [param], GRAPH_NAME)
-    model.validate_nodes_and_infer_types()
-    left = sorted({op.get_type_name() for op in model.get_ordered_ops() if "FrameworkNode" in op.get_type_name()
-                   or op.get_type_name() in ("Rfft2d", "RFFT2D")})
-    if left:
-        raise ModelFolderError(f"{path}: unconverted operations remain after the cut: {left}")
-    return model
-
-
 def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict, embedding_width: int = 1024) -> dict:
     """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores; outputs the logits and the
     embedding (``embedding_width`` wide, the layer before the classifier)."""
-    window, minus = WINDOW_SECONDS, {"scale": -1.0, "offset": WINDOW_SECONDS}
+    window = WINDOW_SECONDS
+    minus = {"scale": -1.0, "offset": window}
     return {
         "format": "birdinfer-model-folder", "format_version": 2, "sample_rate": SAMPLE_RATE, "labels": labels,
         "rows": {"seconds": window, "span_seconds": window, "min_seconds": MIN_SECONDS, "partial": "pad_right"},
@@ -347,6 +277,7 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     model, names = Path(model), read_labels(labels)
     if meta_model is not None:  # a bad meta model fails before the long import
         from .birdnet_meta import check_meta_model
+
         check_meta_model(meta_model, len(names))
     if translated_labels is not None:  # a bad translation fails before the long import too
         check_translations(translated_labels, Path(labels).name, names)
@@ -355,6 +286,7 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
     with tempfile.TemporaryDirectory(prefix="birdinfer-birdnet-") as stage:
         stage = Path(stage)
         import openvino as ov
+
         ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
         np.savez(stage / CONSTANTS_FILE, **found["arrays"])
         spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source,
@@ -363,6 +295,7 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)
     if meta_model is not None:
         from .birdnet_meta import add_meta_model
+
         add_meta_model(out, meta_model)
     if translated_labels is not None:
         add_translated_labels(out, translated_labels, Path(labels).name)
@@ -370,6 +303,7 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
         _check_parity(Path(out), model, progress)
     if precision != "f32" or measure:
         from .importer import record_precisions
+
         record_precisions(Path(out), int8=precision == "int8", calibration=calibration, measure=measure, progress=progress)
     return Manifest.load(out)
 
