@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from birdinfer.errors import MissingDependencyError
+from birdinfer.errors import MissingDependencyError, ParameterError
 from conftest import assert_same_rows, write_ogg
 
 try:
@@ -56,12 +56,17 @@ def _failed(out_dir: Path) -> list[str]:
     return sorted(line.split(",")[0] for line in path.read_text().splitlines()[1:]) if path.exists() else []
 
 
-def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_ray_is_a_clear_error(audio_folder, small_model_folder, tmp_path, monkeypatch):
+    """Without Ray, a run whose inputs and flags are right stops before any audio work, naming the extra; flags that
+    --engine ray refuses are named first, whether Ray is installed or not."""
     from birdinfer.jobs.distributed import predict_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"birdinfer\[ray\]"):
-        predict_ray([tmp_path], tmp_path / "models", tmp_path / "out")
+        predict_ray([audio_folder], small_model_folder, tmp_path / "out")
+    with pytest.raises(ParameterError, match="--format csv with --engine ray"):
+        predict_ray([audio_folder], small_model_folder, tmp_path / "out", format="csv")
+    assert not (tmp_path / "out").exists()
 
 
 @needs_ray

@@ -233,14 +233,14 @@ def predict_ray(
     """
     wall_start = time.perf_counter()
     _check_counts(files_per_task, num_workers)
-    ray = require_ray()
-    require_shard_pyarrow()
     out_dir = Path(out_dir)
     unknown = sorted(set(tables) - set(TABLE_KEYWORDS) - set(SPECIES_KEYWORDS))
     if unknown:
         raise TypeError(f"predict_ray() got an unexpected keyword argument {unknown[0]!r}")
     manifest, worker_models, recordings, emb = _checked_run(inputs, models, options, embeddings)
-    plan = _table_plan(manifest, out_dir, format, options, tables)
+    plan = _table_plan(manifest, out_dir, format, options, tables)  # the flags first: a wrong one is wrong with Ray too
+    ray = require_ray()
+    require_shard_pyarrow()
     lock = OutputLock(out_dir).acquire()  # the same lock as single-machine predict: a second run fails here
     try:
         sweep_embeddings(emb, out_dir)
