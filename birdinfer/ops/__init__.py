@@ -8,7 +8,8 @@ Registration happens here, in one place: this module imports every op module, so
     frontend.py    pad, normalize_wave, windows, normalize
     spectral.py    stft, resize_time, mel, db, log (kernels in birdinfer.dsp)
     window.py      channels, neighbours, gain, crop_time
-    birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT)
+    birdnet.py     birdnet_stft (BirdNET V2.4's min-max scaled two-branch real-part STFT), birdnet_mel (its banded
+                   mel products, square and power)
     filters.py     bandpass (BirdNET-Analyzer's Butterworth filter on the whole waveform, --fmin / --fmax)
     steps.py       model / row / combine steps (sigmoid, rows per 5 s, smoothing, weighted means)
     label_map.py   label_map: a model's classes onto the folder's labels by scientific name (tables.py: CSV files)

@@ -38,25 +38,9 @@ from typing import Any, Mapping
 
 from ..errors import BirdinferError, ParameterError
 
-__all__ = [
-    "ISA_FEATURES",
-    "ONEDNN_ISA_MASKS",
-    "CPU_CLASSES",
-    "CPU_CLASS_CAPS",
-    "INT8_FLAGS",
-    "ISA_FLAGS",
-    "CpuIsa",
-    "cpu_flags",
-    "physical_cores",
-    "sibling_groups",
-    "spare_siblings",
-    "isa_cap",
-    "parse_isa_cap",
-    "effective_isa",
-    "class_of",
-    "run_in_cpu_class",
-    "thread_affinities",
-]
+__all__ = ["ISA_FEATURES", "ONEDNN_ISA_MASKS", "CPU_CLASSES", "CPU_CLASS_CAPS", "INT8_FLAGS", "ISA_FLAGS", "CpuIsa",
+           "cpu_flags", "physical_cores", "sibling_groups", "spare_siblings", "isa_cap", "parse_isa_cap", "effective_isa",
+           "class_of", "cap_for_class", "emulation_problem", "run_in_cpu_class", "thread_affinities"]
 
 #: oneDNN's ISA feature bits (dnnl_cpu_isa_t is a bit mask of these) and the /proc/cpuinfo flags each needs.
 ISA_FEATURES: dict[str, tuple[int, tuple[str, ...]]] = {
@@ -317,24 +301,30 @@ def effective_isa(flags: set[str] | None = None, environ: Mapping[str, str] | No
 
 
 # ============================================================================================ child process
-def cap_for_class(cpu_class: str, isa: CpuIsa | None = None) -> str | None:
-    """The ``ONEDNN_MAX_CPU_ISA`` value that emulates ``cpu_class`` here; :class:`ParameterError` when the
+def _class_under(cap: str, isa: CpuIsa) -> str:
+    return class_of(frozenset(n for n in isa.native if ISA_FEATURES[n][0] & ONEDNN_ISA_MASKS[cap]))
+
+
+def emulation_problem(cpu_class: str, isa: CpuIsa | None = None) -> str | None:
+    """None when this CPU runs ``cpu_class`` (natively or under its ``ONEDNN_MAX_CPU_ISA`` cap), else why not: the
     class is unknown or needs features this CPU does not have (a cap can only hide features)."""
     if cpu_class not in CPU_CLASS_CAPS:
-        raise ParameterError(f"cpu class {cpu_class!r} is not one of {sorted(CPU_CLASS_CAPS)}")
-    cap = CPU_CLASS_CAPS[cpu_class]
-    if cap is None:
+        return f"cpu class {cpu_class!r} is not one of {sorted(CPU_CLASS_CAPS)}"
+    cap, isa = CPU_CLASS_CAPS[cpu_class], isa or effective_isa(environ={})
+    if cap is None or _class_under(cap, isa) == cpu_class:
         return None
-    isa = isa or effective_isa(environ={})
-    mask = ONEDNN_ISA_MASKS[cap]
-    capped = frozenset(n for n in isa.native if ISA_FEATURES[n][0] & mask)
-    if class_of(capped) != cpu_class:
-        raise ParameterError(
-            f"this CPU ({isa.native_class}) cannot emulate class {cpu_class!r}: under ONEDNN_MAX_CPU_ISA={cap} it "
-            f"is {class_of(capped)!r} (a cap hides features, it cannot add them); choose from "
-            f"{[c for c, v in CPU_CLASS_CAPS.items() if v is None or class_of(frozenset(n for n in isa.native if ISA_FEATURES[n][0] & ONEDNN_ISA_MASKS[v])) == c]}"
-        )
-    return cap
+    return (f"this CPU ({isa.native_class}) cannot emulate class {cpu_class!r}: under ONEDNN_MAX_CPU_ISA={cap} it is "
+            f"{_class_under(cap, isa)!r} (a cap hides features, it cannot add them); choose from "
+            f"{[c for c, v in CPU_CLASS_CAPS.items() if v is None or _class_under(v, isa) == c]}")
+
+
+def cap_for_class(cpu_class: str, isa: CpuIsa | None = None) -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` value that emulates ``cpu_class`` here (None: native); :class:`ParameterError`
+    saying why when this CPU cannot (:func:`emulation_problem`)."""
+    problem = emulation_problem(cpu_class, isa)
+    if problem is not None:
+        raise ParameterError(problem)
+    return CPU_CLASS_CAPS[cpu_class]
 
 
 def class_environment(cpu_class: str, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 UNWINDOWED_OPS = frozenset({"pad", "stft", "resize_time", "gain", "log", "mel", "db", "normalize", "normalize_wave",
                             "windows"})
 WINDOWED_OPS = frozenset({"stft", "mel", "db", "log", "normalize", "normalize_wave", "gain", "channels", "crop_time",
-                          "neighbours", "birdnet_stft"})
+                          "neighbours", "birdnet_stft", "birdnet_mel"})
 #: Model steps up to the rows that work on any run of consecutive windows.
 BLOCK_STEPS = frozenset({"sigmoid", "softmax", "reduce_frames", "blend", "timeline_rows", "clip_rows", "label_map"})
 #: Automatic block length: this long (the models then see the batch of a 60 s file), or shorter when the
@@ -130,6 +130,8 @@ def block_bytes(manifest, seconds: float) -> int:
                 length = p.length
             elif step.name == "birdnet_stft":
                 height, length = sum(end - first for first, end in p.bins), p.frames
+            elif step.name == "birdnet_mel":
+                height = p.n_mels * len(p.inputs)
             elif step.name == "neighbours":
                 length = p.crop_frames or length * (p.before + 1 + p.after)
             elif step.name == "channels":

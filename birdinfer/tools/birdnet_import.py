@@ -8,13 +8,15 @@ TFLite frontend does not lower, and ``convert_model`` cannot cut a TFLite graph 
    output is CAST to float, mel FULLY_CONNECTED, square, POW, REVERSE_V2, concatenated and scaled per
    channel into the first CONV_2D; output ``[-1, labels]``), and the spectrogram's constants are read from
    the file (:mod:`birdinfer.tools.tflite_graph`);
-2. the front-end op ``birdnet_stft`` (:mod:`birdinfer.ops.birdnet`) computes what OpenVINO cannot: min-max
-   scaling, frames, window, the RFFT's real part over the bins the mel matrices read (the windows in
-   ``birdnet_frontend.npz`` of the folder);
+2. the front-end ops (:mod:`birdinfer.ops.birdnet`) compute what OpenVINO cannot, and the mel products
+   cheaper than a dense product: ``birdnet_stft`` the min-max scaling, frames, window, the RFFT's real part
+   over the bins the mel matrices read; ``birdnet_mel`` the mel products (the flip folded into the matrices'
+   rows) over each band's own bins, square and power (windows and mel matrices in ``birdnet_frontend.npz`` of
+   the folder);
 3. OpenVINO converts the graph *partially* (the RFFT2D nodes stay framework nodes); the output of the
-   channel scaling is then fed from a new Parameter ``[-1, bins, 511]`` through the spectrogram's tail built
-   from the file's constants (mel products with the flip folded into the matrices' rows, square, power as
-   ``exp(c · log x)``, stacking, per-channel scaling), so the framework nodes are unreachable and dropped: a plain IR;
+   channel scaling is then fed from a new Parameter ``[-1, 2 · 96, 511]`` through the rest of the spectrogram
+   (stacking as channels, per-channel scaling: :mod:`birdinfer.tools.birdnet_ir`), so the framework nodes
+   are unreachable and dropped: a plain IR;
 4. windows and scores follow BirdNET-Analyzer (:func:`birdnet_spec`: 3 s windows at 48 kHz, options
    ``overlap`` and ``sensitivity``), and the folder is written by :func:`birdinfer.tools.importer.import_folder`
    (checksums) with the source file's sha256 and the parity measured against LiteRT
@@ -162,9 +164,9 @@ def _minmax(g: TfliteGraph) -> dict:
 def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     """Recognise BirdNET V2.4 in a ``.tflite`` file and read its spectrogram's constants.
 
-    Returns ``{"params": birdnet_stft parameters (without the file name), "arrays": {"window_<b>": ...},
-    "tail": {"mels", "exponents", "scale", "offset"} for the IR, "cut_tensor": the tensor the tail feeds,
-    "n_classes": output width}``."""
+    Returns ``{"params": birdnet_stft parameters, "mel": birdnet_mel parameters (both without the file name),
+    "arrays": {"window_<b>": ..., "mel_<b>": ...}, "tail": {"mels", "exponents", "scale", "offset"} for the IR,
+    "cut_tensor": the tensor the tail feeds, "n_classes": output width}``."""
     g = read_tflite(path)
     samples = int(WINDOW_SECONDS * SAMPLE_RATE)
     if len(g.inputs) != 1 or g.shapes[g.inputs[0]] != (-1, samples) or g.types[g.inputs[0]] != 0:
@@ -199,7 +201,11 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
             "exponents": [b["exponent"] for b in branches],
             "scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
             "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
-    return {"params": params, "arrays": {f"window_{i}": b["window"] for i, b in enumerate(branches)}, "tail": tail,
+    mel = {"op": "birdnet_mel", "inputs": [end - first for first, end in params["bins"]], "n_mels": n_mels.pop(),
+           "exponents": [float(e) for e in tail["exponents"]]}
+    arrays = {**{f"window_{i}": b["window"] for i, b in enumerate(branches)},
+              **{f"mel_{i}": np.ascontiguousarray(m, np.float32) for i, m in enumerate(tail["mels"])}}
+    return {"params": params, "mel": mel, "arrays": arrays, "tail": tail,
             "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes,
             "embedding_tensor": g.names[embedding], "embedding_width": g.shapes[embedding][1]}
 
@@ -213,9 +219,11 @@ def _embedding_tensor(g: TfliteGraph) -> int:
     return tensor
 
 
-def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict, embedding_width: int = 1024) -> dict:
-    """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores; outputs the logits and the
-    embedding (``embedding_width`` wide, the layer before the classifier)."""
+def birdnet_spec(labels: list[str], params: dict, *, mel: dict, ir_name: str, source: dict,
+                 embedding_width: int = 1024) -> dict:
+    """The version 2 spec of BirdNET V2.4 with BirdNET-Analyzer's windows and scores (front end ``params`` then
+    ``mel``: :func:`frontend_constants`); outputs the logits and the embedding (``embedding_width`` wide, the
+    layer before the classifier)."""
     window = WINDOW_SECONDS
     minus = {"scale": -1.0, "offset": window}
     return {
@@ -226,9 +234,10 @@ def birdnet_spec(labels: list[str], params: dict, *, ir_name: str, source: dict,
             {"op": "bandpass", "fmin": 0.0, "fmax": float(BAND_HZ[1]), "order": 5, "band": [0.0, float(BAND_HZ[1])]},
             {"op": "pad", "right_seconds": window},
             {"op": "windows", "length_seconds": window, "step_seconds": window},
-            {**params, "constants": CONSTANTS_FILE}]}},
+            {**params, "constants": CONSTANTS_FILE},
+            {**mel, "constants": CONSTANTS_FILE}]}},
         "models": [{"name": GRAPH_NAME, "input": "birdnet",
-                    "input_shape": [-1, sum(end - first for first, end in params["bins"]), params["frames"]],
+                    "input_shape": [-1, len(mel["inputs"]) * mel["n_mels"], params["frames"]],
                     "outputs": [{"name": "logits", "kind": "clip_logits", "index": 0},
                                 {"name": EMBEDDING_OUTPUT, "kind": "embedding", "index": 1, "shape": [-1, embedding_width]}],
                     "steps": [{"step": "sigmoid", "offset": 0.0, "clip": [-20.0, 20.0]}, {"step": "clip_rows"}],
@@ -289,7 +298,7 @@ def import_birdnet(model: str | Path, labels: str | Path, out: str | Path, *, ov
 
         ov.save_model(network_ir(model, found), str(stage / f"{GRAPH_NAME}.xml"), compress_to_fp16=False)
         np.savez(stage / CONSTANTS_FILE, **found["arrays"])
-        spec = birdnet_spec(names, found["params"], ir_name=GRAPH_NAME, source=source,
+        spec = birdnet_spec(names, found["params"], mel=found["mel"], ir_name=GRAPH_NAME, source=source,
                             embedding_width=found["embedding_width"])
         (stage / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         import_folder(stage / "spec.json", out, overwrite=overwrite, measure=False)

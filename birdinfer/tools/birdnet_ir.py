@@ -1,8 +1,8 @@
 """BirdNET V2.4's network as an OpenVINO IR (:func:`network_ir`): OpenVINO's partial conversion of the TFLite
-file, cut where the spectrogram's channel scaling ends and fed from a Parameter ``real_stft`` ``[-1, bins, frames]``
-(what the front-end op ``birdnet_stft`` computes) through the spectrogram's tail rebuilt from the file's constants
-(:func:`_tail`): mel products with the flip folded into the matrices' rows, square, power as ``exp(c · log x)``,
-stacking, per-channel scaling. Every tail node is named ``spectrogram/...`` (:data:`TAIL_PREFIX`)."""
+file, cut where the spectrogram's channel scaling ends and fed from a Parameter ``mel_power``
+``[-1, branches · n_mels, frames]`` (what the front-end op ``birdnet_mel`` computes: mel products, square, power)
+through the rest of the spectrogram rebuilt from the file's constants (:func:`_tail`): the branches stacked as
+channels, per-channel scaling. Every tail node is named ``spectrogram/...`` (:data:`TAIL_PREFIX`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["network_ir", "EMBEDDING_OUTPUT", "GRAPH_NAME", "TAIL_PREFIX"]
 GRAPH_NAME = "birdnet_v24"
 #: The graph's second output: the 1024-d input of the classifier, what BirdNET-Analyzer's ``embeddings`` reads.
 EMBEDDING_OUTPUT = "embedding"
-#: Name prefix of the spectrogram's tail in the IR (mel products, square, power, per-channel scaling); the INT8
+#: Name prefix of the spectrogram's tail in the IR (stacking as channels, per-channel scaling); the INT8
 #: recipe of :mod:`birdinfer.tools.birdnet_import` leaves these nodes in float.
 TAIL_PREFIX = "spectrogram/"
 
@@ -27,35 +27,21 @@ def _named(node, name: str):
     return node
 
 
-def _power(ops, x, exponent: float, b: int):
-    """TFLite's POW ``x ** c`` (x >= 0) as ``exp(c · log x)``, 0 at x = 0 for c > 0 as POW: OpenVINO's CPU Power with a
-    non-integer exponent is scalar code (0.6 of 4.5 ms per window of the INT8 network on a Zen 4 thread)."""
-    scaled = ops.multiply(_named(ops.log(x), f"log_{b}"), ops.constant(np.float32(exponent)))
-    return _named(ops.exp(_named(scaled, f"log_scaled_{b}")), f"power_{b}")
-
-
-def _tail(ov, param, params: dict, tail: dict):
-    """The spectrogram's tail in OpenVINO ops: ``(B, bins, T)`` → ``(B, branches, n_mels, T)``; every node named
-    ``spectrogram/...`` (INT8 leaves them in float: ``birdnet_import.INT8_RECIPE``)."""
-    ops, branches, row = ov.opset13, [], 0
-    for (first, end), mel, exponent in zip(params["bins"], tail["mels"], tail["exponents"]):
-        part = ops.slice(param, np.array([row], np.int64), np.array([row + end - first], np.int64),
-                         np.array([1], np.int64), np.array([1], np.int64))
-        b = len(branches)
-        _named(part, f"bins_{b}")
-        m = _named(ops.matmul(ops.constant(np.ascontiguousarray(mel, np.float32)), part, False, False), f"mel_{b}")
-        m = _power(ops, _named(ops.multiply(m, m), f"square_{b}"), exponent, b)
-        branches.append(_named(ops.unsqueeze(m, ops.constant(np.array([1], np.int64))), f"channel_{b}"))
-        row += end - first
-    stacked = _named(ops.concat(branches, 1), "stack")
-    shape = [1, len(branches), 1, 1]
-    scaled = _named(ops.multiply(stacked, ops.constant(tail["scale"].reshape(shape))), "scale")
-    return _named(ops.add(scaled, ops.constant(tail["offset"].reshape(shape))), "offset")
+def _tail(ov, param, n_branches: int, tail: dict):
+    """The spectrogram's tail in OpenVINO ops: ``(B, branches · n_mels, T)`` → ``(B, branches, n_mels, T)``, scaled per
+    channel; every node named ``spectrogram/...`` (INT8 leaves them in float: ``birdnet_import.INT8_RECIPE``)."""
+    ops = ov.opset13
+    n_mels = int(tail["mels"][0].shape[0])
+    shape = np.array([-1, n_branches, n_mels, param.get_partial_shape()[2].get_length()], np.int64)
+    stacked = _named(ops.reshape(param, ops.constant(shape), False), "stack")
+    scale = [1, n_branches, 1, 1]
+    scaled = _named(ops.multiply(stacked, ops.constant(tail["scale"].reshape(scale))), "scale")
+    return _named(ops.add(scaled, ops.constant(tail["offset"].reshape(scale))), "offset")
 
 
 def network_ir(path: str | Path, found: dict):
     """OpenVINO's partial conversion of the TFLite file with the tensor ``found["cut_tensor"]`` fed from a
-    Parameter ``[-1, bins, frames]`` through the spectrogram's tail (:func:`_tail`): an ``openvino.Model``."""
+    Parameter ``[-1, branches · n_mels, frames]`` through the spectrogram's tail (:func:`_tail`): an ``openvino.Model``."""
     try:
         import openvino as ov
         from openvino.frontend import FrontEndManager
@@ -67,9 +53,9 @@ def network_ir(path: str | Path, found: dict):
     target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut in o.get_names()), None)
     if target is None:
         raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut!r} to cut at")
-    bins = sum(end - first for first, end in params["bins"])
-    param = ov.opset13.parameter([-1, bins, params["frames"]], ov.Type.f32, name="real_stft")
-    source = _tail(ov, param, params, found["tail"]).output(0)
+    n_branches, n_mels = len(params["bins"]), int(found["tail"]["mels"][0].shape[0])
+    param = ov.opset13.parameter([-1, n_branches * n_mels, params["frames"]], ov.Type.f32, name="mel_power")
+    source = _tail(ov, param, n_branches, found["tail"]).output(0)
     dims = target.get_partial_shape()
     if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
         source = _named(ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))),
