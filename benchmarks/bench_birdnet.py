@@ -27,6 +27,7 @@ the recording itself. ``--audio DIR`` times your own recordings instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import statistics
@@ -34,11 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
 
 from birdinfer.io.audio import list_audio_files, load_audio
+from birdinfer.runtime.cpu import physical_cores
 from birdinfer.runtime.pipeline import Predictor
 from birdinfer.tools.birdnet_import import import_birdnet
 from birdinfer.tools.birdnet_reference import LiteRT, birdnet_windows, flat_sigmoid
@@ -79,6 +82,27 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: Front-end schedules of a Predictor: a background thread, inline on one thread, inline on every physical core.
+SCHEDULES = {"thread": {"frontend_thread": True}, "inline1": {"frontend_thread": False, "frontend_threads": 1},
+             "inline": {"frontend_thread": False, "frontend_threads": physical_cores()}}
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> tuple[dict, dict, dict]:
+    """Every run once per round, the order rotating by one each round (a busy neighbour slows each alike):
+    ``(seconds, CPU seconds of every thread of this process, last result)``, each keyed by run name."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    last: dict[str, object] = {}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t, c = time.perf_counter(), _cpu_seconds()
+            last[name] = runs[name]()
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(_cpu_seconds() - c)
+    return times, cpu, last
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--audio", type=Path, default=None, help="time these recordings instead")
@@ -109,28 +133,17 @@ def main() -> int:
         contenders = {"LiteRT b1": (run_litert, LiteRT(model, threads=args.threads, batch=1)),
                       "LiteRT b16": (run_litert, LiteRT(model, threads=args.threads, batch=16)),
                       "birdinfer f32": (run_birdinfer, predictor)}
-        schedules = {"thread": {"frontend_thread": True}, "inline1": {"frontend_thread": False, "frontend_threads": 1},
-                     "inline": {"frontend_thread": False}}
         for name in [v.strip() for v in args.schedules.split(",") if v.strip()]:
             contenders[f"birdinfer f32 {name}"] = (run_birdinfer, Predictor(tmp / "models", precision="f32",
-                                                                            **schedules[name]))
+                                                                            **SCHEDULES[name]))
         for mode in [v.strip() for v in args.precisions.split(",") if v.strip()]:
             contenders[f"birdinfer {mode}"] = (run_birdinfer, Predictor(tmp / "models", precision=mode))
         for rows in [int(v) for v in args.request_chunks.split(",") if v.strip()]:
             contenders[f"birdinfer f32 r{rows}"] = (run_birdinfer, Predictor(tmp / "models", precision="f32",
                                                                              request_chunks=rows or None))
         load_before = os.getloadavg()
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        cpu: dict[str, list[float]] = {name: [] for name in contenders}
-        scores: dict[str, list[np.ndarray]] = {}
-        names = list(contenders)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                fn, runner = contenders[name]
-                t, c = time.perf_counter(), _cpu_seconds()
-                scores[name] = fn(runner, paths)
-                times[name].append(time.perf_counter() - t)
-                cpu[name].append(_cpu_seconds() - c)
+        times, cpu, scores = interleaved({name: functools.partial(fn, runner, paths)
+                                          for name, (fn, runner) in contenders.items()}, args.rounds)
         load_after = os.getloadavg()
         for name, (_, runner) in contenders.items():
             if name.startswith("birdinfer"):

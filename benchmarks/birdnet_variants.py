@@ -32,6 +32,7 @@ BirdNET's own runtime (LiteRT), side by side in one run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_birdnet import ANALYZER, fetched, recordings, run_birdinfer, run_litert  # noqa: E402
+from bench_birdnet import ANALYZER, fetched, interleaved, recordings, run_birdinfer, run_litert  # noqa: E402
 
 #: The import's held-out recordings (the longest four); every other real recording calibrates.
 HELD_OUT = ("STORM-PETREL", "BENGALESE_FINCH")
@@ -113,15 +114,9 @@ def speed(folder: str, model: str, paths: list[str], rounds: int, threads: int) 
         predictor = Predictor(folder, precision=mode)
         contenders[f"birdinfer {mode}"] = (run_birdinfer, predictor)
         plans[mode] = predictor.plan_summary
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    load_before = os.getloadavg()[0]
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            fn, runner = contenders[name]
-            start = time.perf_counter()
-            fn(runner, [Path(p) for p in paths])
-            times[name].append(time.perf_counter() - start)
+    load_before, timed = os.getloadavg()[0], [Path(p) for p in paths]
+    times = interleaved({name: functools.partial(fn, runner, timed) for name, (fn, runner) in contenders.items()},
+                        rounds)[0]
     for name, (_, runner) in contenders.items():
         if name.startswith("birdinfer"):
             runner.close()

@@ -3,14 +3,14 @@ same recordings through each :class:`birdinfer.runtime.pipeline.Predictor` in al
 rotates, and each round's time divided by the same round's time of the first contender (steadier than the
 best or the median alone on a shared host whose speed drifts by 20 % within minutes).
 
-A contender is ``FOLDER`` with an optional ``#SCHEDULE``: ``thread`` (the default: decode and front end in a
-background thread), ``inline1`` (inline between the model calls, one thread), ``inline2`` (inline, the front
-end's ops on two threads). Use it to A/B an import against an older one (e.g. a folder imported by an earlier
+A contender is ``FOLDER`` with an optional ``#SCHEDULE`` of ``bench_birdnet.SCHEDULES``: ``thread`` (the default:
+decode and front end in a background thread), ``inline1`` (inline between the model calls, one thread),
+``inline`` (inline, the front end's ops on every physical core). Use it to A/B an import against an older one (e.g. a folder imported by an earlier
 birdinfer against one imported now) or a schedule; prints seconds and CPU seconds (every thread of the process)
 per hour of audio, best and median, and the paired ratios' median and range.
 
     python benchmarks/paired_folders.py OLD NEW --precision fast --minutes 24 --rounds 6
-    python benchmarks/paired_folders.py DIR DIR#inline2 --minutes 3 --rounds 10
+    python benchmarks/paired_folders.py DIR DIR#inline --minutes 3 --rounds 10
 
 The recordings are those of ``benchmarks/bench_birdnet.py`` (a real sample from the opensoundscape wheel made
 into ``--minutes`` one-minute files). Short runs (a few minutes of audio) favour the inline schedules: the
@@ -20,32 +20,23 @@ background thread's first block is not hidden behind the models.
 from __future__ import annotations
 
 import argparse
-import resource
+import functools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_birdnet import recordings, run_birdinfer  # noqa: E402
+from bench_birdnet import SCHEDULES, interleaved, recordings, run_birdinfer  # noqa: E402
 
 from birdinfer.runtime.pipeline import Predictor  # noqa: E402
-
-SCHEDULES = {"thread": {}, "inline1": {"frontend_thread": False, "frontend_threads": 1},
-             "inline2": {"frontend_thread": False, "frontend_threads": 2}}
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("contenders", nargs="+", help="FOLDER or FOLDER#SCHEDULE (thread, inline1, inline2)")
+    parser.add_argument("contenders", nargs="+", help="FOLDER or FOLDER#SCHEDULE (thread, inline1, inline)")
     parser.add_argument("--precision", default="f32")
     parser.add_argument("--minutes", type=float, default=24.0)
     parser.add_argument("--rounds", type=int, default=6)
@@ -61,15 +52,11 @@ def main() -> int:
         hours = sum(sf.info(p).duration for p in paths) / 3600
         for predictor in predictors.values():
             run_birdinfer(predictor, paths[:2])  # warm
-        names = list(predictors)
-        wall: dict[str, list[float]] = {n: [] for n in names}
-        cpu: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                c, t = _cpu(), time.perf_counter()
-                run_birdinfer(predictors[name], paths)
-                wall[name].append((time.perf_counter() - t) / hours)
-                cpu[name].append((_cpu() - c) / hours)
+        seconds, cpu_seconds, _ = interleaved({name: functools.partial(run_birdinfer, predictor, paths)
+                                               for name, predictor in predictors.items()}, args.rounds)
+    names = list(predictors)
+    wall = {name: [t / hours for t in values] for name, values in seconds.items()}
+    cpu = {name: [t / hours for t in values] for name, values in cpu_seconds.items()}
     print(f"{len(paths)} recordings, {hours * 60:.1f} min; --precision {args.precision}; {args.rounds} rounds")
     first = names[0]
     for name in names:

@@ -165,7 +165,7 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     """Recognise BirdNET V2.4 in a ``.tflite`` file and read its spectrogram's constants.
 
     Returns ``{"params": birdnet_stft parameters, "mel": birdnet_mel parameters (both without the file name),
-    "arrays": {"window_<b>": ..., "mel_<b>": ...}, "tail": {"mels", "exponents", "scale", "offset"} for the IR,
+    "arrays": {"window_<b>": ..., "mel_<b>": ...}, "tail": {"scale", "offset"} (the channel scaling, for the IR),
     "cut_tensor": the tensor the tail feeds, "n_classes": output width}``."""
     g = read_tflite(path)
     samples = int(WINDOW_SECONDS * SAMPLE_RATE)
@@ -197,14 +197,13 @@ def frontend_constants(path: str | Path, n_labels: int | None = None) -> dict:
     params = {"op": "birdnet_stft", "frame_lengths": [b["n"] for b in branches], "frame_steps": [b["step"] for b in branches],
               "bins": [b["bins"] for b in branches], "frames": frames.pop(), "minmax_eps": scaling["eps"],
               "minmax_centre": scaling["centre"], "minmax_scale": scaling["scale"]}
-    tail = {"mels": [b["mel"][::-1, b["bins"][0] : b["bins"][1]] for b in branches],  # flip folded into the rows
-            "exponents": [b["exponent"] for b in branches],
-            "scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
-            "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
     mel = {"op": "birdnet_mel", "inputs": [end - first for first, end in params["bins"]], "n_mels": n_mels.pop(),
-           "exponents": [float(e) for e in tail["exponents"]]}
-    arrays = {**{f"window_{i}": b["window"] for i, b in enumerate(branches)},
-              **{f"mel_{i}": np.ascontiguousarray(m, np.float32) for i, m in enumerate(tail["mels"])}}
+           "exponents": [float(b["exponent"]) for b in branches]}
+    arrays = {f"window_{i}": b["window"] for i, b in enumerate(branches)}
+    for i, b in enumerate(branches):  # the mel axis's flip folded into the matrix's rows
+        arrays[f"mel_{i}"] = np.ascontiguousarray(b["mel"][::-1, b["bins"][0] : b["bins"][1]])
+    tail = {"scale": _const_input(g, affine_mul, "channel scale").astype(np.float32).ravel(),
+            "offset": _const_input(g, affine_add, "channel offset").astype(np.float32).ravel()}
     return {"params": params, "mel": mel, "arrays": arrays, "tail": tail,
             "cut_tensor": g.names[affine_add.outputs[0]], "n_classes": n_classes,
             "embedding_tensor": g.names[embedding], "embedding_width": g.shapes[embedding][1]}

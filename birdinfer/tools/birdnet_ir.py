@@ -27,11 +27,10 @@ def _named(node, name: str):
     return node
 
 
-def _tail(ov, param, n_branches: int, tail: dict):
+def _tail(ov, param, n_branches: int, n_mels: int, tail: dict):
     """The spectrogram's tail in OpenVINO ops: ``(B, branches · n_mels, T)`` → ``(B, branches, n_mels, T)``, scaled per
     channel; every node named ``spectrogram/...`` (INT8 leaves them in float: ``birdnet_import.INT8_RECIPE``)."""
     ops = ov.opset13
-    n_mels = int(tail["mels"][0].shape[0])
     shape = np.array([-1, n_branches, n_mels, param.get_partial_shape()[2].get_length()], np.int64)
     stacked = _named(ops.reshape(param, ops.constant(shape), False), "stack")
     scale = [1, n_branches, 1, 1]
@@ -53,9 +52,9 @@ def network_ir(path: str | Path, found: dict):
     target = next((o for op in partial.get_ordered_ops() for o in op.outputs() if cut in o.get_names()), None)
     if target is None:
         raise ModelFolderError(f"{path}: OpenVINO's conversion has no tensor {cut!r} to cut at")
-    n_branches, n_mels = len(params["bins"]), int(found["tail"]["mels"][0].shape[0])
+    n_branches, n_mels = len(found["mel"]["inputs"]), found["mel"]["n_mels"]  # what birdnet_mel gives
     param = ov.opset13.parameter([-1, n_branches * n_mels, params["frames"]], ov.Type.f32, name="mel_power")
-    source = _tail(ov, param, n_branches, found["tail"]).output(0)
+    source = _tail(ov, param, n_branches, n_mels, found["tail"]).output(0)
     dims = target.get_partial_shape()
     if dims.rank.get_length() == 4 and dims[1].is_static and dims[1].get_length() != len(params["bins"]):
         source = _named(ov.opset13.transpose(source, ov.opset13.constant(np.array([0, 2, 3, 1], np.int64))),
