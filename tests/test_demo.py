@@ -11,7 +11,7 @@ pytest.importorskip("timm")
 pytest.importorskip("openvino")
 
 from birdinfer.errors import ParameterError  # noqa: E402
-from birdinfer_train.demo import run_demo  # noqa: E402
+from birdinfer_train.demo import DEMO_GROUP, DEMO_MODELS, _train_members, run_demo  # noqa: E402
 
 #: Macro ROC-AUC the demo must reach on its held-out synthetic test soundscapes (chance is 0.5).
 MIN_DEMO_AUC = 0.90
@@ -50,6 +50,25 @@ def test_demo_submission_has_the_competition_format(demo):
     assert len(list((data / ".birdinfer_cache").rglob("*.npy"))) == len(pd.read_csv(data / "train.csv"))
     for side in (out / "checkpoints").glob("*.pth.json"):
         assert json.loads(side.read_text())["pseudo_labels"] is None
+
+
+def test_members_trained_side_by_side_equal_those_trained_in_turn(demo, tmp_path):
+    """The demo trains its members in one process per core: each checkpoint equals the one the same single-threaded
+    training gives in this process, tensor for tensor (one epoch on the demo's data)."""
+    torch = pytest.importorskip("torch")
+    data = demo[0] / "data"
+    training = dict(loss="soft-auc", epochs=1, batch_size=16, lr=3e-3, min_class_samples=8, frame_loss_weight=0.5,
+                    noise_negatives=0.3, noise_probability=0.5)
+    for name, processes in (("apart", 2), ("in_turn", 1)):
+        _train_members(DEMO_MODELS, data, DEMO_GROUP, tmp_path / name, seed=3, pseudo_labels=None, progress=False,
+                       torch_threads=1, stage="", processes=processes, **training)
+    for member in DEMO_MODELS:
+        apart, in_turn = (torch.load(tmp_path / d / f"{member.name}.pth", weights_only=True)["model_state_dict"]
+                          for d in ("apart", "in_turn"))
+        assert apart.keys() == in_turn.keys()
+        assert all(torch.equal(apart[k], in_turn[k]) for k in apart), member.name
+    a, b = (torch.load(tmp_path / "in_turn" / f"{m.name}.pth", weights_only=True)["model_state_dict"] for m in DEMO_MODELS)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the members differ (their seeds): the comparison can fail
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -280,7 +281,7 @@ class SpectrogramCache:
         power = mel_power(y, self.group, sample_rate=self.sample_rate)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.npy")
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # members may train side by side
             np.save(tmp, power)
             tmp.replace(path)
         self._memory[key] = power

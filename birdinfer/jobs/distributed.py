@@ -243,31 +243,43 @@ def predict_ray(
     require_shard_pyarrow()
     lock = OutputLock(out_dir).acquire()  # the same lock as single-machine predict: a second run fails here
     try:
-        sweep_embeddings(emb, out_dir)
-        if plan is not None:
-            sweep_outputs(out_dir, plan)
-        folder, emb_parts, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend,
-                                               resume=resume, emb=emb)
-        resumed = len(recordings) - len(todo)
-        errors: dict[str, str] = {}
-        run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
-        if todo:
-            record = functools.partial(_record, folder=folder, errors=errors, manifest=manifest, emb=emb,
-                                       emb_parts=emb_parts)
-            run |= _compute(ray, address, todo, record, errors, errors_file=folder.folder / ERRORS_FILE,
-                            **worker_models, precision=precision, backend=backend, cache_dir=cache_dir,
-                            keep_outputs=[emb.key] if emb else [], num_workers=num_workers,
-                            files_per_task=files_per_task, progress=progress, resumed=resumed, total=len(recordings))
-        if emb is not None:
-            _write_embeddings(emb, emb_parts, folder, recordings, manifest)
-            run["embeddings"] = str(emb.folder)
-        _write_tables(plan, folder, recordings, manifest)
-        run["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
-        folder.finish(recordings, errors, manifest.labels, run)
+        folder, resumed, failed, run = _run_locked(
+            ray, address, recordings, manifest, out_dir, emb, plan, wall_start, worker_models, resume=resume,
+            precision=precision, backend=backend, cache_dir=cache_dir, num_workers=num_workers,
+            files_per_task=files_per_task, progress=progress)
     finally:
         lock.release()
-    _say_summary(progress, recordings, folder, resumed, len(errors), run, out_dir)
+    _say_summary(progress, recordings, folder, resumed, failed, run, out_dir)
     return out_dir
+
+
+def _run_locked(ray, address: str | None, recordings: list[Recording], manifest: Manifest, out_dir: Path, emb, plan,
+                wall_start: float, worker_models: dict, *, resume: bool, precision: str, backend: str,
+                **compute) -> tuple[OutputFolder, int, int, dict]:
+    """:func:`predict_ray`'s work once it holds the output lock: earlier results swept or kept (``resume``), the
+    recordings still to do computed on Ray, then embeddings, tables and the run record written. Returns the
+    output folder, how many recordings were resumed, how many failed and the run figures."""
+    sweep_embeddings(emb, out_dir)
+    if plan is not None:
+        sweep_outputs(out_dir, plan)
+    folder, emb_parts, todo = _open_output(recordings, manifest, out_dir, precision=precision, backend=backend,
+                                           resume=resume, emb=emb)
+    resumed = len(recordings) - len(todo)
+    errors: dict[str, str] = {}
+    run: dict = {"audio_seconds": 0.0, "files_computed": len(todo), "files_resumed": resumed}
+    if todo:
+        record = functools.partial(_record, folder=folder, errors=errors, manifest=manifest, emb=emb,
+                                   emb_parts=emb_parts)
+        run |= _compute(ray, address, todo, record, errors, errors_file=folder.folder / ERRORS_FILE,
+                        **worker_models, precision=precision, backend=backend,
+                        keep_outputs=[emb.key] if emb else [], resumed=resumed, total=len(recordings), **compute)
+    if emb is not None:
+        _write_embeddings(emb, emb_parts, folder, recordings, manifest)
+        run["embeddings"] = str(emb.folder)
+    _write_tables(plan, folder, recordings, manifest)
+    run["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
+    folder.finish(recordings, errors, manifest.labels, run)
+    return folder, resumed, len(errors), run
 
 
 def _say_summary(progress: bool, recordings: list[Recording], folder: OutputFolder, resumed: int, failed: int,
