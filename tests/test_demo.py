@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -69,6 +72,24 @@ def test_members_trained_side_by_side_equal_those_trained_in_turn(demo, tmp_path
         assert all(torch.equal(apart[k], in_turn[k]) for k in apart), member.name
     a, b = (torch.load(tmp_path / "in_turn" / f"{m.name}.pth", weights_only=True)["model_state_dict"] for m in DEMO_MODELS)
     assert not all(torch.equal(a[k], b[k]) for k in a)  # the members differ (their seeds): the comparison can fail
+
+
+def test_members_train_in_turn_when_worker_processes_cannot_start(demo, tmp_path):
+    """A script that trains without ``if __name__ == "__main__":`` cannot start spawned workers (each would run
+    the script again): the members then train in turn, and the script says why in one line."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from birdinfer_train.demo import DEMO_GROUP, DEMO_MODELS, _train_members
+        _train_members(DEMO_MODELS, Path({str(demo[0] / "data")!r}), DEMO_GROUP, Path({str(tmp_path / "out")!r}),
+                       seed=0, pseudo_labels=None, progress=True, torch_threads=1, stage="", processes=2,
+                       loss="soft-auc", epochs=1, batch_size=16, lr=3e-3, min_class_samples=1, frame_loss_weight=0.0,
+                       noise_negatives=0.0, noise_probability=0.0)
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("training the members in turn instead") == 1, done.stdout
+    assert all((tmp_path / "out" / f"{m.name}.pth").is_file() for m in DEMO_MODELS)
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
