@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +32,7 @@ import pandas as pd
 import scipy.fft
 
 from birdinfer.io.audio import load_audio
+from birdinfer.io.output import atomic_write
 from birdinfer.errors import ParameterError
 from birdinfer.dsp import (
     hann_window,
@@ -279,11 +279,8 @@ class SpectrogramCache:
         for s in signals:
             y[: len(s)] += s
         power = mel_power(y, self.group, sample_rate=self.sample_rate)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # members may train side by side
-            np.save(tmp, power)
-            tmp.replace(path)
+        if path is not None:  # through a temporary file of its own: members may train side by side
+            atomic_write(path, lambda f: np.save(f, power), option="--data")
         self._memory[key] = power
         return power
 

@@ -14,9 +14,9 @@ The models learn from the focal recordings (``train_audio``) only (and, with ``p
 soft labels their predecessors gave the unlabelled ``train_soundscapes``); they are scored on the held-out
 test soundscapes (``test_solution.csv``), which no training step reads. Training uses one torch thread by
 default: on a busy 2-core machine two threads waiting on each other made a step ~10x slower. The members then
-train side by side, one process per physical core (the same checkpoints as in turn): on the 2-core Zen 3, 3 epochs
-of both members took 37.6 / 35.4 s against 52.2 / 40.7 s in turn, and the whole demo's training 218.78 s
-against about 260 s.
+train side by side, one process per physical core (the same checkpoints as in turn): on the 2-core Zen 3
+(avx2), 3 epochs of both members took 37.6 / 35.4 s against 52.2 / 40.7 s in turn, and the default demo
+190.71–261.16 s in all (training 218.78 s in the 261.16 s run) against 304.83 s in turn (test fixture, CI runs).
 
 How the defaults were chosen: ``run_demo(out, seed=s, **settings)`` for seeds 0 / 1 / 2 with the settings
 named (macro ROC-AUC; 2-core Zen 4):
@@ -120,10 +120,11 @@ def _train_members(models, data: Path, group: MelGroup, checkpoints: Path, *, se
                  pseudo_labels=pseudo_labels, seed=seed + member.seed_offset, device="cpu",
                  cache_dir=data / ".birdinfer_cache", **training) for member in models]
     workers = min(len(models), processes if processes is not None else physical_cores()) if torch_threads == 1 else 1
-    about = (f"({models[0].arch}, group {group.name}: {group.n_mels} mels x {group.frames_per_chunk} columns per 10 s) "
-             f"with the {training['loss']} loss, {training['epochs']} epochs{stage}")
+    shape = f"group {group.name}: {group.n_mels} mels x {group.frames_per_chunk} columns per 10 s"
+    about = f"with the {training['loss']} loss, {training['epochs']} epochs{stage}"
     if workers > 1:
-        _say(progress, f"[2/5] training {', '.join(m.name for m in models)} {about}: {workers} processes, one thread each")
+        names = ", ".join(f"{m.name} ({m.arch})" for m in models)
+        _say(progress, f"[2/5] training {names} ({shape}) {about}: {workers} processes, one thread each")
         clock = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of torch's threads
         try:
@@ -137,7 +138,7 @@ def _train_members(models, data: Path, group: MelGroup, checkpoints: Path, *, se
             print(f"birdinfer demo: worker processes could not start ({e}); training the members in turn instead "
                   f"(call run_demo under `if __name__ == \"__main__\":` to train them side by side)", flush=True)
     for index, (member, job) in enumerate(zip(models, jobs), 1):
-        _say(progress, f"[2/5] training {member.name} {about} [{index}/{len(models)}]")
+        _say(progress, f"[2/5] training {member.name} ({member.arch}, {shape}) {about} [{index}/{len(models)}]")
         model_clock = time.perf_counter()
         _train_one({**job, "progress": progress}, torch_threads)
         _say(progress, f"      {member.name}: {time.perf_counter() - model_clock:.1f} s")
